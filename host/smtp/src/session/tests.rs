@@ -1,0 +1,620 @@
+//! Transcript tests: every row of the pipeline table and every refusal, without sockets.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::envelope::Notify;
+
+struct TestDirectory;
+
+impl Directory for TestDirectory {
+    fn primary_domain(&self) -> &str {
+        "example.org"
+    }
+    fn is_local_domain(&self, domain: &str) -> bool {
+        domain.eq_ignore_ascii_case("example.org")
+    }
+    fn has_mailbox(&self, mailbox: &Mailbox) -> bool {
+        ["alice", "bob", "postmaster"].contains(&mailbox.local.to_ascii_lowercase().as_str())
+    }
+    fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
+        account == format!("{}@{}", mailbox.local, mailbox.domain_lower())
+    }
+}
+
+/// Plays the host: answers every request the way a test says, records what it saw.
+struct Host<P: Pipeline> {
+    session: Session<P>,
+    verdicts: Vec<(Hook, Verdict)>,
+    spooled: Vec<SpoolRequest>,
+}
+
+fn settings(tls_available: bool) -> Arc<Settings> {
+    Arc::new(Settings {
+        hostname: "mx.example.org".into(),
+        limits: Limits::default(),
+        tls_available,
+    })
+}
+
+fn tls_info() -> TlsInfo {
+    TlsInfo {
+        protocol: "TLSv1.3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+    }
+}
+
+fn show(reply: &Reply) -> String {
+    match reply.enhanced {
+        Some(e) => format!("{} {e}", reply.code),
+        None => reply.code.to_string(),
+    }
+}
+
+impl<P: Pipeline> Host<P> {
+    fn new(settings: Arc<Settings>, tls: Option<TlsInfo>) -> Self {
+        let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let mut host = Host {
+            session: Session::new(settings, Arc::new(TestDirectory), peer, tls),
+            verdicts: Vec::new(),
+            spooled: Vec::new(),
+        };
+        assert_eq!(host.run(), ["220"]);
+        host
+    }
+
+    /// Runs the session until it needs input, answering every request.
+    fn run(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match self.session.poll() {
+                Action::Reply(r) => out.push(show(&r)),
+                Action::Read => return out,
+                Action::Close => {
+                    out.push("close".into());
+                    return out;
+                }
+                Action::Pause(d) => out.push(format!("pause {}", d.as_secs())),
+                Action::StartTls => {
+                    out.push("tls".into());
+                    self.session.tls_established(tls_info()).unwrap();
+                }
+                Action::Authenticate(c) => {
+                    out.push(format!("auth {}", c.username));
+                    let outcome = if c.password == "secret" {
+                        AuthOutcome::Accept { account: c.username }
+                    } else {
+                        AuthOutcome::Reject
+                    };
+                    self.session.resolve_auth(outcome).unwrap();
+                }
+                Action::CallHook(hook) => {
+                    out.push(format!("hook {}", hook.name()));
+                    assert!(self.session.envelope().is_some());
+                    let verdict = match self.verdicts.iter().position(|(h, _)| *h == hook) {
+                        Some(i) => self.verdicts.remove(i).1,
+                        None => Verdict::Accept,
+                    };
+                    self.session.resolve_hook(verdict).unwrap();
+                }
+                Action::Spool(request) => {
+                    out.push("spool".into());
+                    self.spooled.push(request);
+                    self.session.resolve_spool(Ok("Q1".into())).unwrap();
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.session.feed(bytes);
+        self.run()
+    }
+
+    /// Plays a table of (command line, expected outcome) rows.
+    fn script(&mut self, rows: &[(&str, &[&str])]) {
+        for (line, expected) in rows {
+            let got = self.send(format!("{line}\r\n").as_bytes());
+            assert_eq!(got, *expected, "after {line:?}");
+        }
+    }
+}
+
+fn mx() -> Host<Mx> {
+    Host::new(settings(true), None)
+}
+
+/// A submission session that has done STARTTLS, EHLO and AUTH as alice.
+fn submission_ready() -> Host<Submission> {
+    let mut h = Host::<Submission>::new(settings(true), None);
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("STARTTLS", &["220 2.0.0", "tls"]),
+        ("EHLO c", &["250"]),
+        ("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==", &["auth alice@example.org", "235 2.7.0"]),
+    ]);
+    h
+}
+
+fn ehlo_lines<P: Pipeline>(h: &mut Host<P>) -> Vec<String> {
+    h.session.feed(b"EHLO client.example\r\n");
+    match h.session.poll() {
+        Action::Reply(r) => r.text.split('\n').map(str::to_string).collect(),
+        other => panic!("expected the EHLO reply, got {other:?}"),
+    }
+}
+
+#[test]
+fn submission_refuses_everything_but_the_basics_before_starttls() {
+    let mut h = Host::<Submission>::new(settings(true), None);
+    h.script(&[
+        ("MAIL FROM:<alice@example.org>", &["530 5.7.0"]),
+        ("EHLO c", &["250"]),
+        ("NOOP", &["250 2.0.0"]),
+        ("RSET", &["250 2.0.0"]),
+        ("MAIL FROM:<alice@example.org>", &["530 5.7.0"]),
+        ("RCPT TO:<bob@example.org>", &["530 5.7.0"]),
+        ("DATA", &["530 5.7.0"]),
+        ("BDAT 0 LAST", &["530 5.7.0"]),
+        ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", &["530 5.7.0"]),
+        ("VRFY alice", &["530 5.7.0"]),
+        ("HELP", &["530 5.7.0"]),
+        ("QUIT", &["221 2.0.0", "close"]),
+    ]);
+}
+
+#[test]
+fn submission_never_advertises_auth_in_cleartext() {
+    let mut h = Host::<Submission>::new(settings(true), None);
+    let lines = ehlo_lines(&mut h);
+    assert!(lines.iter().any(|l| l == "STARTTLS"));
+    assert!(!lines.iter().any(|l| l.starts_with("AUTH")));
+    h.run();
+    h.script(&[("STARTTLS", &["220 2.0.0", "tls"])]);
+    let lines = ehlo_lines(&mut h);
+    assert!(lines.iter().any(|l| l == "AUTH PLAIN LOGIN"));
+    assert!(!lines.iter().any(|l| l == "STARTTLS"), "STARTTLS is not offered inside TLS");
+}
+
+#[test]
+fn submission_requires_auth_after_tls() {
+    let mut h = Host::<Submission>::new(settings(true), None);
+    h.script(&[
+        ("STARTTLS", &["220 2.0.0", "tls"]),
+        ("MAIL FROM:<alice@example.org>", &["530 5.7.0"]),
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<alice@example.org>", &["530 5.7.0"]),
+        ("RCPT TO:<bob@example.org>", &["530 5.7.0"]),
+        ("DATA", &["530 5.7.0"]),
+        ("STARTTLS", &["530 5.7.0"]),
+        ("AUTH LOGIN", &["334"]),
+        ("YWxpY2VAZXhhbXBsZS5vcmc=", &["334"]),
+        ("c2VjcmV0", &["auth alice@example.org", "235 2.7.0"]),
+        ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", &["503 5.5.1"]),
+        ("STARTTLS", &["503 5.5.1"]),
+    ]);
+}
+
+#[test]
+fn submission_happy_path_runs_rate_then_virus_then_spools() {
+    let mut h = submission_ready();
+    h.script(&[
+        ("MAIL FROM:<alice@example.org> RET=HDRS ENVID=abc", &["250 2.1.0"]),
+        ("RCPT TO:<friend@remote.example> NOTIFY=FAILURE ORCPT=rfc822;friend@remote.example", &["250 2.1.5"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+        ("RCPT TO:<nobody@example.org>", &["550 5.1.1"]),
+        ("DATA", &["hook rate", "354"]),
+    ]);
+    assert_eq!(
+        h.send(b"Subject: hi\r\n\r\nbody\r\n.\r\n"),
+        ["hook virus", "spool", "250 2.0.0"]
+    );
+    let message = &h.spooled[0].message;
+    assert_eq!(message.body, b"Subject: hi\r\n\r\nbody\r\n");
+    let envelope = &message.envelope;
+    assert_eq!(envelope.params.envid.as_deref(), Some("abc"));
+    assert_eq!(envelope.recipients.len(), 2);
+    assert!(!envelope.recipients[0].local && envelope.recipients[1].local);
+    assert_eq!(
+        envelope.recipients[0].params.notify,
+        Some(Notify {
+            failure: true,
+            ..Notify::default()
+        })
+    );
+}
+
+#[test]
+fn submission_sender_must_belong_to_the_account() {
+    let mut h = submission_ready();
+    h.script(&[
+        ("MAIL FROM:<bob@example.org>", &["553 5.7.1"]),
+        ("MAIL FROM:<>", &["553 5.7.1"]),
+        ("MAIL FROM:<alice@EXAMPLE.org>", &["250 2.1.0"]),
+        ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", &["503 5.5.1"]),
+        ("MAIL FROM:<alice@example.org>", &["503 5.5.1"]),
+    ]);
+}
+
+#[test]
+fn failed_auth_slows_down_then_closes() {
+    let mut h = Host::<Submission>::new(settings(true), Some(tls_info()));
+    let bad = "AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHdyb25n";
+    h.script(&[
+        ("EHLO c", &["250"]),
+        (bad, &["auth alice@example.org", "pause 1", "535 5.7.8"]),
+        (bad, &["auth alice@example.org", "pause 2", "535 5.7.8"]),
+        (bad, &["auth alice@example.org", "535 5.7.8", "421 4.7.0", "close"]),
+    ]);
+}
+
+#[test]
+fn auth_exchange_errors() {
+    let mut h = Host::<Submission>::new(settings(true), Some(tls_info()));
+    h.script(&[
+        ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", &["503 5.5.1"]),
+        ("EHLO c", &["250"]),
+        ("AUTH PLAIN", &["334"]),
+        ("*", &["501 5.0.0"]),
+        ("AUTH PLAIN", &["334"]),
+        ("%%%", &["501 5.5.2"]),
+        ("AUTH CRAM-MD5", &["504 5.5.4"]),
+        ("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==", &["auth alice@example.org", "235 2.7.0"]),
+    ]);
+}
+
+#[test]
+fn implicit_tls_is_the_submission_policy_without_starttls() {
+    let mut h = Host::<Submission>::new(settings(true), Some(tls_info()));
+    let lines = ehlo_lines(&mut h);
+    assert!(lines.iter().any(|l| l == "AUTH PLAIN LOGIN"));
+    assert!(!lines.iter().any(|l| l == "STARTTLS"));
+    h.run();
+    h.script(&[
+        ("MAIL FROM:<alice@example.org>", &["530 5.7.0"]),
+        ("STARTTLS", &["530 5.7.0"]),
+    ]);
+}
+
+#[test]
+fn starttls_discards_pipelined_cleartext() {
+    let mut h = Host::<Submission>::new(settings(true), None);
+    h.script(&[("EHLO c", &["250"])]);
+    let injected = b"STARTTLS\r\nEHLO evil\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==\r\n";
+    assert_eq!(h.send(injected), ["220 2.0.0", "tls"]);
+    assert!(h.session.discarded_after_starttls() > 0);
+    assert_eq!(h.session.info().greeting, None, "EHLO from before TLS is forgotten");
+    assert_eq!(h.session.info().security.account, None);
+    h.script(&[("MAIL FROM:<alice@example.org>", &["530 5.7.0"])]);
+}
+
+#[test]
+fn mx_offers_starttls_only_with_a_certificate_and_never_auth() {
+    let mut h = Host::<Mx>::new(settings(false), None);
+    let lines = ehlo_lines(&mut h);
+    assert!(!lines.iter().any(|l| l == "STARTTLS" || l.starts_with("AUTH")));
+    for ext in ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"] {
+        assert!(lines.iter().any(|l| l == ext), "{ext} advertised");
+    }
+    assert!(lines.iter().any(|l| l == &format!("SIZE {}", 25 * 1024 * 1024)));
+    h.run();
+    h.script(&[("STARTTLS", &["454 4.7.0"])]);
+
+    let mut h = mx();
+    assert!(ehlo_lines(&mut h).iter().any(|l| l == "STARTTLS"));
+    h.run();
+    h.script(&[
+        ("AUTH PLAIN AGFsaWNlAHNlY3JldA==", &["502 5.5.1"]),
+        ("STARTTLS", &["220 2.0.0", "tls"]),
+    ]);
+    let lines = ehlo_lines(&mut h);
+    assert!(!lines.iter().any(|l| l == "STARTTLS" || l.starts_with("AUTH")));
+    h.run();
+    h.script(&[("AUTH PLAIN AGFsaWNlAHNlY3JldA==", &["502 5.5.1"])]);
+}
+
+#[test]
+fn mx_accepts_only_existing_local_mailboxes() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<anyone@far.example>", &["250 2.1.0"]),
+        ("RCPT TO:<someone@elsewhere.example>", &["550 5.7.1"]),
+        ("RCPT TO:<alice%elsewhere.example@example.org>", &["550 5.7.1"]),
+        ("RCPT TO:<@example.org:alice@elsewhere.example>", &["550 5.7.1"]),
+        ("RCPT TO:<@example.org:alice@example.org>", &["550 5.7.1"]),
+        ("RCPT TO:<\"alice@elsewhere.example\"@example.org>", &["550 5.7.1"]),
+        ("RCPT TO:<elsewhere.example!alice@example.org>", &["550 5.7.1"]),
+        ("RCPT TO:<alice@[192.0.2.1]>", &["550 5.7.1"]),
+        ("RCPT TO:<nobody@example.org>", &["550 5.1.1"]),
+        ("RCPT TO:<>", &["501 5.1.3"]),
+        ("RCPT TO:<Alice@EXAMPLE.ORG>", &["250 2.1.5"]),
+        ("RCPT TO:<Postmaster>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    assert_eq!(h.send(b"x\r\n.\r\n"), ["hook virus", "hook spam", "spool", "250 2.0.0"]);
+    let recipients = &h.spooled[0].message.envelope.recipients;
+    assert_eq!(recipients[1].mailbox.to_string(), "postmaster@example.org");
+}
+
+#[test]
+fn sequence_errors() {
+    let mut h = mx();
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["503 5.5.1"]),
+        ("HELO c", &["250"]),
+        ("RCPT TO:<alice@example.org>", &["503 5.5.1"]),
+        ("DATA", &["503 5.5.1"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("MAIL FROM:<a@b.example>", &["503 5.5.1"]),
+        ("DATA", &["554 5.5.1"]),
+        ("RSET", &["250 2.0.0"]),
+        ("RCPT TO:<alice@example.org>", &["503 5.5.1"]),
+        ("VRFY alice", &["252 2.5.0"]),
+        ("EXPN list", &["502 5.5.1"]),
+        ("HELP", &["214 2.0.0"]),
+    ]);
+}
+
+#[test]
+fn hook_verdicts_decide_the_outcome() {
+    let cases: Vec<(Vec<(Hook, Verdict)>, Vec<&str>, Option<Folder>)> = vec![
+        (
+            vec![(Hook::Virus, Verdict::Reject(Reply::fixed(554, Some(Enhanced(5, 7, 1)), "virus")))],
+            vec!["hook virus", "554 5.7.1"],
+            None,
+        ),
+        (
+            vec![(Hook::Spam, Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 1)), "later")))],
+            vec!["hook virus", "hook spam", "451 4.7.1"],
+            None,
+        ),
+        (
+            vec![(Hook::Spam, Verdict::Discard)],
+            vec!["hook virus", "hook spam", "250 2.0.0"],
+            None,
+        ),
+        (
+            vec![(Hook::Spam, Verdict::Junk(vec![Header { name: "X-Spam".into(), value: "yes".into() }]))],
+            vec!["hook virus", "hook spam", "spool", "250 2.0.0"],
+            Some(Folder::Junk),
+        ),
+        (
+            vec![(Hook::Spam, Verdict::Tag(vec![Header { name: "X-Spam-Score".into(), value: "3".into() }]))],
+            vec!["hook virus", "hook spam", "spool", "250 2.0.0"],
+            Some(Folder::Inbox),
+        ),
+        (
+            // A plugin that answers "reject" with a 2xx reply cannot make the server lie.
+            vec![(Hook::Virus, Verdict::Reject(Reply::fixed(250, None, "ok")))],
+            vec!["hook virus", "554 5.7.1"],
+            None,
+        ),
+    ];
+    for (verdicts, expected, folder) in cases {
+        let mut h = mx();
+        h.verdicts = verdicts;
+        h.script(&[
+            ("EHLO c", &["250"]),
+            ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+            ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+            ("DATA", &["354"]),
+        ]);
+        assert_eq!(h.send(b"x\r\n.\r\n"), expected);
+        assert_eq!(h.spooled.first().map(|s| s.folder), folder);
+        if let Some(request) = h.spooled.first() {
+            assert_eq!(request.headers.len(), 1);
+        }
+        // The session is clean afterwards: a new transaction works.
+        h.script(&[("MAIL FROM:<a@b.example>", &["250 2.1.0"])]);
+    }
+}
+
+#[test]
+fn rate_refusal_answers_data_and_consumes_bdat_chunks() {
+    let mut h = submission_ready();
+    h.verdicts = vec![(Hook::Rate, Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 0)), "slow down")))];
+    h.script(&[
+        ("MAIL FROM:<alice@example.org>", &["250 2.1.0"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+        ("DATA", &["hook rate", "451 4.7.0"]),
+    ]);
+    h.verdicts = vec![(Hook::Rate, Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 0)), "slow down")))];
+    h.script(&[
+        ("MAIL FROM:<alice@example.org>", &["250 2.1.0"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+    ]);
+    // The chunk holds what looks like commands: they must be read as content and dropped.
+    assert_eq!(h.send(b"BDAT 18 LAST\r\nRSET\r\nQUIT\r\nNOOP\r\n"), ["hook rate", "451 4.7.0"]);
+    h.script(&[("NOOP", &["250 2.0.0"])]);
+    assert!(h.spooled.is_empty());
+}
+
+#[test]
+fn bdat_chunks_make_one_message() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example> BODY=8BITMIME", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+    ]);
+    assert_eq!(h.send(b"BDAT 6\r\nline1\r"), ["250 2.0.0"]);
+    assert_eq!(h.send(b"BDAT 9 LAST\r\n\n.\r\nend\r\n"), ["hook virus", "hook spam", "spool", "250 2.0.0"]);
+    assert_eq!(h.spooled[0].message.body, b"line1\r\n.\r\nend\r\n");
+    // BDAT without a transaction still reads its octets.
+    assert_eq!(h.send(b"BDAT 12\r\nQUIT\r\nQUIT\r\n"), ["503 5.5.1"]);
+    h.script(&[("NOOP", &["250 2.0.0"])]);
+    // DATA after BDAT in one transaction is refused; a bare LF in a chunk fails it.
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+    ]);
+    assert_eq!(h.send(b"BDAT 3\r\na\nb"), ["550 5.6.0"]);
+    assert_eq!(h.send(b"BDAT 0 LAST\r\n"), ["503 5.5.1"]);
+    assert_eq!(h.spooled.len(), 1);
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+    ]);
+    assert_eq!(h.send(b"BDAT 1\r\na"), ["250 2.0.0"]);
+    h.script(&[("DATA", &["503 5.5.1"])]);
+}
+
+#[test]
+fn smuggling_in_data_closes_the_session_and_spools_nothing() {
+    let variants: &[&[u8]] = &[
+        b"a\r\n\n.\n\nMAIL FROM:<x@y.example>\r\n",
+        b"a\r\n.\nMAIL FROM:<x@y.example>\r\n",
+        b"a\n.\r\nMAIL FROM:<x@y.example>\r\n",
+        b"a\r\r.\r\rMAIL FROM:<x@y.example>\r\n",
+        b"a\r\n.\rMAIL FROM:<x@y.example>\r\n",
+        b"a\r.\r\nMAIL FROM:<x@y.example>\r\n",
+    ];
+    for variant in variants {
+        let mut h = mx();
+        h.script(&[
+            ("EHLO c", &["250"]),
+            ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+            ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+            ("DATA", &["354"]),
+        ]);
+        assert_eq!(h.send(variant), ["554 5.5.2", "close"], "{variant:?}");
+        assert!(h.spooled.is_empty());
+    }
+}
+
+#[test]
+fn bare_line_endings_in_commands_close_the_session() {
+    for input in [&b"NOOP\n"[..], b"NOOP\rQUIT\r\n", b"EHLO c\r\nNOOP\n"] {
+        let mut h = mx();
+        let got = h.send(input);
+        assert_eq!(got.last().map(String::as_str), Some("close"), "{input:?}");
+        assert!(got.contains(&"554 5.5.2".to_string()));
+    }
+}
+
+#[test]
+fn limits() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example> SIZE=26214401", &["552 5.3.4"]),
+        ("MAIL FROM:<a@b.example> SIZE=1000", &["250 2.1.0"]),
+    ]);
+    for _ in 0..99 {
+        h.script(&[("RCPT TO:<alice@example.org>", &["250 2.1.5"])]);
+    }
+    // Duplicates are kept once; the limit counts distinct recipients.
+    h.script(&[("RCPT TO:<bob@example.org>", &["250 2.1.5"])]);
+    let mut settings = (*settings(true)).clone();
+    settings.limits.recipients = 2;
+    settings.limits.message_size = 20;
+    settings.limits.line_length = 10;
+    let mut h = Host::<Mx>::new(Arc::new(settings), None);
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+        ("RCPT TO:<postmaster@example.org>", &["452 4.5.3"]),
+        ("DATA", &["354"]),
+    ]);
+    assert_eq!(h.send(b"0123456789\r\n0123456789\r\n.\r\n"), ["500 5.5.6"]);
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    assert_eq!(h.send(b"1234567\r\n1234567\r\n1234567\r\n.\r\n"), ["552 5.3.4"]);
+    assert_eq!(h.send(format!("NOOP {}\r\n", "x".repeat(600)).as_bytes()), ["500 5.5.2"]);
+    // An over-long line split across reads is skipped to its end.
+    assert_eq!(h.send("y".repeat(600).as_bytes()), ["500 5.5.2"]);
+    assert_eq!(h.send(b"yyy\r\nNOOP\r\n"), ["250 2.0.0"]);
+    assert!(h.spooled.is_empty());
+}
+
+#[test]
+fn garbage_closes_the_session() {
+    let mut h = mx();
+    let mut last = Vec::new();
+    for _ in 0..10 {
+        last = h.send(b"XYZZY\r\n");
+    }
+    assert_eq!(last, ["500 5.5.1", "421 4.7.0", "close"]);
+
+    let mut h = mx();
+    assert_eq!(h.send(b"GET / HTTP/1.1\r\n"), ["554 5.7.0", "close"]);
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let mut h = mx();
+    let got = h.send(
+        b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<x@far.example>\r\nDATA\r\n",
+    );
+    assert_eq!(got, ["250", "250 2.1.0", "250 2.1.5", "550 5.7.1", "354"]);
+    assert_eq!(h.send(b"hi\r\n.\r\nQUIT\r\n"), ["hook virus", "hook spam", "spool", "250 2.0.0", "221 2.0.0", "close"]);
+}
+
+#[test]
+fn utf8_addresses_need_smtputf8() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<δοκιμή@far.example>", &["553 5.6.7"]),
+        ("MAIL FROM:<δοκιμή@far.example> SMTPUTF8", &["250 2.1.0"]),
+        ("MAIL FROM:<a@b.example> FOO=BAR", &["555 5.5.4"]),
+        ("MAIL FROM:<a@b.example>", &["503 5.5.1"]),
+    ]);
+}
+
+#[test]
+fn timeout_and_shutdown_say_421() {
+    let mut h = mx();
+    h.session.timed_out();
+    assert_eq!(h.run(), ["421 4.4.2", "close"]);
+    let mut h = mx();
+    assert!(h.session.is_idle());
+    h.script(&[("EHLO c", &["250"]), ("MAIL FROM:<a@b.example>", &["250 2.1.0"])]);
+    assert!(!h.session.is_idle());
+    h.session.shut_down();
+    assert_eq!(h.run(), ["421 4.3.2", "close"]);
+}
+
+#[test]
+fn resolving_what_was_not_asked_is_a_usage_error() {
+    let mut h = mx();
+    assert!(h.session.resolve_hook(Verdict::Accept).is_err());
+    assert!(h.session.resolve_spool(Ok("x".into())).is_err());
+    assert!(h.session.resolve_auth(AuthOutcome::Reject).is_err());
+    assert!(h.session.tls_established(tls_info()).is_err());
+    assert_eq!(h.session.read_timeout(), ReadTimeout::Command);
+    let _ = Duration::ZERO;
+}
+
+#[test]
+fn received_header_names_everything_known() {
+    let mut h = submission_ready();
+    h.script(&[
+        ("MAIL FROM:<alice@example.org>", &["250 2.1.0"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+        ("DATA", &["hook rate", "354"]),
+    ]);
+    h.send(b"x\r\n.\r\n");
+    let envelope = &h.spooled[0].message.envelope;
+    let header = crate::received::received_header(
+        h.session.info(),
+        "mx.example.org",
+        "Q1",
+        envelope,
+        "Sat, 28 Nov 2026 15:00:00 +0000",
+    );
+    assert_eq!(
+        header,
+        "Received: from c ([192.0.2.7])\r\n\tby mx.example.org (Portcullis) with ESMTPSA id Q1\r\n\t\
+         (version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)\r\n\tfor <bob@example.org>;\r\n\t\
+         Sat, 28 Nov 2026 15:00:00 +0000\r\n"
+    );
+}
