@@ -184,7 +184,8 @@ pub enum Verdict {
 }
 
 /// Where a local recipient's copy goes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Folder {
     /// The inbox.
     #[default]

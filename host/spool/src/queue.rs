@@ -1,0 +1,304 @@
+//! The spool: one file per accepted message, durable before the 250.
+//!
+//! File format: a first line `PORTCULLIS-SPOOL 1`, one line of JSON metadata ([`Entry`]),
+//! then exactly `Entry::size` octets of message (trace and hook headers already prepended).
+//! A file whose length disagrees with its metadata is moved to `corrupt/` at recovery and
+//! never delivered.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portcullis_smtp::Folder;
+use portcullis_smtp::envelope::Envelope;
+use serde::{Deserialize, Serialize};
+
+use crate::fsync;
+
+const MAGIC: &[u8] = b"PORTCULLIS-SPOOL 1\n";
+
+/// A queue id: unique, sortable by arrival, safe as a file name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QueueId(String);
+
+impl QueueId {
+    fn generate() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
+        QueueId(format!("{micros:014X}{n:04X}"))
+    }
+
+    /// Parses a file name back into an id, refusing anything that is not one.
+    pub fn parse(name: &str) -> Option<Self> {
+        let ok = name.len() == 18 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase());
+        ok.then(|| QueueId(name.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the spool knows about one message besides its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Entry {
+    /// The queue id.
+    pub id: QueueId,
+    /// When it was accepted, seconds since the epoch.
+    pub received_at: u64,
+    /// Sender and recipients as accepted.
+    pub envelope: Envelope,
+    /// Indices into `envelope.recipients` still to be delivered.
+    pub pending: Vec<usize>,
+    /// Where local copies go.
+    pub folder: Folder,
+    /// Octets of message after the metadata line.
+    pub size: u64,
+}
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolError {
+    /// The file system refused.
+    #[error("spool I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A queue file is not in the spool format (truncated, foreign, damaged).
+    #[error("corrupt spool file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The durable queue under `<data-dir>/spool`.
+#[derive(Debug)]
+pub struct Spool {
+    tmp: PathBuf,
+    queue: PathBuf,
+    corrupt: PathBuf,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool in `dir` and removes half-written files.
+    pub fn open(dir: &Path) -> Result<Self, SpoolError> {
+        let spool = Spool {
+            tmp: dir.join("tmp"),
+            queue: dir.join("queue"),
+            corrupt: dir.join("corrupt"),
+        };
+        for d in [&spool.tmp, &spool.queue, &spool.corrupt] {
+            fsync::create_dir_durable(d).map_err(io_err(d))?;
+        }
+        for item in fs::read_dir(&spool.tmp).map_err(io_err(&spool.tmp))? {
+            let path = item.map_err(io_err(&spool.tmp))?.path();
+            tracing::warn!(path = %path.display(), "removing a half-written spool file left by a crash");
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+        Ok(spool)
+    }
+
+    fn path(&self, id: &QueueId) -> PathBuf {
+        self.queue.join(id.as_str())
+    }
+
+    /// Stores a message durably: when this returns `Ok`, a crash loses nothing.
+    ///
+    /// `head` is prepended to `body` (the `Received:` header and hook headers).
+    pub fn store(&self, envelope: Envelope, folder: Folder, head: &[u8], body: &[u8]) -> Result<Entry, SpoolError> {
+        let received_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        loop {
+            let id = QueueId::generate();
+            let entry = Entry {
+                pending: (0..envelope.recipients.len()).collect(),
+                id,
+                received_at,
+                envelope: envelope.clone(),
+                folder,
+                size: (head.len() + body.len()) as u64,
+            };
+            let tmp = self.tmp.join(entry.id.as_str());
+            let meta = metadata_line(&entry)?;
+            match fsync::write_new(&tmp, &[MAGIC, &meta, head, body]) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_err(&tmp)(e));
+                }
+            }
+            let dest = self.path(&entry.id);
+            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+            fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))?;
+            return Ok(entry);
+        }
+    }
+
+    /// Replaces the metadata of a stored message (after some recipients were delivered),
+    /// atomically: the old file stays until the new one is durable.
+    pub fn update(&self, entry: &Entry) -> Result<(), SpoolError> {
+        let (_, body) = self.load(&entry.id)?;
+        let tmp = self.tmp.join(format!("{}.update", entry.id));
+        let _ = fs::remove_file(&tmp);
+        let meta = metadata_line(entry)?;
+        fsync::write_new(&tmp, &[MAGIC, &meta, &body]).map_err(io_err(&tmp))?;
+        let dest = self.path(&entry.id);
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))
+    }
+
+    /// Reads a stored message and checks it is whole.
+    pub fn load(&self, id: &QueueId) -> Result<(Entry, Vec<u8>), SpoolError> {
+        let path = self.path(id);
+        let corrupt = |reason: &str| SpoolError::Corrupt {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        let file = fs::File::open(&path).map_err(io_err(&path))?;
+        let mut reader = BufReader::new(file);
+        let mut magic = Vec::new();
+        reader.read_until(b'\n', &mut magic).map_err(io_err(&path))?;
+        if magic != MAGIC {
+            return Err(corrupt("not a spool file"));
+        }
+        let mut meta = Vec::new();
+        reader.read_until(b'\n', &mut meta).map_err(io_err(&path))?;
+        let entry: Entry = serde_json::from_slice(&meta).map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
+        if entry.id != *id {
+            return Err(corrupt("metadata names another queue id"));
+        }
+        let mut body = Vec::with_capacity(entry.size as usize);
+        reader.read_to_end(&mut body).map_err(io_err(&path))?;
+        if body.len() as u64 != entry.size {
+            return Err(corrupt("message length differs from its metadata (truncated?)"));
+        }
+        Ok((entry, body))
+    }
+
+    /// Removes a message whose every recipient is done.
+    pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let path = self.path(id);
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))
+    }
+
+    /// Moves a damaged file aside so it is kept for the operator but never delivered.
+    pub fn quarantine(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let path = self.path(id);
+        let dest = self.corrupt.join(id.as_str());
+        fs::rename(&path, &dest).map_err(io_err(&dest))?;
+        fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))
+    }
+
+    /// Every queued message id, oldest first.
+    pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
+        let mut ids = Vec::new();
+        for item in fs::read_dir(&self.queue).map_err(io_err(&self.queue))? {
+            let item = item.map_err(io_err(&self.queue))?;
+            let name = item.file_name();
+            match name.to_str().and_then(QueueId::parse) {
+                Some(id) => ids.push(id),
+                None => tracing::warn!(file = ?name, "ignoring a foreign file in the spool queue"),
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+fn metadata_line(entry: &Entry) -> Result<Vec<u8>, SpoolError> {
+    let mut meta = serde_json::to_vec(entry).map_err(|e| SpoolError::Corrupt {
+        path: PathBuf::from(entry.id.as_str()),
+        reason: format!("cannot encode metadata: {e}"),
+    })?;
+    meta.push(b'\n');
+    Ok(meta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_smtp::envelope::{MailParams, Recipient};
+    use portcullis_smtp::Mailbox;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            mail_from: None,
+            params: MailParams::default(),
+            recipients: vec![Recipient {
+                mailbox: Mailbox {
+                    local: "alice".into(),
+                    domain: "example.org".into(),
+                },
+                params: Default::default(),
+                local: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn store_load_update_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let entry = spool.store(envelope(), Folder::Inbox, b"Received: x\r\n", b"body\r\n").unwrap();
+        assert_eq!(spool.list().unwrap(), vec![entry.id.clone()]);
+        let (loaded, body) = spool.load(&entry.id).unwrap();
+        assert_eq!(loaded, entry);
+        assert_eq!(body, b"Received: x\r\nbody\r\n");
+        let mut updated = entry.clone();
+        updated.pending.clear();
+        spool.update(&updated).unwrap();
+        assert_eq!(spool.load(&entry.id).unwrap().0.pending, Vec::<usize>::new());
+        spool.remove(&entry.id).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn half_written_and_truncated_files_are_never_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let entry = spool.store(envelope(), Folder::Inbox, b"", b"0123456789").unwrap();
+        fs::write(dir.path().join("tmp/0000000000000000AB"), b"PORTCULLIS-SPOOL 1\n{").unwrap();
+        // Truncate the stored message, as a disk fault would.
+        let path = dir.path().join("queue").join(entry.id.as_str());
+        let data = fs::read(&path).unwrap();
+        fs::write(&path, &data[..data.len() - 3]).unwrap();
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(matches!(spool.load(&entry.id), Err(SpoolError::Corrupt { .. })));
+        spool.quarantine(&entry.id).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+    }
+}
