@@ -24,7 +24,8 @@ const MAGIC: &[u8] = b"PORTCULLIS-SPOOL 1\n";
 pub struct QueueId(String);
 
 impl QueueId {
-    fn generate() -> Self {
+    /// A fresh id: microseconds since the epoch and a counter, in upper-case hex.
+    pub fn generate() -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let micros = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -130,39 +131,41 @@ impl Spool {
         self.queue.join(id.as_str())
     }
 
-    /// Stores a message durably: when this returns `Ok`, a crash loses nothing.
+    /// Stores a message durably under `id`: when this returns `Ok`, a crash loses nothing.
     ///
     /// `head` is prepended to `body` (the `Received:` header and hook headers).
-    pub fn store(&self, envelope: Envelope, folder: Folder, head: &[u8], body: &[u8]) -> Result<Entry, SpoolError> {
+    pub fn store(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        folder: Folder,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<Entry, SpoolError> {
         let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        loop {
-            let id = QueueId::generate();
-            let entry = Entry {
-                pending: (0..envelope.recipients.len()).collect(),
-                id,
-                received_at,
-                envelope: envelope.clone(),
-                folder,
-                size: (head.len() + body.len()) as u64,
-            };
-            let tmp = self.tmp.join(entry.id.as_str());
-            let meta = metadata_line(&entry)?;
-            match fsync::write_new(&tmp, &[MAGIC, &meta, head, body]) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    let _ = fs::remove_file(&tmp);
-                    return Err(io_err(&tmp)(e));
-                }
+        let entry = Entry {
+            pending: (0..envelope.recipients.len()).collect(),
+            id,
+            received_at,
+            envelope,
+            folder,
+            size: (head.len() + body.len()) as u64,
+        };
+        let tmp = self.tmp.join(entry.id.as_str());
+        let meta = metadata_line(&entry)?;
+        if let Err(e) = fsync::write_new(&tmp, &[MAGIC, &meta, head, body]) {
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(&tmp);
             }
-            let dest = self.path(&entry.id);
-            fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-            fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))?;
-            return Ok(entry);
+            return Err(io_err(&tmp)(e));
         }
+        let dest = self.path(&entry.id);
+        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))?;
+        Ok(entry)
     }
 
     /// Replaces the metadata of a stored message (after some recipients were delivered),
@@ -271,7 +274,7 @@ mod tests {
     fn store_load_update_remove() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let entry = spool.store(envelope(), Folder::Inbox, b"Received: x\r\n", b"body\r\n").unwrap();
+        let entry = spool.store(QueueId::generate(), envelope(), Folder::Inbox, b"Received: x\r\n", b"body\r\n").unwrap();
         assert_eq!(spool.list().unwrap(), vec![entry.id.clone()]);
         let (loaded, body) = spool.load(&entry.id).unwrap();
         assert_eq!(loaded, entry);
@@ -288,7 +291,7 @@ mod tests {
     fn half_written_and_truncated_files_are_never_delivered() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let entry = spool.store(envelope(), Folder::Inbox, b"", b"0123456789").unwrap();
+        let entry = spool.store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"0123456789").unwrap();
         fs::write(dir.path().join("tmp/0000000000000000AB"), b"PORTCULLIS-SPOOL 1\n{").unwrap();
         // Truncate the stored message, as a disk fault would.
         let path = dir.path().join("queue").join(entry.id.as_str());

@@ -1,0 +1,274 @@
+//! Accounts: the users file (argon2id hashes), password checks, and the [`Directory`] the
+//! SMTP core asks about local mailboxes.
+//!
+//! File format (TOML), written by `portcullis user add`:
+//!
+//! ```toml
+//! [accounts."alice@example.org"]
+//! password = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::phc::PasswordHash;
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use portcullis_smtp::session::{AuthOutcome, Credentials};
+use portcullis_smtp::{Directory, Mailbox};
+use serde::{Deserialize, Serialize};
+
+/// Problems with the users file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountsError {
+    /// It could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It is not valid TOML of the expected shape.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The account name is not `local@domain` in a local domain.
+    #[error("{0}")]
+    BadName(String),
+    /// Hashing failed.
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsersFile {
+    #[serde(default)]
+    accounts: BTreeMap<String, AccountEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountEntry {
+    password: String,
+}
+
+/// The accounts and local domains, loaded at start.
+#[derive(Debug)]
+pub struct Accounts {
+    domains: Vec<String>,
+    /// Lower-case `local@domain` → PHC hash string.
+    hashes: BTreeMap<String, String>,
+}
+
+fn read_users(path: &Path) -> Result<UsersFile, AccountsError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| AccountsError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(UsersFile::default()),
+        Err(source) => Err(AccountsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Turns `alice` or `Alice@Example.org` into `alice@example.org`, checking the domain is ours.
+pub fn normalize_name(name: &str, domains: &[String]) -> Result<String, AccountsError> {
+    let name = name.trim().to_lowercase();
+    let full = if name.contains('@') {
+        name
+    } else {
+        format!("{name}@{}", domains[0])
+    };
+    let (local, domain) = full
+        .rsplit_once('@')
+        .ok_or_else(|| AccountsError::BadName(format!("{full:?} is not an address")))?;
+    if local.is_empty() || local.contains(['+', '/', '\\', '%', '!', '@', ' ', '"']) || local.starts_with('.') {
+        return Err(AccountsError::BadName(format!(
+            "{local:?} is not a plain local part (letters, digits, dots, hyphens)"
+        )));
+    }
+    if !domains.iter().any(|d| d == domain) {
+        return Err(AccountsError::BadName(format!(
+            "{domain:?} is not a local domain; local domains are {domains:?}"
+        )));
+    }
+    Ok(full)
+}
+
+/// Adds or replaces an account in the users file, atomically.
+pub fn add_user(path: &Path, name: &str, password: &str, domains: &[String]) -> Result<String, AccountsError> {
+    let name = normalize_name(name, domains)?;
+    if password.is_empty() {
+        return Err(AccountsError::BadName("the password is empty".into()));
+    }
+    let hash = Argon2::default()
+        .hash_password(password.as_bytes())
+        .map_err(|e| AccountsError::Hash(e.to_string()))?
+        .to_string();
+    let mut users = read_users(path)?;
+    users.accounts.insert(name.clone(), AccountEntry { password: hash });
+    let text = format!(
+        "# Portcullis accounts, written by `portcullis user add`. Hashes are argon2id.\n{}",
+        toml::to_string(&users).map_err(|e| AccountsError::Hash(e.to_string()))?
+    );
+    let io = |source| AccountsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let tmp = path.with_extension("toml.tmp");
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(name)
+}
+
+/// A hash to verify against when the user does not exist, so that timing does not tell.
+fn decoy_hash() -> &'static str {
+    static DECOY: OnceLock<String> = OnceLock::new();
+    DECOY.get_or_init(|| {
+        Argon2::default()
+            .hash_password(b"portcullis-decoy")
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    })
+}
+
+impl Accounts {
+    /// Loads the users file (a missing file is an empty one).
+    pub fn load(path: &Path, domains: &[String]) -> Result<Accounts, AccountsError> {
+        let users = read_users(path)?;
+        let mut hashes = BTreeMap::new();
+        for (name, entry) in users.accounts {
+            let name = normalize_name(&name, domains).map_err(|e| AccountsError::Format {
+                path: path.to_path_buf(),
+                message: format!("account {name:?}: {e}"),
+            })?;
+            PasswordHash::new(&entry.password).map_err(|e| AccountsError::Format {
+                path: path.to_path_buf(),
+                message: format!("account {name:?}: the password is not a PHC hash: {e}"),
+            })?;
+            hashes.insert(name, entry.password);
+        }
+        Ok(Accounts {
+            domains: domains.to_vec(),
+            hashes,
+        })
+    }
+
+    /// How many accounts exist.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Whether there are no accounts.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Checks credentials; CPU-heavy (argon2), so callers run it off the async threads.
+    pub fn verify(&self, credentials: &Credentials) -> AuthOutcome {
+        let name = normalize_name(&credentials.username, &self.domains).ok();
+        let stored = name.as_ref().and_then(|n| self.hashes.get(n));
+        let hash: &str = match stored {
+            Some(h) => h,
+            None => decoy_hash(),
+        };
+        let Ok(parsed) = PasswordHash::new(hash) else {
+            return AuthOutcome::TempFail;
+        };
+        let good = Argon2::default()
+            .verify_password(credentials.password.as_bytes(), &parsed)
+            .is_ok();
+        // A PLAIN authzid different from the user is impersonation: not offered.
+        match (good && credentials.authzid.is_none(), name, stored) {
+            (true, Some(account), Some(_)) => AuthOutcome::Accept { account },
+            _ => AuthOutcome::Reject,
+        }
+    }
+
+    /// The address with any `+detail` removed and lower-cased, if it is local.
+    fn account_of(&self, mailbox: &Mailbox) -> Option<String> {
+        let domain = mailbox.domain.to_lowercase();
+        if !self.is_local_domain(&domain) {
+            return None;
+        }
+        let local = mailbox.local.to_lowercase();
+        let base = local.split_once('+').map_or(local.as_str(), |(b, _)| b);
+        Some(format!("{base}@{domain}"))
+    }
+}
+
+impl Directory for Accounts {
+    fn primary_domain(&self) -> &str {
+        &self.domains[0]
+    }
+
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    fn has_mailbox(&self, mailbox: &Mailbox) -> bool {
+        if mailbox.local.eq_ignore_ascii_case("postmaster") {
+            return true;
+        }
+        self.account_of(mailbox).is_some_and(|a| self.hashes.contains_key(&a))
+    }
+
+    fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
+        self.account_of(mailbox).is_some_and(|a| a == account)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_smtp::command::Mechanism;
+
+    #[test]
+    fn add_then_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let domains = vec!["example.org".to_string()];
+        assert_eq!(add_user(&path, "Alice", "pw1", &domains).unwrap(), "alice@example.org");
+        assert!(add_user(&path, "bob@elsewhere.example", "pw", &domains).is_err());
+        assert!(add_user(&path, "a%b", "pw", &domains).is_err());
+        let accounts = Accounts::load(&path, &domains).unwrap();
+        let creds = |user: &str, pw: &str| Credentials {
+            mechanism: Mechanism::Plain,
+            authzid: None,
+            username: user.into(),
+            password: pw.into(),
+        };
+        assert_eq!(
+            accounts.verify(&creds("alice@EXAMPLE.org", "pw1")),
+            AuthOutcome::Accept {
+                account: "alice@example.org".into()
+            }
+        );
+        assert_eq!(accounts.verify(&creds("alice", "pw1")), AuthOutcome::Accept { account: "alice@example.org".into() });
+        assert_eq!(accounts.verify(&creds("alice", "wrong")), AuthOutcome::Reject);
+        assert_eq!(accounts.verify(&creds("nobody", "pw1")), AuthOutcome::Reject);
+        let mb = |l: &str| Mailbox {
+            local: l.into(),
+            domain: "example.org".into(),
+        };
+        assert!(accounts.has_mailbox(&mb("alice+lists")));
+        assert!(accounts.has_mailbox(&mb("Postmaster")));
+        assert!(!accounts.has_mailbox(&mb("bob")));
+        assert!(accounts.may_send_as("alice@example.org", &mb("ALICE")));
+        assert!(!accounts.may_send_as("alice@example.org", &mb("bob")));
+    }
+}

@@ -1,0 +1,387 @@
+//! The operator's configuration: TOML parsed into validated types, once, at start.
+//!
+//! Unknown keys are refused, sizes read like `"25MiB"`, durations like `"30s"`. Relative
+//! paths are resolved against the directory of the config file (the working directory for
+//! the embedded default). Every field's doc states its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration `portcullis serve` runs on when no `--config` is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A configuration problem, with the key it concerns.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has unknown or mistyped keys.
+    #[error("{origin}: {message}")]
+    Syntax {
+        /// The file (or "embedded default").
+        origin: String,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// The values parse but do not make a working server.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        /// The file (or "embedded default").
+        origin: String,
+        /// The offending key, for example `listener[1].kind`.
+        key: String,
+        /// What is wrong and what would be right.
+        message: String,
+    },
+}
+
+/// A duration written like `"30s"`, `"5m"` or `"1h 30m"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(Span)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}")))
+    }
+}
+
+/// The kind of a listener, which fixes its pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListenerKind {
+    /// Port 25: mail exchange.
+    Mx,
+    /// Port 587: submission with STARTTLS.
+    Submission,
+    /// Port 465: submission with implicit TLS (RFC 8314).
+    Submissions,
+}
+
+impl ListenerKind {
+    /// The name used in config and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Mx => "mx",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Submissions => "submissions",
+        }
+    }
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServerSection {
+    /// Our host name in the greeting and trace headers. Default: `"localhost"`.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Where the spool, mailboxes and generated certificate live. Required.
+    pub data_dir: PathBuf,
+    /// How long SIGTERM waits for open transactions before answering 421. Default: `"30s"`.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: Span,
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+
+fn default_drain() -> Span {
+    Span(Duration::from_secs(30))
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TlsSection {
+    /// PEM certificate chain. Required.
+    pub cert: PathBuf,
+    /// PEM private key. Required.
+    pub key: PathBuf,
+    /// Generate a self-signed certificate for `server.hostname` when both files are
+    /// missing. Default: `false` (missing files are an error).
+    #[serde(default)]
+    pub self_signed: bool,
+}
+
+/// One `[[listener]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ListenerSection {
+    /// `"mx"`, `"submission"` or `"submissions"`. Required.
+    pub kind: ListenerKind,
+    /// `ip:port` to bind. Required.
+    pub address: SocketAddr,
+}
+
+/// `[domains]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DomainsSection {
+    /// Domains delivered here; the first is the primary domain. Required, not empty.
+    pub local: Vec<String>,
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AuthSection {
+    /// The accounts file written by `portcullis user add`. Default: `<data-dir>/users.toml`.
+    pub users_file: Option<PathBuf>,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsSection {
+    /// Largest message accepted. Default: `"25MiB"`.
+    #[serde(default = "default_message_size")]
+    pub message_size: bytesize::ByteSize,
+    /// Recipients per message before `452 4.5.3`. Default: `100` (the RFC 5321 minimum).
+    #[serde(default = "default_recipients")]
+    pub recipients: usize,
+    /// Longest text line in a message, CRLF included. Default: `1000` (RFC 5321).
+    #[serde(default = "default_line_length")]
+    pub line_length: usize,
+    /// Wait for a command before `421`. Default: `"5m"` (RFC 5321 4.5.3.2).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Span,
+    /// Wait for each block of message content. Default: `"3m"` (RFC 5321 4.5.3.2.6).
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout: Span,
+    /// Refused commands before a session is closed. Default: `10`.
+    #[serde(default = "default_errors")]
+    pub errors: u32,
+    /// Failed AUTH attempts before a session is closed. Default: `3`.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures: u32,
+    /// Pause before answering the n-th failed AUTH, times n. Default: `"1s"`.
+    #[serde(default = "default_auth_failure_delay")]
+    pub auth_failure_delay: Span,
+}
+
+fn default_message_size() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(25)
+}
+fn default_recipients() -> usize {
+    100
+}
+fn default_line_length() -> usize {
+    1000
+}
+fn default_command_timeout() -> Span {
+    Span(Duration::from_secs(300))
+}
+fn default_data_timeout() -> Span {
+    Span(Duration::from_secs(180))
+}
+fn default_errors() -> u32 {
+    10
+}
+fn default_auth_failures() -> u32 {
+    3
+}
+fn default_auth_failure_delay() -> Span {
+    Span(Duration::from_secs(1))
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            message_size: default_message_size(),
+            recipients: default_recipients(),
+            line_length: default_line_length(),
+            command_timeout: default_command_timeout(),
+            data_timeout: default_data_timeout(),
+            errors: default_errors(),
+            auth_failures: default_auth_failures(),
+            auth_failure_delay: default_auth_failure_delay(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    server: ServerSection,
+    tls: Option<TlsSection>,
+    #[serde(default)]
+    listener: Vec<ListenerSection>,
+    domains: DomainsSection,
+    #[serde(default)]
+    auth: Option<AuthSection>,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where it came from, for messages.
+    pub origin: String,
+    /// `[server]`, with `data-dir` absolute.
+    pub server: ServerSection,
+    /// `[tls]`, with paths absolute; `None` means no STARTTLS and no submission.
+    pub tls: Option<TlsSection>,
+    /// The listeners.
+    pub listeners: Vec<ListenerSection>,
+    /// Local domains, lower-case; the first is primary.
+    pub local_domains: Vec<String>,
+    /// The accounts file, absolute.
+    pub users_file: PathBuf,
+    /// `[limits]`.
+    pub limits: LimitsSection,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&text, &path.display().to_string(), &base)
+    }
+
+    /// The embedded default, relative to the working directory.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Config::parse(EMBEDDED_DEFAULT, "embedded default", &cwd)
+    }
+
+    /// Parses and validates `text`; relative paths are joined to `base`.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        let mut server = raw.server;
+        server.data_dir = base.join(&server.data_dir);
+        if server.hostname.is_empty() || server.hostname.contains(char::is_whitespace) {
+            return Err(invalid("server.hostname", "must be a host name without spaces".into()));
+        }
+        let tls = raw.tls.map(|mut t| {
+            t.cert = base.join(&t.cert);
+            t.key = base.join(&t.key);
+            t
+        });
+        if raw.listener.is_empty() {
+            return Err(invalid("listener", "at least one [[listener]] is needed".into()));
+        }
+        for (i, l) in raw.listener.iter().enumerate() {
+            if l.kind != ListenerKind::Mx && tls.is_none() {
+                return Err(invalid(
+                    &format!("listener[{i}].kind"),
+                    format!("a {} listener needs a [tls] section: submission is never cleartext", l.kind.name()),
+                ));
+            }
+            if raw.listener[..i].iter().any(|o| o.address == l.address) {
+                return Err(invalid(&format!("listener[{i}].address"), format!("{} is listed twice", l.address)));
+            }
+        }
+        let local_domains: Vec<String> = raw.domains.local.iter().map(|d| d.to_ascii_lowercase()).collect();
+        if local_domains.is_empty() {
+            return Err(invalid("domains.local", "at least one local domain is needed".into()));
+        }
+        if let Some(bad) = local_domains.iter().find(|d| d.is_empty() || d.contains(['@', ' ', '/'])) {
+            return Err(invalid("domains.local", format!("{bad:?} is not a domain name")));
+        }
+        let limits = raw.limits;
+        if limits.recipients == 0 {
+            return Err(invalid("limits.recipients", "must be at least 1 (RFC 5321 asks for 100)".into()));
+        }
+        if limits.line_length < 80 {
+            return Err(invalid("limits.line-length", "must be at least 80 (RFC 5321 asks for 1000)".into()));
+        }
+        if limits.message_size.as_u64() == 0 || limits.message_size.as_u64() > usize::MAX as u64 {
+            return Err(invalid("limits.message-size", "must be a positive size such as \"25MiB\"".into()));
+        }
+        if limits.errors == 0 || limits.auth_failures == 0 {
+            return Err(invalid("limits", "errors and auth-failures must be at least 1".into()));
+        }
+        let users_file = match raw.auth.and_then(|a| a.users_file) {
+            Some(p) => base.join(p),
+            None => server.data_dir.join("users.toml"),
+        };
+        Ok(Config {
+            origin: origin.to_string(),
+            server,
+            tls,
+            listeners: raw.listener,
+            local_domains,
+            users_file,
+            limits,
+        })
+    }
+
+    /// The session limits of the SMTP core.
+    pub fn session_limits(&self) -> portcullis_smtp::Limits {
+        let l = &self.limits;
+        portcullis_smtp::Limits {
+            message_size: l.message_size.as_u64() as usize,
+            recipients: l.recipients,
+            line_length: l.line_length,
+            errors: l.errors,
+            auth_failures: l.auth_failures,
+            auth_failure_delay: l.auth_failure_delay.0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::parse(EMBEDDED_DEFAULT, "embedded", Path::new("/x")).unwrap();
+        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.server.data_dir, Path::new("/x/portcullis-data"));
+        assert_eq!(c.limits.message_size.as_u64(), 25 * 1024 * 1024);
+        assert_eq!(c.session_limits().auth_failure_delay, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"example.org\"]\n";
+        let cases = [
+            (format!("{base}[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:1\"\n"), "listener[0].kind"),
+            (format!("{base}"), "listener"),
+            (format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nmessage-size = \"lots\"\n"), "message-size"),
+            (format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\ncommand-timeout = \"soon\"\n"), "duration"),
+            (format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\ncolour = 1\n"), "colour"),
+            (format!("{base}[[listener]]\nkind = \"pop3\"\naddress = \"127.0.0.1:1\"\n"), "pop3"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse(&text, "t.toml", Path::new("/")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        let ok = format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nmessage-size = \"10MiB\"\ncommand-timeout = \"1m 30s\"\n");
+        let c = Config::parse(&ok, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(c.limits.command_timeout.0, Duration::from_secs(90));
+        assert_eq!(c.users_file, Path::new("/d/users.toml"));
+    }
+}

@@ -1,0 +1,259 @@
+//! The connection driver: moves bytes between a socket and a `Session<P>` and answers the
+//! session's requests. It holds no SMTP logic; every decision is the core's or a hook's.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use portcullis_smtp::session::{Action, ReadTimeout, SessionInfo, SpoolFailure};
+use portcullis_smtp::{Pipeline, Session, SpoolRequest};
+use portcullis_spool::QueueId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+
+use crate::delivery::Job;
+use crate::server::{Context, Phase};
+use crate::tls;
+
+/// The socket, before and after TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Closed,
+}
+
+impl Stream {
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+            Stream::Closed => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(data).await,
+            Stream::Tls(s) => {
+                s.write_all(data).await?;
+                s.flush().await
+            }
+            Stream::Closed => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = match self {
+            Stream::Plain(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+            Stream::Closed => Ok(()),
+        };
+    }
+
+    /// Runs the server handshake over the plain socket.
+    async fn upgrade(&mut self, ctx: &Context) -> io::Result<portcullis_smtp::session::TlsInfo> {
+        let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
+            return Err(io::Error::other("TLS requested on a stream that is not plain TCP"));
+        };
+        let acceptor = ctx
+            .tls
+            .as_ref()
+            .ok_or_else(|| io::Error::other("TLS requested without a certificate"))?;
+        let tls = acceptor.accept(tcp).await?;
+        let info = tls::info(tls.get_ref().1);
+        *self = Stream::Tls(Box::new(tls));
+        Ok(info)
+    }
+}
+
+/// What a session did, for its closing log line.
+#[derive(Debug, Default)]
+struct Tally {
+    accepted: u32,
+    refused: u32,
+}
+
+/// Runs one session of pipeline `P` to its end. `implicit_tls` is the submissions (465) case.
+pub async fn run<P: Pipeline>(
+    ctx: Arc<Context>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    let tls = if implicit_tls {
+        match stream.upgrade(&ctx).await {
+            Ok(info) => Some(info),
+            Err(e) => {
+                tracing::info!(error = %e, "TLS handshake failed");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    tracing::info!(peer = %peer, tls = tls.is_some(), "connect");
+    let mut session = Session::<P>::new(Arc::clone(&ctx.settings), ctx.directory(), peer.ip(), tls);
+    let mut out = Vec::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut tally = Tally::default();
+    let result: io::Result<()> = async {
+        loop {
+            match session.poll() {
+                Action::Reply(reply) => {
+                    if reply.code >= 400 {
+                        tracing::debug!(reply = %reply.to_string().trim_end(), "refused");
+                    }
+                    reply.write_to(&mut out);
+                }
+                Action::Read => {
+                    flush(&mut stream, &mut out).await?;
+                    let limit = match session.read_timeout() {
+                        ReadTimeout::Command => ctx.config.limits.command_timeout.0,
+                        ReadTimeout::Data => ctx.config.limits.data_timeout.0,
+                    };
+                    let stop_now = |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
+                    if stop_now(&phase.borrow(), session.is_idle()) {
+                        session.shut_down();
+                        continue;
+                    }
+                    tokio::select! {
+                        read = tokio::time::timeout(limit, stream.read(&mut buf)) => match read {
+                            Err(_) => session.timed_out(),
+                            Ok(Ok(0)) => return Ok(()),
+                            Ok(Ok(n)) => session.feed(&buf[..n]),
+                            Ok(Err(e)) => return Err(e),
+                        },
+                        changed = phase.changed() => {
+                            if changed.is_err() || stop_now(&phase.borrow(), session.is_idle()) {
+                                session.shut_down();
+                            }
+                        }
+                    }
+                }
+                Action::Pause(delay) => {
+                    flush(&mut stream, &mut out).await?;
+                    tokio::time::sleep(delay).await;
+                }
+                Action::StartTls => {
+                    flush(&mut stream, &mut out).await?;
+                    if session.discarded_after_starttls() > 0 {
+                        tracing::warn!(
+                            octets = session.discarded_after_starttls(),
+                            "discarded cleartext pipelined after STARTTLS (CVE-2011-0411 pattern)"
+                        );
+                    }
+                    let info = stream.upgrade(&ctx).await?;
+                    tracing::info!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
+                    session.tls_established(info).map_err(io::Error::other)?;
+                }
+                Action::Authenticate(credentials) => {
+                    let accounts = ctx.accounts();
+                    let username = credentials.username.clone();
+                    let outcome = tokio::task::spawn_blocking(move || accounts.verify(&credentials))
+                        .await
+                        .map_err(io::Error::other)?;
+                    match &outcome {
+                        portcullis_smtp::AuthOutcome::Accept { account } => {
+                            tracing::info!(%account, "authenticated")
+                        }
+                        _ => tracing::warn!(%username, "authentication failed"),
+                    }
+                    session.resolve_auth(outcome).map_err(io::Error::other)?;
+                }
+                Action::CallHook(hook) => {
+                    let envelope = session.envelope();
+                    let verdict = ctx
+                        .hooks
+                        .call(hook, session.info(), envelope.as_ref(), session.message().map(|m| m.as_ref()))
+                        .await;
+                    session.resolve_hook(verdict).map_err(io::Error::other)?;
+                }
+                Action::Spool(request) => {
+                    let result = spool(&ctx, session.info(), request).await;
+                    match &result {
+                        Ok(_) => tally.accepted += 1,
+                        Err(_) => tally.refused += 1,
+                    }
+                    session.resolve_spool(result).map_err(io::Error::other)?;
+                }
+                Action::Close => {
+                    flush(&mut stream, &mut out).await?;
+                    stream.shutdown().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => tracing::info!(accepted = tally.accepted, spool_failures = tally.refused, "disconnect"),
+        Err(e) => tracing::info!(error = %e, accepted = tally.accepted, "disconnect after an I/O error"),
+    }
+}
+
+async fn flush(stream: &mut Stream, out: &mut Vec<u8>) -> io::Result<()> {
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Makes a header safe to write: no line breaks can be smuggled in by a hook.
+fn header_line(name: &str, value: &str) -> Option<String> {
+    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    let value: String = value.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+    name_ok.then(|| format!("{name}: {value}\r\n"))
+}
+
+/// Writes the message to the spool (off the async threads) and hands it to delivery.
+async fn spool(ctx: &Arc<Context>, info: &SessionInfo, request: SpoolRequest) -> Result<String, SpoolFailure> {
+    let id = QueueId::generate();
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    let message = request.message;
+    let mut head = portcullis_smtp::received::received_header(
+        info,
+        &ctx.config.server.hostname,
+        id.as_str(),
+        &message.envelope,
+        &date,
+    );
+    for header in &request.headers {
+        match header_line(&header.name, &header.value) {
+            Some(line) => head.push_str(&line),
+            None => tracing::warn!(name = %header.name, "dropped a hook header with an invalid name"),
+        }
+    }
+    let spool = Arc::clone(&ctx.spool);
+    let folder = request.folder;
+    let stored = tokio::task::spawn_blocking(move || {
+        spool.store(id, message.envelope.clone(), folder, head.as_bytes(), &message.body)
+    })
+    .await;
+    match stored {
+        Ok(Ok(entry)) => {
+            tracing::info!(
+                queue_id = %entry.id,
+                from = %entry.envelope.reverse_path(),
+                recipients = entry.envelope.recipients.len(),
+                size = entry.size,
+                "queued"
+            );
+            let id = entry.id.to_string();
+            let _ = ctx.deliveries.send(Job::new(entry.id));
+            Ok(id)
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "spool write failed; answering 451");
+            Err(SpoolFailure(e.to_string()))
+        }
+        Err(e) => Err(SpoolFailure(e.to_string())),
+    }
+}

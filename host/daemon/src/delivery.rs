@@ -1,0 +1,158 @@
+//! Local delivery: takes spooled messages, writes each local recipient's copy into its
+//! Maildir, and retires the spool file once nothing local is left.
+//!
+//! Recipients in other domains (accepted on submission) stay pending in the spool for the
+//! outbound queue runner. A failed local delivery (disk full, permissions) is retried with
+//! a growing delay; the message stays safe in the spool meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_spool::{Delivery, Maildir, QueueId, Spool, SpoolError};
+use tokio::sync::{Semaphore, mpsc};
+
+/// Deliveries running at once (each is mostly fsync wait).
+const PARALLEL: usize = 4;
+/// Delays between attempts of a failing local delivery.
+const RETRY: [Duration; 5] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+    Duration::from_secs(900),
+];
+
+/// One message to deliver.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The spooled message.
+    pub id: QueueId,
+    /// It was found in the spool at start: look in `cur/` too before writing a copy.
+    pub recovering: bool,
+    /// Attempts made so far.
+    pub attempts: usize,
+}
+
+impl Job {
+    /// A job for a message just accepted.
+    pub fn new(id: QueueId) -> Self {
+        Job {
+            id,
+            recovering: false,
+            attempts: 0,
+        }
+    }
+}
+
+/// What one delivery run achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Every recipient is done; the spool file is gone.
+    Finished,
+    /// Local recipients are done; these many remote ones wait for outbound delivery.
+    AwaitingOutbound(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("maildir delivery to {recipient} failed: {source}")]
+    Maildir {
+        recipient: String,
+        source: std::io::Error,
+    },
+}
+
+/// Starts the delivery task; send it jobs through the returned channel.
+pub fn start(spool: Arc<Spool>, maildir: Maildir) -> mpsc::UnboundedSender<Job> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    let requeue = tx.clone();
+    tokio::spawn(async move {
+        let slots = Arc::new(Semaphore::new(PARALLEL));
+        while let Some(job) = rx.recv().await {
+            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
+                break;
+            };
+            let (spool, maildir, requeue) = (Arc::clone(&spool), maildir.clone(), requeue.clone());
+            tokio::spawn(async move {
+                let run = job.clone();
+                let result = tokio::task::spawn_blocking(move || deliver(&spool, &maildir, &run)).await;
+                drop(permit);
+                match result {
+                    Ok(Ok(Outcome::Finished)) => tracing::info!(queue_id = %job.id, "delivered"),
+                    Ok(Ok(Outcome::AwaitingOutbound(n))) => {
+                        tracing::info!(queue_id = %job.id, remote = n, "local copies delivered; remote recipients stay queued for outbound delivery")
+                    }
+                    Ok(Err(e)) => {
+                        let delay = RETRY[job.attempts.min(RETRY.len() - 1)];
+                        tracing::warn!(queue_id = %job.id, error = %e, retry_in = ?delay, "delivery failed; the message stays in the spool");
+                        let next = Job {
+                            attempts: job.attempts + 1,
+                            recovering: true,
+                            ..job
+                        };
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let _ = requeue.send(next);
+                        });
+                    }
+                    Err(e) => tracing::error!(queue_id = %job.id, error = %e, "delivery task failed"),
+                }
+            });
+        }
+    });
+    tx
+}
+
+fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, DeliveryError> {
+    let (mut entry, message) = match spool.load(&job.id) {
+        Ok(loaded) => loaded,
+        Err(SpoolError::Corrupt { path, reason }) => {
+            tracing::error!(queue_id = %job.id, path = %path.display(), %reason, "corrupt spool file moved to spool/corrupt; it will not be delivered");
+            spool.quarantine(&job.id)?;
+            return Ok(Outcome::Finished);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let before = entry.pending.len();
+    let mut failure = None;
+    let mut remaining = Vec::new();
+    for &index in &entry.pending {
+        let Some(recipient) = entry.envelope.recipients.get(index) else {
+            continue;
+        };
+        if !recipient.local {
+            remaining.push(index);
+            continue;
+        }
+        let unique = format!("{}_{index}", entry.id);
+        match maildir.deliver(&recipient.mailbox, entry.folder, &unique, entry.received_at, &message, job.recovering) {
+            Ok(Delivery::Delivered) => {
+                tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, folder = ?entry.folder, "saved to maildir")
+            }
+            Ok(Delivery::AlreadyDelivered) => {
+                tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, "already in the maildir (delivered before a restart)")
+            }
+            Err(source) => {
+                remaining.push(index);
+                failure.get_or_insert(DeliveryError::Maildir {
+                    recipient: recipient.mailbox.to_string(),
+                    source,
+                });
+            }
+        }
+    }
+    if remaining.is_empty() {
+        spool.remove(&entry.id)?;
+        return Ok(Outcome::Finished);
+    }
+    if remaining.len() != before {
+        entry.pending = remaining;
+        spool.update(&entry)?;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(Outcome::AwaitingOutbound(entry.pending.len())),
+    }
+}

@@ -1,0 +1,169 @@
+//! `portcullis`: the mail server daemon and its operator commands.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML configuration, validated at start; the embedded default.
+//! - [`server`]: binds listeners, runs sessions, drains on SIGTERM.
+//! - [`connection`]: the driver between a socket and the sans-IO `Session<P>`.
+//! - [`tls`]: certificates (loaded or self-signed) and the rustls configuration.
+//! - [`accounts`]: the users file, argon2id checks, the mailbox directory.
+//! - [`hooks`]: who answers the session's hook points.
+//! - [`delivery`]: from the spool into Maildirs, with retries.
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod accounts;
+mod config;
+mod connection;
+mod delivery;
+mod hooks;
+mod server;
+mod tls;
+
+use config::Config;
+
+/// Portcullis: a mail server whose per-message decisions are sandboxed WebAssembly plugins.
+#[derive(Parser, Debug)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (on the embedded default config when --config is not given).
+    Serve {
+        /// The configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file and explain the first problem.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Manage accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    /// Add an account (or replace its password) in the users file.
+    Add {
+        /// `local@domain`, or a bare local part in the primary local domain.
+        name: String,
+        /// Read the password from standard input (its first line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// The configuration file naming the users file (default: the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded(),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            init_logging();
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(config = %config.origin, "starting");
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("portcullis: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(server::serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start");
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => match accounts::Accounts::load(&c.users_file, &c.local_domains) {
+                Ok(a) => {
+                    println!(
+                        "{}: OK ({} listener(s), local domains {:?}, {} account(s))",
+                        c.origin,
+                        c.listeners.len(),
+                        c.local_domains,
+                        a.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: auth.users-file: {e}", c.origin);
+                    ExitCode::FAILURE
+                }
+            },
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::User {
+            command: UserCommand::Add { name, config, .. },
+        } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut input = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
+                eprintln!("portcullis: cannot read the password from standard input: {e}");
+                return ExitCode::FAILURE;
+            }
+            let password = input.lines().next().unwrap_or("");
+            match accounts::add_user(&config.users_file, &name, password, &config.local_domains) {
+                Ok(account) => {
+                    println!("added {account} to {}", config.users_file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("portcullis: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The daemon: everything is checked and bound before the first connection is accepted,
+//! then one task per listener accepts and one task per connection runs its session.
+//!
+//! Shutdown (SIGTERM or SIGINT) goes through [`Phase`]s: `Draining` stops accepting and
+//! closes idle sessions with 421 while open transactions finish; after `drain-timeout`,
+//! `Closing` answers 421 to everyone still there. SIGHUP reloads the accounts file.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use portcullis_smtp::{Directory, Mx, Settings, Submission};
+use portcullis_spool::{Maildir, Spool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
+
+use crate::accounts::Accounts;
+use crate::config::{Config, ListenerKind};
+use crate::delivery::{self, Job};
+use crate::hooks::Hooks;
+use crate::tls;
+
+/// Where the daemon is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// Not accepting; idle sessions are closed, transactions may finish.
+    Draining,
+    /// Everyone still connected gets 421.
+    Closing,
+}
+
+/// What every connection shares.
+pub struct Context {
+    /// The validated configuration.
+    pub config: Config,
+    /// What the SMTP core needs to know of it.
+    pub settings: Arc<Settings>,
+    /// Present when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// The durable queue.
+    pub spool: Arc<Spool>,
+    /// Local delivery jobs.
+    pub deliveries: mpsc::UnboundedSender<Job>,
+    /// Who answers hook points.
+    pub hooks: Hooks,
+    accounts: RwLock<Arc<Accounts>>,
+}
+
+impl Context {
+    /// The current accounts.
+    pub fn accounts(&self) -> Arc<Accounts> {
+        match self.accounts.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// The current accounts, as the directory sessions consult.
+    pub fn directory(&self) -> Arc<dyn Directory> {
+        self.accounts()
+    }
+
+    fn reload_accounts(&self) {
+        match Accounts::load(&self.config.users_file, &self.config.local_domains) {
+            Ok(fresh) => {
+                tracing::info!(accounts = fresh.len(), "accounts reloaded");
+                match self.accounts.write() {
+                    Ok(mut guard) => *guard = Arc::new(fresh),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "accounts reload failed; keeping the old accounts"),
+        }
+    }
+}
+
+/// A failure that stops the daemon before it serves.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The data directory cannot be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TLS set-up failed.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The accounts file is broken.
+    #[error(transparent)]
+    Accounts(#[from] crate::accounts::AccountsError),
+    /// The spool cannot be opened.
+    #[error(transparent)]
+    Spool(#[from] portcullis_spool::SpoolError),
+    /// A listener cannot bind.
+    #[error("cannot listen on {address} ({kind}): {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The listener kind.
+        kind: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Checks everything, binds every listener, then serves until SIGTERM/SIGINT has drained.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    let tls = match &config.tls {
+        Some(section) => {
+            if tls::ensure_self_signed(section, &config.server.hostname)? {
+                tracing::info!(cert = %section.cert.display(), key = %section.key.display(), "generated a self-signed certificate");
+            }
+            Some(tls::acceptor(section)?)
+        }
+        None => None,
+    };
+    let accounts = Accounts::load(&config.users_file, &config.local_domains)?;
+    if accounts.is_empty() {
+        tracing::warn!(users_file = %config.users_file.display(), "no accounts yet: add one with `portcullis user add NAME --password-stdin`");
+    }
+    let spool = Arc::new(Spool::open(&data_dir.join("spool"))?);
+    let recovered = spool.list()?;
+    let mail_root = data_dir.join("mail");
+    let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
+
+    let mut bound = Vec::new();
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.address).await.map_err(|source| StartError::Bind {
+            address: listener.address,
+            kind: listener.kind.name(),
+            source,
+        })?;
+        bound.push((listener.kind, socket));
+    }
+
+    let deliveries = delivery::start(Arc::clone(&spool), maildir);
+    if !recovered.is_empty() {
+        tracing::info!(messages = recovered.len(), "recovering messages found in the spool");
+    }
+    for id in recovered {
+        let _ = deliveries.send(Job {
+            id,
+            recovering: true,
+            attempts: 0,
+        });
+    }
+
+    let ctx = Arc::new(Context {
+        settings: Arc::new(Settings {
+            hostname: config.server.hostname.clone(),
+            limits: config.session_limits(),
+            tls_available: tls.is_some(),
+        }),
+        tls,
+        spool,
+        deliveries,
+        hooks: Hooks::default(),
+        accounts: RwLock::new(Arc::new(accounts)),
+        config,
+    });
+
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    for (kind, socket) in bound {
+        let address = socket.local_addr().map_err(|source| StartError::Bind {
+            address: SocketAddr::from(([0, 0, 0, 0], 0)),
+            kind: kind.name(),
+            source,
+        })?;
+        tracing::info!(kind = kind.name(), %address, "listening");
+        tokio::spawn(accept_loop(Arc::clone(&ctx), kind, socket, phase_rx.clone(), alive_tx.clone()));
+    }
+    drop(alive_tx);
+    tracing::info!(
+        data_dir = %ctx.config.server.data_dir.display(),
+        mail = %mail_root.display(),
+        users_file = %ctx.config.users_file.display(),
+        "ready"
+    );
+
+    wait_for_stop(&ctx).await;
+    let drain = ctx.config.server.drain_timeout.0;
+    tracing::info!(drain_timeout = ?drain, "shutting down: no new connections, finishing open transactions");
+    let _ = phase_tx.send(Phase::Draining);
+    if tokio::time::timeout(drain, alive_rx.recv()).await.is_err() {
+        tracing::warn!("drain timeout reached: answering 421 to the remaining sessions");
+        let _ = phase_tx.send(Phase::Closing);
+        let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_stop(ctx: &Context) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => ctx.reload_accounts(),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctx;
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn accept_loop(
+    ctx: Arc<Context>,
+    kind: ListenerKind,
+    socket: TcpListener,
+    mut phase: watch::Receiver<Phase>,
+    alive: mpsc::Sender<()>,
+) {
+    static SESSIONS: AtomicU64 = AtomicU64::new(1);
+    loop {
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = phase.changed() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(kind = kind.name(), error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("session", id = %format_args!("{id:x}"), kind = kind.name());
+        let guard = alive.clone();
+        let task = run_session(Arc::clone(&ctx), kind, tcp, peer, phase.clone());
+        tokio::spawn(
+            async move {
+                task.await;
+                drop(guard);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The one place where a listener's kind becomes a pipeline type.
+async fn run_session(
+    ctx: Arc<Context>,
+    kind: ListenerKind,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    phase: watch::Receiver<Phase>,
+) {
+    match kind {
+        ListenerKind::Mx => crate::connection::run::<Mx>(ctx, tcp, peer, false, phase).await,
+        ListenerKind::Submission => crate::connection::run::<Submission>(ctx, tcp, peer, false, phase).await,
+        ListenerKind::Submissions => crate::connection::run::<Submission>(ctx, tcp, peer, true, phase).await,
+    }
+}
