@@ -1,1 +1,11 @@
-fn main(){}
+//! End-to-end tests: the real `portcullis` binary on loopback, real clients, real TLS.
+//!
+//! Each test starts its own daemon on `127.0.0.1:0` ports in a fresh data directory and
+//! learns the bound addresses from the daemon's own log.
+
+mod cli;
+mod durability;
+mod harness;
+mod hostile;
+mod pipelines;
+mod shutdown;

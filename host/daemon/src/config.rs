@@ -298,7 +298,7 @@ impl Config {
                     format!("a {} listener needs a [tls] section: submission is never cleartext", l.kind.name()),
                 ));
             }
-            if raw.listener[..i].iter().any(|o| o.address == l.address) {
+            if l.address.port() != 0 && raw.listener[..i].iter().any(|o| o.address == l.address) {
                 return Err(invalid(&format!("listener[{i}].address"), format!("{} is listed twice", l.address)));
             }
         }

@@ -1,0 +1,50 @@
+//! The operator commands: check-config and user add.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_the_bad_key() {
+    let setup = Setup::new("");
+    let ok = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("run");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("OK"));
+
+    let cases = [
+        ("[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"x.org\"]\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:1\"\n", "listener[0].kind"),
+        ("[server]\ndata-dir = \"d\"\nmystery = 1\n", "mystery"),
+        ("[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"x.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\ndata-timeout = \"eventually\"\n", "data-timeout"),
+    ];
+    for (text, needle) in cases {
+        let path = setup.dir.path().join("bad.toml");
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(binary())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+    }
+}
+
+#[test]
+fn user_add_writes_an_argon2id_hash_and_refuses_foreign_domains() {
+    let setup = Setup::new("");
+    let users = std::fs::read_to_string(setup.dir.path().join("users.toml")).expect("users");
+    assert!(users.contains("[accounts.\"alice@example.org\"]"), "{users}");
+    assert!(users.contains("$argon2id$"), "{users}");
+    assert!(!users.contains(PASSWORD));
+    let out = Command::new(binary())
+        .args(["user", "add", "mallory@elsewhere.example", "--password-stdin", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}

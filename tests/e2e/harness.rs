@@ -1,0 +1,305 @@
+//! Starts and stops the daemon, reads its log, and talks raw SMTP.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The bound for anything the tests wait on.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub const DOMAIN: &str = "example.org";
+pub const PASSWORD: &str = "correct horse";
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// A data directory with config, certificate and one account (alice@example.org).
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub cert_pem: String,
+}
+
+impl Setup {
+    pub fn new(extra: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let cert_pem = certified.cert.pem();
+        std::fs::write(dir.path().join("cert.pem"), &cert_pem).expect("write cert");
+        std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).expect("write key");
+        let config = format!(
+            r#"
+[server]
+hostname = "mx.example.org"
+data-dir = "data"
+drain-timeout = "3s"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[[listener]]
+kind = "mx"
+address = "127.0.0.1:0"
+
+[[listener]]
+kind = "submission"
+address = "127.0.0.1:0"
+
+[[listener]]
+kind = "submissions"
+address = "127.0.0.1:0"
+
+[domains]
+local = ["{DOMAIN}"]
+
+[auth]
+users-file = "users.toml"
+{extra}
+"#
+        );
+        std::fs::write(dir.path().join("portcullis.toml"), config).expect("write config");
+        let setup = Setup { dir, cert_pem };
+        setup.add_user("alice", PASSWORD);
+        setup
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("portcullis.toml")
+    }
+
+    pub fn add_user(&self, name: &str, password: &str) {
+        let mut child = Command::new(binary())
+            .args(["user", "add", name, "--password-stdin", "--config"])
+            .arg(self.config())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run user add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("write password");
+        assert!(child.wait().expect("user add").success());
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn maildir(&self, local: &str) -> PathBuf {
+        self.data().join("mail").join(DOMAIN).join(local)
+    }
+
+    pub fn start(&self) -> Daemon {
+        Daemon::start(&self.config())
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("PORTCULLIS_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, lines) = mpsc::channel();
+        let keep = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                keep.lock().expect("log").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            addrs: HashMap::new(),
+            log,
+            lines,
+        };
+        daemon.wait_log("ready");
+        for line in daemon.log() {
+            if let (Some(kind), Some(address)) = (field(&line, "kind"), field(&line, "address"))
+                && line.contains("listening")
+            {
+                daemon.addrs.insert(kind, address.parse().expect("address"));
+            }
+        }
+        assert_eq!(daemon.addrs.len(), 3, "three listeners reported: {:?}", daemon.log());
+        daemon
+    }
+
+    pub fn addr(&self, kind: &str) -> SocketAddr {
+        self.addrs[kind]
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Waits (bounded) for a log line containing `needle`, seen after the call or before.
+    pub fn wait_log(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log().into_iter().find(|l| l.contains(needle)) {
+            return line;
+        }
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within {PATIENCE:?}; log: {:#?}", self.log()),
+            }
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+    }
+
+    /// Waits (bounded) for the process to exit.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the daemon did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, name: &str) -> Option<String> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let rest = &line[start..];
+    let value = rest.split(' ').next()?;
+    Some(value.trim_matches('"').to_string())
+}
+
+/// Files in `dir/new` (empty when the folder does not exist yet).
+pub fn new_files(maildir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(maildir.join("new"))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Waits (bounded) until `maildir/new` holds at least `count` files, and returns them.
+pub fn wait_for_mail(maildir: &Path, count: usize) -> Vec<PathBuf> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let files = new_files(maildir);
+        if files.len() >= count {
+            return files;
+        }
+        assert!(Instant::now() < deadline, "{count} message(s) expected in {maildir:?}, found {}", files.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (bounded) until the spool queue is empty.
+pub fn wait_spool_empty(data: &Path) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let count = std::fs::read_dir(data.join("spool/queue")).map(|rd| rd.count()).unwrap_or(0);
+        if count == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "spool still holds {count} message(s)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A raw SMTP client over plain TCP, for what no well-behaved client library would send.
+pub struct Raw {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut raw = Raw { stream, reader };
+        assert!(raw.reply().starts_with("220 "));
+        raw
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// One whole reply (all its lines), or "" when the server closed the connection.
+    pub fn reply(&mut self) -> String {
+        let mut whole = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return whole,
+                Ok(_) => {}
+            }
+            whole.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return whole;
+            }
+        }
+    }
+
+    /// Sends a command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Reads until the server closes the connection (within the bound) and returns what
+    /// came before the close; `None` if the connection stayed open.
+    pub fn until_closed(&mut self) -> Option<String> {
+        let mut rest = Vec::new();
+        match self.reader.read_to_end(&mut rest) {
+            Ok(_) => Some(String::from_utf8_lossy(&rest).into_owned()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted) => {
+                Some(String::from_utf8_lossy(&rest).into_owned())
+            }
+            Err(_) => None,
+        }
+    }
+}

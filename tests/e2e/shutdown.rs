@@ -1,0 +1,34 @@
+//! SIGTERM drains: idle sessions get 421 at once, an open transaction may finish, then 421.
+
+use std::net::TcpStream;
+
+use crate::harness::*;
+
+#[test]
+fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
+    let setup = Setup::new("");
+    let mut daemon = setup.start();
+    let addr = daemon.addr("mx");
+    let mut idle = Raw::connect(addr);
+    assert!(idle.cmd("EHLO idle.example").starts_with("250"));
+    let mut busy = Raw::connect(addr);
+    assert!(busy.cmd("EHLO busy.example").starts_with("250"));
+    assert!(busy.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+    assert!(busy.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+
+    daemon.sigterm();
+    assert!(idle.reply().starts_with("421 4.3.2"));
+    assert!(idle.until_closed().is_some());
+    daemon.wait_log("shutting down");
+    assert!(TcpStream::connect(addr).is_err(), "no new connections while draining");
+
+    assert!(busy.cmd("DATA").starts_with("354"));
+    assert!(busy.cmd("Subject: last\r\n\r\nfinished during the drain\r\n.").starts_with("250 2.0.0"));
+    assert!(busy.reply().starts_with("421 4.3.2"));
+    assert!(daemon.wait_exit().success());
+    assert_eq!(new_files(&setup.maildir("alice")).len() + spool_count(&setup), 1);
+}
+
+fn spool_count(setup: &Setup) -> usize {
+    std::fs::read_dir(setup.data().join("spool/queue")).map(|r| r.count()).unwrap_or(0)
+}
