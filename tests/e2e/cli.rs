@@ -16,9 +16,15 @@ fn check_config_accepts_a_good_file_and_names_the_bad_key() {
     assert!(String::from_utf8_lossy(&ok.stdout).contains("OK"));
 
     let cases = [
-        ("[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"x.org\"]\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:1\"\n", "listener[0].kind"),
+        (
+            "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"x.org\"]\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:1\"\n",
+            "listener[0].kind",
+        ),
         ("[server]\ndata-dir = \"d\"\nmystery = 1\n", "mystery"),
-        ("[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"x.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\ndata-timeout = \"eventually\"\n", "data-timeout"),
+        (
+            "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"x.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\ndata-timeout = \"eventually\"\n",
+            "data-timeout",
+        ),
     ];
     for (text, needle) in cases {
         let path = setup.dir.path().join("bad.toml");
@@ -42,7 +48,13 @@ fn user_add_writes_an_argon2id_hash_and_refuses_foreign_domains() {
     assert!(users.contains("$argon2id$"), "{users}");
     assert!(!users.contains(PASSWORD));
     let out = Command::new(binary())
-        .args(["user", "add", "mallory@elsewhere.example", "--password-stdin", "--config"])
+        .args([
+            "user",
+            "add",
+            "mallory@elsewhere.example",
+            "--password-stdin",
+            "--config",
+        ])
         .arg(setup.config())
         .output()
         .expect("run");

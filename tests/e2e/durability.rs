@@ -25,7 +25,12 @@ fn accepted_but_undelivered_message_survives_kill9_and_arrives_once() {
     send_mx(&mut c, "survivor");
     daemon.wait_log("delivery failed");
     daemon.kill9();
-    assert_eq!(std::fs::read_dir(setup.data().join("spool/queue")).expect("spool").count(), 1);
+    assert_eq!(
+        std::fs::read_dir(setup.data().join("spool/queue"))
+            .expect("spool")
+            .count(),
+        1
+    );
 
     std::fs::remove_file(setup.maildir("alice")).expect("unblock");
     let mut daemon = setup.start();
@@ -33,7 +38,11 @@ fn accepted_but_undelivered_message_survives_kill9_and_arrives_once() {
     wait_spool_empty(&setup.data());
     let files = new_files(&setup.maildir("alice"));
     assert_eq!(files.len(), 1);
-    assert!(std::fs::read_to_string(&files[0]).expect("read").contains("body of survivor"));
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .expect("read")
+            .contains("body of survivor")
+    );
 }
 
 #[test]
@@ -56,7 +65,10 @@ fn kill9_right_after_a_burst_loses_and_duplicates_nothing() {
         .iter()
         .map(|f| {
             let text = std::fs::read_to_string(f).expect("read");
-            let line = text.lines().find(|l| l.starts_with("Subject: ")).expect("subject");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("Subject: "))
+                .expect("subject");
             line.to_string()
         })
         .collect();

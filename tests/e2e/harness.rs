@@ -28,7 +28,8 @@ pub struct Setup {
 impl Setup {
     pub fn new(extra: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let certified =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
         let cert_pem = certified.cert.pem();
         std::fs::write(dir.path().join("cert.pem"), &cert_pem).expect("write cert");
         std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).expect("write key");
@@ -145,7 +146,12 @@ impl Daemon {
                 daemon.addrs.insert(kind, address.parse().expect("address"));
             }
         }
-        assert_eq!(daemon.addrs.len(), 3, "three listeners reported: {:?}", daemon.log());
+        assert_eq!(
+            daemon.addrs.len(),
+            3,
+            "three listeners reported: {:?}",
+            daemon.log()
+        );
         daemon
     }
 
@@ -168,7 +174,10 @@ impl Daemon {
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within {PATIENCE:?}; log: {:#?}", self.log()),
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {PATIENCE:?}; log: {:#?}",
+                    self.log()
+                ),
             }
         }
     }
@@ -230,7 +239,11 @@ pub fn wait_for_mail(maildir: &Path, count: usize) -> Vec<PathBuf> {
         if files.len() >= count {
             return files;
         }
-        assert!(Instant::now() < deadline, "{count} message(s) expected in {maildir:?}, found {}", files.len());
+        assert!(
+            Instant::now() < deadline,
+            "{count} message(s) expected in {maildir:?}, found {}",
+            files.len()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -239,7 +252,9 @@ pub fn wait_for_mail(maildir: &Path, count: usize) -> Vec<PathBuf> {
 pub fn wait_spool_empty(data: &Path) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let count = std::fs::read_dir(data.join("spool/queue")).map(|rd| rd.count()).unwrap_or(0);
+        let count = std::fs::read_dir(data.join("spool/queue"))
+            .map(|rd| rd.count())
+            .unwrap_or(0);
         if count == 0 {
             return;
         }
@@ -296,7 +311,12 @@ impl Raw {
         let mut rest = Vec::new();
         match self.reader.read_to_end(&mut rest) {
             Ok(_) => Some(String::from_utf8_lossy(&rest).into_owned()),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
                 Some(String::from_utf8_lossy(&rest).into_owned())
             }
             Err(_) => None,

@@ -6,14 +6,7 @@ use std::sync::Arc;
 use crate::harness::*;
 
 /// Ends of DATA that some servers accept and that must never end a message here.
-const SMUGGLED_ENDS: &[&[u8]] = &[
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r\n.\n",
-    b"\r.\r",
-    b"\r.\r\n",
-    b"\r\n.\r",
-];
+const SMUGGLED_ENDS: &[&[u8]] = &[b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"];
 
 #[test]
 fn smuggling_variants_are_refused_and_nothing_extra_is_delivered() {
@@ -82,8 +75,9 @@ fn commands_pipelined_after_starttls_are_discarded() {
         // The injection rides in the same packet as STARTTLS (CVE-2011-0411).
         c.send(b"STARTTLS\r\nEHLO injected.example\r\nMAIL FROM:<alice@example.org>\r\n");
         assert!(c.reply().starts_with("220 2.0.0"));
-        let connection = rustls::ClientConnection::new(tls_client(&setup), "localhost".try_into().expect("name"))
-            .expect("client");
+        let connection =
+            rustls::ClientConnection::new(tls_client(&setup), "localhost".try_into().expect("name"))
+                .expect("client");
         let tcp = c.stream.try_clone().expect("clone");
         let mut tls = rustls::StreamOwned::new(connection, tcp);
         // Inside TLS: had the injected commands run, a transaction would be open and this

@@ -38,13 +38,21 @@ fn assert_delivered_exactly(file: &std::path::Path, sent: &[u8], protocol: &str)
     let sent = [sent, b"\r\n"].concat();
     let sent = sent.as_slice();
     let stored = std::fs::read(file).expect("read delivered message");
-    assert!(stored.starts_with(b"Received: from "), "{}", String::from_utf8_lossy(&stored));
+    assert!(
+        stored.starts_with(b"Received: from "),
+        "{}",
+        String::from_utf8_lossy(&stored)
+    );
     let text = String::from_utf8_lossy(&stored);
     assert!(text.contains(&format!(" with {protocol} id ")), "{text}");
     assert!(stored.ends_with(sent), "delivered bytes differ:\n{text}");
     let header_end = stored.len() - sent.len();
     let header = &text[..header_end];
-    assert_eq!(header.matches("\r\n").count(), header.lines().count(), "CRLF only");
+    assert_eq!(
+        header.matches("\r\n").count(),
+        header.lines().count(),
+        "CRLF only"
+    );
 }
 
 #[test]
@@ -81,14 +89,19 @@ fn submissions_with_implicit_tls_and_login_delivers_exact_bytes() {
         .build();
     let sent = message("submissions");
     transport
-        .send_raw(&envelope("alice@example.org", &["alice@example.org", "bob@far.example"]), &sent)
+        .send_raw(
+            &envelope("alice@example.org", &["alice@example.org", "bob@far.example"]),
+            &sent,
+        )
         .expect("accepted");
     let files = wait_for_mail(&setup.maildir("alice"), 1);
     assert_delivered_exactly(&files[0], &sent, "ESMTPSA");
     // The remote recipient stays queued for outbound delivery, durable in the spool.
     let mut d = daemon;
     d.wait_log("remote recipients stay queued");
-    let queued = std::fs::read_dir(setup.data().join("spool/queue")).expect("spool").count();
+    let queued = std::fs::read_dir(setup.data().join("spool/queue"))
+        .expect("spool")
+        .count();
     assert_eq!(queued, 1);
 }
 
@@ -103,15 +116,21 @@ fn mx_plain_and_with_starttls_delivers_exact_bytes() {
         .build();
     let sent_plain = message("mx-plain");
     plain
-        .send_raw(&envelope("someone@far.example", &["alice@example.org"]), &sent_plain)
+        .send_raw(
+            &envelope("someone@far.example", &["alice@example.org"]),
+            &sent_plain,
+        )
         .expect("accepted");
     let tls = SmtpTransport::builder_dangerous(addr.ip().to_string())
         .port(addr.port())
         .tls(Tls::Required(tls_parameters(&setup)))
         .build();
     let sent_tls = message("mx-tls");
-    tls.send_raw(&envelope("someone@far.example", &["alice@example.org"]), &sent_tls)
-        .expect("accepted");
+    tls.send_raw(
+        &envelope("someone@far.example", &["alice@example.org"]),
+        &sent_tls,
+    )
+    .expect("accepted");
     let files = wait_for_mail(&setup.maildir("alice"), 2);
     assert_eq!(files.len(), 2);
     let (mut plain_file, mut tls_file) = (None, None);
@@ -136,8 +155,14 @@ fn mx_refuses_relay_and_unknown_users_and_auth() {
     assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
     assert!(c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==").starts_with("502 5.5.1"));
     assert!(c.cmd("MAIL FROM:<x@far.example>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<victim@elsewhere.example>").starts_with("550 5.7.1"));
-    assert!(c.cmd("RCPT TO:<victim%elsewhere.example@example.org>").starts_with("550 5.7.1"));
+    assert!(
+        c.cmd("RCPT TO:<victim@elsewhere.example>")
+            .starts_with("550 5.7.1")
+    );
+    assert!(
+        c.cmd("RCPT TO:<victim%elsewhere.example@example.org>")
+            .starts_with("550 5.7.1")
+    );
     assert!(c.cmd("RCPT TO:<nobody@example.org>").starts_with("550 5.1.1"));
     assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
@@ -165,7 +190,10 @@ fn submission_refuses_cleartext_and_wrong_sender() {
         .authentication(vec![Mechanism::Plain])
         .build();
     let err = transport
-        .send_raw(&envelope("alice@example.org", &["alice@example.org"]), &message("forged"))
+        .send_raw(
+            &envelope("alice@example.org", &["alice@example.org"]),
+            &message("forged"),
+        )
         .expect_err("bob may not send as alice");
     assert!(err.to_string().contains("553"), "{err}");
     let wrong = SmtpTransport::builder_dangerous(addr.ip().to_string())
@@ -175,7 +203,10 @@ fn submission_refuses_cleartext_and_wrong_sender() {
         .authentication(vec![Mechanism::Plain])
         .build();
     let err = wrong
-        .send_raw(&envelope("bob@example.org", &["alice@example.org"]), &message("x"))
+        .send_raw(
+            &envelope("bob@example.org", &["alice@example.org"]),
+            &message("x"),
+        )
         .expect_err("wrong password");
     assert!(err.to_string().contains("535"), "{err}");
 }

@@ -20,15 +20,23 @@ fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
     assert!(idle.reply().starts_with("421 4.3.2"));
     assert!(idle.until_closed().is_some());
     daemon.wait_log("shutting down");
-    assert!(TcpStream::connect(addr).is_err(), "no new connections while draining");
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "no new connections while draining"
+    );
 
     assert!(busy.cmd("DATA").starts_with("354"));
-    assert!(busy.cmd("Subject: last\r\n\r\nfinished during the drain\r\n.").starts_with("250 2.0.0"));
+    assert!(
+        busy.cmd("Subject: last\r\n\r\nfinished during the drain\r\n.")
+            .starts_with("250 2.0.0")
+    );
     assert!(busy.reply().starts_with("421 4.3.2"));
     assert!(daemon.wait_exit().success());
     assert_eq!(new_files(&setup.maildir("alice")).len() + spool_count(&setup), 1);
 }
 
 fn spool_count(setup: &Setup) -> usize {
-    std::fs::read_dir(setup.data().join("spool/queue")).map(|r| r.count()).unwrap_or(0)
+    std::fs::read_dir(setup.data().join("spool/queue"))
+        .map(|r| r.count())
+        .unwrap_or(0)
 }

@@ -93,7 +93,8 @@ pub fn normalize_name(name: &str, domains: &[String]) -> Result<String, Accounts
     let (local, domain) = full
         .rsplit_once('@')
         .ok_or_else(|| AccountsError::BadName(format!("{full:?} is not an address")))?;
-    if local.is_empty() || local.contains(['+', '/', '\\', '%', '!', '@', ' ', '"']) || local.starts_with('.') {
+    if local.is_empty() || local.contains(['+', '/', '\\', '%', '!', '@', ' ', '"']) || local.starts_with('.')
+    {
         return Err(AccountsError::BadName(format!(
             "{local:?} is not a plain local part (letters, digits, dots, hyphens)"
         )));
@@ -107,7 +108,12 @@ pub fn normalize_name(name: &str, domains: &[String]) -> Result<String, Accounts
 }
 
 /// Adds or replaces an account in the users file, atomically.
-pub fn add_user(path: &Path, name: &str, password: &str, domains: &[String]) -> Result<String, AccountsError> {
+pub fn add_user(
+    path: &Path,
+    name: &str,
+    password: &str,
+    domains: &[String],
+) -> Result<String, AccountsError> {
     let name = normalize_name(name, domains)?;
     if password.is_empty() {
         return Err(AccountsError::BadName("the password is empty".into()));
@@ -117,7 +123,9 @@ pub fn add_user(path: &Path, name: &str, password: &str, domains: &[String]) -> 
         .map_err(|e| AccountsError::Hash(e.to_string()))?
         .to_string();
     let mut users = read_users(path)?;
-    users.accounts.insert(name.clone(), AccountEntry { password: hash });
+    users
+        .accounts
+        .insert(name.clone(), AccountEntry { password: hash });
     let text = format!(
         "# Portcullis accounts, written by `portcullis user add`. Hashes are argon2id.\n{}",
         toml::to_string(&users).map_err(|e| AccountsError::Hash(e.to_string()))?
@@ -224,7 +232,8 @@ impl Directory for Accounts {
         if mailbox.local.eq_ignore_ascii_case("postmaster") {
             return true;
         }
-        self.account_of(mailbox).is_some_and(|a| self.hashes.contains_key(&a))
+        self.account_of(mailbox)
+            .is_some_and(|a| self.hashes.contains_key(&a))
     }
 
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
@@ -242,7 +251,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         let domains = vec!["example.org".to_string()];
-        assert_eq!(add_user(&path, "Alice", "pw1", &domains).unwrap(), "alice@example.org");
+        assert_eq!(
+            add_user(&path, "Alice", "pw1", &domains).unwrap(),
+            "alice@example.org"
+        );
         assert!(add_user(&path, "bob@elsewhere.example", "pw", &domains).is_err());
         assert!(add_user(&path, "a%b", "pw", &domains).is_err());
         let accounts = Accounts::load(&path, &domains).unwrap();
@@ -258,7 +270,12 @@ mod tests {
                 account: "alice@example.org".into()
             }
         );
-        assert_eq!(accounts.verify(&creds("alice", "pw1")), AuthOutcome::Accept { account: "alice@example.org".into() });
+        assert_eq!(
+            accounts.verify(&creds("alice", "pw1")),
+            AuthOutcome::Accept {
+                account: "alice@example.org".into()
+            }
+        );
         assert_eq!(accounts.verify(&creds("alice", "wrong")), AuthOutcome::Reject);
         assert_eq!(accounts.verify(&creds("nobody", "pw1")), AuthOutcome::Reject);
         let mb = |l: &str| Mailbox {

@@ -52,9 +52,9 @@ pub struct Span(pub Duration);
 impl<'de> Deserialize<'de> for Span {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map(Span)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}")))
+        humantime::parse_duration(&text).map(Span).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"30s\" or \"5m\": {e}"))
+        })
     }
 }
 
@@ -281,7 +281,10 @@ impl Config {
         let mut server = raw.server;
         server.data_dir = base.join(&server.data_dir);
         if server.hostname.is_empty() || server.hostname.contains(char::is_whitespace) {
-            return Err(invalid("server.hostname", "must be a host name without spaces".into()));
+            return Err(invalid(
+                "server.hostname",
+                "must be a host name without spaces".into(),
+            ));
         }
         let tls = raw.tls.map(|mut t| {
             t.cert = base.join(&t.cert);
@@ -295,32 +298,56 @@ impl Config {
             if l.kind != ListenerKind::Mx && tls.is_none() {
                 return Err(invalid(
                     &format!("listener[{i}].kind"),
-                    format!("a {} listener needs a [tls] section: submission is never cleartext", l.kind.name()),
+                    format!(
+                        "a {} listener needs a [tls] section: submission is never cleartext",
+                        l.kind.name()
+                    ),
                 ));
             }
             if l.address.port() != 0 && raw.listener[..i].iter().any(|o| o.address == l.address) {
-                return Err(invalid(&format!("listener[{i}].address"), format!("{} is listed twice", l.address)));
+                return Err(invalid(
+                    &format!("listener[{i}].address"),
+                    format!("{} is listed twice", l.address),
+                ));
             }
         }
         let local_domains: Vec<String> = raw.domains.local.iter().map(|d| d.to_ascii_lowercase()).collect();
         if local_domains.is_empty() {
-            return Err(invalid("domains.local", "at least one local domain is needed".into()));
+            return Err(invalid(
+                "domains.local",
+                "at least one local domain is needed".into(),
+            ));
         }
-        if let Some(bad) = local_domains.iter().find(|d| d.is_empty() || d.contains(['@', ' ', '/'])) {
+        if let Some(bad) = local_domains
+            .iter()
+            .find(|d| d.is_empty() || d.contains(['@', ' ', '/']))
+        {
             return Err(invalid("domains.local", format!("{bad:?} is not a domain name")));
         }
         let limits = raw.limits;
         if limits.recipients == 0 {
-            return Err(invalid("limits.recipients", "must be at least 1 (RFC 5321 asks for 100)".into()));
+            return Err(invalid(
+                "limits.recipients",
+                "must be at least 1 (RFC 5321 asks for 100)".into(),
+            ));
         }
         if limits.line_length < 80 {
-            return Err(invalid("limits.line-length", "must be at least 80 (RFC 5321 asks for 1000)".into()));
+            return Err(invalid(
+                "limits.line-length",
+                "must be at least 80 (RFC 5321 asks for 1000)".into(),
+            ));
         }
         if limits.message_size.as_u64() == 0 || limits.message_size.as_u64() > usize::MAX as u64 {
-            return Err(invalid("limits.message-size", "must be a positive size such as \"25MiB\"".into()));
+            return Err(invalid(
+                "limits.message-size",
+                "must be a positive size such as \"25MiB\"".into(),
+            ));
         }
         if limits.errors == 0 || limits.auth_failures == 0 {
-            return Err(invalid("limits", "errors and auth-failures must be at least 1".into()));
+            return Err(invalid(
+                "limits",
+                "errors and auth-failures must be at least 1".into(),
+            ));
         }
         let users_file = match raw.auth.and_then(|a| a.users_file) {
             Some(p) => base.join(p),
@@ -368,18 +395,41 @@ mod tests {
     fn errors_name_the_key() {
         let base = "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"example.org\"]\n";
         let cases = [
-            (format!("{base}[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:1\"\n"), "listener[0].kind"),
-            (format!("{base}"), "listener"),
-            (format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nmessage-size = \"lots\"\n"), "message-size"),
-            (format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\ncommand-timeout = \"soon\"\n"), "duration"),
-            (format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\ncolour = 1\n"), "colour"),
-            (format!("{base}[[listener]]\nkind = \"pop3\"\naddress = \"127.0.0.1:1\"\n"), "pop3"),
+            (
+                format!("{base}[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:1\"\n"),
+                "listener[0].kind",
+            ),
+            (base.to_string(), "listener"),
+            (
+                format!(
+                    "{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nmessage-size = \"lots\"\n"
+                ),
+                "message-size",
+            ),
+            (
+                format!(
+                    "{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\ncommand-timeout = \"soon\"\n"
+                ),
+                "duration",
+            ),
+            (
+                format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\ncolour = 1\n"),
+                "colour",
+            ),
+            (
+                format!("{base}[[listener]]\nkind = \"pop3\"\naddress = \"127.0.0.1:1\"\n"),
+                "pop3",
+            ),
         ];
         for (text, needle) in cases {
-            let err = Config::parse(&text, "t.toml", Path::new("/")).unwrap_err().to_string();
+            let err = Config::parse(&text, "t.toml", Path::new("/"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         }
-        let ok = format!("{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nmessage-size = \"10MiB\"\ncommand-timeout = \"1m 30s\"\n");
+        let ok = format!(
+            "{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nmessage-size = \"10MiB\"\ncommand-timeout = \"1m 30s\"\n"
+        );
         let c = Config::parse(&ok, "t.toml", Path::new("/")).unwrap();
         assert_eq!(c.limits.command_timeout.0, Duration::from_secs(90));
         assert_eq!(c.users_file, Path::new("/d/users.toml"));

@@ -55,7 +55,9 @@ impl Stream {
     /// Runs the server handshake over the plain socket.
     async fn upgrade(&mut self, ctx: &Context) -> io::Result<portcullis_smtp::session::TlsInfo> {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
-            return Err(io::Error::other("TLS requested on a stream that is not plain TCP"));
+            return Err(io::Error::other(
+                "TLS requested on a stream that is not plain TCP",
+            ));
         };
         let acceptor = ctx
             .tls
@@ -116,7 +118,8 @@ pub async fn run<P: Pipeline>(
                         ReadTimeout::Command => ctx.config.limits.command_timeout.0,
                         ReadTimeout::Data => ctx.config.limits.data_timeout.0,
                     };
-                    let stop_now = |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
+                    let stop_now =
+                        |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
                     if stop_now(&phase.borrow(), session.is_idle()) {
                         session.shut_down();
                         continue;
@@ -169,7 +172,12 @@ pub async fn run<P: Pipeline>(
                     let envelope = session.envelope();
                     let verdict = ctx
                         .hooks
-                        .call(hook, session.info(), envelope.as_ref(), session.message().map(|m| m.as_ref()))
+                        .call(
+                            hook,
+                            session.info(),
+                            envelope.as_ref(),
+                            session.message().map(|m| m.as_ref()),
+                        )
                         .await;
                     session.resolve_hook(verdict).map_err(io::Error::other)?;
                 }
@@ -191,7 +199,11 @@ pub async fn run<P: Pipeline>(
     }
     .await;
     match result {
-        Ok(()) => tracing::info!(accepted = tally.accepted, spool_failures = tally.refused, "disconnect"),
+        Ok(()) => tracing::info!(
+            accepted = tally.accepted,
+            spool_failures = tally.refused,
+            "disconnect"
+        ),
         Err(e) => tracing::info!(error = %e, accepted = tally.accepted, "disconnect after an I/O error"),
     }
 }
@@ -207,12 +219,19 @@ async fn flush(stream: &mut Stream, out: &mut Vec<u8>) -> io::Result<()> {
 /// Makes a header safe to write: no line breaks can be smuggled in by a hook.
 fn header_line(name: &str, value: &str) -> Option<String> {
     let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-    let value: String = value.chars().map(|c| if c == '\r' || c == '\n' { ' ' } else { c }).collect();
+    let value: String = value
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect();
     name_ok.then(|| format!("{name}: {value}\r\n"))
 }
 
 /// Writes the message to the spool (off the async threads) and hands it to delivery.
-async fn spool(ctx: &Arc<Context>, info: &SessionInfo, request: SpoolRequest) -> Result<String, SpoolFailure> {
+async fn spool(
+    ctx: &Arc<Context>,
+    info: &SessionInfo,
+    request: SpoolRequest,
+) -> Result<String, SpoolFailure> {
     let id = QueueId::generate();
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc2822)
@@ -234,7 +253,13 @@ async fn spool(ctx: &Arc<Context>, info: &SessionInfo, request: SpoolRequest) ->
     let spool = Arc::clone(&ctx.spool);
     let folder = request.folder;
     let stored = tokio::task::spawn_blocking(move || {
-        spool.store(id, message.envelope.clone(), folder, head.as_bytes(), &message.body)
+        spool.store(
+            id,
+            message.envelope.clone(),
+            folder,
+            head.as_bytes(),
+            &message.body,
+        )
     })
     .await;
     match stored {

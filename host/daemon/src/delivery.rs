@@ -127,7 +127,14 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
             continue;
         }
         let unique = format!("{}_{index}", entry.id);
-        match maildir.deliver(&recipient.mailbox, entry.folder, &unique, entry.received_at, &message, job.recovering) {
+        match maildir.deliver(
+            &recipient.mailbox,
+            entry.folder,
+            &unique,
+            entry.received_at,
+            &message,
+            job.recovering,
+        ) {
             Ok(Delivery::Delivered) => {
                 tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, folder = ?entry.folder, "saved to maildir")
             }

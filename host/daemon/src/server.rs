@@ -139,17 +139,22 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address).await.map_err(|source| StartError::Bind {
-            address: listener.address,
-            kind: listener.kind.name(),
-            source,
-        })?;
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: listener.address,
+                kind: listener.kind.name(),
+                source,
+            })?;
         bound.push((listener.kind, socket));
     }
 
     let deliveries = delivery::start(Arc::clone(&spool), maildir);
     if !recovered.is_empty() {
-        tracing::info!(messages = recovered.len(), "recovering messages found in the spool");
+        tracing::info!(
+            messages = recovered.len(),
+            "recovering messages found in the spool"
+        );
     }
     for id in recovered {
         let _ = deliveries.send(Job {
@@ -182,7 +187,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             source,
         })?;
         tracing::info!(kind = kind.name(), %address, "listening");
-        tokio::spawn(accept_loop(Arc::clone(&ctx), kind, socket, phase_rx.clone(), alive_tx.clone()));
+        tokio::spawn(accept_loop(
+            Arc::clone(&ctx),
+            kind,
+            socket,
+            phase_rx.clone(),
+            alive_tx.clone(),
+        ));
     }
     drop(alive_tx);
     tracing::info!(

@@ -46,7 +46,8 @@ pub fn ensure_self_signed(section: &TlsSection, hostname: &str) -> Result<bool, 
         return Ok(false);
     }
     let names = vec![hostname.to_string(), "localhost".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     for (path, pem) in [
         (&section.cert, certified.cert.pem()),
         (&section.key, certified.signing_key.serialize_pem()),

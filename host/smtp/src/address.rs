@@ -257,7 +257,10 @@ mod tests {
 
     #[test]
     fn paths() {
-        type Case = (&'static str, Result<(Option<Mailbox>, bool, &'static str), AddressError>);
+        type Case = (
+            &'static str,
+            Result<(Option<Mailbox>, bool, &'static str), AddressError>,
+        );
         let cases: Vec<Case> = vec![
             ("<a@b.c>", Ok((Some(mb("a", "b.c")), false, ""))),
             ("<>", Ok((None, false, ""))),
@@ -266,10 +269,16 @@ mod tests {
             ("<\"a b\"@c>", Ok((Some(mb("a b", "c")), false, ""))),
             ("<\"a>b\"@c>", Ok((Some(mb("a>b", "c")), false, ""))),
             ("<\"a\\\"b\"@c>", Ok((Some(mb("a\"b", "c")), false, ""))),
-            ("<\"x@other\"@local>", Ok((Some(mb("x@other", "local")), false, ""))),
+            (
+                "<\"x@other\"@local>",
+                Ok((Some(mb("x@other", "local")), false, "")),
+            ),
             ("<u%other@local>", Ok((Some(mb("u%other", "local")), false, ""))),
             ("<a@[192.0.2.1]>", Ok((Some(mb("a", "[192.0.2.1]")), false, ""))),
-            ("<δοκιμή@παράδειγμα.δοκιμή>", Ok((Some(mb("δοκιμή", "παράδειγμα.δοκιμή")), false, ""))),
+            (
+                "<δοκιμή@παράδειγμα.δοκιμή>",
+                Ok((Some(mb("δοκιμή", "παράδειγμα.δοκιμή")), false, "")),
+            ),
             ("a@b", Err(AddressError::MissingBrackets)),
             ("<a@b", Err(AddressError::MissingBrackets)),
             ("<a>", Err(AddressError::BadDomain)),

@@ -116,8 +116,7 @@ fn split_verb(line: &str) -> (&str, &str) {
 
 fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     let head = text.get(..prefix.len())?;
-    head.eq_ignore_ascii_case(prefix)
-        .then(|| &text[prefix.len()..])
+    head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
 /// Parses one command line (without the CRLF).
@@ -304,7 +303,11 @@ fn rcpt_params(text: &str) -> Result<RcptParams, ParseError> {
                         "SUCCESS" => notify.success = true,
                         "FAILURE" => notify.failure = true,
                         "DELAY" => notify.delay = true,
-                        _ => return Err(ParseError::BadParameter("NOTIFY=NEVER or NOTIFY=SUCCESS,FAILURE,DELAY")),
+                        _ => {
+                            return Err(ParseError::BadParameter(
+                                "NOTIFY=NEVER or NOTIFY=SUCCESS,FAILURE,DELAY",
+                            ));
+                        }
                     }
                 }
                 if notify.never && (notify.success || notify.failure || notify.delay) {
@@ -314,7 +317,9 @@ fn rcpt_params(text: &str) -> Result<RcptParams, ParseError> {
             }
             ("ORCPT", Some(v)) => {
                 let valid = v.split_once(';').is_some_and(|(kind, addr)| {
-                    !kind.is_empty() && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && is_xtext(addr)
+                    !kind.is_empty()
+                        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && is_xtext(addr)
                 });
                 if !valid || v.len() > 500 {
                     return Err(ParseError::BadParameter("ORCPT=addr-type;xtext"));
@@ -369,12 +374,27 @@ mod tests {
                     },
                 }),
             ),
-            ("MAIL FROM:<a@b> FOO=1", Err(ParseError::UnknownParameter("FOO".into()))),
-            ("MAIL FROM:<a@b> SIZE=x", Err(ParseError::BadParameter("SIZE=digits"))),
-            ("MAIL FROM:<a@b> SIZE=1 SIZE=2", Err(ParseError::BadParameter("each parameter at most once"))),
-            ("MAIL FROM:<a@b>SIZE=1", Err(ParseError::Syntax("<address> [SP parameter=value ...]"))),
+            (
+                "MAIL FROM:<a@b> FOO=1",
+                Err(ParseError::UnknownParameter("FOO".into())),
+            ),
+            (
+                "MAIL FROM:<a@b> SIZE=x",
+                Err(ParseError::BadParameter("SIZE=digits")),
+            ),
+            (
+                "MAIL FROM:<a@b> SIZE=1 SIZE=2",
+                Err(ParseError::BadParameter("each parameter at most once")),
+            ),
+            (
+                "MAIL FROM:<a@b>SIZE=1",
+                Err(ParseError::Syntax("<address> [SP parameter=value ...]")),
+            ),
             ("MAIL TO:<a@b>", Err(ParseError::Syntax("MAIL FROM:<address>"))),
-            ("MAIL FROM:a@b", Err(ParseError::Address(AddressError::MissingBrackets))),
+            (
+                "MAIL FROM:a@b",
+                Err(ParseError::Address(AddressError::MissingBrackets)),
+            ),
             (
                 "RCPT TO:<x@y> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;x+40y",
                 Ok(Command::Rcpt {
@@ -390,17 +410,47 @@ mod tests {
                     },
                 }),
             ),
-            ("RCPT TO:<Postmaster>", Ok(Command::Rcpt { path: plain(mb("postmaster", "")), params: RcptParams::default() })),
-            ("RCPT TO:<x@y> NOTIFY=NEVER,DELAY", Err(ParseError::BadParameter("NOTIFY=NEVER alone"))),
-            ("RCPT TO:<x@y> ORCPT=bad", Err(ParseError::BadParameter("ORCPT=addr-type;xtext"))),
+            (
+                "RCPT TO:<Postmaster>",
+                Ok(Command::Rcpt {
+                    path: plain(mb("postmaster", "")),
+                    params: RcptParams::default(),
+                }),
+            ),
+            (
+                "RCPT TO:<x@y> NOTIFY=NEVER,DELAY",
+                Err(ParseError::BadParameter("NOTIFY=NEVER alone")),
+            ),
+            (
+                "RCPT TO:<x@y> ORCPT=bad",
+                Err(ParseError::BadParameter("ORCPT=addr-type;xtext")),
+            ),
             ("DATA", Ok(Command::Data)),
             ("DATA x", Err(ParseError::Syntax("DATA"))),
-            ("BDAT 100 LAST", Ok(Command::Bdat { size: 100, last: true })),
+            (
+                "BDAT 100 LAST",
+                Ok(Command::Bdat {
+                    size: 100,
+                    last: true,
+                }),
+            ),
             ("BDAT 0", Ok(Command::Bdat { size: 0, last: false })),
             ("BDAT -1", Err(ParseError::Syntax("BDAT chunk-size [LAST]"))),
             ("BDAT 1 FIRST", Err(ParseError::Syntax("BDAT chunk-size [LAST]"))),
-            ("AUTH PLAIN AGFsaWNlAHB3", Ok(Command::Auth { mechanism: Mechanism::Plain, initial: Some("AGFsaWNlAHB3".into()) })),
-            ("AUTH login", Ok(Command::Auth { mechanism: Mechanism::Login, initial: None })),
+            (
+                "AUTH PLAIN AGFsaWNlAHB3",
+                Ok(Command::Auth {
+                    mechanism: Mechanism::Plain,
+                    initial: Some("AGFsaWNlAHB3".into()),
+                }),
+            ),
+            (
+                "AUTH login",
+                Ok(Command::Auth {
+                    mechanism: Mechanism::Login,
+                    initial: None,
+                }),
+            ),
             ("AUTH CRAM-MD5", Err(ParseError::UnknownMechanism)),
             ("STARTTLS", Ok(Command::StartTls)),
             ("NOOP whatever", Ok(Command::Noop)),

@@ -118,7 +118,9 @@ impl ContentReceiver {
         while i < input.len() {
             let b = input[i];
             match self.line {
-                Line::Middle | Line::Start if b != b'\r' && b != b'\n' && !(self.line == Line::Start && b == b'.') => {
+                Line::Middle | Line::Start
+                    if b != b'\r' && b != b'\n' && !(self.line == Line::Start && b == b'.') =>
+                {
                     let run = input[i..]
                         .iter()
                         .position(|c| *c == b'\r' || *c == b'\n')
@@ -218,7 +220,12 @@ mod tests {
         ];
         for (input, body, progress) in cases {
             let (got, n, p, _) = dot(input);
-            assert_eq!((got.as_slice(), p), (*body, *progress), "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                (got.as_slice(), p),
+                (*body, *progress),
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
             if p == Progress::Complete {
                 assert_eq!(n, input.len());
             }
@@ -241,7 +248,12 @@ mod tests {
         ];
         for (input, error) in variants {
             let (_, _, p, _) = dot(input);
-            assert_eq!(p, Progress::Fatal(*error), "input {:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                p,
+                Progress::Fatal(*error),
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 

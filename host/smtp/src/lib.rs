@@ -32,6 +32,6 @@ pub use command::Command;
 pub use envelope::Envelope;
 pub use reply::{Enhanced, Reply};
 pub use session::{
-    Action, AuthOutcome, Directory, Folder, Hook, Limits, Message, Mx, Pipeline, Session, Settings, SpoolRequest,
-    Submission, Verdict,
+    Action, AuthOutcome, Directory, Folder, Hook, Limits, Message, Mx, Pipeline, Session, Settings,
+    SpoolRequest, Submission, Verdict,
 };

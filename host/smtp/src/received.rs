@@ -6,7 +6,13 @@ use crate::session::{Greeting, SessionInfo};
 /// Builds the `Received:` header, folded, ending in CRLF.
 ///
 /// `date` is an RFC 5322 date-time supplied by the host (the core has no clock).
-pub fn received_header(info: &SessionInfo, hostname: &str, id: &str, envelope: &Envelope, date: &str) -> String {
+pub fn received_header(
+    info: &SessionInfo,
+    hostname: &str,
+    id: &str,
+    envelope: &Envelope,
+    date: &str,
+) -> String {
     let security = &info.security;
     let mut protocol = String::from(match info.greeting {
         Some(Greeting::Helo(_)) => "SMTP",

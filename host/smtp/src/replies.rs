@@ -35,7 +35,11 @@ pub const START_DATA: Reply = Reply::fixed(354, None, "End data with <CR><LF>.<C
 /// 220 to STARTTLS.
 pub const START_TLS: Reply = Reply::fixed(220, e(2, 0, 0), "Ready to start TLS");
 /// 252 to VRFY: we never disclose whether a mailbox exists.
-pub const VRFY: Reply = Reply::fixed(252, e(2, 5, 0), "Cannot VRFY user, but will accept message and attempt delivery");
+pub const VRFY: Reply = Reply::fixed(
+    252,
+    e(2, 5, 0),
+    "Cannot VRFY user, but will accept message and attempt delivery",
+);
 /// 214 to HELP.
 pub const HELP: Reply = Reply::fixed(
     214,
@@ -72,13 +76,26 @@ pub const AUTH_MALFORMED: Reply = Reply::fixed(501, e(5, 5, 2), "Malformed authe
 /// 503 AUTH a second time.
 pub const AUTH_ALREADY: Reply = Reply::fixed(503, e(5, 5, 1), "Already authenticated");
 /// 503 AUTH inside a mail transaction.
-pub const AUTH_IN_TRANSACTION: Reply = Reply::fixed(503, e(5, 5, 1), "AUTH not permitted during a mail transaction");
+pub const AUTH_IN_TRANSACTION: Reply =
+    Reply::fixed(503, e(5, 5, 1), "AUTH not permitted during a mail transaction");
 /// 502 AUTH on a pipeline that never authenticates (MX).
-pub const AUTH_NOT_OFFERED: Reply = Reply::fixed(502, e(5, 5, 1), "AUTH not available on this service; use the submission port");
+pub const AUTH_NOT_OFFERED: Reply = Reply::fixed(
+    502,
+    e(5, 5, 1),
+    "AUTH not available on this service; use the submission port",
+);
 /// 504 an unknown SASL mechanism.
-pub const AUTH_MECHANISM: Reply = Reply::fixed(504, e(5, 5, 4), "Unrecognized authentication mechanism; use PLAIN or LOGIN");
+pub const AUTH_MECHANISM: Reply = Reply::fixed(
+    504,
+    e(5, 5, 4),
+    "Unrecognized authentication mechanism; use PLAIN or LOGIN",
+);
 /// 421 after too many failed AUTH attempts.
-pub const AUTH_TOO_MANY: Reply = Reply::fixed(421, e(4, 7, 0), "Too many failed authentication attempts, closing connection");
+pub const AUTH_TOO_MANY: Reply = Reply::fixed(
+    421,
+    e(4, 7, 0),
+    "Too many failed authentication attempts, closing connection",
+);
 
 /// 530 submission before STARTTLS. RFC 3207.
 pub const TLS_REQUIRED: Reply = Reply::fixed(530, e(5, 7, 0), "Must issue a STARTTLS command first");
@@ -100,11 +117,20 @@ pub const NO_RECIPIENTS: Reply = Reply::fixed(554, e(5, 5, 1), "No valid recipie
 /// 503 DATA after BDAT in one transaction.
 pub const DATA_AFTER_BDAT: Reply = Reply::fixed(503, e(5, 5, 1), "DATA not allowed after BDAT");
 /// 553 the authenticated account does not own the sender address.
-pub const SENDER_NOT_OWNED: Reply = Reply::fixed(553, e(5, 7, 1), "Sender address not owned by the authenticated account");
+pub const SENDER_NOT_OWNED: Reply = Reply::fixed(
+    553,
+    e(5, 7, 1),
+    "Sender address not owned by the authenticated account",
+);
 /// 553 non-ASCII address without SMTPUTF8. RFC 6531.
-pub const UTF8_REQUIRED: Reply = Reply::fixed(553, e(5, 6, 7), "Non-ASCII address requires the SMTPUTF8 parameter");
+pub const UTF8_REQUIRED: Reply = Reply::fixed(
+    553,
+    e(5, 6, 7),
+    "Non-ASCII address requires the SMTPUTF8 parameter",
+);
 /// 552 SIZE= larger than the limit. RFC 1870.
-pub const SIZE_DECLARED_TOO_BIG: Reply = Reply::fixed(552, e(5, 3, 4), "Message size exceeds fixed maximum message size");
+pub const SIZE_DECLARED_TOO_BIG: Reply =
+    Reply::fixed(552, e(5, 3, 4), "Message size exceeds fixed maximum message size");
 /// 452 recipient limit reached. RFC 5321 4.5.3.1.10.
 pub const TOO_MANY_RECIPIENTS: Reply = Reply::fixed(452, e(4, 5, 3), "Too many recipients");
 /// 550 the domain is not ours and this pipeline does not relay.
@@ -115,15 +141,24 @@ pub const UNKNOWN_USER: Reply = Reply::fixed(550, e(5, 1, 1), "Mailbox unavailab
 pub const NULL_RECIPIENT: Reply = Reply::fixed(501, e(5, 1, 3), "Null recipient not allowed");
 
 /// 552 message larger than the limit. RFC 1870.
-pub const MESSAGE_TOO_BIG: Reply = Reply::fixed(552, e(5, 3, 4), "Message size exceeds fixed maximum message size");
+pub const MESSAGE_TOO_BIG: Reply =
+    Reply::fixed(552, e(5, 3, 4), "Message size exceeds fixed maximum message size");
 /// 500 a text line longer than the limit. RFC 5321 4.5.3.1.6.
 pub const CONTENT_LINE_TOO_LONG: Reply = Reply::fixed(500, e(5, 5, 6), "Message line too long");
 /// 554 bare CR or LF, in commands or DATA: the session is closed after it.
-pub const BARE_LINE_ENDING: Reply = Reply::fixed(554, e(5, 5, 2), "Bare CR or LF not allowed; lines must end with CRLF");
+pub const BARE_LINE_ENDING: Reply = Reply::fixed(
+    554,
+    e(5, 5, 2),
+    "Bare CR or LF not allowed; lines must end with CRLF",
+);
 /// 550 bare CR or LF inside a BDAT chunk.
 pub const BARE_LINE_ENDING_CHUNK: Reply = Reply::fixed(550, e(5, 6, 0), "Bare CR or LF in message content");
 /// 451 the spool could not store the message.
-pub const SPOOL_FAILED: Reply = Reply::fixed(451, e(4, 3, 0), "Temporary failure storing the message, try again later");
+pub const SPOOL_FAILED: Reply = Reply::fixed(
+    451,
+    e(4, 3, 0),
+    "Temporary failure storing the message, try again later",
+);
 
 /// 500 a command line longer than 512 octets. RFC 5321 4.5.3.1.4.
 pub const LINE_TOO_LONG: Reply = Reply::fixed(500, e(5, 5, 2), "Line too long");
@@ -150,8 +185,12 @@ pub fn parse_error(error: &ParseError) -> Reply {
         ParseError::Http => NOT_HTTP,
         ParseError::Syntax(grammar) => Reply::new(501, e(5, 5, 4), format!("Syntax: {grammar}")),
         ParseError::Address(inner) => Reply::new(501, e(5, 1, 7), format!("Bad address syntax: {inner}")),
-        ParseError::UnknownParameter(name) => Reply::new(555, e(5, 5, 4), format!("Unsupported parameter {name}")),
-        ParseError::BadParameter(grammar) => Reply::new(501, e(5, 5, 4), format!("Bad parameter, expected {grammar}")),
+        ParseError::UnknownParameter(name) => {
+            Reply::new(555, e(5, 5, 4), format!("Unsupported parameter {name}"))
+        }
+        ParseError::BadParameter(grammar) => {
+            Reply::new(501, e(5, 5, 4), format!("Bad parameter, expected {grammar}"))
+        }
         ParseError::UnknownMechanism => AUTH_MECHANISM,
         ParseError::BadCharacters => Reply::fixed(501, e(5, 5, 2), "Invalid characters in command"),
     }

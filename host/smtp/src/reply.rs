@@ -100,10 +100,16 @@ mod tests {
     #[test]
     fn wire_forms() {
         let cases: &[(Reply, &str)] = &[
-            (Reply::fixed(250, Some(Enhanced(2, 0, 0)), "OK"), "250 2.0.0 OK\r\n"),
+            (
+                Reply::fixed(250, Some(Enhanced(2, 0, 0)), "OK"),
+                "250 2.0.0 OK\r\n",
+            ),
             (Reply::fixed(220, None, "mx ESMTP"), "220 mx ESMTP\r\n"),
             (Reply::fixed(250, None, "a\nb\nc"), "250-a\r\n250-b\r\n250 c\r\n"),
-            (Reply::new(550, Some(Enhanced(5, 1, 1)), "x\r y"), "550 5.1.1 x y\r\n"),
+            (
+                Reply::new(550, Some(Enhanced(5, 1, 1)), "x\r y"),
+                "550 5.1.1 x y\r\n",
+            ),
         ];
         for (reply, wire) in cases {
             assert_eq!(String::from_utf8(reply.to_bytes()).unwrap(), *wire);

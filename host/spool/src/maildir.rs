@@ -125,9 +125,13 @@ mod tests {
             local: "Alice".into(),
             domain: "Example.org".into(),
         };
-        let first = maildir.deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", false).unwrap();
+        let first = maildir
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", false)
+            .unwrap();
         assert_eq!(first, Delivery::Delivered);
-        let again = maildir.deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", false).unwrap();
+        let again = maildir
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", false)
+            .unwrap();
         assert_eq!(again, Delivery::AlreadyDelivered);
         let inbox = dir.path().join("example.org/alice");
         let new: Vec<_> = fs::read_dir(inbox.join("new")).unwrap().collect();
@@ -135,10 +139,18 @@ mod tests {
         // The user read it (moved to cur/ with flags): a recovery must not deliver it again.
         let name = new[0].as_ref().unwrap().file_name().into_string().unwrap();
         assert!(name.ends_with(".mx\\0721"));
-        fs::rename(inbox.join("new").join(&name), inbox.join("cur").join(format!("{name}:2,S"))).unwrap();
-        let repeat = maildir.deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", true).unwrap();
+        fs::rename(
+            inbox.join("new").join(&name),
+            inbox.join("cur").join(format!("{name}:2,S")),
+        )
+        .unwrap();
+        let repeat = maildir
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", true)
+            .unwrap();
         assert_eq!(repeat, Delivery::AlreadyDelivered);
-        let junk = maildir.deliver(&alice, Folder::Junk, "Q2_0", 7, b"spam", false).unwrap();
+        let junk = maildir
+            .deliver(&alice, Folder::Junk, "Q2_0", 7, b"spam", false)
+            .unwrap();
         assert_eq!(junk, Delivery::Delivered);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
         assert_eq!(fs::read_dir(inbox.join("tmp")).unwrap().count(), 0);

@@ -37,7 +37,10 @@ impl QueueId {
 
     /// Parses a file name back into an id, refusing anything that is not one.
     pub fn parse(name: &str) -> Option<Self> {
-        let ok = name.len() == 18 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase());
+        let ok = name.len() == 18
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase());
         ok.then(|| QueueId(name.to_string()))
     }
 
@@ -197,7 +200,8 @@ impl Spool {
         }
         let mut meta = Vec::new();
         reader.read_until(b'\n', &mut meta).map_err(io_err(&path))?;
-        let entry: Entry = serde_json::from_slice(&meta).map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
+        let entry: Entry =
+            serde_json::from_slice(&meta).map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
         if entry.id != *id {
             return Err(corrupt("metadata names another queue id"));
         }
@@ -252,8 +256,8 @@ fn metadata_line(entry: &Entry) -> Result<Vec<u8>, SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_smtp::envelope::{MailParams, Recipient};
     use portcullis_smtp::Mailbox;
+    use portcullis_smtp::envelope::{MailParams, Recipient};
 
     fn envelope() -> Envelope {
         Envelope {
@@ -274,7 +278,15 @@ mod tests {
     fn store_load_update_remove() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let entry = spool.store(QueueId::generate(), envelope(), Folder::Inbox, b"Received: x\r\n", b"body\r\n").unwrap();
+        let entry = spool
+            .store(
+                QueueId::generate(),
+                envelope(),
+                Folder::Inbox,
+                b"Received: x\r\n",
+                b"body\r\n",
+            )
+            .unwrap();
         assert_eq!(spool.list().unwrap(), vec![entry.id.clone()]);
         let (loaded, body) = spool.load(&entry.id).unwrap();
         assert_eq!(loaded, entry);
@@ -291,8 +303,14 @@ mod tests {
     fn half_written_and_truncated_files_are_never_delivered() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let entry = spool.store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"0123456789").unwrap();
-        fs::write(dir.path().join("tmp/0000000000000000AB"), b"PORTCULLIS-SPOOL 1\n{").unwrap();
+        let entry = spool
+            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"0123456789")
+            .unwrap();
+        fs::write(
+            dir.path().join("tmp/0000000000000000AB"),
+            b"PORTCULLIS-SPOOL 1\n{",
+        )
+        .unwrap();
         // Truncate the stored message, as a disk fault would.
         let path = dir.path().join("queue").join(entry.id.as_str());
         let data = fs::read(&path).unwrap();

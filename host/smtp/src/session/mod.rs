@@ -353,7 +353,12 @@ pub struct Session<P: Pipeline> {
 
 impl<P: Pipeline> Session<P> {
     /// Starts a session; the greeting is the first action. `tls` is set for implicit TLS (465).
-    pub fn new(settings: Arc<Settings>, directory: Arc<dyn Directory>, peer: IpAddr, tls: Option<TlsInfo>) -> Self {
+    pub fn new(
+        settings: Arc<Settings>,
+        directory: Arc<dyn Directory>,
+        peer: IpAddr,
+        tls: Option<TlsInfo>,
+    ) -> Self {
         let mut outbox = VecDeque::new();
         outbox.push_back(Action::Reply(replies::greeting(&settings.hostname)));
         Session {
@@ -850,7 +855,10 @@ impl<P: Pipeline> Session<P> {
             Some(replies::HELLO_FIRST)
         } else if self.txn.is_some() {
             Some(replies::NESTED_MAIL)
-        } else if params.size.is_some_and(|s| s > self.settings.limits.message_size as u64) {
+        } else if params
+            .size
+            .is_some_and(|s| s > self.settings.limits.message_size as u64)
+        {
             Some(replies::SIZE_DECLARED_TOO_BIG)
         } else if path.mailbox.as_ref().is_some_and(Mailbox::is_utf8) && !params.smtputf8 {
             Some(replies::UTF8_REQUIRED)

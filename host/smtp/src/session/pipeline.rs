@@ -136,7 +136,10 @@ impl Pipeline for Submission {
             Some(routed) => Ok(routed),
             None => {
                 let mailbox = path.mailbox.clone().ok_or(replies::NULL_RECIPIENT)?;
-                Ok(RoutedRecipient { mailbox, local: false })
+                Ok(RoutedRecipient {
+                    mailbox,
+                    local: false,
+                })
             }
         }
     }

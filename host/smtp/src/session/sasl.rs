@@ -48,7 +48,9 @@ pub fn decode(line: &str) -> Result<String, SaslError> {
     if line == "=" {
         return Ok(String::new());
     }
-    let bytes = STANDARD.decode(line.trim_end()).map_err(|_| SaslError::Malformed)?;
+    let bytes = STANDARD
+        .decode(line.trim_end())
+        .map_err(|_| SaslError::Malformed)?;
     String::from_utf8(bytes).map_err(|_| SaslError::Malformed)
 }
 
@@ -56,7 +58,8 @@ pub fn decode(line: &str) -> Result<String, SaslError> {
 pub fn plain(line: &str) -> Result<Credentials, SaslError> {
     let decoded = decode(line)?;
     let mut parts = decoded.split('\0');
-    let (Some(authzid), Some(username), Some(password), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(authzid), Some(username), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(SaslError::Malformed);
     };
@@ -79,7 +82,10 @@ mod tests {
     fn plain_forms() {
         let b64 = |s: &[u8]| STANDARD.encode(s);
         let ok = plain(&b64(b"\0alice\0secret")).unwrap();
-        assert_eq!((ok.username.as_str(), ok.password.as_str(), ok.authzid.clone()), ("alice", "secret", None));
+        assert_eq!(
+            (ok.username.as_str(), ok.password.as_str(), ok.authzid.clone()),
+            ("alice", "secret", None)
+        );
         let z = plain(&b64(b"bob\0alice\0pw")).unwrap();
         assert_eq!(z.authzid.as_deref(), Some("bob"));
         assert_eq!(plain(&b64(b"alice\0secret")), Err(SaslError::Malformed));

@@ -133,7 +133,10 @@ fn submission_ready() -> Host<Submission> {
         ("EHLO c", &["250"]),
         ("STARTTLS", &["220 2.0.0", "tls"]),
         ("EHLO c", &["250"]),
-        ("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==", &["auth alice@example.org", "235 2.7.0"]),
+        (
+            "AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==",
+            &["auth alice@example.org", "235 2.7.0"],
+        ),
     ]);
     h
 }
@@ -175,7 +178,10 @@ fn submission_never_advertises_auth_in_cleartext() {
     h.script(&[("STARTTLS", &["220 2.0.0", "tls"])]);
     let lines = ehlo_lines(&mut h);
     assert!(lines.iter().any(|l| l == "AUTH PLAIN LOGIN"));
-    assert!(!lines.iter().any(|l| l == "STARTTLS"), "STARTTLS is not offered inside TLS");
+    assert!(
+        !lines.iter().any(|l| l == "STARTTLS"),
+        "STARTTLS is not offered inside TLS"
+    );
 }
 
 #[test]
@@ -202,7 +208,10 @@ fn submission_happy_path_runs_rate_then_virus_then_spools() {
     let mut h = submission_ready();
     h.script(&[
         ("MAIL FROM:<alice@example.org> RET=HDRS ENVID=abc", &["250 2.1.0"]),
-        ("RCPT TO:<friend@remote.example> NOTIFY=FAILURE ORCPT=rfc822;friend@remote.example", &["250 2.1.5"]),
+        (
+            "RCPT TO:<friend@remote.example> NOTIFY=FAILURE ORCPT=rfc822;friend@remote.example",
+            &["250 2.1.5"],
+        ),
         ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
         ("RCPT TO:<nobody@example.org>", &["550 5.1.1"]),
         ("DATA", &["hook rate", "354"]),
@@ -246,7 +255,10 @@ fn failed_auth_slows_down_then_closes() {
         ("EHLO c", &["250"]),
         (bad, &["auth alice@example.org", "pause 1", "535 5.7.8"]),
         (bad, &["auth alice@example.org", "pause 2", "535 5.7.8"]),
-        (bad, &["auth alice@example.org", "535 5.7.8", "421 4.7.0", "close"]),
+        (
+            bad,
+            &["auth alice@example.org", "535 5.7.8", "421 4.7.0", "close"],
+        ),
     ]);
 }
 
@@ -261,7 +273,10 @@ fn auth_exchange_errors() {
         ("AUTH PLAIN", &["334"]),
         ("%%%", &["501 5.5.2"]),
         ("AUTH CRAM-MD5", &["504 5.5.4"]),
-        ("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==", &["auth alice@example.org", "235 2.7.0"]),
+        (
+            "AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==",
+            &["auth alice@example.org", "235 2.7.0"],
+        ),
     ]);
 }
 
@@ -285,7 +300,11 @@ fn starttls_discards_pipelined_cleartext() {
     let injected = b"STARTTLS\r\nEHLO evil\r\nAUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==\r\n";
     assert_eq!(h.send(injected), ["220 2.0.0", "tls"]);
     assert!(h.session.discarded_after_starttls() > 0);
-    assert_eq!(h.session.info().greeting, None, "EHLO from before TLS is forgotten");
+    assert_eq!(
+        h.session.info().greeting,
+        None,
+        "EHLO from before TLS is forgotten"
+    );
     assert_eq!(h.session.info().security.account, None);
     h.script(&[("MAIL FROM:<alice@example.org>", &["530 5.7.0"])]);
 }
@@ -295,7 +314,14 @@ fn mx_offers_starttls_only_with_a_certificate_and_never_auth() {
     let mut h = Host::<Mx>::new(settings(false), None);
     let lines = ehlo_lines(&mut h);
     assert!(!lines.iter().any(|l| l == "STARTTLS" || l.starts_with("AUTH")));
-    for ext in ["PIPELINING", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "CHUNKING", "DSN"] {
+    for ext in [
+        "PIPELINING",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "CHUNKING",
+        "DSN",
+    ] {
         assert!(lines.iter().any(|l| l == ext), "{ext} advertised");
     }
     assert!(lines.iter().any(|l| l == &format!("SIZE {}", 25 * 1024 * 1024)));
@@ -325,7 +351,10 @@ fn mx_accepts_only_existing_local_mailboxes() {
         ("RCPT TO:<alice%elsewhere.example@example.org>", &["550 5.7.1"]),
         ("RCPT TO:<@example.org:alice@elsewhere.example>", &["550 5.7.1"]),
         ("RCPT TO:<@example.org:alice@example.org>", &["550 5.7.1"]),
-        ("RCPT TO:<\"alice@elsewhere.example\"@example.org>", &["550 5.7.1"]),
+        (
+            "RCPT TO:<\"alice@elsewhere.example\"@example.org>",
+            &["550 5.7.1"],
+        ),
         ("RCPT TO:<elsewhere.example!alice@example.org>", &["550 5.7.1"]),
         ("RCPT TO:<alice@[192.0.2.1]>", &["550 5.7.1"]),
         ("RCPT TO:<nobody@example.org>", &["550 5.1.1"]),
@@ -334,7 +363,10 @@ fn mx_accepts_only_existing_local_mailboxes() {
         ("RCPT TO:<Postmaster>", &["250 2.1.5"]),
         ("DATA", &["354"]),
     ]);
-    assert_eq!(h.send(b"x\r\n.\r\n"), ["hook virus", "hook spam", "spool", "250 2.0.0"]);
+    assert_eq!(
+        h.send(b"x\r\n.\r\n"),
+        ["hook virus", "hook spam", "spool", "250 2.0.0"]
+    );
     let recipients = &h.spooled[0].message.envelope.recipients;
     assert_eq!(recipients[1].mailbox.to_string(), "postmaster@example.org");
 }
@@ -360,14 +392,22 @@ fn sequence_errors() {
 
 #[test]
 fn hook_verdicts_decide_the_outcome() {
-    let cases: Vec<(Vec<(Hook, Verdict)>, Vec<&str>, Option<Folder>)> = vec![
+    /// (verdicts to give, what the host sees, the folder of the spooled copy if any)
+    type Case = (Vec<(Hook, Verdict)>, Vec<&'static str>, Option<Folder>);
+    let cases: Vec<Case> = vec![
         (
-            vec![(Hook::Virus, Verdict::Reject(Reply::fixed(554, Some(Enhanced(5, 7, 1)), "virus")))],
+            vec![(
+                Hook::Virus,
+                Verdict::Reject(Reply::fixed(554, Some(Enhanced(5, 7, 1)), "virus")),
+            )],
             vec!["hook virus", "554 5.7.1"],
             None,
         ),
         (
-            vec![(Hook::Spam, Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 1)), "later")))],
+            vec![(
+                Hook::Spam,
+                Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 1)), "later")),
+            )],
             vec!["hook virus", "hook spam", "451 4.7.1"],
             None,
         ),
@@ -377,12 +417,24 @@ fn hook_verdicts_decide_the_outcome() {
             None,
         ),
         (
-            vec![(Hook::Spam, Verdict::Junk(vec![Header { name: "X-Spam".into(), value: "yes".into() }]))],
+            vec![(
+                Hook::Spam,
+                Verdict::Junk(vec![Header {
+                    name: "X-Spam".into(),
+                    value: "yes".into(),
+                }]),
+            )],
             vec!["hook virus", "hook spam", "spool", "250 2.0.0"],
             Some(Folder::Junk),
         ),
         (
-            vec![(Hook::Spam, Verdict::Tag(vec![Header { name: "X-Spam-Score".into(), value: "3".into() }]))],
+            vec![(
+                Hook::Spam,
+                Verdict::Tag(vec![Header {
+                    name: "X-Spam-Score".into(),
+                    value: "3".into(),
+                }]),
+            )],
             vec!["hook virus", "hook spam", "spool", "250 2.0.0"],
             Some(Folder::Inbox),
         ),
@@ -415,19 +467,28 @@ fn hook_verdicts_decide_the_outcome() {
 #[test]
 fn rate_refusal_answers_data_and_consumes_bdat_chunks() {
     let mut h = submission_ready();
-    h.verdicts = vec![(Hook::Rate, Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 0)), "slow down")))];
+    h.verdicts = vec![(
+        Hook::Rate,
+        Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 0)), "slow down")),
+    )];
     h.script(&[
         ("MAIL FROM:<alice@example.org>", &["250 2.1.0"]),
         ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
         ("DATA", &["hook rate", "451 4.7.0"]),
     ]);
-    h.verdicts = vec![(Hook::Rate, Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 0)), "slow down")))];
+    h.verdicts = vec![(
+        Hook::Rate,
+        Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 0)), "slow down")),
+    )];
     h.script(&[
         ("MAIL FROM:<alice@example.org>", &["250 2.1.0"]),
         ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
     ]);
     // The chunk holds what looks like commands: they must be read as content and dropped.
-    assert_eq!(h.send(b"BDAT 18 LAST\r\nRSET\r\nQUIT\r\nNOOP\r\n"), ["hook rate", "451 4.7.0"]);
+    assert_eq!(
+        h.send(b"BDAT 18 LAST\r\nRSET\r\nQUIT\r\nNOOP\r\n"),
+        ["hook rate", "451 4.7.0"]
+    );
     h.script(&[("NOOP", &["250 2.0.0"])]);
     assert!(h.spooled.is_empty());
 }
@@ -441,7 +502,10 @@ fn bdat_chunks_make_one_message() {
         ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
     ]);
     assert_eq!(h.send(b"BDAT 6\r\nline1\r"), ["250 2.0.0"]);
-    assert_eq!(h.send(b"BDAT 9 LAST\r\n\n.\r\nend\r\n"), ["hook virus", "hook spam", "spool", "250 2.0.0"]);
+    assert_eq!(
+        h.send(b"BDAT 9 LAST\r\n\n.\r\nend\r\n"),
+        ["hook virus", "hook spam", "spool", "250 2.0.0"]
+    );
     assert_eq!(h.spooled[0].message.body, b"line1\r\n.\r\nend\r\n");
     // BDAT without a transaction still reads its octets.
     assert_eq!(h.send(b"BDAT 12\r\nQUIT\r\nQUIT\r\n"), ["503 5.5.1"]);
@@ -528,7 +592,10 @@ fn limits() {
         ("DATA", &["354"]),
     ]);
     assert_eq!(h.send(b"1234567\r\n1234567\r\n1234567\r\n.\r\n"), ["552 5.3.4"]);
-    assert_eq!(h.send(format!("NOOP {}\r\n", "x".repeat(600)).as_bytes()), ["500 5.5.2"]);
+    assert_eq!(
+        h.send(format!("NOOP {}\r\n", "x".repeat(600)).as_bytes()),
+        ["500 5.5.2"]
+    );
     // An over-long line split across reads is skipped to its end.
     assert_eq!(h.send("y".repeat(600).as_bytes()), ["500 5.5.2"]);
     assert_eq!(h.send(b"yyy\r\nNOOP\r\n"), ["250 2.0.0"]);
@@ -555,7 +622,17 @@ fn pipelined_commands_are_answered_in_order() {
         b"EHLO c\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<x@far.example>\r\nDATA\r\n",
     );
     assert_eq!(got, ["250", "250 2.1.0", "250 2.1.5", "550 5.7.1", "354"]);
-    assert_eq!(h.send(b"hi\r\n.\r\nQUIT\r\n"), ["hook virus", "hook spam", "spool", "250 2.0.0", "221 2.0.0", "close"]);
+    assert_eq!(
+        h.send(b"hi\r\n.\r\nQUIT\r\n"),
+        [
+            "hook virus",
+            "hook spam",
+            "spool",
+            "250 2.0.0",
+            "221 2.0.0",
+            "close"
+        ]
+    );
 }
 
 #[test]
