@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The one test command (README and CI): makes sure the pinned toolchain is there, then runs
+# every test of the workspace — unit, transcript and end-to-end against the real daemon.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+# rustup installs nothing by itself on these machines (RUSTUP_AUTO_INSTALL=0): do it here.
+if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
+  rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy
+fi
+installed=$(rustup component list --toolchain "$toolchain" --installed 2>/dev/null || true)
+for component in rustfmt clippy; do
+  grep -q "^$component" <<<"$installed" || rustup component add --toolchain "$toolchain" "$component"
+done
+
+cargo test --workspace --locked "$@"
