@@ -40,3 +40,14 @@ fn spool_count(setup: &Setup) -> usize {
         .map(|r| r.count())
         .unwrap_or(0)
 }
+
+#[test]
+fn silent_clients_time_out_with_421() {
+    let setup = Setup::new("[limits]\ncommand-timeout = \"300ms\"\n");
+    let daemon = setup.start();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO slow.example").starts_with("250"));
+    // Say nothing: the server must give up, say why, and close.
+    assert!(c.reply().starts_with("421 4.4.2"));
+    assert!(c.until_closed().is_some());
+}

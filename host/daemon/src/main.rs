@@ -77,6 +77,17 @@ fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
     }
 }
 
+/// What check-config verifies beyond the file itself: the certificate and the accounts.
+fn check_files(c: &Config) -> Result<accounts::Accounts, String> {
+    if let Some(section) = &c.tls {
+        let will_generate = section.self_signed && !section.cert.exists() && !section.key.exists();
+        if !will_generate {
+            tls::acceptor(section).map_err(|e| format!("tls: {e}"))?;
+        }
+    }
+    accounts::Accounts::load(&c.users_file, &c.local_domains).map_err(|e| format!("auth.users-file: {e}"))
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -117,7 +128,7 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => match accounts::Accounts::load(&c.users_file, &c.local_domains) {
+            Ok(c) => match check_files(&c) {
                 Ok(a) => {
                     println!(
                         "{}: OK ({} listener(s), local domains {:?}, {} account(s))",
@@ -129,7 +140,7 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{}: auth.users-file: {e}", c.origin);
+                    eprintln!("{}: {e}", c.origin);
                     ExitCode::FAILURE
                 }
             },

@@ -45,7 +45,10 @@ pub fn ensure_self_signed(section: &TlsSection, hostname: &str) -> Result<bool, 
     if !section.self_signed || section.cert.exists() || section.key.exists() {
         return Ok(false);
     }
-    let names = vec![hostname.to_string(), "localhost".to_string()];
+    let mut names = vec![hostname.to_string()];
+    if hostname != "localhost" {
+        names.push("localhost".to_string());
+    }
     let certified =
         rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
     for (path, pem) in [

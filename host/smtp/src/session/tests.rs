@@ -695,3 +695,108 @@ fn received_header_names_everything_known() {
          Sat, 28 Nov 2026 15:00:00 +0000\r\n"
     );
 }
+
+/// A small deterministic generator, so the random test is the same on every run.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn strict_crlf(body: &[u8]) -> bool {
+    body.iter().enumerate().all(|(i, b)| match b {
+        b'\r' => body.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && body[i - 1] == b'\r',
+        _ => true,
+    })
+}
+
+/// Plays random sessions; returns how many messages were spooled.
+fn random_sessions<P: Pipeline>(rng: &mut XorShift, rounds: usize) -> usize {
+    let mut spooled = 0;
+    let long = format!("NOOP {}\r\n", "z".repeat(700));
+    let fragments: Vec<&[u8]> = vec![
+        b"EHLO x\r\n",
+        b"HELO y\r\n",
+        b"MAIL FROM:<alice@example.org>\r\n",
+        b"MAIL FROM:<a@b.example> SIZE=99999999999\r\n",
+        b"RCPT TO:<alice@example.org>\r\n",
+        b"RCPT TO:<x@far.example>\r\n",
+        b"RCPT TO:<Postmaster>\r\n",
+        b"DATA\r\n",
+        b"BDAT 5\r\n",
+        b"BDAT 3 LAST\r\n",
+        b"BDAT 0 LAST\r\n",
+        b"STARTTLS\r\n",
+        b"AUTH PLAIN\r\n",
+        b"AUTH LOGIN\r\n",
+        b"AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==\r\n",
+        b"*\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b".\r\n",
+        b"..\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b".",
+        b"text",
+        b"\r\n.\r\n",
+        b"\n.\n",
+        b"\r.\r",
+        b"\0",
+        b"\xff\xfe",
+        long.as_bytes(),
+        b"GET / HTTP/1.0\r\n",
+    ];
+    for round in 0..rounds {
+        // Half the rounds start from a valid envelope, so content handling is reached often.
+        let primed = round % 2 == 1;
+        let tls = primed.then(tls_info);
+        let mut h = Host::<P>::new(settings(true), tls);
+        let mut input = Vec::new();
+        if primed {
+            input.extend_from_slice(b"EHLO x\r\n");
+            if P::OFFERS_AUTH {
+                input.extend_from_slice(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==\r\n");
+            }
+            input.extend_from_slice(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<alice@example.org>\r\n");
+            input.extend_from_slice(if rng.below(2) == 0 { b"DATA\r\n" } else { b"BDAT 7\r\n" });
+        }
+        for _ in 0..1 + rng.below(40) {
+            input.extend_from_slice(fragments[rng.below(fragments.len())]);
+        }
+        let mut rest = input.as_slice();
+        while !rest.is_empty() {
+            let take = 1 + rng.below(rest.len().min(64));
+            let outcome = h.send(&rest[..take]);
+            rest = &rest[take..];
+            if outcome.last().map(String::as_str) == Some("close") {
+                break;
+            }
+        }
+        for request in &h.spooled {
+            assert!(strict_crlf(&request.message.body), "spooled a bare line ending from {input:?}");
+            assert!(!request.message.envelope.recipients.is_empty());
+        }
+        spooled += h.spooled.len();
+    }
+    spooled
+}
+
+#[test]
+fn random_input_never_panics_and_never_spools_a_bare_line_ending() {
+    let mut rng = XorShift(0x5eed_cafe_f00d_d00d);
+    let mx = random_sessions::<Mx>(&mut rng, 3000);
+    let submission = random_sessions::<Submission>(&mut rng, 3000);
+    // The generator must reach the spool, or the invariant above was never tested.
+    assert!(mx > 50 && submission > 50, "spooled: mx {mx}, submission {submission}");
+}

@@ -1,0 +1,87 @@
+//! Feeds arbitrary bytes, in arbitrary chunks, to sessions of both pipelines, answering
+//! every host request; the session must never panic and never spool a bare CR or LF.
+//!
+//! Run: `cargo +nightly fuzz run session` (from `fuzz/`, with cargo-fuzz installed).
+
+#![no_main]
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use portcullis_smtp::session::{AuthOutcome, TlsInfo};
+use portcullis_smtp::{Action, Directory, Limits, Mailbox, Mx, Pipeline, Session, Settings, Submission, Verdict};
+
+struct Everyone;
+
+impl Directory for Everyone {
+    fn primary_domain(&self) -> &str {
+        "example.org"
+    }
+    fn is_local_domain(&self, domain: &str) -> bool {
+        domain == "example.org"
+    }
+    fn has_mailbox(&self, mailbox: &Mailbox) -> bool {
+        mailbox.local == "alice"
+    }
+    fn may_send_as(&self, _: &str, _: &Mailbox) -> bool {
+        true
+    }
+}
+
+fn run<P: Pipeline>(data: &[u8]) {
+    let settings = Arc::new(Settings {
+        hostname: "fuzz.example".into(),
+        limits: Limits {
+            message_size: 4096,
+            ..Limits::default()
+        },
+        tls_available: true,
+    });
+    let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut session = Session::<P>::new(settings, Arc::new(Everyone), peer, None);
+    let chunk = 1 + data.first().copied().unwrap_or(0) as usize % 97;
+    let mut chunks = data.chunks(chunk);
+    loop {
+        match session.poll() {
+            Action::Read => match chunks.next() {
+                Some(bytes) => session.feed(bytes),
+                None => return,
+            },
+            Action::Close => return,
+            Action::Reply(_) | Action::Pause(_) => {}
+            Action::StartTls => {
+                let info = TlsInfo {
+                    protocol: "TLSv1.3".into(),
+                    cipher: "x".into(),
+                };
+                session.tls_established(info).expect("waiting for TLS");
+            }
+            Action::Authenticate(c) => {
+                let outcome = if c.password == "pw" {
+                    AuthOutcome::Accept { account: c.username }
+                } else {
+                    AuthOutcome::Reject
+                };
+                session.resolve_auth(outcome).expect("waiting for auth");
+            }
+            Action::CallHook(_) => session.resolve_hook(Verdict::Accept).expect("waiting for a verdict"),
+            Action::Spool(request) => {
+                let body = &request.message.body;
+                for (i, b) in body.iter().enumerate() {
+                    match b {
+                        b'\r' => assert_eq!(body.get(i + 1), Some(&b'\n')),
+                        b'\n' => assert!(i > 0 && body[i - 1] == b'\r'),
+                        _ => {}
+                    }
+                }
+                session.resolve_spool(Ok("F1".into())).expect("waiting for the spool");
+            }
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    run::<Mx>(data);
+    run::<Submission>(data);
+});
