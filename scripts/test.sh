@@ -13,5 +13,8 @@ installed=$(rustup component list --toolchain "$toolchain" --installed 2>/dev/nu
 for component in rustfmt clippy; do
   grep -q "^$component" <<<"$installed" || rustup component add --toolchain "$toolchain" "$component"
 done
+# The example plugins are WebAssembly components: the build needs the wasm32-wasip2 target.
+rustup target list --toolchain "$toolchain" --installed | grep -q '^wasm32-wasip2$' \
+  || rustup target add --toolchain "$toolchain" wasm32-wasip2
 
 cargo test --workspace --locked "$@"

@@ -1,0 +1,105 @@
+//! Builds the plugins under `plugins/` as WebAssembly components (wasm32-wasip2), so that
+//! `cargo build`, `cargo run` and `cargo test` need nothing else. The wasmtime project builds
+//! its own test programs the same way.
+//!
+//! The plugins are their own cargo workspace with their own target directory
+//! (`target/plugins`), so this nested cargo never waits on the outer build's lock.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const TARGET: &str = "wasm32-wasip2";
+/// The components the host embeds or the tests load, by crate file name.
+const OUTPUTS: &[&str] = &[
+    "auth_table",
+    "rate_limit",
+    "virus_signatures",
+    "spam_rules",
+    "hostile",
+    "probe",
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
+    let plugins = root.join("plugins");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("plugins");
+    std::fs::create_dir_all(&out).expect("create OUT_DIR/plugins");
+
+    for watched in ["Cargo.toml", "Cargo.lock", "auth-table", "rate-limit", "virus-signatures", "spam-rules", "testing"] {
+        println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
+    }
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    println!("cargo:rustc-env=PORTCULLIS_BUILT_PLUGINS={}", out.display());
+
+    ensure_target();
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("plugins");
+    let release = target_dir.join(TARGET).join("release");
+
+    cargo_build(&plugins, &target_dir, &[]);
+    for name in OUTPUTS {
+        copy(&release.join(format!("{name}.wasm")), &out.join(format!("{name}.wasm")));
+    }
+    // The second version of the probe plugin, for the hot-swap tests.
+    cargo_build(&plugins, &target_dir, &["-p", "probe", "--features", "version-b"]);
+    copy(&release.join("probe.wasm"), &out.join("probe_b.wasm"));
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // Nothing of the outer build may leak into the guest build: no host RUSTFLAGS, no
+    // clippy wrapper, no outer target.
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}
+
+fn cargo_build(plugins: &Path, target_dir: &Path, extra: &[&str]) {
+    let status = cargo()
+        .current_dir(plugins)
+        .args(["build", "--release", "--locked", "--target", TARGET, "--target-dir"])
+        .arg(target_dir)
+        .args(extra)
+        .status()
+        .expect("run cargo for the plugins");
+    assert!(status.success(), "building the plugins in {} failed", plugins.display());
+}
+
+/// Installs the wasm32-wasip2 standard library if rustup has not: rustup will not do it by
+/// itself on machines with RUSTUP_AUTO_INSTALL=0.
+fn ensure_target() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let libdir = Command::new(&rustc)
+        .args(["--print", "target-libdir", "--target", TARGET])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if libdir.is_some_and(|d| d.is_dir()) {
+        return;
+    }
+    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").unwrap_or_default();
+    let mut command = Command::new("rustup");
+    command.args(["target", "add", TARGET]);
+    if !toolchain.is_empty() {
+        command.args(["--toolchain", &toolchain]);
+    }
+    let ok = command.status().is_ok_and(|s| s.success());
+    assert!(ok, "the {TARGET} target is missing and `rustup target add {TARGET}` failed");
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+}

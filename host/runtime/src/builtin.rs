@@ -1,0 +1,23 @@
+//! The example plugins, compiled by this crate's build script from `plugins/` and embedded
+//! in the binary, so that the embedded default config can load them on a fresh machine.
+
+/// `auth-table`: accounts and argon2 hashes from its config.
+pub const AUTH_TABLE: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/auth_table.wasm"));
+/// `rate-limit`: thresholds per account and per IP.
+pub const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/rate_limit.wasm"));
+/// `virus-signatures`: EICAR and configured signatures in every MIME part.
+pub const VIRUS_SIGNATURES: &[u8] =
+    include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/virus_signatures.wasm"));
+/// `spam-rules`: scored rules with tag and junk thresholds.
+pub const SPAM_RULES: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/spam_rules.wasm"));
+
+/// The four, with the file names the embedded default config uses.
+pub const ALL: [(&str, &[u8]); 4] = [
+    ("auth_table.wasm", AUTH_TABLE),
+    ("rate_limit.wasm", RATE_LIMIT),
+    ("virus_signatures.wasm", VIRUS_SIGNATURES),
+    ("spam_rules.wasm", SPAM_RULES),
+];
+
+/// Where the build script left every plugin it built, test-only ones included.
+pub const BUILD_DIR: &str = env!("PORTCULLIS_BUILT_PLUGINS");

@@ -1,0 +1,227 @@
+//! What the host gives a plugin instance: its store data, its limits, and the
+//! implementations of the imports every plugin world shares (log, config, clock, message).
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::virus::portcullis::filter::{clock, config, log};
+use crate::bindings::types;
+
+/// Lines a plugin may log per call; more are dropped (a plugin cannot flood the log).
+const MAX_LOG_LINES: u32 = 100;
+/// Characters kept of one log line.
+const MAX_LOG_LINE: usize = 1000;
+/// The largest chunk `message.read` returns.
+const MAX_READ: u32 = 1 << 20;
+
+/// The plugin's identity and configuration, shared by all its instances.
+#[derive(Debug)]
+pub struct PluginMeta {
+    /// The plugin's name from the config.
+    pub name: String,
+    /// The first 12 hex digits of the SHA-256 of its file.
+    pub hash: String,
+    /// Its `[plugin.config]` table as JSON text.
+    pub config_json: String,
+    /// The same table, for `config.get`.
+    pub config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The message as a plugin sees it: the content as received, headers parsed on demand.
+pub struct MessageHandle {
+    message: Arc<portcullis_smtp::Message>,
+}
+
+impl MessageHandle {
+    /// Wraps a received message.
+    pub fn new(message: Arc<portcullis_smtp::Message>) -> Self {
+        MessageHandle { message }
+    }
+}
+
+/// Per-instance memory and table caps, and whether one was hit (to tell a memory failure
+/// from any other trap).
+#[derive(Debug)]
+pub struct Limits {
+    memory: usize,
+    /// Set when the plugin asked for more memory than allowed.
+    pub memory_denied: bool,
+}
+
+impl Limits {
+    /// A cap of `memory` bytes per linear memory.
+    pub fn new(memory: usize) -> Self {
+        Limits {
+            memory,
+            memory_denied: false,
+        }
+    }
+}
+
+impl ResourceLimiter for Limits {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.memory_denied = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The data of one store: one plugin instance, one hook call.
+pub struct State {
+    wasi: WasiCtx,
+    /// Host resources handed to the guest (the message).
+    pub table: ResourceTable,
+    /// Memory caps.
+    pub limits: Limits,
+    meta: Arc<PluginMeta>,
+    log_lines: u32,
+}
+
+impl State {
+    /// A fresh state: WASI with nothing granted (no files, sockets, environment or
+    /// arguments; clocks that read zero), unless `wasi` was built otherwise by the caller.
+    pub fn new(meta: Arc<PluginMeta>, wasi: WasiCtx, memory: usize) -> Self {
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limits: Limits::new(memory),
+            meta,
+            log_lines: 0,
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Splits the header section of a message into unfolded fields.
+fn parse_headers(content: &[u8]) -> Vec<types::Header> {
+    let end = content
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(content.len(), |p| p + 2);
+    let mut fields: Vec<types::Header> = Vec::new();
+    for line in content[..end].split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(line);
+        if line[0] == b' ' || line[0] == b'\t' {
+            if let Some(last) = fields.last_mut() {
+                last.value.push(' ');
+                last.value.push_str(text.trim());
+            }
+            continue;
+        }
+        if let Some((name, value)) = text.split_once(':') {
+            fields.push(types::Header {
+                name: name.trim().to_string(),
+                value: value.trim().to_string(),
+            });
+        }
+    }
+    fields
+}
+
+impl types::Host for State {}
+
+impl types::HostMessage for State {
+    fn size(&mut self, this: Resource<MessageHandle>) -> u64 {
+        self.table
+            .get(&this)
+            .map_or(0, |m| m.message.body.len() as u64)
+    }
+
+    fn headers(&mut self, this: Resource<MessageHandle>) -> Vec<types::Header> {
+        self.table
+            .get(&this)
+            .map_or_else(|_| Vec::new(), |m| parse_headers(&m.message.body))
+    }
+
+    fn read(&mut self, this: Resource<MessageHandle>, offset: u64, max: u32) -> Vec<u8> {
+        let Ok(handle) = self.table.get(&this) else {
+            return Vec::new();
+        };
+        let body = &handle.message.body;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(body.len());
+        let end = start.saturating_add(max.min(MAX_READ) as usize).min(body.len());
+        body[start..end].to_vec()
+    }
+
+    fn drop(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<()> {
+        self.table.delete(this)?;
+        Ok(())
+    }
+}
+
+impl log::Host for State {
+    fn log(&mut self, level: log::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES {
+            return;
+        }
+        let mut message: String = message.chars().filter(|c| !c.is_control()).take(MAX_LOG_LINE).collect();
+        if self.log_lines == MAX_LOG_LINES {
+            message.push_str(" (further lines of this call dropped)");
+        }
+        let (name, hash) = (&self.meta.name, &self.meta.hash);
+        match level {
+            log::Level::Trace => tracing::trace!(plugin = %name, hash = %hash, "{message}"),
+            log::Level::Debug => tracing::debug!(plugin = %name, hash = %hash, "{message}"),
+            log::Level::Info => tracing::info!(plugin = %name, hash = %hash, "{message}"),
+            log::Level::Warn => tracing::warn!(plugin = %name, hash = %hash, "{message}"),
+            log::Level::Error => tracing::error!(plugin = %name, hash = %hash, "{message}"),
+        }
+    }
+}
+
+impl config::Host for State {
+    fn json(&mut self) -> String {
+        self.meta.config_json.clone()
+    }
+
+    fn get(&mut self, key: String) -> Option<String> {
+        self.meta.config.get(&key).map(|value| match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+    }
+}
+
+impl clock::Host for State {
+    fn now(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_unfolded() {
+        let fields = parse_headers(b"Subject: a\r\n long\r\nFrom: x@y\r\n\r\nBody: not a header\r\n");
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
+        assert_eq!(pairs, [("Subject", "a long"), ("From", "x@y")]);
+    }
+}

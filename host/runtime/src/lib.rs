@@ -1,0 +1,28 @@
+//! The WebAssembly plugin runtime of Portcullis.
+//!
+//! Every per-message decision is made by a sandboxed component: one fresh store and
+//! instance for every hook call, so nothing a plugin does survives into the next message.
+//! Plugins are compiled once (and cached on disk by content hash and engine), type-checked
+//! against their hook's world at load, and swapped atomically while sessions run.
+//!
+//! # Layout
+//!
+//! - [`bindings`]: host bindings generated from `wit/`, one module per plugin world.
+//! - [`host`]: the store data and the host side of the shared imports (log, config, clock,
+//!   the message resource).
+//! - [`plugin`]: a plugin's spec, failure policy and errors; checks on what it returns.
+//! - [`runtime`]: the engine, loading with the compile cache, and the four hook calls.
+//! - [`set`]: the configured plugins per hook, each in a slot that is swapped atomically,
+//!   and the file watcher that does it.
+//! - [`builtin`]: the example plugins built with the host, embedded in the binary.
+
+pub mod bindings;
+pub mod builtin;
+pub mod host;
+pub mod plugin;
+pub mod runtime;
+pub mod set;
+
+pub use plugin::{HookKind, OnError, PluginError, PluginSpec};
+pub use runtime::{LoadError, LoadedPlugin, Runtime, RuntimeConfig, ScanOutcome, SpamOutcome};
+pub use set::{PluginSet, Slot};

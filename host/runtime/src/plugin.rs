@@ -1,0 +1,210 @@
+//! What a plugin is to the host: its spec from the config, its failure policy, its errors,
+//! and the checks applied to everything it returns.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use portcullis_smtp::{Enhanced, Reply, Verdict, replies};
+
+use crate::bindings::types;
+
+/// Which hook a plugin serves; fixes the world it must implement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    /// `auth-plugin`.
+    Auth,
+    /// `rate-plugin`.
+    Rate,
+    /// `virus-plugin`.
+    Virus,
+    /// `spam-plugin`.
+    Spam,
+}
+
+impl HookKind {
+    /// Parses the config name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "auth" => Some(HookKind::Auth),
+            "rate" => Some(HookKind::Rate),
+            "virus" => Some(HookKind::Virus),
+            "spam" => Some(HookKind::Spam),
+            _ => None,
+        }
+    }
+
+    /// The config name.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Auth => "auth",
+            HookKind::Rate => "rate",
+            HookKind::Virus => "virus",
+            HookKind::Spam => "spam",
+        }
+    }
+
+    /// The WIT world a plugin for this hook must target.
+    pub fn world(self) -> &'static str {
+        match self {
+            HookKind::Auth => "auth-plugin",
+            HookKind::Rate => "rate-plugin",
+            HookKind::Virus => "virus-plugin",
+            HookKind::Spam => "spam-plugin",
+        }
+    }
+}
+
+/// What happens to the message when a plugin fails (trap, timeout, memory, bad result).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnError {
+    /// `451 4.3.0`: the client retries later. The default: nothing is lost.
+    #[default]
+    Defer,
+    /// Carry on as if the plugin had accepted.
+    Accept,
+    /// `554 5.7.0`: refuse the message.
+    Reject,
+}
+
+impl OnError {
+    /// Parses the config name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "defer" => Some(OnError::Defer),
+            "accept" => Some(OnError::Accept),
+            "reject" => Some(OnError::Reject),
+            _ => None,
+        }
+    }
+
+    /// The verdict the policy stands for.
+    pub fn verdict(self) -> Verdict {
+        match self {
+            OnError::Defer => Verdict::Defer(replies::HOOK_DEFERRED),
+            OnError::Accept => Verdict::Accept,
+            OnError::Reject => Verdict::Reject(Reply::fixed(
+                554,
+                Some(Enhanced(5, 7, 0)),
+                "Message refused by a content filter",
+            )),
+        }
+    }
+}
+
+/// One `[[plugin]]` entry, validated.
+#[derive(Clone, Debug)]
+pub struct PluginSpec {
+    /// A name for logs (default: the file's stem).
+    pub name: String,
+    /// The hook it serves.
+    pub hook: HookKind,
+    /// The component file.
+    pub path: PathBuf,
+    /// Wall-clock limit of one call, instantiation included.
+    pub timeout: Duration,
+    /// Cap of each linear memory, in bytes.
+    pub memory: usize,
+    /// The failure policy.
+    pub on_error: OnError,
+    /// The `[plugin.config]` table.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// A host directory the plugin may read, seen as `/data` inside.
+    pub grant_dir: Option<PathBuf>,
+}
+
+/// Why a plugin call produced no usable answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// The plugin trapped (a panic, `unreachable`, stack overflow, a host function refusal).
+    #[error("trap: {0}")]
+    Trap(String),
+    /// The call ran past its time limit.
+    #[error("timeout after {0:?}")]
+    Timeout(Duration),
+    /// The plugin asked for more memory than its cap.
+    #[error("memory cap of {0} bytes exceeded")]
+    Memory(usize),
+    /// The result broke the contract (too many headers, a bad account name, ...).
+    #[error("malformed result: {0}")]
+    Malformed(String),
+    /// The plugin reported that it could not do its work.
+    #[error("plugin failure: {0}")]
+    Failed(String),
+    /// No instance could be created (for example the instance pool is exhausted).
+    #[error("cannot instantiate: {0}")]
+    Unavailable(String),
+}
+
+impl PluginError {
+    /// A short kind for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::Trap(_) => "trap",
+            PluginError::Timeout(_) => "timeout",
+            PluginError::Memory(_) => "memory",
+            PluginError::Malformed(_) => "malformed",
+            PluginError::Failed(_) => "failed",
+            PluginError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Most headers one verdict may add.
+pub const MAX_HEADERS: usize = 20;
+const MAX_HEADER_VALUE: usize = 1000;
+const MAX_REPLY_TEXT: usize = 200;
+
+/// Checks and converts headers a plugin asks to add.
+pub fn headers(list: Vec<types::Header>) -> Result<Vec<portcullis_smtp::session::Header>, PluginError> {
+    if list.len() > MAX_HEADERS {
+        return Err(PluginError::Malformed(format!(
+            "{} headers (at most {MAX_HEADERS})",
+            list.len()
+        )));
+    }
+    list.into_iter()
+        .map(|h| {
+            let name_ok = !h.name.is_empty()
+                && h.name.len() <= 64
+                && h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+            if !name_ok {
+                return Err(PluginError::Malformed(format!("bad header name {:?}", truncate(&h.name, 80))));
+            }
+            if h.value.len() > MAX_HEADER_VALUE {
+                return Err(PluginError::Malformed(format!("header {} longer than {MAX_HEADER_VALUE}", h.name)));
+            }
+            let value = h.value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            Ok(portcullis_smtp::session::Header { name: h.name, value })
+        })
+        .collect()
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+/// Converts a plugin's reply, keeping the wire clean: one line, printable, bounded, and an
+/// enhanced code only when its class matches the reply code.
+pub fn reply(r: types::Reply) -> Reply {
+    let text: String = r.text.chars().filter(|c| !c.is_control()).take(MAX_REPLY_TEXT).collect();
+    let class = (r.code / 100) as u8;
+    let enhanced = r
+        .enhanced
+        .filter(|e| e.class == class)
+        .map(|e| Enhanced(e.class, e.subject, e.detail));
+    let text = if text.trim().is_empty() { "Refused by policy".to_string() } else { text };
+    Reply::new(r.code, enhanced, text)
+}
+
+/// Converts a verdict; `headers` are added on accept and junk.
+pub fn verdict(v: types::Verdict, headers: Vec<portcullis_smtp::session::Header>) -> Verdict {
+    match v {
+        types::Verdict::Accept if headers.is_empty() => Verdict::Accept,
+        types::Verdict::Accept => Verdict::Tag(headers),
+        types::Verdict::Junk => Verdict::Junk(headers),
+        types::Verdict::Reject(r) => Verdict::Reject(reply(r)),
+        types::Verdict::Defer(r) => Verdict::Defer(reply(r)),
+        types::Verdict::Discard => Verdict::Discard,
+    }
+}

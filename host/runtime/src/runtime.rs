@@ -1,0 +1,492 @@
+//! The engine, the loading of plugins (compile once, cached on disk; type-check against the
+//! hook's world) and the calls themselves: a fresh store and instance for every call.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, SessionInfo};
+use portcullis_smtp::{Envelope, Message, Verdict};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtxBuilder};
+
+use crate::bindings::{auth, rate, spam, types, virus};
+use crate::host::{MessageHandle, PluginMeta, State};
+use crate::plugin::{self, HookKind, PluginError, PluginSpec};
+
+/// How often the epoch ticks; a running plugin yields to other tasks at each tick.
+const TICK: Duration = Duration::from_millis(5);
+
+/// Sizing of the engine, from the configured plugins.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// The largest memory cap of any plugin.
+    pub max_memory: usize,
+    /// Plugin instances that may exist at once (concurrent hook calls).
+    pub instances: u32,
+    /// Where compiled plugins are cached (`None`: no cache).
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Why a plugin could not be loaded; the old version (if any) stays in service.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not a valid WebAssembly component.
+    #[error("{path}: not a valid WebAssembly component: {message}")]
+    Compile {
+        /// The file.
+        path: PathBuf,
+        /// What wasmtime said.
+        message: String,
+    },
+    /// It imports something the host does not provide, or does not export the hook's
+    /// interface.
+    #[error("{path}: does not fit the {world} world: {message}")]
+    World {
+        /// The file.
+        path: PathBuf,
+        /// The world it should target.
+        world: &'static str,
+        /// What wasmtime said.
+        message: String,
+    },
+    /// The engine itself could not be set up.
+    #[error("cannot create the plugin engine: {0}")]
+    Engine(String),
+}
+
+enum Pre {
+    Auth(auth::AuthPluginPre<State>),
+    Rate(rate::RatePluginPre<State>),
+    Virus(virus::VirusPluginPre<State>),
+    Spam(spam::SpamPluginPre<State>),
+}
+
+/// A compiled, type-checked plugin, ready to be instantiated for each call.
+pub struct LoadedPlugin {
+    /// Its configuration.
+    pub spec: Arc<PluginSpec>,
+    /// Its identity, as logs show it.
+    pub meta: Arc<PluginMeta>,
+    /// How long compiling (or loading from the cache) took.
+    pub load_time: Duration,
+    /// Whether the compiled code came from the on-disk cache.
+    pub cached: bool,
+    pre: Pre,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.meta.name)
+            .field("hash", &self.meta.hash)
+            .field("hook", &self.spec.hook)
+            .finish()
+    }
+}
+
+/// What the virus hook found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanOutcome {
+    /// Nothing.
+    Clean,
+    /// Malware, by name.
+    Infected(String),
+}
+
+/// The spam hook's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpamOutcome {
+    /// The score, for logs.
+    pub score: f64,
+    /// The verdict, with the headers to add.
+    pub verdict: Verdict,
+}
+
+/// Clocks that always read zero: a plugin's only clock is the host's `clock` import.
+struct ZeroClock;
+
+impl HostWallClock for ZeroClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for ZeroClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The Wasm engine and everything shared by all plugins.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    cache_dir: Option<PathBuf>,
+    cache_key: String,
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator, copy-on-write images, epoch interruption) and
+    /// starts the one epoch ticker thread.
+    pub fn new(config: &RuntimeConfig) -> Result<Runtime, LoadError> {
+        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        let instances = config.instances.max(1);
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 16)
+            .total_memories(instances * 4)
+            .total_tables(instances * 8)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(config.max_memory)
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10);
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(engine_err)?;
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        virus::VirusPlugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cache_key = format!("{:016x}", hasher.finish());
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+        Ok(Runtime {
+            engine,
+            linker,
+            cache_dir: config.cache_dir.clone(),
+            cache_key,
+        })
+    }
+
+    /// Loads a plugin: reads, compiles (or loads from the cache) and type-checks it against
+    /// its hook's world. CPU-heavy on a cache miss: call it off the async threads.
+    pub fn load(&self, spec: Arc<PluginSpec>) -> Result<LoadedPlugin, LoadError> {
+        let started = Instant::now();
+        let path = &spec.path;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let digest = Sha256::digest(&bytes);
+        let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let (component, cached) = self.compile(path, &bytes, &hash)?;
+        let world = |e: wasmtime::Error| LoadError::World {
+            path: path.clone(),
+            world: spec.hook.world(),
+            message: format!("{e:#}"),
+        };
+        let instance_pre: InstancePre<State> = self.linker.instantiate_pre(&component).map_err(world)?;
+        let pre = match spec.hook {
+            HookKind::Auth => Pre::Auth(auth::AuthPluginPre::new(instance_pre).map_err(world)?),
+            HookKind::Rate => Pre::Rate(rate::RatePluginPre::new(instance_pre).map_err(world)?),
+            HookKind::Virus => Pre::Virus(virus::VirusPluginPre::new(instance_pre).map_err(world)?),
+            HookKind::Spam => Pre::Spam(spam::SpamPluginPre::new(instance_pre).map_err(world)?),
+        };
+        let meta = Arc::new(PluginMeta {
+            name: spec.name.clone(),
+            hash: hash[..12].to_string(),
+            config_json: serde_json::Value::Object(spec.config.clone()).to_string(),
+            config: spec.config.clone(),
+        });
+        Ok(LoadedPlugin {
+            spec,
+            meta,
+            load_time: started.elapsed(),
+            cached,
+            pre,
+        })
+    }
+
+    fn compile(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<(Component, bool), LoadError> {
+        let compile_err = |e: wasmtime::Error| LoadError::Compile {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, bytes).map_err(compile_err)?, false));
+        };
+        let cached = dir.join(format!("{hash}-{}.cwasm", self.cache_key));
+        if cached.is_file() {
+            match load_precompiled(&self.engine, &cached) {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "ignoring an unusable compiled-plugin cache file"),
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(compile_err)?;
+        if let Ok(serialized) = component.serialize() {
+            let tmp = dir.join(format!(".{hash}-{}.tmp", std::process::id()));
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::write(&tmp, serialized))
+                .and_then(|()| std::fs::rename(&tmp, &cached));
+            if let Err(e) = written {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot cache the compiled plugin");
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+        Ok((component, false))
+    }
+
+    fn store(&self, plugin: &LoadedPlugin) -> Result<Store<State>, PluginError> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(ZeroClock)
+            .monotonic_clock(ZeroClock);
+        if let Some(dir) = &plugin.spec.grant_dir {
+            wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly)
+                .map_err(|e| PluginError::Unavailable(format!("granted directory {}: {e:#}", dir.display())))?;
+        }
+        let state = State::new(Arc::clone(&plugin.meta), wasi.build(), plugin.spec.memory);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        // Yield to the async runtime at every tick, so a busy plugin never holds a thread;
+        // the wall-clock limit is enforced around the call.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        Ok(store)
+    }
+
+    /// Runs `call` on a fresh store within the plugin's time limit, and names the failure.
+    async fn guarded<R>(
+        &self,
+        plugin: &LoadedPlugin,
+        mut store: Store<State>,
+        call: impl AsyncFnOnce(&mut Store<State>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let limit = plugin.spec.timeout;
+        let outcome = tokio::time::timeout(limit, call(&mut store)).await;
+        match outcome {
+            Err(_) => Err(PluginError::Timeout(limit)),
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(_)) if store.data().limits.memory_denied => Err(PluginError::Memory(plugin.spec.memory)),
+            Ok(Err(e)) => Err(match e.downcast_ref::<Trap>() {
+                Some(Trap::StackOverflow) => PluginError::Trap("stack overflow".into()),
+                Some(trap) => PluginError::Trap(trap.to_string()),
+                None if format!("{e:#}").contains("instantiat") => PluginError::Unavailable(format!("{e:#}")),
+                None => PluginError::Trap(format!("{e:#}")),
+            }),
+        }
+    }
+
+    /// The auth hook.
+    pub async fn authenticate(
+        &self,
+        plugin: &LoadedPlugin,
+        session: &SessionInfo,
+        credentials: &Credentials,
+    ) -> Result<AuthOutcome, PluginError> {
+        let Pre::Auth(pre) = &plugin.pre else {
+            return Err(PluginError::Unavailable("not an auth plugin".into()));
+        };
+        let store = self.store(plugin)?;
+        let session = session_info(session);
+        let mechanism = match credentials.mechanism {
+            portcullis_smtp::command::Mechanism::Plain => auth::exports::portcullis::filter::auth::Mechanism::Plain,
+            portcullis_smtp::command::Mechanism::Login => auth::exports::portcullis::filter::auth::Mechanism::Login,
+        };
+        let result = self
+            .guarded(plugin, store, async move |store: &mut Store<State>| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .portcullis_filter_auth()
+                    .call_authenticate(&mut *store, &session, mechanism, &credentials.username, &credentials.password)
+                    .await
+            })
+            .await?;
+        use auth::exports::portcullis::filter::auth::AuthResult;
+        Ok(match result {
+            AuthResult::Accept(account) => {
+                let account = account.trim().to_lowercase();
+                let valid = account.len() <= 320
+                    && account
+                        .split_once('@')
+                        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !account.contains(char::is_whitespace));
+                if !valid {
+                    return Err(PluginError::Malformed(format!(
+                        "accepted account {:?} is not local@domain",
+                        account.chars().take(80).collect::<String>()
+                    )));
+                }
+                AuthOutcome::Accept { account }
+            }
+            AuthResult::Reject => AuthOutcome::Reject,
+            AuthResult::Defer => AuthOutcome::TempFail,
+        })
+    }
+
+    /// The rate hook.
+    pub async fn rate(
+        &self,
+        plugin: &LoadedPlugin,
+        session: &SessionInfo,
+        envelope: &Envelope,
+        usage: &rate::exports::portcullis::filter::rate::Usage,
+    ) -> Result<Verdict, PluginError> {
+        let Pre::Rate(pre) = &plugin.pre else {
+            return Err(PluginError::Unavailable("not a rate plugin".into()));
+        };
+        let store = self.store(plugin)?;
+        let (session, envelope) = (session_info(session), wit_envelope(envelope, 0));
+        let result = self
+            .guarded(plugin, store, async move |store: &mut Store<State>| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .portcullis_filter_rate()
+                    .call_check(&mut *store, &session, &envelope, *usage)
+                    .await
+            })
+            .await?;
+        Ok(plugin::verdict(result, Vec::new()))
+    }
+
+    /// The virus hook.
+    pub async fn virus(
+        &self,
+        plugin: &LoadedPlugin,
+        session: &SessionInfo,
+        message: &Arc<Message>,
+    ) -> Result<ScanOutcome, PluginError> {
+        let Pre::Virus(pre) = &plugin.pre else {
+            return Err(PluginError::Unavailable("not a virus plugin".into()));
+        };
+        let mut store = self.store(plugin)?;
+        let (session, envelope) = (
+            session_info(session),
+            wit_envelope(&message.envelope, message.body.len() as u64),
+        );
+        let handle = store
+            .data_mut()
+            .table
+            .push(MessageHandle::new(Arc::clone(message)))
+            .map_err(|e| PluginError::Unavailable(e.to_string()))?;
+        let result = self
+            .guarded(plugin, store, async move |store: &mut Store<State>| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .portcullis_filter_virus()
+                    .call_scan(&mut *store, &session, &envelope, handle)
+                    .await
+            })
+            .await?;
+        use virus::exports::portcullis::filter::virus::ScanResult;
+        match result {
+            ScanResult::Clean => Ok(ScanOutcome::Clean),
+            ScanResult::Infected(name) => {
+                let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
+                Ok(ScanOutcome::Infected(if name.is_empty() { "unnamed".into() } else { name }))
+            }
+            ScanResult::Error(reason) => Err(PluginError::Failed(reason.chars().take(200).collect())),
+        }
+    }
+
+    /// The spam hook.
+    pub async fn spam(
+        &self,
+        plugin: &LoadedPlugin,
+        session: &SessionInfo,
+        message: &Arc<Message>,
+    ) -> Result<SpamOutcome, PluginError> {
+        let Pre::Spam(pre) = &plugin.pre else {
+            return Err(PluginError::Unavailable("not a spam plugin".into()));
+        };
+        let mut store = self.store(plugin)?;
+        let (session, envelope) = (
+            session_info(session),
+            wit_envelope(&message.envelope, message.body.len() as u64),
+        );
+        let handle = store
+            .data_mut()
+            .table
+            .push(MessageHandle::new(Arc::clone(message)))
+            .map_err(|e| PluginError::Unavailable(e.to_string()))?;
+        let result = self
+            .guarded(plugin, store, async move |store: &mut Store<State>| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .portcullis_filter_spam()
+                    .call_classify(&mut *store, &session, &envelope, handle)
+                    .await
+            })
+            .await?;
+        if !result.score.is_finite() {
+            return Err(PluginError::Malformed("the score is not a finite number".into()));
+        }
+        let headers = plugin::headers(result.headers)?;
+        Ok(SpamOutcome {
+            score: result.score,
+            verdict: plugin::verdict(result.verdict, headers),
+        })
+    }
+}
+
+/// Loads a compiled artefact from our own cache directory.
+#[allow(unsafe_code)]
+fn load_precompiled(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: `deserialize_file` trusts its input to be code wasmtime compiled. Files in
+    // the cache directory are only ever written by `Runtime::compile` above, from
+    // `Component::serialize`, under a name keyed by the engine's compatibility hash; the
+    // directory lives in the operator's data directory, which only the daemon writes.
+    unsafe { Component::deserialize_file(engine, path) }
+}
+
+fn session_info(info: &SessionInfo) -> types::SessionInfo {
+    types::SessionInfo {
+        pipeline: match info.pipeline {
+            PipelineKind::Mx => types::Pipeline::Mx,
+            PipelineKind::Submission => types::Pipeline::Submission,
+        },
+        client_ip: info.peer.to_string(),
+        helo: info.greeting.as_ref().map(|g| g.name().to_string()),
+        tls: info.security.tls.as_ref().map(|t| types::TlsInfo {
+            protocol: t.protocol.clone(),
+            cipher: t.cipher.clone(),
+        }),
+        account: info.security.account.clone(),
+    }
+}
+
+fn wit_envelope(envelope: &Envelope, size: u64) -> types::Envelope {
+    types::Envelope {
+        mail_from: envelope.mail_from.as_ref().map(ToString::to_string),
+        rcpt_to: envelope.recipients.iter().map(|r| r.mailbox.to_string()).collect(),
+        size,
+    }
+}

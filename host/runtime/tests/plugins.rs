@@ -1,0 +1,245 @@
+//! The runtime against real components: the four example plugins and a hostile one, built
+//! from `plugins/` by the build script.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
+use portcullis_runtime::builtin::BUILD_DIR;
+use portcullis_runtime::{HookKind, OnError, PluginError, PluginSpec, Runtime, RuntimeConfig, ScanOutcome};
+use portcullis_smtp::envelope::{MailParams, Recipient};
+use portcullis_smtp::session::{AuthOutcome, Credentials, Greeting, PipelineKind, Security, SessionInfo};
+use portcullis_smtp::{Envelope, Mailbox, Message, Verdict};
+
+fn runtime(cache: Option<PathBuf>) -> Runtime {
+    Runtime::new(&RuntimeConfig {
+        max_memory: 256 << 20,
+        instances: 16,
+        cache_dir: cache,
+    })
+    .expect("runtime")
+}
+
+fn spec(file: &str, hook: HookKind, config: serde_json::Value) -> Arc<PluginSpec> {
+    let serde_json::Value::Object(config) = config else {
+        panic!("config must be an object");
+    };
+    Arc::new(PluginSpec {
+        name: file.trim_end_matches(".wasm").into(),
+        hook,
+        path: PathBuf::from(BUILD_DIR).join(file),
+        timeout: Duration::from_millis(500),
+        memory: 64 << 20,
+        on_error: OnError::Defer,
+        config,
+        grant_dir: None,
+    })
+}
+
+fn session(pipeline: PipelineKind) -> SessionInfo {
+    SessionInfo {
+        pipeline,
+        peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)),
+        greeting: Some(Greeting::Ehlo("client.example".into())),
+        security: Security {
+            tls: None,
+            account: (pipeline == PipelineKind::Submission).then(|| "alice@example.org".to_string()),
+        },
+    }
+}
+
+fn message(body: &str) -> Arc<Message> {
+    Arc::new(Message {
+        envelope: Envelope {
+            mail_from: Some(Mailbox {
+                local: "sender".into(),
+                domain: "far.example".into(),
+            }),
+            params: MailParams::default(),
+            recipients: vec![Recipient {
+                mailbox: Mailbox {
+                    local: "alice".into(),
+                    domain: "example.org".into(),
+                },
+                params: Default::default(),
+                local: true,
+            }],
+        },
+        body: body.replace('\n', "\r\n").into_bytes(),
+    })
+}
+
+const EICAR: &str = concat!(r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-", r"ANTIVIRUS-TEST-FILE!$H+H*");
+
+fn eicar_attachment() -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(EICAR);
+    format!(
+        "From: a@far.example\nTo: alice@example.org\nSubject: invoice\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain\n\nSee attached.\n\
+         --b1\nContent-Type: application/octet-stream; name=\"invoice.com\"\nContent-Transfer-Encoding: base64\n\n{encoded}\n--b1--\n"
+    )
+}
+
+#[tokio::test]
+async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_signatures() {
+    let rt = runtime(None);
+    let config = serde_json::json!({ "signatures": [{ "name": "Test-Hex", "hex": "deadbeef" }, { "name": "Test-Text", "text": "evil macro" }] });
+    let plugin = rt.load(spec("virus_signatures.wasm", HookKind::Virus, config)).expect("load");
+    let mx = session(PipelineKind::Mx);
+    let infected = rt.virus(&plugin, &mx, &message(&eicar_attachment())).await.expect("scan");
+    assert_eq!(infected, ScanOutcome::Infected("Eicar-Test-Signature".into()));
+    let qp = "Subject: x\nContent-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n\nrun the evil=\n macro now\n";
+    let found = rt.virus(&plugin, &mx, &message(qp)).await.expect("scan");
+    assert_eq!(found, ScanOutcome::Infected("Test-Text".into()));
+    let clean = rt.virus(&plugin, &mx, &message("Subject: hi\n\nhello\n")).await.expect("scan");
+    assert_eq!(clean, ScanOutcome::Clean);
+}
+
+#[tokio::test]
+async fn spam_rules_tags_clean_mail_and_junks_spam() {
+    let rt = runtime(None);
+    let plugin = rt
+        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({ "tag-threshold": 3.0, "junk-threshold": 6.0 })))
+        .expect("load");
+    let mx = session(PipelineKind::Mx);
+    let clean = "From: Bob <bob@far.example>\nTo: alice@example.org\nSubject: Lunch tomorrow?\nDate: Sat, 28 Nov 2026 10:00:00 +0000\nMessage-ID: <1@far.example>\n\nShall we meet at noon?\n";
+    let outcome = rt.spam(&plugin, &mx, &message(clean)).await.expect("classify");
+    let Verdict::Tag(headers) = outcome.verdict else {
+        panic!("clean mail is accepted with headers: {outcome:?}");
+    };
+    assert!(headers.iter().any(|h| h.name == "X-Spam-Status" && h.value.starts_with("No")));
+    let spam = "To: alice@example.org\nSubject: YOU HAVE WON THE LOTTERY!!!\n\nCLICK HERE TO CLAIM YOUR VIAGRA PRIZE NOW, 100% FREE, ACT NOW BEFORE IT IS TOO LATE FOR YOU\n";
+    let outcome = rt.spam(&plugin, &mx, &message(spam)).await.expect("classify");
+    let Verdict::Junk(headers) = &outcome.verdict else {
+        panic!("spam goes to Junk: {outcome:?}");
+    };
+    assert!(outcome.score >= 6.0);
+    assert!(headers.iter().any(|h| h.name == "X-Spam-Flag" && h.value == "YES"));
+}
+
+#[tokio::test]
+async fn rate_limit_defers_past_the_threshold() {
+    let rt = runtime(None);
+    let plugin = rt
+        .load(spec("rate_limit.wasm", HookKind::Rate, serde_json::json!({ "account": { "messages-per-minute": 3 } })))
+        .expect("load");
+    let submission = session(PipelineKind::Submission);
+    let window = |messages| Window { messages, recipients: messages };
+    let usage = |messages| Usage {
+        account: Counters { minute: window(messages), hour: window(messages), day: window(messages) },
+        client_ip: Counters { minute: window(0), hour: window(0), day: window(0) },
+    };
+    let envelope = message("x").envelope.clone();
+    assert_eq!(rt.rate(&plugin, &submission, &envelope, &usage(2)).await.expect("rate"), Verdict::Accept);
+    let Verdict::Defer(reply) = rt.rate(&plugin, &submission, &envelope, &usage(3)).await.expect("rate") else {
+        panic!("the 4th message in a minute is deferred");
+    };
+    assert_eq!((reply.code, reply.enhanced.map(|e| e.to_string())), (451, Some("4.7.0".into())));
+}
+
+#[tokio::test]
+async fn auth_table_checks_argon2_hashes() {
+    use argon2::password_hash::PasswordHasher;
+    let hash = argon2::Argon2::default().hash_password(b"hunter2").expect("hash").to_string();
+    let rt = runtime(None);
+    let config = serde_json::json!({ "default-domain": "example.org", "accounts": { "carol@example.org": hash } });
+    let plugin = rt.load(spec("auth_table.wasm", HookKind::Auth, config)).expect("load");
+    let s = session(PipelineKind::Submission);
+    let creds = |user: &str, password: &str| Credentials {
+        mechanism: portcullis_smtp::command::Mechanism::Plain,
+        authzid: None,
+        username: user.into(),
+        password: password.into(),
+    };
+    assert_eq!(
+        rt.authenticate(&plugin, &s, &creds("carol", "hunter2")).await.expect("auth"),
+        AuthOutcome::Accept { account: "carol@example.org".into() }
+    );
+    assert_eq!(rt.authenticate(&plugin, &s, &creds("carol", "wrong")).await.expect("auth"), AuthOutcome::Reject);
+    assert_eq!(rt.authenticate(&plugin, &s, &creds("dave", "hunter2")).await.expect("auth"), AuthOutcome::Reject);
+}
+
+#[tokio::test]
+async fn hostile_plugins_fail_within_their_limits_and_the_runtime_carries_on() {
+    let rt = runtime(None);
+    let mx = session(PipelineKind::Mx);
+    let cases: [(&str, &str); 5] = [
+        ("loop", "timeout"),
+        ("memory", "memory"),
+        ("trap", "trap"),
+        ("stack", "trap"),
+        ("oversized", "malformed"),
+    ];
+    let fine = rt
+        .load(spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": "fine" })))
+        .expect("load");
+    for (mode, kind) in cases {
+        let plugin = rt
+            .load(spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": mode })))
+            .expect("load");
+        let started = Instant::now();
+        let error = rt.spam(&plugin, &mx, &message("Subject: x\n\nx\n")).await.expect_err(mode);
+        let took = started.elapsed();
+        assert_eq!(error.kind(), kind, "{mode}: {error}");
+        assert!(took < Duration::from_secs(2), "{mode} took {took:?}");
+        if mode == "stack" {
+            assert!(matches!(&error, PluginError::Trap(t) if t.contains("stack")), "{error}");
+        }
+        // The next call is served normally.
+        let ok = rt.spam(&fine, &mx, &message("Subject: x\n\nx\n")).await.expect("a well-behaved call");
+        assert!(matches!(ok.verdict, Verdict::Tag(_)));
+    }
+}
+
+#[tokio::test]
+async fn the_sandbox_grants_nothing_but_what_the_operator_gave() {
+    let rt = runtime(None);
+    let mx = session(PipelineKind::Mx);
+    let plugin = rt
+        .load(spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": "escape" })))
+        .expect("load");
+    let outcome = rt.spam(&plugin, &mx, &message("Subject: x\n\nx\n")).await.expect("classify");
+    let Verdict::Tag(headers) = outcome.verdict else { panic!("{outcome:?}") };
+    let get = |name: &str| headers.iter().find(|h| h.name == name).map(|h| h.value.clone()).unwrap_or_default();
+    assert!(get("X-Escape-Fs").starts_with("denied"), "{}", get("X-Escape-Fs"));
+    assert!(get("X-Escape-Net").starts_with("denied"), "{}", get("X-Escape-Net"));
+    assert_eq!(get("X-Escape-Env"), "0");
+    assert_eq!(get("X-Escape-Clock"), "0", "WASI clocks read zero; the host clock import is the only clock");
+
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("hello.txt"), "granted data\n").expect("write");
+    let mut granted = (*spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": "read-granted" }))).clone();
+    granted.grant_dir = Some(dir.path().to_path_buf());
+    let plugin = rt.load(Arc::new(granted)).expect("load");
+    let outcome = rt.spam(&plugin, &mx, &message("Subject: x\n\nx\n")).await.expect("classify");
+    let Verdict::Tag(headers) = outcome.verdict else { panic!("{outcome:?}") };
+    assert_eq!(headers[0].value, "granted data");
+}
+
+#[tokio::test]
+async fn wrong_world_is_refused_at_load_and_the_compile_cache_is_used() {
+    let rt = runtime(None);
+    let error = rt
+        .load(spec("spam_rules.wasm", HookKind::Virus, serde_json::json!({})))
+        .expect_err("a spam plugin is not a virus plugin");
+    assert!(error.to_string().contains("virus-plugin"), "{error}");
+    let garbage = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(garbage.path(), b"not wasm").expect("write");
+    let mut bad = (*spec("x.wasm", HookKind::Spam, serde_json::json!({}))).clone();
+    bad.path = garbage.path().to_path_buf();
+    assert!(rt.load(Arc::new(bad)).is_err());
+
+    let cache = tempfile::tempdir().expect("cache");
+    let first = runtime(Some(cache.path().to_path_buf()))
+        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .expect("load");
+    assert!(!first.cached);
+    let rt2 = runtime(Some(cache.path().to_path_buf()));
+    let second = rt2.load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({}))).expect("load");
+    assert!(second.cached, "a restart does not recompile");
+    let outcome = rt2.spam(&second, &session(PipelineKind::Mx), &message("Subject: x\n\nx\n")).await.expect("call");
+    assert!(matches!(outcome.verdict, Verdict::Tag(_)));
+}

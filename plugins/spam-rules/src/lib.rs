@@ -1,0 +1,269 @@
+//! `spam-rules`: scored rules in the spirit of SpamAssassin.
+//!
+//! Built-in tests look at missing or forged headers, shouting, exclamation marks and URL
+//! counts, plus a few phrases; operators add their own phrase rules. The score decides:
+//! below `tag-threshold` the message is accepted with `X-Spam-Status: No`; from it on it is
+//! tagged (`X-Spam-Flag: YES`); from `junk-threshold` on it goes to the Junk folder; from
+//! `reject-threshold` (off by default) on it is refused with `550 5.7.1`.
+//!
+//! ```toml
+//! [plugin.config]
+//! tag-threshold = 3.0
+//! junk-threshold = 6.0
+//! # reject-threshold = 15.0
+//! # default-phrases = false      # drop the built-in phrase list
+//! [[plugin.config.rules]]
+//! name = "CRYPTO_PITCH"
+//! in = "body"                     # "subject", "body", or a header name
+//! contains = "guaranteed returns" # case-insensitive
+//! score = 2.5
+//! ```
+
+use mail_parser::MessageParser;
+use serde::Deserialize;
+
+wit_bindgen::generate!({ path: "../../wit", world: "spam-plugin" });
+
+use exports::portcullis::filter::spam::{Guest, SpamResult};
+use portcullis::filter::types::{EnhancedCode, Envelope, Header, Message, Pipeline, Reply, SessionInfo, Verdict};
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Rule {
+    name: String,
+    #[serde(rename = "in")]
+    field: String,
+    contains: String,
+    score: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct Config {
+    #[serde(default = "default_tag")]
+    tag_threshold: f64,
+    #[serde(default = "default_junk")]
+    junk_threshold: f64,
+    #[serde(default)]
+    reject_threshold: Option<f64>,
+    #[serde(default = "yes")]
+    default_phrases: bool,
+    #[serde(default)]
+    rules: Vec<Rule>,
+}
+
+fn default_tag() -> f64 {
+    3.0
+}
+fn default_junk() -> f64 {
+    6.0
+}
+fn yes() -> bool {
+    true
+}
+
+const PHRASES: &[(&str, &str, f64)] = &[
+    ("PHRASE_VIAGRA", "viagra", 2.5),
+    ("PHRASE_YOU_HAVE_WON", "you have won", 2.5),
+    ("PHRASE_LOTTERY", "lottery", 2.0),
+    ("PHRASE_ACT_NOW", "act now", 1.0),
+    ("PHRASE_100_FREE", "100% free", 1.5),
+    ("PHRASE_WIRE_TRANSFER", "wire transfer", 1.0),
+    ("PHRASE_CLICK_HERE", "click here", 0.8),
+    ("PHRASE_RISK_FREE", "risk-free", 1.0),
+];
+
+/// What the rules look at, extracted once.
+struct Facts {
+    subject: Option<String>,
+    body: String,
+    headers: Vec<(String, String)>,
+    has_date: bool,
+    has_message_id: bool,
+    from_domain: Option<String>,
+}
+
+fn read_all(message: &Message) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(message.size() as usize);
+    loop {
+        let chunk = message.read(raw.len() as u64, 1 << 20);
+        if chunk.is_empty() {
+            return raw;
+        }
+        raw.extend_from_slice(&chunk);
+    }
+}
+
+fn facts(raw: &[u8], headers: Vec<Header>) -> Facts {
+    let parsed = MessageParser::default().parse(raw);
+    let mut body = String::new();
+    if let Some(m) = &parsed {
+        for i in 0..m.text_body.len() {
+            if let Some(text) = m.body_text(i) {
+                body.push_str(&text);
+                body.push('\n');
+            }
+        }
+        if body.is_empty() {
+            for i in 0..m.html_body.len() {
+                if let Some(html) = m.body_html(i) {
+                    body.push_str(&html);
+                }
+            }
+        }
+    }
+    let from_domain = parsed
+        .as_ref()
+        .and_then(|m| m.from())
+        .and_then(|f| f.first())
+        .and_then(|a| a.address())
+        .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_lowercase()));
+    let header = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    Facts {
+        subject: parsed.as_ref().and_then(|m| m.subject().map(str::to_string)),
+        has_date: header("date"),
+        has_message_id: header("message-id"),
+        from_domain,
+        headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        body,
+    }
+}
+
+fn shouting(text: &str, min_letters: usize, ratio: f64) -> bool {
+    let letters: Vec<char> = text.chars().filter(|c| c.is_alphabetic()).collect();
+    let upper = letters.iter().filter(|c| c.is_uppercase()).count();
+    letters.len() >= min_letters && upper as f64 / letters.len() as f64 > ratio
+}
+
+fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envelope) -> (f64, Vec<String>) {
+    let mut hits: Vec<(String, f64)> = Vec::new();
+    let mut hit = |name: &str, score: f64| hits.push((name.to_string(), score));
+    if !facts.has_date {
+        hit("MISSING_DATE", 1.0);
+    }
+    if !facts.has_message_id {
+        hit("MISSING_MESSAGE_ID", 1.0);
+    }
+    if facts.from_domain.is_none() {
+        hit("MISSING_FROM", 2.5);
+    }
+    match &facts.subject {
+        None => hit("MISSING_SUBJECT", 0.5),
+        Some(subject) => {
+            if shouting(subject, 8, 0.9) {
+                hit("SUBJECT_ALL_CAPS", 1.5);
+            }
+            if subject.matches('!').count() >= 3 {
+                hit("SUBJECT_EXCLAMATIONS", 1.0);
+            }
+        }
+    }
+    if shouting(&facts.body, 50, 0.6) {
+        hit("BODY_SHOUTING", 1.0);
+    }
+    let urls = facts.body.matches("http://").count() + facts.body.matches("https://").count();
+    if urls > 10 {
+        hit("MANY_URLS", 1.5);
+    }
+    // Mail from outside that claims to come from the recipient's own domain.
+    if session.pipeline == Pipeline::Mx
+        && let Some(from) = &facts.from_domain
+    {
+        let envelope_domain = envelope
+            .mail_from
+            .as_deref()
+            .and_then(|m| m.rsplit_once('@'))
+            .map(|(_, d)| d.to_lowercase());
+        let to_own_domain = envelope.rcpt_to.iter().any(|r| r.to_lowercase().ends_with(&format!("@{from}")));
+        if to_own_domain && envelope_domain.as_deref() != Some(from.as_str()) {
+            hit("FROM_FORGED_LOCAL", 2.0);
+        }
+    }
+    let subject = facts.subject.clone().unwrap_or_default().to_lowercase();
+    let body = facts.body.to_lowercase();
+    let phrases = PHRASES
+        .iter()
+        .filter(|_| config.default_phrases)
+        .map(|(name, phrase, score)| Rule {
+            name: name.to_string(),
+            field: "any".into(),
+            contains: phrase.to_string(),
+            score: *score,
+        })
+        .chain(config.rules.iter().cloned());
+    for rule in phrases {
+        let needle = rule.contains.to_lowercase();
+        let found = match rule.field.to_lowercase().as_str() {
+            "subject" => subject.contains(&needle),
+            "body" => body.contains(&needle),
+            "any" => subject.contains(&needle) || body.contains(&needle),
+            name => facts
+                .headers
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.to_lowercase().contains(&needle)),
+        };
+        if found {
+            hit(&rule.name, rule.score);
+        }
+    }
+    let total = hits.iter().map(|(_, s)| s).sum();
+    (total, hits.into_iter().map(|(n, _)| n).collect())
+}
+
+struct SpamRules;
+
+impl Guest for SpamRules {
+    fn classify(session: SessionInfo, envelope: Envelope, message: &Message) -> SpamResult {
+        let config: Config = match serde_json::from_str(&portcullis::filter::config::json()) {
+            Ok(c) => c,
+            Err(e) => {
+                portcullis::filter::log::log(portcullis::filter::log::Level::Error, &format!("bad config: {e}"));
+                Config {
+                    tag_threshold: default_tag(),
+                    junk_threshold: default_junk(),
+                    reject_threshold: None,
+                    default_phrases: true,
+                    rules: Vec::new(),
+                }
+            }
+        };
+        let raw = read_all(message);
+        let facts = facts(&raw, message.headers());
+        let (total, tests) = score(&config, &facts, &session, &envelope);
+        let spam = total >= config.tag_threshold;
+        let headers = vec![
+            Header {
+                name: "X-Spam-Score".into(),
+                value: format!("{total:.1}"),
+            },
+            Header {
+                name: "X-Spam-Status".into(),
+                value: format!(
+                    "{}, score={total:.1} tag={:.1} junk={:.1} tests={}",
+                    if spam { "Yes" } else { "No" },
+                    config.tag_threshold,
+                    config.junk_threshold,
+                    if tests.is_empty() { "NONE".to_string() } else { tests.join(",") }
+                ),
+            },
+            Header {
+                name: "X-Spam-Flag".into(),
+                value: if spam { "YES" } else { "NO" }.into(),
+            },
+        ];
+        let verdict = if config.reject_threshold.is_some_and(|t| total >= t) {
+            Verdict::Reject(Reply {
+                code: 550,
+                enhanced: Some(EnhancedCode { class: 5, subject: 7, detail: 1 }),
+                text: format!("Message refused as spam (score {total:.1})"),
+            })
+        } else if total >= config.junk_threshold {
+            Verdict::Junk
+        } else {
+            Verdict::Accept
+        };
+        SpamResult { score: total, verdict, headers }
+    }
+}
+
+export!(SpamRules);
