@@ -186,6 +186,11 @@ impl Accounts {
         self.hashes.is_empty()
     }
 
+    /// Whether `username` names an account of the users file.
+    pub fn knows(&self, username: &str) -> bool {
+        normalize_name(username, &self.domains).is_ok_and(|n| self.hashes.contains_key(&n))
+    }
+
     /// Checks credentials; CPU-heavy (argon2), so callers run it off the async threads.
     pub fn verify(&self, credentials: &Credentials) -> AuthOutcome {
         let name = normalize_name(&credentials.username, &self.domains).ok();

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portcullis_runtime::{HookKind, OnError, PluginSpec};
 use serde::Deserialize;
 
 /// The configuration `portcullis serve` runs on when no `--config` is given.
@@ -213,6 +214,42 @@ impl Default for LimitsSection {
     }
 }
 
+/// One `[[plugin]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginSection {
+    /// `"auth"`, `"rate"`, `"virus"` or `"spam"`. Required.
+    pub hook: String,
+    /// The component file (`.wasm`). Required.
+    pub path: PathBuf,
+    /// A name for logs. Default: the file name without `.wasm`.
+    pub name: Option<String>,
+    /// Time limit of one call, instantiation included. Default: `"2s"`.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout: Span,
+    /// Cap of each of its linear memories. Default: `"128MiB"`.
+    #[serde(default = "default_plugin_memory")]
+    pub memory: bytesize::ByteSize,
+    /// `"defer"` (451 4.3.0), `"accept"` or `"reject"` when it fails. Default: `"defer"`.
+    #[serde(default = "default_on_error")]
+    pub on_error: String,
+    /// A directory the plugin may read, seen as `/data` inside. Default: none.
+    pub grant_dir: Option<PathBuf>,
+    /// The plugin's own settings, passed to it as JSON. Default: empty.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn default_plugin_timeout() -> Span {
+    Span(Duration::from_secs(2))
+}
+fn default_plugin_memory() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(128)
+}
+fn default_on_error() -> String {
+    "defer".into()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
@@ -225,6 +262,8 @@ struct RawConfig {
     auth: Option<AuthSection>,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    plugin: Vec<PluginSection>,
 }
 
 /// A validated configuration.
@@ -244,6 +283,11 @@ pub struct Config {
     pub users_file: PathBuf,
     /// `[limits]`.
     pub limits: LimitsSection,
+    /// The plugins, in config order, paths absolute.
+    pub plugins: Vec<PluginSpec>,
+    /// Write the bundled example plugins into `<data-dir>/plugins` when missing (the
+    /// embedded default does; a config file never does).
+    pub install_bundled_plugins: bool,
 }
 
 impl Config {
@@ -264,7 +308,9 @@ impl Config {
     /// The embedded default, relative to the working directory.
     pub fn embedded() -> Result<Config, ConfigError> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        Config::parse(EMBEDDED_DEFAULT, "embedded default", &cwd)
+        let mut config = Config::parse(EMBEDDED_DEFAULT, "embedded default", &cwd)?;
+        config.install_bundled_plugins = true;
+        Ok(config)
     }
 
     /// Parses and validates `text`; relative paths are joined to `base`.
@@ -353,6 +399,43 @@ impl Config {
             Some(p) => base.join(p),
             None => server.data_dir.join("users.toml"),
         };
+        let mut plugins = Vec::new();
+        for (i, p) in raw.plugin.into_iter().enumerate() {
+            let key = |k: &str| format!("plugin[{i}].{k}");
+            let hook = HookKind::parse(&p.hook).ok_or_else(|| {
+                invalid(&key("hook"), format!("{:?} is not one of \"auth\", \"rate\", \"virus\", \"spam\"", p.hook))
+            })?;
+            let on_error = OnError::parse(&p.on_error).ok_or_else(|| {
+                invalid(&key("on-error"), format!("{:?} is not one of \"defer\", \"accept\", \"reject\"", p.on_error))
+            })?;
+            if hook == HookKind::Auth && on_error == OnError::Accept {
+                return Err(invalid(&key("on-error"), "an auth plugin that fails must never let a client in".into()));
+            }
+            if p.timeout.0.is_zero() {
+                return Err(invalid(&key("timeout"), "must be more than zero".into()));
+            }
+            if p.memory.as_u64() < (1 << 20) || p.memory.as_u64() > (4 << 30) {
+                return Err(invalid(&key("memory"), "must be between 1MiB and 4GiB".into()));
+            }
+            let path = base.join(&p.path);
+            let name = p.name.unwrap_or_else(|| {
+                path.file_stem().map_or_else(|| format!("plugin{i}"), |s| s.to_string_lossy().into_owned())
+            });
+            let config = match serde_json::to_value(&p.config) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => return Err(invalid(&key("config"), "must be a table".into())),
+            };
+            plugins.push(PluginSpec {
+                name,
+                hook,
+                path,
+                timeout: p.timeout.0,
+                memory: p.memory.as_u64() as usize,
+                on_error,
+                config,
+                grant_dir: p.grant_dir.map(|d| base.join(d)),
+            });
+        }
         Ok(Config {
             origin: origin.to_string(),
             server,
@@ -361,6 +444,8 @@ impl Config {
             local_domains,
             users_file,
             limits,
+            plugins,
+            install_bundled_plugins: false,
         })
     }
 

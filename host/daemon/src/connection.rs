@@ -155,11 +155,8 @@ pub async fn run<P: Pipeline>(
                     session.tls_established(info).map_err(io::Error::other)?;
                 }
                 Action::Authenticate(credentials) => {
-                    let accounts = ctx.accounts();
                     let username = credentials.username.clone();
-                    let outcome = tokio::task::spawn_blocking(move || accounts.verify(&credentials))
-                        .await
-                        .map_err(io::Error::other)?;
+                    let outcome = ctx.hooks.authenticate(ctx.accounts(), session.info(), credentials).await;
                     match &outcome {
                         portcullis_smtp::AuthOutcome::Accept { account } => {
                             tracing::info!(%account, "authenticated")
@@ -176,7 +173,7 @@ pub async fn run<P: Pipeline>(
                             hook,
                             session.info(),
                             envelope.as_ref(),
-                            session.message().map(|m| m.as_ref()),
+                            session.message(),
                         )
                         .await;
                     session.resolve_hook(verdict).map_err(io::Error::other)?;

@@ -7,7 +7,10 @@
 //! - [`connection`]: the driver between a socket and the sans-IO `Session<P>`.
 //! - [`tls`]: certificates (loaded or self-signed) and the rustls configuration.
 //! - [`accounts`]: the users file, argon2id checks, the mailbox directory.
-//! - [`hooks`]: who answers the session's hook points.
+//! - [`hooks`]: who answers the session's hook points (plugins, in config order).
+//! - [`rate`]: the host's rate counters, passed to the rate hook.
+//! - [`notice`]: messages the server writes itself (the virus notice).
+//! - [`plugin_test`]: `portcullis plugin test`, the filter author's inner loop.
 //! - [`delivery`]: from the spool into Maildirs, with retries.
 
 use std::io::{IsTerminal, Read};
@@ -21,6 +24,9 @@ mod config;
 mod connection;
 mod delivery;
 mod hooks;
+mod notice;
+mod plugin_test;
+mod rate;
 mod server;
 mod tls;
 
@@ -52,6 +58,46 @@ enum Command {
     User {
         #[command(subcommand)]
         command: UserCommand,
+    },
+    /// Work with plugins.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Run one plugin on one message and print its verdict and how long it took.
+    Test {
+        /// The plugin component (.wasm).
+        plugin: PathBuf,
+        /// The hook to call: auth, rate, virus or spam.
+        #[arg(long)]
+        hook: String,
+        /// The message (.eml); required for virus and spam.
+        message: Option<PathBuf>,
+        /// A TOML file holding the plugin's own config (its [plugin.config] table).
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+        /// Envelope sender (default: the message's From:).
+        #[arg(long)]
+        from: Option<String>,
+        /// Envelope recipient, repeatable (default: the message's To:).
+        #[arg(long)]
+        to: Vec<String>,
+        /// User name, for the auth hook.
+        #[arg(long)]
+        user: Option<String>,
+        /// Password, for the auth hook.
+        #[arg(long)]
+        password: Option<String>,
+        /// Time limit of the call.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        /// Messages already sent in each window, for the rate hook.
+        #[arg(long, default_value_t = 0)]
+        usage: u32,
     },
 }
 
@@ -149,6 +195,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plugin {
+            command:
+                PluginCommand::Test {
+                    plugin,
+                    hook,
+                    message,
+                    plugin_config,
+                    from,
+                    to,
+                    user,
+                    password,
+                    timeout,
+                    usage,
+                },
+        } => ExitCode::from(plugin_test::run(plugin_test::TestArgs {
+            plugin,
+            hook,
+            message,
+            plugin_config,
+            from,
+            to,
+            user,
+            password,
+            timeout,
+            usage,
+        })),
         Command::User {
             command: UserCommand::Add { name, config, .. },
         } => {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use portcullis_runtime::{PluginSet, Runtime, RuntimeConfig};
 use portcullis_smtp::{Directory, Mx, Settings, Submission};
 use portcullis_spool::{Maildir, Spool};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,6 +101,9 @@ pub enum StartError {
     /// The spool cannot be opened.
     #[error(transparent)]
     Spool(#[from] portcullis_spool::SpoolError),
+    /// A plugin cannot be loaded.
+    #[error("plugin: {0}")]
+    Plugin(#[from] portcullis_runtime::LoadError),
     /// A listener cannot bind.
     #[error("cannot listen on {address} ({kind}): {source}")]
     Bind {
@@ -134,6 +138,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
     let spool = Arc::new(Spool::open(&data_dir.join("spool"))?);
     let recovered = spool.list()?;
+    let plugins = Arc::new(load_plugins(&config)?);
     let mail_root = data_dir.join("mail");
     let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
 
@@ -150,6 +155,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
 
     let deliveries = delivery::start(Arc::clone(&spool), maildir);
+    let hooks = Hooks::new(
+        Arc::clone(&plugins),
+        Arc::clone(&spool),
+        deliveries.clone(),
+        config.server.hostname.clone(),
+    );
     if !recovered.is_empty() {
         tracing::info!(
             messages = recovered.len(),
@@ -173,10 +184,19 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         tls,
         spool,
         deliveries,
-        hooks: Hooks::default(),
+        hooks,
         accounts: RwLock::new(Arc::new(accounts)),
         config,
     });
+
+    // Replacing a plugin file swaps the plugin in, live; the watcher lives as long as this.
+    let _watcher = match plugins.watch() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch plugin files; reload them with SIGHUP");
+            None
+        }
+    };
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -216,6 +236,39 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Builds the Wasm engine and loads every configured plugin (installing the bundled
+/// examples first for the embedded default). Any failure stops the start.
+pub fn load_plugins(config: &Config) -> Result<PluginSet, StartError> {
+    if config.install_bundled_plugins {
+        let dir = config.server.data_dir.join("plugins");
+        std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        for (file, bytes) in portcullis_runtime::builtin::ALL {
+            let path = dir.join(file);
+            if !path.exists() {
+                std::fs::write(&path, bytes).map_err(|source| StartError::DataDir {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                tracing::info!(path = %path.display(), "installed a bundled example plugin");
+            }
+        }
+    }
+    let max_memory = config.plugins.iter().map(|p| p.memory).max().unwrap_or(1 << 20);
+    let runtime = Arc::new(Runtime::new(&RuntimeConfig {
+        max_memory,
+        instances: PLUGIN_INSTANCES,
+        cache_dir: Some(config.server.data_dir.join("plugin-cache")),
+    })?);
+    Ok(PluginSet::load(runtime, config.plugins.clone())?)
+}
+
+/// Plugin instances that may exist at once: concurrent hook calls beyond this wait for
+/// the pool (and fail with the plugin's on-error policy if it stays full).
+const PLUGIN_INSTANCES: u32 = 256;
+
 async fn wait_for_stop(ctx: &Context) {
     #[cfg(unix)]
     {
@@ -232,7 +285,12 @@ async fn wait_for_stop(ctx: &Context) {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
-                _ = hup.recv() => ctx.reload_accounts(),
+                _ = hup.recv() => {
+                    ctx.reload_accounts();
+                    let plugins = Arc::clone(ctx.hooks.plugins());
+                    let swapped = tokio::task::spawn_blocking(move || plugins.reload(None)).await.unwrap_or(0);
+                    tracing::info!(swapped, "plugins reloaded");
+                }
             }
         }
     }

@@ -1,0 +1,233 @@
+//! `portcullis plugin test PLUGIN.wasm --hook HOOK MESSAGE.eml`: runs one plugin on one
+//! message, in the same sandbox and with the same limits as the server, and prints its
+//! verdict and how long it took. The filter author's inner loop.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
+use portcullis_runtime::{HookKind, OnError, PluginSpec, Runtime, RuntimeConfig, ScanOutcome};
+use portcullis_smtp::envelope::{MailParams, Recipient};
+use portcullis_smtp::session::{Credentials, Greeting, PipelineKind, Security, SessionInfo, TlsInfo};
+use portcullis_smtp::{Envelope, Mailbox, Message, Verdict};
+
+/// What `plugin test` was asked to do.
+#[derive(Debug)]
+pub struct TestArgs {
+    /// The component.
+    pub plugin: PathBuf,
+    /// The hook to call.
+    pub hook: String,
+    /// The message (required for virus and spam).
+    pub message: Option<PathBuf>,
+    /// A TOML file holding the plugin's `[plugin.config]` table.
+    pub plugin_config: Option<PathBuf>,
+    /// Envelope sender (default: the message's From:).
+    pub from: Option<String>,
+    /// Envelope recipients (default: the message's To:).
+    pub to: Vec<String>,
+    /// For the auth hook.
+    pub user: Option<String>,
+    /// For the auth hook.
+    pub password: Option<String>,
+    /// The per-call time limit.
+    pub timeout: Duration,
+    /// Messages already sent this minute/hour/day, for the rate hook.
+    pub usage: u32,
+}
+
+fn mailbox(text: &str) -> Option<Mailbox> {
+    let text = text.trim();
+    let inner = match (text.rfind('<'), text.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &text[a + 1..b],
+        _ => text,
+    };
+    portcullis_smtp::address::parse_mailbox(inner.trim()).ok()
+}
+
+/// Runs the test; the exit code is 0 for a verdict, 1 for a plugin failure, 2 for bad input.
+pub fn run(args: TestArgs) -> u8 {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(test(args)).unwrap_or_else(|e| {
+            eprintln!("portcullis plugin test: {e}");
+            2
+        }),
+        Err(e) => {
+            eprintln!("portcullis plugin test: {e}");
+            2
+        }
+    }
+}
+
+fn load_message(path: Option<&Path>) -> Result<Vec<u8>, String> {
+    let Some(path) = path else {
+        return Ok(b"Subject: (no message given)\r\n\r\n".to_vec());
+    };
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // .eml files are often saved with bare LF; the server only ever hands plugins CRLF.
+    let mut crlf = Vec::with_capacity(raw.len() + raw.len() / 40);
+    for (i, b) in raw.iter().enumerate() {
+        if *b == b'\n' && (i == 0 || raw[i - 1] != b'\r') {
+            crlf.push(b'\r');
+        }
+        crlf.push(*b);
+    }
+    Ok(crlf)
+}
+
+async fn test(args: TestArgs) -> Result<u8, String> {
+    let hook = HookKind::parse(&args.hook)
+        .ok_or_else(|| format!("--hook {:?}: use auth, rate, virus or spam", args.hook))?;
+    if matches!(hook, HookKind::Virus | HookKind::Spam) && args.message.is_none() {
+        return Err(format!("the {} hook needs a MESSAGE.eml", hook.name()));
+    }
+    let config = match &args.plugin_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            match serde_json::to_value(table) {
+                Ok(serde_json::Value::Object(map)) => map,
+                _ => return Err("the plugin config must be a table".into()),
+            }
+        }
+        None => serde_json::Map::new(),
+    };
+    let body = load_message(args.message.as_deref())?;
+    let header = |name: &str| crate::notice::header_value(&body, name);
+    let mail_from = match &args.from {
+        Some(f) => Some(mailbox(f).ok_or_else(|| format!("--from {f:?} is not an address"))?),
+        None => header("from").as_deref().and_then(mailbox),
+    };
+    let mut recipients: Vec<String> = args.to.clone();
+    if recipients.is_empty() {
+        recipients = header("to")
+            .map(|t| t.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+    }
+    let recipients = recipients
+        .iter()
+        .filter_map(|r| mailbox(r))
+        .map(|mailbox| Recipient {
+            mailbox,
+            params: Default::default(),
+            local: true,
+        })
+        .collect();
+    let message = Arc::new(Message {
+        envelope: Envelope {
+            mail_from,
+            params: MailParams::default(),
+            recipients,
+        },
+        body,
+    });
+    let pipeline = match hook {
+        HookKind::Auth | HookKind::Rate => PipelineKind::Submission,
+        HookKind::Virus | HookKind::Spam => PipelineKind::Mx,
+    };
+    let info = SessionInfo {
+        pipeline,
+        peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        greeting: Some(Greeting::Ehlo("client.example".into())),
+        security: Security {
+            tls: Some(TlsInfo {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            }),
+            account: (pipeline == PipelineKind::Submission)
+                .then(|| message.envelope.mail_from.as_ref().map_or("user@example.org".into(), ToString::to_string)),
+        },
+    };
+
+    let spec = Arc::new(PluginSpec {
+        name: args
+            .plugin
+            .file_stem()
+            .map_or("plugin".into(), |s| s.to_string_lossy().into_owned()),
+        hook,
+        path: args.plugin.clone(),
+        timeout: args.timeout,
+        memory: 128 << 20,
+        on_error: OnError::Defer,
+        config,
+        grant_dir: None,
+    });
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_memory: spec.memory,
+        instances: 4,
+        cache_dir: None,
+    })
+    .map_err(|e| e.to_string())?;
+    let plugin = runtime.load(Arc::clone(&spec)).map_err(|e| e.to_string())?;
+    println!("plugin   {} (sha256 {}), {} hook", spec.path.display(), plugin.meta.hash, hook.name());
+    println!("loaded   in {:.1} ms (compiled and type-checked against {})", plugin.load_time.as_secs_f64() * 1e3, hook.world());
+
+    let started = Instant::now();
+    let outcome: Result<Vec<String>, portcullis_runtime::PluginError> = match hook {
+        HookKind::Auth => {
+            let credentials = Credentials {
+                mechanism: portcullis_smtp::command::Mechanism::Plain,
+                authzid: None,
+                username: args.user.clone().unwrap_or_default(),
+                password: args.password.clone().unwrap_or_default(),
+            };
+            runtime
+                .authenticate(&plugin, &info, &credentials)
+                .await
+                .map(|o| vec![format!("{o:?}")])
+        }
+        HookKind::Rate => {
+            let w = Window {
+                messages: args.usage,
+                recipients: args.usage,
+            };
+            let counters = Counters { minute: w, hour: w, day: w };
+            let usage = Usage {
+                account: counters,
+                client_ip: counters,
+            };
+            runtime
+                .rate(&plugin, &info, &message.envelope, &usage)
+                .await
+                .map(|v| describe(&v))
+        }
+        HookKind::Virus => runtime.virus(&plugin, &info, &message).await.map(|o| match o {
+            ScanOutcome::Clean => vec!["clean (accept)".into()],
+            ScanOutcome::Infected(name) => vec![format!("infected: {name} (reject 554 5.7.1)")],
+        }),
+        HookKind::Spam => runtime.spam(&plugin, &info, &message).await.map(|o| {
+            let mut lines = vec![format!("score {:.2}", o.score)];
+            lines.extend(describe(&o.verdict));
+            lines
+        }),
+    };
+    let took = started.elapsed();
+    match outcome {
+        Ok(lines) => {
+            for (i, line) in lines.iter().enumerate() {
+                println!("{}{line}", if i == 0 { "verdict  " } else { "         " });
+            }
+            println!("took     {:.3} ms (fresh instance + call)", took.as_secs_f64() * 1e3);
+            Ok(0)
+        }
+        Err(e) => {
+            println!("failed   {} ({}) after {:.3} ms", e, e.kind(), took.as_secs_f64() * 1e3);
+            println!("policy   with on-error = \"defer\" the server would answer 451 4.3.0");
+            Ok(1)
+        }
+    }
+}
+
+fn describe(verdict: &Verdict) -> Vec<String> {
+    let headers = |h: &[portcullis_smtp::session::Header]| h.iter().map(|h| format!("  {}: {}", h.name, h.value)).collect::<Vec<_>>();
+    match verdict {
+        Verdict::Accept => vec!["accept".into()],
+        Verdict::Tag(h) => [vec!["accept, adding headers:".to_string()], headers(h)].concat(),
+        Verdict::Junk(h) => [vec!["junk (deliver to .Junk), adding headers:".to_string()], headers(h)].concat(),
+        Verdict::Reject(r) => vec![format!("reject: {}", r.to_string().trim_end())],
+        Verdict::Defer(r) => vec![format!("defer: {}", r.to_string().trim_end())],
+        Verdict::Discard => vec!["discard (answer 250, deliver nothing)".into()],
+    }
+}
