@@ -27,7 +27,15 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("plugins");
     std::fs::create_dir_all(&out).expect("create OUT_DIR/plugins");
 
-    for watched in ["Cargo.toml", "Cargo.lock", "auth-table", "rate-limit", "virus-signatures", "spam-rules", "testing"] {
+    for watched in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "auth-table",
+        "rate-limit",
+        "virus-signatures",
+        "spam-rules",
+        "testing",
+    ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());
     }
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
@@ -42,7 +50,10 @@ fn main() {
 
     cargo_build(&plugins, &target_dir, &[]);
     for name in OUTPUTS {
-        copy(&release.join(format!("{name}.wasm")), &out.join(format!("{name}.wasm")));
+        copy(
+            &release.join(format!("{name}.wasm")),
+            &out.join(format!("{name}.wasm")),
+        );
     }
     // The second version of the probe plugin, for the hot-swap tests.
     cargo_build(&plugins, &target_dir, &["-p", "probe", "--features", "version-b"]);
@@ -69,12 +80,23 @@ fn cargo() -> Command {
 fn cargo_build(plugins: &Path, target_dir: &Path, extra: &[&str]) {
     let status = cargo()
         .current_dir(plugins)
-        .args(["build", "--release", "--locked", "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(target_dir)
         .args(extra)
         .status()
         .expect("run cargo for the plugins");
-    assert!(status.success(), "building the plugins in {} failed", plugins.display());
+    assert!(
+        status.success(),
+        "building the plugins in {} failed",
+        plugins.display()
+    );
 }
 
 /// Installs the wasm32-wasip2 standard library if rustup has not: rustup will not do it by
@@ -97,7 +119,10 @@ fn ensure_target() {
         command.args(["--toolchain", &toolchain]);
     }
     let ok = command.status().is_ok_and(|s| s.success());
-    assert!(ok, "the {TARGET} target is missing and `rustup target add {TARGET}` failed");
+    assert!(
+        ok,
+        "the {TARGET} target is missing and `rustup target add {TARGET}` failed"
+    );
 }
 
 fn copy(from: &Path, to: &Path) {

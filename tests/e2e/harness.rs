@@ -15,6 +15,11 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub const DOMAIN: &str = "example.org";
 pub const PASSWORD: &str = "correct horse";
 
+/// A plugin component as the build script left it.
+pub fn built_plugin(file: &str) -> PathBuf {
+    Path::new(portcullis_runtime::builtin::BUILD_DIR).join(file)
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_portcullis")
 }
@@ -91,8 +96,21 @@ users-file = "users.toml"
         assert!(child.wait().expect("user add").success());
     }
 
+    /// Copies a plugin built by the build script into this setup's `plugins/` folder.
+    pub fn plugin(&self, file: &str) -> PathBuf {
+        let dir = self.dir.path().join("plugins");
+        std::fs::create_dir_all(&dir).expect("plugins dir");
+        let dest = dir.join(file);
+        std::fs::copy(built_plugin(file), &dest).expect("copy plugin");
+        dest
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    pub fn junk(&self, local: &str) -> PathBuf {
+        self.maildir(local).join(".Junk")
     }
 
     pub fn maildir(&self, local: &str) -> PathBuf {
@@ -320,6 +338,63 @@ impl Raw {
                 Some(String::from_utf8_lossy(&rest).into_owned())
             }
             Err(_) => None,
+        }
+    }
+}
+
+/// `AUTH PLAIN` initial response for `user` / `password`.
+pub fn base64_plain(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+/// A raw SMTP client that did EHLO and STARTTLS, verifying our test certificate.
+pub struct TlsRaw {
+    stream: BufReader<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>,
+}
+
+impl TlsRaw {
+    pub fn connect(addr: SocketAddr, cert_pem: &str) -> TlsRaw {
+        use rustls::pki_types::pem::PemObject;
+        let mut plain = Raw::connect(addr);
+        assert!(plain.cmd("EHLO client.example").starts_with("250"));
+        assert!(plain.cmd("STARTTLS").starts_with("220"));
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("pem"))
+            .expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connection =
+            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
+                .expect("client");
+        let tls = rustls::StreamOwned::new(connection, plain.stream.try_clone().expect("clone"));
+        let mut c = TlsRaw {
+            stream: BufReader::new(tls),
+        };
+        assert!(c.cmd("EHLO client.example").starts_with("250"));
+        c
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.stream
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .expect("send");
+        let mut whole = String::new();
+        loop {
+            let mut l = String::new();
+            if self.stream.read_line(&mut l).unwrap_or(0) == 0 {
+                return whole;
+            }
+            whole.push_str(&l);
+            if l.len() < 4 || l.as_bytes()[3] != b'-' {
+                return whole;
+            }
         }
     }
 }

@@ -7,5 +7,7 @@ mod cli;
 mod durability;
 mod harness;
 mod hostile;
+mod hot_swap;
 mod pipelines;
+mod plugins;
 mod shutdown;

@@ -403,13 +403,25 @@ impl Config {
         for (i, p) in raw.plugin.into_iter().enumerate() {
             let key = |k: &str| format!("plugin[{i}].{k}");
             let hook = HookKind::parse(&p.hook).ok_or_else(|| {
-                invalid(&key("hook"), format!("{:?} is not one of \"auth\", \"rate\", \"virus\", \"spam\"", p.hook))
+                invalid(
+                    &key("hook"),
+                    format!(
+                        "{:?} is not one of \"auth\", \"rate\", \"virus\", \"spam\"",
+                        p.hook
+                    ),
+                )
             })?;
             let on_error = OnError::parse(&p.on_error).ok_or_else(|| {
-                invalid(&key("on-error"), format!("{:?} is not one of \"defer\", \"accept\", \"reject\"", p.on_error))
+                invalid(
+                    &key("on-error"),
+                    format!("{:?} is not one of \"defer\", \"accept\", \"reject\"", p.on_error),
+                )
             })?;
             if hook == HookKind::Auth && on_error == OnError::Accept {
-                return Err(invalid(&key("on-error"), "an auth plugin that fails must never let a client in".into()));
+                return Err(invalid(
+                    &key("on-error"),
+                    "an auth plugin that fails must never let a client in".into(),
+                ));
             }
             if p.timeout.0.is_zero() {
                 return Err(invalid(&key("timeout"), "must be more than zero".into()));
@@ -419,7 +431,8 @@ impl Config {
             }
             let path = base.join(&p.path);
             let name = p.name.unwrap_or_else(|| {
-                path.file_stem().map_or_else(|| format!("plugin{i}"), |s| s.to_string_lossy().into_owned())
+                path.file_stem()
+                    .map_or_else(|| format!("plugin{i}"), |s| s.to_string_lossy().into_owned())
             });
             let config = match serde_json::to_value(&p.config) {
                 Ok(serde_json::Value::Object(map)) => map,

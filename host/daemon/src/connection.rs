@@ -156,7 +156,10 @@ pub async fn run<P: Pipeline>(
                 }
                 Action::Authenticate(credentials) => {
                     let username = credentials.username.clone();
-                    let outcome = ctx.hooks.authenticate(ctx.accounts(), session.info(), credentials).await;
+                    let outcome = ctx
+                        .hooks
+                        .authenticate(ctx.accounts(), session.info(), credentials)
+                        .await;
                     match &outcome {
                         portcullis_smtp::AuthOutcome::Accept { account } => {
                             tracing::info!(%account, "authenticated")
@@ -169,12 +172,7 @@ pub async fn run<P: Pipeline>(
                     let envelope = session.envelope();
                     let verdict = ctx
                         .hooks
-                        .call(
-                            hook,
-                            session.info(),
-                            envelope.as_ref(),
-                            session.message(),
-                        )
+                        .call(hook, session.info(), envelope.as_ref(), session.message())
                         .await;
                     session.resolve_hook(verdict).map_err(io::Error::other)?;
                 }

@@ -74,7 +74,12 @@ impl Hooks {
     }
 
     /// Checks credentials: the users file first, then the auth plugins in order.
-    pub async fn authenticate(&self, accounts: Arc<Accounts>, info: &SessionInfo, credentials: Credentials) -> AuthOutcome {
+    pub async fn authenticate(
+        &self,
+        accounts: Arc<Accounts>,
+        info: &SessionInfo,
+        credentials: Credentials,
+    ) -> AuthOutcome {
         if accounts.knows(&credentials.username) || !self.plugins.has(HookKind::Auth) {
             // The users file decides for its own accounts (and, with no auth plugin, for
             // everyone: unknown names are checked against a decoy hash, in constant time).
@@ -141,7 +146,8 @@ impl Hooks {
                 return verdict;
             }
         }
-        self.counters.record(&account, &ip, envelope.recipients.len() as u32);
+        self.counters
+            .record(&account, &ip, envelope.recipients.len() as u32);
         Verdict::Accept
     }
 
@@ -159,7 +165,11 @@ impl Hooks {
                     if info.pipeline == PipelineKind::Submission {
                         self.notify_infected(info, message, &name).await;
                     }
-                    Verdict::Reject(Reply::new(554, Some(Enhanced(5, 7, 1)), format!("Message refused: virus found ({name})")))
+                    Verdict::Reject(Reply::new(
+                        554,
+                        Some(Enhanced(5, 7, 1)),
+                        format!("Message refused: virus found ({name})"),
+                    ))
                 }
                 Err(e) => {
                     failed(&plugin, HookKind::Virus, &e);
@@ -201,7 +211,11 @@ impl Hooks {
                 decided => return decided,
             }
         }
-        if headers.is_empty() { Verdict::Accept } else { Verdict::Tag(headers) }
+        if headers.is_empty() {
+            Verdict::Accept
+        } else {
+            Verdict::Tag(headers)
+        }
     }
 
     /// Puts a notice into the account's own mailbox: a message it sent carried malware.
@@ -212,7 +226,12 @@ impl Hooks {
         let Some((local, domain)) = account.rsplit_once('@') else {
             return;
         };
-        let recipients: Vec<String> = message.envelope.recipients.iter().map(|r| r.mailbox.to_string()).collect();
+        let recipients: Vec<String> = message
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.mailbox.to_string())
+            .collect();
         let subject = crate::notice::header_value(&message.body, "subject").unwrap_or_default();
         let id = QueueId::generate();
         let text = crate::notice::virus_notice(&crate::notice::VirusNotice {

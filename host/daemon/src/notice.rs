@@ -22,7 +22,10 @@ pub struct VirusNotice<'a> {
 
 /// The first value of header `name` in `message`, unfolded, if any.
 pub fn header_value(message: &[u8], name: &str) -> Option<String> {
-    let end = message.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(message.len());
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(message.len());
     let head = String::from_utf8_lossy(&message[..end]);
     let mut found: Option<String> = None;
     for line in head.split("\r\n") {

@@ -136,8 +136,13 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 protocol: "TLSv1.3".into(),
                 cipher: "TLS13_AES_256_GCM_SHA384".into(),
             }),
-            account: (pipeline == PipelineKind::Submission)
-                .then(|| message.envelope.mail_from.as_ref().map_or("user@example.org".into(), ToString::to_string)),
+            account: (pipeline == PipelineKind::Submission).then(|| {
+                message
+                    .envelope
+                    .mail_from
+                    .as_ref()
+                    .map_or("user@example.org".into(), ToString::to_string)
+            }),
         },
     };
 
@@ -161,8 +166,17 @@ async fn test(args: TestArgs) -> Result<u8, String> {
     })
     .map_err(|e| e.to_string())?;
     let plugin = runtime.load(Arc::clone(&spec)).map_err(|e| e.to_string())?;
-    println!("plugin   {} (sha256 {}), {} hook", spec.path.display(), plugin.meta.hash, hook.name());
-    println!("loaded   in {:.1} ms (compiled and type-checked against {})", plugin.load_time.as_secs_f64() * 1e3, hook.world());
+    println!(
+        "plugin   {} (sha256 {}), {} hook",
+        spec.path.display(),
+        plugin.meta.hash,
+        hook.name()
+    );
+    println!(
+        "loaded   in {:.1} ms (compiled and type-checked against {})",
+        plugin.load_time.as_secs_f64() * 1e3,
+        hook.world()
+    );
 
     let started = Instant::now();
     let outcome: Result<Vec<String>, portcullis_runtime::PluginError> = match hook {
@@ -183,7 +197,11 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 messages: args.usage,
                 recipients: args.usage,
             };
-            let counters = Counters { minute: w, hour: w, day: w };
+            let counters = Counters {
+                minute: w,
+                hour: w,
+                day: w,
+            };
             let usage = Usage {
                 account: counters,
                 client_ip: counters,
@@ -209,11 +227,19 @@ async fn test(args: TestArgs) -> Result<u8, String> {
             for (i, line) in lines.iter().enumerate() {
                 println!("{}{line}", if i == 0 { "verdict  " } else { "         " });
             }
-            println!("took     {:.3} ms (fresh instance + call)", took.as_secs_f64() * 1e3);
+            println!(
+                "took     {:.3} ms (fresh instance + call)",
+                took.as_secs_f64() * 1e3
+            );
             Ok(0)
         }
         Err(e) => {
-            println!("failed   {} ({}) after {:.3} ms", e, e.kind(), took.as_secs_f64() * 1e3);
+            println!(
+                "failed   {} ({}) after {:.3} ms",
+                e,
+                e.kind(),
+                took.as_secs_f64() * 1e3
+            );
             println!("policy   with on-error = \"defer\" the server would answer 451 4.3.0");
             Ok(1)
         }
@@ -221,11 +247,19 @@ async fn test(args: TestArgs) -> Result<u8, String> {
 }
 
 fn describe(verdict: &Verdict) -> Vec<String> {
-    let headers = |h: &[portcullis_smtp::session::Header]| h.iter().map(|h| format!("  {}: {}", h.name, h.value)).collect::<Vec<_>>();
+    let headers = |h: &[portcullis_smtp::session::Header]| {
+        h.iter()
+            .map(|h| format!("  {}: {}", h.name, h.value))
+            .collect::<Vec<_>>()
+    };
     match verdict {
         Verdict::Accept => vec!["accept".into()],
         Verdict::Tag(h) => [vec!["accept, adding headers:".to_string()], headers(h)].concat(),
-        Verdict::Junk(h) => [vec!["junk (deliver to .Junk), adding headers:".to_string()], headers(h)].concat(),
+        Verdict::Junk(h) => [
+            vec!["junk (deliver to .Junk), adding headers:".to_string()],
+            headers(h),
+        ]
+        .concat(),
         Verdict::Reject(r) => vec![format!("reject: {}", r.to_string().trim_end())],
         Verdict::Defer(r) => vec![format!("defer: {}", r.to_string().trim_end())],
         Verdict::Discard => vec!["discard (answer 250, deliver nothing)".into()],

@@ -6,8 +6,10 @@ pub const AUTH_TABLE: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUG
 /// `rate-limit`: thresholds per account and per IP.
 pub const RATE_LIMIT: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/rate_limit.wasm"));
 /// `virus-signatures`: EICAR and configured signatures in every MIME part.
-pub const VIRUS_SIGNATURES: &[u8] =
-    include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/virus_signatures.wasm"));
+pub const VIRUS_SIGNATURES: &[u8] = include_bytes!(concat!(
+    env!("PORTCULLIS_BUILT_PLUGINS"),
+    "/virus_signatures.wasm"
+));
 /// `spam-rules`: scored rules with tag and junk thresholds.
 pub const SPAM_RULES: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/spam_rules.wasm"));
 

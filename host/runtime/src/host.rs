@@ -8,8 +8,8 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::virus::portcullis::filter::{clock, config, log};
 use crate::bindings::types;
+use crate::bindings::virus::portcullis::filter::{clock, config, log};
 
 /// Lines a plugin may log per call; more are dropped (a plugin cannot flood the log).
 const MAX_LOG_LINES: u32 = 100;
@@ -63,7 +63,12 @@ impl Limits {
 }
 
 impl ResourceLimiter for Limits {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory {
             self.memory_denied = true;
             return Ok(false);
@@ -71,7 +76,12 @@ impl ResourceLimiter for Limits {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -144,9 +154,7 @@ impl types::Host for State {}
 
 impl types::HostMessage for State {
     fn size(&mut self, this: Resource<MessageHandle>) -> u64 {
-        self.table
-            .get(&this)
-            .map_or(0, |m| m.message.body.len() as u64)
+        self.table.get(&this).map_or(0, |m| m.message.body.len() as u64)
     }
 
     fn headers(&mut self, this: Resource<MessageHandle>) -> Vec<types::Header> {
@@ -177,7 +185,11 @@ impl log::Host for State {
         if self.log_lines > MAX_LOG_LINES {
             return;
         }
-        let mut message: String = message.chars().filter(|c| !c.is_control()).take(MAX_LOG_LINE).collect();
+        let mut message: String = message
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_LOG_LINE)
+            .collect();
         if self.log_lines == MAX_LOG_LINES {
             message.push_str(" (further lines of this call dropped)");
         }
@@ -221,7 +233,10 @@ mod tests {
     #[test]
     fn headers_are_unfolded() {
         let fields = parse_headers(b"Subject: a\r\n long\r\nFrom: x@y\r\n\r\nBody: not a header\r\n");
-        let pairs: Vec<(&str, &str)> = fields.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .collect();
         assert_eq!(pairs, [("Subject", "a long"), ("From", "x@y")]);
     }
 }

@@ -169,12 +169,22 @@ pub fn headers(list: Vec<types::Header>) -> Result<Vec<portcullis_smtp::session:
                 && h.name.len() <= 64
                 && h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
             if !name_ok {
-                return Err(PluginError::Malformed(format!("bad header name {:?}", truncate(&h.name, 80))));
+                return Err(PluginError::Malformed(format!(
+                    "bad header name {:?}",
+                    truncate(&h.name, 80)
+                )));
             }
             if h.value.len() > MAX_HEADER_VALUE {
-                return Err(PluginError::Malformed(format!("header {} longer than {MAX_HEADER_VALUE}", h.name)));
+                return Err(PluginError::Malformed(format!(
+                    "header {} longer than {MAX_HEADER_VALUE}",
+                    h.name
+                )));
             }
-            let value = h.value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let value = h
+                .value
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
             Ok(portcullis_smtp::session::Header { name: h.name, value })
         })
         .collect()
@@ -187,13 +197,22 @@ fn truncate(text: &str, max: usize) -> String {
 /// Converts a plugin's reply, keeping the wire clean: one line, printable, bounded, and an
 /// enhanced code only when its class matches the reply code.
 pub fn reply(r: types::Reply) -> Reply {
-    let text: String = r.text.chars().filter(|c| !c.is_control()).take(MAX_REPLY_TEXT).collect();
+    let text: String = r
+        .text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_REPLY_TEXT)
+        .collect();
     let class = (r.code / 100) as u8;
     let enhanced = r
         .enhanced
         .filter(|e| e.class == class)
         .map(|e| Enhanced(e.class, e.subject, e.detail));
-    let text = if text.trim().is_empty() { "Refused by policy".to_string() } else { text };
+    let text = if text.trim().is_empty() {
+        "Refused by policy".to_string()
+    } else {
+        text
+    };
     Reply::new(r.code, enhanced, text)
 }
 

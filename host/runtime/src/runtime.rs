@@ -246,7 +246,9 @@ impl Runtime {
         if cached.is_file() {
             match load_precompiled(&self.engine, &cached) {
                 Ok(component) => return Ok((component, true)),
-                Err(e) => tracing::warn!(file = %cached.display(), error = %e, "ignoring an unusable compiled-plugin cache file"),
+                Err(e) => {
+                    tracing::warn!(file = %cached.display(), error = %e, "ignoring an unusable compiled-plugin cache file")
+                }
             }
         }
         let component = Component::new(&self.engine, bytes).map_err(compile_err)?;
@@ -271,8 +273,9 @@ impl Runtime {
             .wall_clock(ZeroClock)
             .monotonic_clock(ZeroClock);
         if let Some(dir) = &plugin.spec.grant_dir {
-            wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly)
-                .map_err(|e| PluginError::Unavailable(format!("granted directory {}: {e:#}", dir.display())))?;
+            wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly).map_err(|e| {
+                PluginError::Unavailable(format!("granted directory {}: {e:#}", dir.display()))
+            })?;
         }
         let state = State::new(Arc::clone(&plugin.meta), wasi.build(), plugin.spec.memory);
         let mut store = Store::new(&self.engine, state);
@@ -319,15 +322,25 @@ impl Runtime {
         let store = self.store(plugin)?;
         let session = session_info(session);
         let mechanism = match credentials.mechanism {
-            portcullis_smtp::command::Mechanism::Plain => auth::exports::portcullis::filter::auth::Mechanism::Plain,
-            portcullis_smtp::command::Mechanism::Login => auth::exports::portcullis::filter::auth::Mechanism::Login,
+            portcullis_smtp::command::Mechanism::Plain => {
+                auth::exports::portcullis::filter::auth::Mechanism::Plain
+            }
+            portcullis_smtp::command::Mechanism::Login => {
+                auth::exports::portcullis::filter::auth::Mechanism::Login
+            }
         };
         let result = self
             .guarded(plugin, store, async move |store: &mut Store<State>| {
                 let instance = pre.instantiate_async(&mut *store).await?;
                 instance
                     .portcullis_filter_auth()
-                    .call_authenticate(&mut *store, &session, mechanism, &credentials.username, &credentials.password)
+                    .call_authenticate(
+                        &mut *store,
+                        &session,
+                        mechanism,
+                        &credentials.username,
+                        &credentials.password,
+                    )
                     .await
             })
             .await?;
@@ -336,9 +349,9 @@ impl Runtime {
             AuthResult::Accept(account) => {
                 let account = account.trim().to_lowercase();
                 let valid = account.len() <= 320
-                    && account
-                        .split_once('@')
-                        .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !account.contains(char::is_whitespace));
+                    && account.split_once('@').is_some_and(|(l, d)| {
+                        !l.is_empty() && !d.is_empty() && !account.contains(char::is_whitespace)
+                    });
                 if !valid {
                     return Err(PluginError::Malformed(format!(
                         "accepted account {:?} is not local@domain",
@@ -411,7 +424,11 @@ impl Runtime {
             ScanResult::Clean => Ok(ScanOutcome::Clean),
             ScanResult::Infected(name) => {
                 let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
-                Ok(ScanOutcome::Infected(if name.is_empty() { "unnamed".into() } else { name }))
+                Ok(ScanOutcome::Infected(if name.is_empty() {
+                    "unnamed".into()
+                } else {
+                    name
+                }))
             }
             ScanResult::Error(reason) => Err(PluginError::Failed(reason.chars().take(200).collect())),
         }
@@ -486,7 +503,11 @@ fn session_info(info: &SessionInfo) -> types::SessionInfo {
 fn wit_envelope(envelope: &Envelope, size: u64) -> types::Envelope {
     types::Envelope {
         mail_from: envelope.mail_from.as_ref().map(ToString::to_string),
-        rcpt_to: envelope.recipients.iter().map(|r| r.mailbox.to_string()).collect(),
+        rcpt_to: envelope
+            .recipients
+            .iter()
+            .map(|r| r.mailbox.to_string())
+            .collect(),
         size,
     }
 }

@@ -170,5 +170,8 @@ impl PluginSet {
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
-    a == b || (a.file_name() == b.file_name() && a.parent().and_then(|p| p.canonicalize().ok()) == b.parent().and_then(|p| p.canonicalize().ok()))
+    a == b
+        || (a.file_name() == b.file_name()
+            && a.parent().and_then(|p| p.canonicalize().ok())
+                == b.parent().and_then(|p| p.canonicalize().ok()))
 }

@@ -72,7 +72,10 @@ fn message(body: &str) -> Arc<Message> {
     })
 }
 
-const EICAR: &str = concat!(r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-", r"ANTIVIRUS-TEST-FILE!$H+H*");
+const EICAR: &str = concat!(
+    r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-",
+    r"ANTIVIRUS-TEST-FILE!$H+H*"
+);
 
 fn eicar_attachment() -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(EICAR);
@@ -87,14 +90,22 @@ fn eicar_attachment() -> String {
 async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_signatures() {
     let rt = runtime(None);
     let config = serde_json::json!({ "signatures": [{ "name": "Test-Hex", "hex": "deadbeef" }, { "name": "Test-Text", "text": "evil macro" }] });
-    let plugin = rt.load(spec("virus_signatures.wasm", HookKind::Virus, config)).expect("load");
+    let plugin = rt
+        .load(spec("virus_signatures.wasm", HookKind::Virus, config))
+        .expect("load");
     let mx = session(PipelineKind::Mx);
-    let infected = rt.virus(&plugin, &mx, &message(&eicar_attachment())).await.expect("scan");
+    let infected = rt
+        .virus(&plugin, &mx, &message(&eicar_attachment()))
+        .await
+        .expect("scan");
     assert_eq!(infected, ScanOutcome::Infected("Eicar-Test-Signature".into()));
     let qp = "Subject: x\nContent-Type: text/plain\nContent-Transfer-Encoding: quoted-printable\n\nrun the evil=\n macro now\n";
     let found = rt.virus(&plugin, &mx, &message(qp)).await.expect("scan");
     assert_eq!(found, ScanOutcome::Infected("Test-Text".into()));
-    let clean = rt.virus(&plugin, &mx, &message("Subject: hi\n\nhello\n")).await.expect("scan");
+    let clean = rt
+        .virus(&plugin, &mx, &message("Subject: hi\n\nhello\n"))
+        .await
+        .expect("scan");
     assert_eq!(clean, ScanOutcome::Clean);
 }
 
@@ -102,7 +113,11 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
 async fn spam_rules_tags_clean_mail_and_junks_spam() {
     let rt = runtime(None);
     let plugin = rt
-        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({ "tag-threshold": 3.0, "junk-threshold": 6.0 })))
+        .load(spec(
+            "spam_rules.wasm",
+            HookKind::Spam,
+            serde_json::json!({ "tag-threshold": 3.0, "junk-threshold": 6.0 }),
+        ))
         .expect("load");
     let mx = session(PipelineKind::Mx);
     let clean = "From: Bob <bob@far.example>\nTo: alice@example.org\nSubject: Lunch tomorrow?\nDate: Sat, 28 Nov 2026 10:00:00 +0000\nMessage-ID: <1@far.example>\n\nShall we meet at noon?\n";
@@ -110,43 +125,84 @@ async fn spam_rules_tags_clean_mail_and_junks_spam() {
     let Verdict::Tag(headers) = outcome.verdict else {
         panic!("clean mail is accepted with headers: {outcome:?}");
     };
-    assert!(headers.iter().any(|h| h.name == "X-Spam-Status" && h.value.starts_with("No")));
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.name == "X-Spam-Status" && h.value.starts_with("No"))
+    );
     let spam = "To: alice@example.org\nSubject: YOU HAVE WON THE LOTTERY!!!\n\nCLICK HERE TO CLAIM YOUR VIAGRA PRIZE NOW, 100% FREE, ACT NOW BEFORE IT IS TOO LATE FOR YOU\n";
     let outcome = rt.spam(&plugin, &mx, &message(spam)).await.expect("classify");
     let Verdict::Junk(headers) = &outcome.verdict else {
         panic!("spam goes to Junk: {outcome:?}");
     };
     assert!(outcome.score >= 6.0);
-    assert!(headers.iter().any(|h| h.name == "X-Spam-Flag" && h.value == "YES"));
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.name == "X-Spam-Flag" && h.value == "YES")
+    );
 }
 
 #[tokio::test]
 async fn rate_limit_defers_past_the_threshold() {
     let rt = runtime(None);
     let plugin = rt
-        .load(spec("rate_limit.wasm", HookKind::Rate, serde_json::json!({ "account": { "messages-per-minute": 3 } })))
+        .load(spec(
+            "rate_limit.wasm",
+            HookKind::Rate,
+            serde_json::json!({ "account": { "messages-per-minute": 3 } }),
+        ))
         .expect("load");
     let submission = session(PipelineKind::Submission);
-    let window = |messages| Window { messages, recipients: messages };
+    let window = |messages| Window {
+        messages,
+        recipients: messages,
+    };
     let usage = |messages| Usage {
-        account: Counters { minute: window(messages), hour: window(messages), day: window(messages) },
-        client_ip: Counters { minute: window(0), hour: window(0), day: window(0) },
+        account: Counters {
+            minute: window(messages),
+            hour: window(messages),
+            day: window(messages),
+        },
+        client_ip: Counters {
+            minute: window(0),
+            hour: window(0),
+            day: window(0),
+        },
     };
     let envelope = message("x").envelope.clone();
-    assert_eq!(rt.rate(&plugin, &submission, &envelope, &usage(2)).await.expect("rate"), Verdict::Accept);
-    let Verdict::Defer(reply) = rt.rate(&plugin, &submission, &envelope, &usage(3)).await.expect("rate") else {
+    assert_eq!(
+        rt.rate(&plugin, &submission, &envelope, &usage(2))
+            .await
+            .expect("rate"),
+        Verdict::Accept
+    );
+    let Verdict::Defer(reply) = rt
+        .rate(&plugin, &submission, &envelope, &usage(3))
+        .await
+        .expect("rate")
+    else {
         panic!("the 4th message in a minute is deferred");
     };
-    assert_eq!((reply.code, reply.enhanced.map(|e| e.to_string())), (451, Some("4.7.0".into())));
+    assert_eq!(
+        (reply.code, reply.enhanced.map(|e| e.to_string())),
+        (451, Some("4.7.0".into()))
+    );
 }
 
 #[tokio::test]
 async fn auth_table_checks_argon2_hashes() {
     use argon2::password_hash::PasswordHasher;
-    let hash = argon2::Argon2::default().hash_password(b"hunter2").expect("hash").to_string();
+    let hash = argon2::Argon2::default()
+        .hash_password(b"hunter2")
+        .expect("hash")
+        .to_string();
     let rt = runtime(None);
-    let config = serde_json::json!({ "default-domain": "example.org", "accounts": { "carol@example.org": hash } });
-    let plugin = rt.load(spec("auth_table.wasm", HookKind::Auth, config)).expect("load");
+    let config =
+        serde_json::json!({ "default-domain": "example.org", "accounts": { "carol@example.org": hash } });
+    let plugin = rt
+        .load(spec("auth_table.wasm", HookKind::Auth, config))
+        .expect("load");
     let s = session(PipelineKind::Submission);
     let creds = |user: &str, password: &str| Credentials {
         mechanism: portcullis_smtp::command::Mechanism::Plain,
@@ -155,11 +211,25 @@ async fn auth_table_checks_argon2_hashes() {
         password: password.into(),
     };
     assert_eq!(
-        rt.authenticate(&plugin, &s, &creds("carol", "hunter2")).await.expect("auth"),
-        AuthOutcome::Accept { account: "carol@example.org".into() }
+        rt.authenticate(&plugin, &s, &creds("carol", "hunter2"))
+            .await
+            .expect("auth"),
+        AuthOutcome::Accept {
+            account: "carol@example.org".into()
+        }
     );
-    assert_eq!(rt.authenticate(&plugin, &s, &creds("carol", "wrong")).await.expect("auth"), AuthOutcome::Reject);
-    assert_eq!(rt.authenticate(&plugin, &s, &creds("dave", "hunter2")).await.expect("auth"), AuthOutcome::Reject);
+    assert_eq!(
+        rt.authenticate(&plugin, &s, &creds("carol", "wrong"))
+            .await
+            .expect("auth"),
+        AuthOutcome::Reject
+    );
+    assert_eq!(
+        rt.authenticate(&plugin, &s, &creds("dave", "hunter2"))
+            .await
+            .expect("auth"),
+        AuthOutcome::Reject
+    );
 }
 
 #[tokio::test]
@@ -174,22 +244,39 @@ async fn hostile_plugins_fail_within_their_limits_and_the_runtime_carries_on() {
         ("oversized", "malformed"),
     ];
     let fine = rt
-        .load(spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": "fine" })))
+        .load(spec(
+            "hostile.wasm",
+            HookKind::Spam,
+            serde_json::json!({ "mode": "fine" }),
+        ))
         .expect("load");
     for (mode, kind) in cases {
         let plugin = rt
-            .load(spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": mode })))
+            .load(spec(
+                "hostile.wasm",
+                HookKind::Spam,
+                serde_json::json!({ "mode": mode }),
+            ))
             .expect("load");
         let started = Instant::now();
-        let error = rt.spam(&plugin, &mx, &message("Subject: x\n\nx\n")).await.expect_err(mode);
+        let error = rt
+            .spam(&plugin, &mx, &message("Subject: x\n\nx\n"))
+            .await
+            .expect_err(mode);
         let took = started.elapsed();
         assert_eq!(error.kind(), kind, "{mode}: {error}");
         assert!(took < Duration::from_secs(2), "{mode} took {took:?}");
         if mode == "stack" {
-            assert!(matches!(&error, PluginError::Trap(t) if t.contains("stack")), "{error}");
+            assert!(
+                matches!(&error, PluginError::Trap(t) if t.contains("stack")),
+                "{error}"
+            );
         }
         // The next call is served normally.
-        let ok = rt.spam(&fine, &mx, &message("Subject: x\n\nx\n")).await.expect("a well-behaved call");
+        let ok = rt
+            .spam(&fine, &mx, &message("Subject: x\n\nx\n"))
+            .await
+            .expect("a well-behaved call");
         assert!(matches!(ok.verdict, Verdict::Tag(_)));
     }
 }
@@ -199,23 +286,56 @@ async fn the_sandbox_grants_nothing_but_what_the_operator_gave() {
     let rt = runtime(None);
     let mx = session(PipelineKind::Mx);
     let plugin = rt
-        .load(spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": "escape" })))
+        .load(spec(
+            "hostile.wasm",
+            HookKind::Spam,
+            serde_json::json!({ "mode": "escape" }),
+        ))
         .expect("load");
-    let outcome = rt.spam(&plugin, &mx, &message("Subject: x\n\nx\n")).await.expect("classify");
-    let Verdict::Tag(headers) = outcome.verdict else { panic!("{outcome:?}") };
-    let get = |name: &str| headers.iter().find(|h| h.name == name).map(|h| h.value.clone()).unwrap_or_default();
+    let outcome = rt
+        .spam(&plugin, &mx, &message("Subject: x\n\nx\n"))
+        .await
+        .expect("classify");
+    let Verdict::Tag(headers) = outcome.verdict else {
+        panic!("{outcome:?}")
+    };
+    let get = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.clone())
+            .unwrap_or_default()
+    };
     assert!(get("X-Escape-Fs").starts_with("denied"), "{}", get("X-Escape-Fs"));
-    assert!(get("X-Escape-Net").starts_with("denied"), "{}", get("X-Escape-Net"));
+    assert!(
+        get("X-Escape-Net").starts_with("denied"),
+        "{}",
+        get("X-Escape-Net")
+    );
     assert_eq!(get("X-Escape-Env"), "0");
-    assert_eq!(get("X-Escape-Clock"), "0", "WASI clocks read zero; the host clock import is the only clock");
+    assert_eq!(
+        get("X-Escape-Clock"),
+        "0",
+        "WASI clocks read zero; the host clock import is the only clock"
+    );
 
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("hello.txt"), "granted data\n").expect("write");
-    let mut granted = (*spec("hostile.wasm", HookKind::Spam, serde_json::json!({ "mode": "read-granted" }))).clone();
+    let mut granted = (*spec(
+        "hostile.wasm",
+        HookKind::Spam,
+        serde_json::json!({ "mode": "read-granted" }),
+    ))
+    .clone();
     granted.grant_dir = Some(dir.path().to_path_buf());
     let plugin = rt.load(Arc::new(granted)).expect("load");
-    let outcome = rt.spam(&plugin, &mx, &message("Subject: x\n\nx\n")).await.expect("classify");
-    let Verdict::Tag(headers) = outcome.verdict else { panic!("{outcome:?}") };
+    let outcome = rt
+        .spam(&plugin, &mx, &message("Subject: x\n\nx\n"))
+        .await
+        .expect("classify");
+    let Verdict::Tag(headers) = outcome.verdict else {
+        panic!("{outcome:?}")
+    };
     assert_eq!(headers[0].value, "granted data");
 }
 
@@ -238,8 +358,13 @@ async fn wrong_world_is_refused_at_load_and_the_compile_cache_is_used() {
         .expect("load");
     assert!(!first.cached);
     let rt2 = runtime(Some(cache.path().to_path_buf()));
-    let second = rt2.load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({}))).expect("load");
+    let second = rt2
+        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .expect("load");
     assert!(second.cached, "a restart does not recompile");
-    let outcome = rt2.spam(&second, &session(PipelineKind::Mx), &message("Subject: x\n\nx\n")).await.expect("call");
+    let outcome = rt2
+        .spam(&second, &session(PipelineKind::Mx), &message("Subject: x\n\nx\n"))
+        .await
+        .expect("call");
     assert!(matches!(outcome.verdict, Verdict::Tag(_)));
 }

@@ -36,7 +36,12 @@ struct Config {
 struct AuthTable;
 
 impl Guest for AuthTable {
-    fn authenticate(_session: SessionInfo, _mechanism: Mechanism, username: String, password: String) -> AuthResult {
+    fn authenticate(
+        _session: SessionInfo,
+        _mechanism: Mechanism,
+        username: String,
+        password: String,
+    ) -> AuthResult {
         let config: Config = match serde_json::from_str(&portcullis::filter::config::json()) {
             Ok(c) => c,
             Err(e) => {

@@ -43,9 +43,24 @@ struct Config {
 /// The first limit this message would exceed, described.
 fn exceeded(limits: Limits, counters: &Counters, recipients: u32, who: &str) -> Option<String> {
     let windows: [(&str, &Window, Option<u32>, Option<u32>); 3] = [
-        ("minute", &counters.minute, limits.messages_per_minute, limits.recipients_per_minute),
-        ("hour", &counters.hour, limits.messages_per_hour, limits.recipients_per_hour),
-        ("day", &counters.day, limits.messages_per_day, limits.recipients_per_day),
+        (
+            "minute",
+            &counters.minute,
+            limits.messages_per_minute,
+            limits.recipients_per_minute,
+        ),
+        (
+            "hour",
+            &counters.hour,
+            limits.messages_per_hour,
+            limits.recipients_per_hour,
+        ),
+        (
+            "day",
+            &counters.day,
+            limits.messages_per_day,
+            limits.recipients_per_day,
+        ),
     ];
     for (name, window, messages, rcpts) in windows {
         if let Some(max) = messages
@@ -72,7 +87,11 @@ impl Guest for RateLimit {
                 log(Level::Error, &format!("bad config: {e}"));
                 return Verdict::Defer(Reply {
                     code: 451,
-                    enhanced: Some(EnhancedCode { class: 4, subject: 3, detail: 0 }),
+                    enhanced: Some(EnhancedCode {
+                        class: 4,
+                        subject: 3,
+                        detail: 0,
+                    }),
                     text: "Rate limit configuration error".into(),
                 });
             }
@@ -87,7 +106,11 @@ impl Guest for RateLimit {
                 log(Level::Info, &format!("deferring: {reason}"));
                 Verdict::Defer(Reply {
                     code: 451,
-                    enhanced: Some(EnhancedCode { class: 4, subject: 7, detail: 0 }),
+                    enhanced: Some(EnhancedCode {
+                        class: 4,
+                        subject: 7,
+                        detail: 0,
+                    }),
                     text: format!("Rate limit exceeded: {reason}; try again later"),
                 })
             }

@@ -25,7 +25,9 @@ use serde::Deserialize;
 wit_bindgen::generate!({ path: "../../wit", world: "spam-plugin" });
 
 use exports::portcullis::filter::spam::{Guest, SpamResult};
-use portcullis::filter::types::{EnhancedCode, Envelope, Header, Message, Pipeline, Reply, SessionInfo, Verdict};
+use portcullis::filter::types::{
+    EnhancedCode, Envelope, Header, Message, Pipeline, Reply, SessionInfo, Verdict,
+};
 
 #[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
@@ -174,7 +176,10 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             .as_deref()
             .and_then(|m| m.rsplit_once('@'))
             .map(|(_, d)| d.to_lowercase());
-        let to_own_domain = envelope.rcpt_to.iter().any(|r| r.to_lowercase().ends_with(&format!("@{from}")));
+        let to_own_domain = envelope
+            .rcpt_to
+            .iter()
+            .any(|r| r.to_lowercase().ends_with(&format!("@{from}")));
         if to_own_domain && envelope_domain.as_deref() != Some(from.as_str()) {
             hit("FROM_FORGED_LOCAL", 2.0);
         }
@@ -217,7 +222,10 @@ impl Guest for SpamRules {
         let config: Config = match serde_json::from_str(&portcullis::filter::config::json()) {
             Ok(c) => c,
             Err(e) => {
-                portcullis::filter::log::log(portcullis::filter::log::Level::Error, &format!("bad config: {e}"));
+                portcullis::filter::log::log(
+                    portcullis::filter::log::Level::Error,
+                    &format!("bad config: {e}"),
+                );
                 Config {
                     tag_threshold: default_tag(),
                     junk_threshold: default_junk(),
@@ -243,7 +251,11 @@ impl Guest for SpamRules {
                     if spam { "Yes" } else { "No" },
                     config.tag_threshold,
                     config.junk_threshold,
-                    if tests.is_empty() { "NONE".to_string() } else { tests.join(",") }
+                    if tests.is_empty() {
+                        "NONE".to_string()
+                    } else {
+                        tests.join(",")
+                    }
                 ),
             },
             Header {
@@ -254,7 +266,11 @@ impl Guest for SpamRules {
         let verdict = if config.reject_threshold.is_some_and(|t| total >= t) {
             Verdict::Reject(Reply {
                 code: 550,
-                enhanced: Some(EnhancedCode { class: 5, subject: 7, detail: 1 }),
+                enhanced: Some(EnhancedCode {
+                    class: 5,
+                    subject: 7,
+                    detail: 1,
+                }),
                 text: format!("Message refused as spam (score {total:.1})"),
             })
         } else if total >= config.junk_threshold {
@@ -262,7 +278,11 @@ impl Guest for SpamRules {
         } else {
             Verdict::Accept
         };
-        SpamResult { score: total, verdict, headers }
+        SpamResult {
+            score: total,
+            verdict,
+            headers,
+        }
     }
 }
 

@@ -57,7 +57,8 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 }
 
 fn signatures() -> Result<Vec<Signature>, String> {
-    let config: Config = serde_json::from_str(&portcullis::filter::config::json()).map_err(|e| e.to_string())?;
+    let config: Config =
+        serde_json::from_str(&portcullis::filter::config::json()).map_err(|e| e.to_string())?;
     let mut out = vec![Signature {
         name: "Eicar-Test-Signature".into(),
         bytes: EICAR.concat().into_bytes(),

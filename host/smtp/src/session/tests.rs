@@ -769,7 +769,11 @@ fn random_sessions<P: Pipeline>(rng: &mut XorShift, rounds: usize) -> usize {
                 input.extend_from_slice(b"AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==\r\n");
             }
             input.extend_from_slice(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<alice@example.org>\r\n");
-            input.extend_from_slice(if rng.below(2) == 0 { b"DATA\r\n" } else { b"BDAT 7\r\n" });
+            input.extend_from_slice(if rng.below(2) == 0 {
+                b"DATA\r\n"
+            } else {
+                b"BDAT 7\r\n"
+            });
         }
         for _ in 0..1 + rng.below(40) {
             input.extend_from_slice(fragments[rng.below(fragments.len())]);
@@ -784,7 +788,10 @@ fn random_sessions<P: Pipeline>(rng: &mut XorShift, rounds: usize) -> usize {
             }
         }
         for request in &h.spooled {
-            assert!(strict_crlf(&request.message.body), "spooled a bare line ending from {input:?}");
+            assert!(
+                strict_crlf(&request.message.body),
+                "spooled a bare line ending from {input:?}"
+            );
             assert!(!request.message.envelope.recipients.is_empty());
         }
         spooled += h.spooled.len();
@@ -798,5 +805,8 @@ fn random_input_never_panics_and_never_spools_a_bare_line_ending() {
     let mx = random_sessions::<Mx>(&mut rng, 3000);
     let submission = random_sessions::<Submission>(&mut rng, 3000);
     // The generator must reach the spool, or the invariant above was never tested.
-    assert!(mx > 50 && submission > 50, "spooled: mx {mx}, submission {submission}");
+    assert!(
+        mx > 50 && submission > 50,
+        "spooled: mx {mx}, submission {submission}"
+    );
 }

@@ -56,21 +56,38 @@ impl Guest for Hostile {
                     .map(|d| d.as_secs())
                     .unwrap_or(u64::MAX);
                 vec![
-                    Header { name: "X-Escape-Fs".into(), value: fs },
-                    Header { name: "X-Escape-Net".into(), value: net },
-                    Header { name: "X-Escape-Env".into(), value: env.to_string() },
-                    Header { name: "X-Escape-Clock".into(), value: now.to_string() },
+                    Header {
+                        name: "X-Escape-Fs".into(),
+                        value: fs,
+                    },
+                    Header {
+                        name: "X-Escape-Net".into(),
+                        value: net,
+                    },
+                    Header {
+                        name: "X-Escape-Env".into(),
+                        value: env.to_string(),
+                    },
+                    Header {
+                        name: "X-Escape-Clock".into(),
+                        value: now.to_string(),
+                    },
                 ]
             }
             // Reads a file from the directory the operator granted (seen as /data).
             "read-granted" => {
-                let text = std::fs::read_to_string("/data/hello.txt").unwrap_or_else(|e| format!("error: {e}"));
-                vec![Header { name: "X-Granted".into(), value: text.trim().to_string() }]
+                let text =
+                    std::fs::read_to_string("/data/hello.txt").unwrap_or_else(|e| format!("error: {e}"));
+                vec![Header {
+                    name: "X-Granted".into(),
+                    value: text.trim().to_string(),
+                }]
             }
-            "oversized" => (0..200_000)
+            // 100 headers of 100 KB each: far past what the host accepts.
+            "oversized" => (0..100)
                 .map(|i| Header {
                     name: format!("X-Flood-{i}"),
-                    value: "x".repeat(64),
+                    value: "x".repeat(100_000),
                 })
                 .collect(),
             _ => vec![Header {
