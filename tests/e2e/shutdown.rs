@@ -19,7 +19,7 @@ fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
     daemon.sigterm();
     assert!(idle.reply().starts_with("421 4.3.2"));
     assert!(idle.until_closed().is_some());
-    daemon.wait_log("shutting down");
+    daemon.wait_log("listeners closed");
     assert!(
         TcpStream::connect(addr).is_err(),
         "no new connections while draining"

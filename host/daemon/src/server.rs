@@ -200,6 +200,7 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
+    let mut acceptors: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     for (kind, socket) in bound {
         let address = socket.local_addr().map_err(|source| StartError::Bind {
             address: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -227,6 +228,10 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     let drain = ctx.config.server.drain_timeout.0;
     tracing::info!(drain_timeout = ?drain, "shutting down: no new connections, finishing open transactions");
     let _ = phase_tx.send(Phase::Draining);
+    for acceptor in acceptors {
+        let _ = acceptor.await;
+    }
+    tracing::info!("listeners closed; draining open sessions");
     if tokio::time::timeout(drain, alive_rx.recv()).await.is_err() {
         tracing::warn!("drain timeout reached: answering 421 to the remaining sessions");
         let _ = phase_tx.send(Phase::Closing);

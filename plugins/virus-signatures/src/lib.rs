@@ -48,7 +48,7 @@ struct Signature {
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
     let hex: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     hex.chunks(2)
