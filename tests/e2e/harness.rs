@@ -156,7 +156,7 @@ impl Daemon {
             log,
             lines,
         };
-        daemon.wait_log("ready");
+        daemon.wait_log(" ready data_dir=");
         for line in daemon.log() {
             if let (Some(kind), Some(address)) = (field(&line, "kind"), field(&line, "address"))
                 && line.contains("listening")
@@ -197,6 +197,20 @@ impl Daemon {
                     self.log()
                 ),
             }
+        }
+    }
+
+    /// Waits (bounded) until the log holds at least `count` lines containing `needle`.
+    pub fn wait_log_count(&mut self, needle: &str, count: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.log().iter().filter(|l| l.contains(needle)).count() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "fewer than {count} log lines with {needle:?}: {:#?}",
+                self.log()
+            );
+            let _ = self.lines.recv_timeout(left.min(Duration::from_millis(100)));
         }
     }
 
