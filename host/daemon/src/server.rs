@@ -208,13 +208,13 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
             source,
         })?;
         tracing::info!(kind = kind.name(), %address, "listening");
-        tokio::spawn(accept_loop(
+        acceptors.push(tokio::spawn(accept_loop(
             Arc::clone(&ctx),
             kind,
             socket,
             phase_rx.clone(),
             alive_tx.clone(),
-        ));
+        )));
     }
     drop(alive_tx);
     tracing::info!(
