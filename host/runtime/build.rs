@@ -28,6 +28,7 @@ fn main() {
     std::fs::create_dir_all(&out).expect("create OUT_DIR/plugins");
 
     for watched in [
+        ".cargo",
         "Cargo.toml",
         "Cargo.lock",
         "auth-table",

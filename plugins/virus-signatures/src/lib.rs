@@ -43,7 +43,7 @@ struct Config {
 
 struct Signature {
     name: String,
-    bytes: Vec<u8>,
+    finder: memchr::memmem::Finder<'static>,
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -59,10 +59,11 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
 fn signatures() -> Result<Vec<Signature>, String> {
     let config: Config =
         serde_json::from_str(&portcullis::filter::config::json()).map_err(|e| e.to_string())?;
-    let mut out = vec![Signature {
-        name: "Eicar-Test-Signature".into(),
-        bytes: EICAR.concat().into_bytes(),
-    }];
+    let signature = |name: String, bytes: Vec<u8>| Signature {
+        name,
+        finder: memchr::memmem::Finder::new(&bytes).into_owned(),
+    };
+    let mut out = vec![signature("Eicar-Test-Signature".into(), EICAR.concat().into_bytes())];
     for s in config.signatures {
         let bytes = match (s.hex, s.text) {
             (Some(hex), None) => decode_hex(&hex).ok_or_else(|| format!("signature {}: bad hex", s.name))?,
@@ -72,14 +73,11 @@ fn signatures() -> Result<Vec<Signature>, String> {
         if bytes.is_empty() {
             return Err(format!("signature {}: empty", s.name));
         }
-        out.push(Signature { name: s.name, bytes });
+        out.push(signature(s.name, bytes));
     }
     Ok(out)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.len() >= needle.len() && haystack.windows(needle.len()).any(|w| w == needle)
-}
 
 /// Reads the whole message from the host in 1 MiB chunks.
 fn read_all(message: &Message) -> Vec<u8> {
@@ -116,10 +114,10 @@ impl Guest for VirusSignatures {
             Err(e) => return ScanResult::Error(format!("bad config: {e}")),
         };
         let raw = read_all(message);
-        let mut parts = vec![raw.clone()];
-        leaves(&raw, 0, &mut parts);
-        for part in &parts {
-            if let Some(found) = signatures.iter().find(|s| contains(part, &s.bytes)) {
+        let mut decoded = Vec::new();
+        leaves(&raw, 0, &mut decoded);
+        for part in std::iter::once(&raw).chain(&decoded) {
+            if let Some(found) = signatures.iter().find(|s| s.finder.find(part).is_some()) {
                 return ScanResult::Infected(found.name.clone());
             }
         }

@@ -1,0 +1,120 @@
+//! One hook call per example plugin, fresh instance included (what every message pays).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis_bench::{message, session};
+use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
+use portcullis_runtime::builtin::BUILD_DIR;
+use portcullis_runtime::{HookKind, OnError, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_smtp::command::Mechanism;
+use portcullis_smtp::session::{Credentials, PipelineKind};
+
+fn spec(file: &str, hook: HookKind, config: serde_json::Value) -> Arc<PluginSpec> {
+    let serde_json::Value::Object(config) = config else {
+        unreachable!("the configs below are objects");
+    };
+    Arc::new(PluginSpec {
+        name: file.into(),
+        hook,
+        path: PathBuf::from(BUILD_DIR).join(file),
+        timeout: Duration::from_secs(5),
+        memory: 128 << 20,
+        on_error: OnError::Defer,
+        config,
+        grant_dir: None,
+    })
+}
+
+fn hooks(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_memory: 128 << 20,
+        instances: 8,
+        cache_dir: None,
+    })
+    .expect("runtime");
+    let mx = session(PipelineKind::Mx);
+    let submission = session(PipelineKind::Submission);
+    let msg = message(10 * 1024);
+
+    let virus = runtime
+        .load(spec("virus_signatures.wasm", HookKind::Virus, serde_json::json!({})))
+        .expect("load");
+    c.bench_function("virus-signatures 10KiB", |b| {
+        b.to_async(&rt)
+            .iter(|| async { runtime.virus(&virus, &mx, &msg).await.expect("scan") })
+    });
+
+    let spam = runtime
+        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .expect("load");
+    c.bench_function("spam-rules 10KiB", |b| {
+        b.to_async(&rt)
+            .iter(|| async { runtime.spam(&spam, &mx, &msg).await.expect("classify") })
+    });
+
+    let rate = runtime
+        .load(spec(
+            "rate_limit.wasm",
+            HookKind::Rate,
+            serde_json::json!({ "account": { "messages-per-minute": 100 } }),
+        ))
+        .expect("load");
+    let w = Window {
+        messages: 3,
+        recipients: 3,
+    };
+    let counters = Counters {
+        minute: w,
+        hour: w,
+        day: w,
+    };
+    let usage = Usage {
+        account: counters,
+        client_ip: counters,
+    };
+    c.bench_function("rate-limit", |b| {
+        b.to_async(&rt).iter(|| async {
+            runtime
+                .rate(&rate, &submission, &msg.envelope, &usage)
+                .await
+                .expect("rate")
+        })
+    });
+
+    // argon2id with the default parameters (19 MiB, 2 passes) dominates this one.
+    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$BZHGAFdZ4Kk0HGkHuVsZd0GbXatFtO3OnQBqMK4pSj8";
+    let auth = runtime
+        .load(spec(
+            "auth_table.wasm",
+            HookKind::Auth,
+            serde_json::json!({ "accounts": { "alice@example.org": hash } }),
+        ))
+        .expect("load");
+    let creds = Credentials {
+        mechanism: Mechanism::Plain,
+        authzid: None,
+        username: "alice@example.org".into(),
+        password: "wrong".into(),
+    };
+    let mut group = c.benchmark_group("auth");
+    group.sample_size(10);
+    group.bench_function("auth-table argon2id", |b| {
+        b.to_async(&rt).iter(|| async {
+            runtime
+                .authenticate(&auth, &submission, &creds)
+                .await
+                .expect("auth")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hooks);
+criterion_main!(benches);
