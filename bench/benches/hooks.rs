@@ -44,7 +44,11 @@ fn hooks(c: &mut Criterion) {
     let msg = message(10 * 1024);
 
     let virus = runtime
-        .load(spec("virus_signatures.wasm", HookKind::Virus, serde_json::json!({})))
+        .load(spec(
+            "virus_signatures.wasm",
+            HookKind::Virus,
+            serde_json::json!({}),
+        ))
         .expect("load");
     c.bench_function("virus-signatures 10KiB", |b| {
         b.to_async(&rt)
@@ -89,7 +93,8 @@ fn hooks(c: &mut Criterion) {
     });
 
     // argon2id with the default parameters (19 MiB, 2 passes) dominates this one.
-    let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$BZHGAFdZ4Kk0HGkHuVsZd0GbXatFtO3OnQBqMK4pSj8";
+    let hash =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$BZHGAFdZ4Kk0HGkHuVsZd0GbXatFtO3OnQBqMK4pSj8";
     let auth = runtime
         .load(spec(
             "auth_table.wasm",

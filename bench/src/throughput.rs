@@ -147,7 +147,11 @@ fn start(binary: &Path, plugins: bool) -> Daemon {
     for line in lines.by_ref() {
         let line = line.expect("log");
         if line.contains("listening") {
-            let address = line.split("address=").nth(1).and_then(|r| r.split(' ').next()).expect("address");
+            let address = line
+                .split("address=")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .expect("address");
             let address: SocketAddr = address.parse().expect("address");
             if line.contains("kind=\"mx\"") {
                 mx = Some(address);
@@ -202,7 +206,11 @@ impl Client {
 }
 
 fn connect(daemon: &Daemon, path: Path_) -> Client {
-    let addr = if path == Path_::Mx { daemon.mx } else { daemon.submission };
+    let addr = if path == Path_::Mx {
+        daemon.mx
+    } else {
+        daemon.submission
+    };
     let tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let mut plain = Client {
@@ -219,12 +227,14 @@ fn connect(daemon: &Daemon, path: Path_) -> Client {
     roots
         .add(rustls::pki_types::CertificateDer::from_pem_slice(daemon.cert.as_bytes()).expect("pem"))
         .expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name")).expect("tls");
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name")).expect("tls");
     let tls = rustls::StreamOwned::new(conn, tcp);
     let mut client = Client {
         reader: BufReader::new(Box::new(tls)),
@@ -261,7 +271,11 @@ fn run(daemon: &Daemon, path: Path_, a: &Args) -> Result_ {
             let (body, next, total) = (Arc::clone(&body), Arc::clone(&next), a.messages);
             std::thread::spawn(move || {
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let from = if path == Path_::Mx { "bob@far.example" } else { "bench@example.org" };
+                    let from = if path == Path_::Mx {
+                        "bob@far.example"
+                    } else {
+                        "bench@example.org"
+                    };
                     assert!(client.cmd(&format!("MAIL FROM:<{from}>")).starts_with("250"));
                     // postmaster exists in every local domain, whichever source the accounts use.
                     let rcpt = client.cmd("RCPT TO:<postmaster@example.org>");
@@ -299,7 +313,10 @@ fn main() {
     );
     println!("| path | plugins | messages/s | daemon CPU s / 1000 msgs | on / off |");
     println!("|---|---|---|---|---|");
-    for (path, name) in [(Path_::Mx, "mx (virus, spam)"), (Path_::Submission, "submission (auth, rate, virus)")] {
+    for (path, name) in [
+        (Path_::Mx, "mx (virus, spam)"),
+        (Path_::Submission, "submission (auth, rate, virus)"),
+    ] {
         // The disk's state drifts as the spool creates and deletes files, so the two
         // configurations run in turns (off, on, on, off) and each keeps its best run.
         let mut off: Option<Result_> = None;
@@ -314,7 +331,10 @@ fn main() {
             }
         }
         let (off, on) = (off.expect("ran"), on.expect("ran"));
-        println!("| {name} | off | {:.0} | {:.2} | |", off.per_second, off.cpu_per_1000);
+        println!(
+            "| {name} | off | {:.0} | {:.2} | |",
+            off.per_second, off.cpu_per_1000
+        );
         println!(
             "| {name} | on | {:.0} | {:.2} | {:.0}% |",
             on.per_second,

@@ -63,7 +63,10 @@ fn signatures() -> Result<Vec<Signature>, String> {
         name,
         finder: memchr::memmem::Finder::new(&bytes).into_owned(),
     };
-    let mut out = vec![signature("Eicar-Test-Signature".into(), EICAR.concat().into_bytes())];
+    let mut out = vec![signature(
+        "Eicar-Test-Signature".into(),
+        EICAR.concat().into_bytes(),
+    )];
     for s in config.signatures {
         let bytes = match (s.hex, s.text) {
             (Some(hex), None) => decode_hex(&hex).ok_or_else(|| format!("signature {}: bad hex", s.name))?,
@@ -77,7 +80,6 @@ fn signatures() -> Result<Vec<Signature>, String> {
     }
     Ok(out)
 }
-
 
 /// Reads the whole message from the host in 1 MiB chunks.
 fn read_all(message: &Message) -> Vec<u8> {
