@@ -69,36 +69,7 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum PluginCommand {
     /// Run one plugin on one message and print its verdict and how long it took.
-    Test {
-        /// The plugin component (.wasm).
-        plugin: PathBuf,
-        /// The hook to call: auth, rate, virus or spam.
-        #[arg(long)]
-        hook: String,
-        /// The message (.eml); required for virus and spam.
-        message: Option<PathBuf>,
-        /// A TOML file holding the plugin's own config (its [plugin.config] table).
-        #[arg(long)]
-        plugin_config: Option<PathBuf>,
-        /// Envelope sender (default: the message's From:).
-        #[arg(long)]
-        from: Option<String>,
-        /// Envelope recipient, repeatable (default: the message's To:).
-        #[arg(long)]
-        to: Vec<String>,
-        /// User name, for the auth hook.
-        #[arg(long)]
-        user: Option<String>,
-        /// Password, for the auth hook.
-        #[arg(long)]
-        password: Option<String>,
-        /// Time limit of the call.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// Messages already sent in each window, for the rate hook.
-        #[arg(long, default_value_t = 0)]
-        usage: u32,
-    },
+    Test(plugin_test::TestArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,31 +167,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Plugin {
-            command:
-                PluginCommand::Test {
-                    plugin,
-                    hook,
-                    message,
-                    plugin_config,
-                    from,
-                    to,
-                    user,
-                    password,
-                    timeout,
-                    usage,
-                },
-        } => ExitCode::from(plugin_test::run(plugin_test::TestArgs {
-            plugin,
-            hook,
-            message,
-            plugin_config,
-            from,
-            to,
-            user,
-            password,
-            timeout,
-            usage,
-        })),
+            command: PluginCommand::Test(args),
+        } => ExitCode::from(plugin_test::run(args)),
         Command::User {
             command: UserCommand::Add { name, config, .. },
         } => {

@@ -14,27 +14,35 @@ use portcullis_smtp::session::{Credentials, Greeting, PipelineKind, Security, Se
 use portcullis_smtp::{Envelope, Mailbox, Message, Verdict};
 
 /// What `plugin test` was asked to do.
-#[derive(Debug)]
+#[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// The component.
+    /// The plugin component (.wasm).
     pub plugin: PathBuf,
-    /// The hook to call.
+    /// The hook to call: auth, rate, virus or spam.
+    #[arg(long)]
     pub hook: String,
-    /// The message (required for virus and spam).
+    /// The message (.eml); required for virus and spam.
     pub message: Option<PathBuf>,
-    /// A TOML file holding the plugin's `[plugin.config]` table.
+    /// A TOML file holding the plugin's own config (its [plugin.config] table).
+    #[arg(long)]
     pub plugin_config: Option<PathBuf>,
     /// Envelope sender (default: the message's From:).
+    #[arg(long)]
     pub from: Option<String>,
-    /// Envelope recipients (default: the message's To:).
+    /// Envelope recipient, repeatable (default: the message's To:).
+    #[arg(long)]
     pub to: Vec<String>,
-    /// For the auth hook.
+    /// User name, for the auth hook.
+    #[arg(long)]
     pub user: Option<String>,
-    /// For the auth hook.
+    /// Password, for the auth hook.
+    #[arg(long)]
     pub password: Option<String>,
-    /// The per-call time limit.
+    /// Time limit of the call.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Messages already sent this minute/hour/day, for the rate hook.
+    /// Messages already sent in each window, for the rate hook.
+    #[arg(long, default_value_t = 0)]
     pub usage: u32,
 }
 

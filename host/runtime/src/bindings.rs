@@ -13,49 +13,40 @@ pub mod virus {
     });
 }
 
-/// The spam-plugin world.
-pub mod spam {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "spam-plugin",
-        exports: { default: async },
-        with: {
-            "portcullis:filter/types": super::virus::portcullis::filter::types,
-            "portcullis:filter/log": super::virus::portcullis::filter::log,
-            "portcullis:filter/config": super::virus::portcullis::filter::config,
-            "portcullis:filter/clock": super::virus::portcullis::filter::clock,
-        },
-    });
+/// A plugin world whose shared imports are the ones generated in [`virus`].
+macro_rules! world {
+    ($(#[$doc:meta])* $name:ident, $world:literal) => {
+        $(#[$doc])*
+        pub mod $name {
+            wasmtime::component::bindgen!({
+                path: "../../wit",
+                world: $world,
+                exports: { default: async },
+                with: {
+                    "portcullis:filter/types": super::virus::portcullis::filter::types,
+                    "portcullis:filter/log": super::virus::portcullis::filter::log,
+                    "portcullis:filter/config": super::virus::portcullis::filter::config,
+                    "portcullis:filter/clock": super::virus::portcullis::filter::clock,
+                },
+            });
+        }
+    };
 }
 
-/// The rate-plugin world.
-pub mod rate {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "rate-plugin",
-        exports: { default: async },
-        with: {
-            "portcullis:filter/types": super::virus::portcullis::filter::types,
-            "portcullis:filter/log": super::virus::portcullis::filter::log,
-            "portcullis:filter/config": super::virus::portcullis::filter::config,
-            "portcullis:filter/clock": super::virus::portcullis::filter::clock,
-        },
-    });
-}
-
-/// The auth-plugin world.
-pub mod auth {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "auth-plugin",
-        exports: { default: async },
-        with: {
-            "portcullis:filter/types": super::virus::portcullis::filter::types,
-            "portcullis:filter/log": super::virus::portcullis::filter::log,
-            "portcullis:filter/config": super::virus::portcullis::filter::config,
-            "portcullis:filter/clock": super::virus::portcullis::filter::clock,
-        },
-    });
-}
+world!(
+    /// The spam-plugin world.
+    spam,
+    "spam-plugin"
+);
+world!(
+    /// The rate-plugin world.
+    rate,
+    "rate-plugin"
+);
+world!(
+    /// The auth-plugin world.
+    auth,
+    "auth-plugin"
+);
 
 pub use virus::portcullis::filter::types;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, SessionInfo};
 use portcullis_smtp::{Envelope, Message, Verdict};
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker, Resource};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
@@ -287,6 +287,21 @@ impl Runtime {
         Ok(store)
     }
 
+    /// A fresh store holding `message` as a resource the plugin can borrow.
+    fn store_with_message(
+        &self,
+        plugin: &LoadedPlugin,
+        message: &Arc<Message>,
+    ) -> Result<(Store<State>, Resource<MessageHandle>), PluginError> {
+        let mut store = self.store(plugin)?;
+        let handle = store
+            .data_mut()
+            .table
+            .push(MessageHandle::new(Arc::clone(message)))
+            .map_err(|e| PluginError::Unavailable(e.to_string()))?;
+        Ok((store, handle))
+    }
+
     /// Runs `call` on a fresh store within the plugin's time limit, and names the failure.
     async fn guarded<R>(
         &self,
@@ -400,16 +415,11 @@ impl Runtime {
         let Pre::Virus(pre) = &plugin.pre else {
             return Err(PluginError::Unavailable("not a virus plugin".into()));
         };
-        let mut store = self.store(plugin)?;
+        let (store, handle) = self.store_with_message(plugin, message)?;
         let (session, envelope) = (
             session_info(session),
             wit_envelope(&message.envelope, message.body.len() as u64),
         );
-        let handle = store
-            .data_mut()
-            .table
-            .push(MessageHandle::new(Arc::clone(message)))
-            .map_err(|e| PluginError::Unavailable(e.to_string()))?;
         let result = self
             .guarded(plugin, store, async move |store: &mut Store<State>| {
                 let instance = pre.instantiate_async(&mut *store).await?;
@@ -444,16 +454,11 @@ impl Runtime {
         let Pre::Spam(pre) = &plugin.pre else {
             return Err(PluginError::Unavailable("not a spam plugin".into()));
         };
-        let mut store = self.store(plugin)?;
+        let (store, handle) = self.store_with_message(plugin, message)?;
         let (session, envelope) = (
             session_info(session),
             wit_envelope(&message.envelope, message.body.len() as u64),
         );
-        let handle = store
-            .data_mut()
-            .table
-            .push(MessageHandle::new(Arc::clone(message)))
-            .map_err(|e| PluginError::Unavailable(e.to_string()))?;
         let result = self
             .guarded(plugin, store, async move |store: &mut Store<State>| {
                 let instance = pre.instantiate_async(&mut *store).await?;

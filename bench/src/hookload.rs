@@ -1,0 +1,95 @@
+//! Hook calls under concurrency, without sockets or disks: `tasks` tokio tasks on a
+//! multi-thread runtime call the virus and spam plugins back to back, as the daemon's
+//! sessions do. Compares with the single-threaded criterion numbers to show what
+//! concurrency costs (memory-mapping changes are process-wide: TLB shoot-downs).
+//!
+//! Usage: `hookload [--workers W] [--tasks T] [--calls N]`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_bench::{message, session};
+use portcullis_runtime::builtin::BUILD_DIR;
+use portcullis_runtime::{HookKind, OnError, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_smtp::session::PipelineKind;
+
+fn spec(file: &str, hook: HookKind) -> Arc<PluginSpec> {
+    Arc::new(PluginSpec {
+        name: file.into(),
+        hook,
+        path: PathBuf::from(BUILD_DIR).join(file),
+        timeout: Duration::from_secs(5),
+        memory: 128 << 20,
+        on_error: OnError::Defer,
+        config: serde_json::Map::new(),
+        grant_dir: None,
+    })
+}
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn main() {
+    let mut workers = 2;
+    let mut tasks = 10;
+    let mut calls = 1000;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value: usize = it.next().and_then(|v| v.parse().ok()).expect("a number");
+        match flag.as_str() {
+            "--workers" => workers = value,
+            "--tasks" => tasks = value,
+            "--calls" => calls = value,
+            other => panic!("unknown option {other}"),
+        }
+    }
+    let runtime = Arc::new(
+        Runtime::new(&RuntimeConfig {
+            max_memory: 128 << 20,
+            instances: 256,
+            cache_dir: None,
+        })
+        .expect("runtime"),
+    );
+    let virus = Arc::new(runtime.load(spec("virus_signatures.wasm", HookKind::Virus)).expect("load"));
+    let spam = Arc::new(runtime.load(spec("spam_rules.wasm", HookKind::Spam)).expect("load"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let msg = message(10 * 1024);
+    let cpu = cpu_seconds();
+    let started = Instant::now();
+    rt.block_on(async {
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (runtime, virus, spam, msg) =
+                    (Arc::clone(&runtime), Arc::clone(&virus), Arc::clone(&spam), Arc::clone(&msg));
+                tokio::spawn(async move {
+                    let mx = session(PipelineKind::Mx);
+                    for _ in 0..calls / tasks {
+                        runtime.virus(&virus, &mx, &msg).await.expect("scan");
+                        runtime.spam(&spam, &mx, &msg).await.expect("classify");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.await.expect("task");
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
+    println!(
+        "{workers} workers, {tasks} tasks: {:.0} messages/s (virus + spam each), {:.0} µs CPU per message",
+        calls as f64 / elapsed,
+        cpu * 1e6 / calls as f64
+    );
+}
