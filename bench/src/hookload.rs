@@ -57,8 +57,16 @@ fn main() {
         })
         .expect("runtime"),
     );
-    let virus = Arc::new(runtime.load(spec("virus_signatures.wasm", HookKind::Virus)).expect("load"));
-    let spam = Arc::new(runtime.load(spec("spam_rules.wasm", HookKind::Spam)).expect("load"));
+    let virus = Arc::new(
+        runtime
+            .load(spec("virus_signatures.wasm", HookKind::Virus))
+            .expect("load"),
+    );
+    let spam = Arc::new(
+        runtime
+            .load(spec("spam_rules.wasm", HookKind::Spam))
+            .expect("load"),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -70,8 +78,12 @@ fn main() {
     rt.block_on(async {
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                let (runtime, virus, spam, msg) =
-                    (Arc::clone(&runtime), Arc::clone(&virus), Arc::clone(&spam), Arc::clone(&msg));
+                let (runtime, virus, spam, msg) = (
+                    Arc::clone(&runtime),
+                    Arc::clone(&virus),
+                    Arc::clone(&spam),
+                    Arc::clone(&msg),
+                );
                 tokio::spawn(async move {
                     let mx = session(PipelineKind::Mx);
                     for _ in 0..calls / tasks {

@@ -132,9 +132,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &Path, env: &[(&str, &std::ffi::OsStr)]) -> Daemon {
         let mut child = Command::new(binary())
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env("PORTCULLIS_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -217,6 +222,14 @@ impl Daemon {
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     pub fn sigterm(&self) {

@@ -10,4 +10,5 @@ mod hostile;
 mod hot_swap;
 mod pipelines;
 mod plugins;
+mod service;
 mod shutdown;

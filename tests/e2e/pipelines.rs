@@ -149,7 +149,7 @@ fn mx_plain_and_with_starttls_delivers_exact_bytes() {
 #[test]
 fn mx_refuses_relay_and_unknown_users_and_auth() {
     let setup = Setup::new("");
-    let daemon = setup.start();
+    let mut daemon = setup.start();
     let mut c = Raw::connect(daemon.addr("mx"));
     let ehlo = c.cmd("EHLO client.example");
     assert!(ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"), "{ehlo}");
@@ -166,6 +166,8 @@ fn mx_refuses_relay_and_unknown_users_and_auth() {
     assert!(c.cmd("RCPT TO:<nobody@example.org>").starts_with("550 5.1.1"));
     assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
     assert!(c.cmd("QUIT").starts_with("221"));
+    // One summary line per session, in the style of Postfix.
+    daemon.wait_log("disconnect from [127.0.0.1] ehlo=1 auth=1 mail=1 rcpt=4 quit=1 commands=8");
 }
 
 #[test]

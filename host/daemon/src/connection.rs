@@ -193,13 +193,20 @@ pub async fn run<P: Pipeline>(
         }
     }
     .await;
+    let summary = session.command_counts();
     match result {
         Ok(()) => tracing::info!(
             accepted = tally.accepted,
             spool_failures = tally.refused,
-            "disconnect"
+            "disconnect from [{}] {summary}",
+            peer.ip()
         ),
-        Err(e) => tracing::info!(error = %e, accepted = tally.accepted, "disconnect after an I/O error"),
+        Err(e) => tracing::info!(
+            error = %e,
+            accepted = tally.accepted,
+            "disconnect from [{}] after an I/O error {summary}",
+            peer.ip()
+        ),
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`rate`]: the host's rate counters, passed to the rate hook.
 //! - [`notice`]: messages the server writes itself (the virus notice).
 //! - [`plugin_test`]: `portcullis plugin test`, the filter author's inner loop.
+//! - [`sd_notify`]: READY / RELOADING / STOPPING for systemd's `Type=notify`.
 //! - [`delivery`]: from the spool into Maildirs, with retries.
 
 use std::io::{IsTerminal, Read};
@@ -27,6 +28,7 @@ mod hooks;
 mod notice;
 mod plugin_test;
 mod rate;
+mod sd_notify;
 mod server;
 mod tls;
 

@@ -223,10 +223,12 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
         users_file = %ctx.config.users_file.display(),
         "ready"
     );
+    crate::sd_notify::ready();
 
     wait_for_stop(&ctx).await;
     let drain = ctx.config.server.drain_timeout.0;
     tracing::info!(drain_timeout = ?drain, "shutting down: no new connections, finishing open transactions");
+    crate::sd_notify::stopping();
     let _ = phase_tx.send(Phase::Draining);
     for acceptor in acceptors {
         let _ = acceptor.await;
@@ -291,10 +293,12 @@ async fn wait_for_stop(ctx: &Context) {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
                 _ = hup.recv() => {
+                    crate::sd_notify::reloading();
                     ctx.reload_accounts();
                     let plugins = Arc::clone(ctx.hooks.plugins());
                     let swapped = tokio::task::spawn_blocking(move || plugins.reload(None)).await.unwrap_or(0);
                     tracing::info!(swapped, "plugins reloaded");
+                    crate::sd_notify::ready();
                 }
             }
         }

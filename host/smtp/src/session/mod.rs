@@ -259,6 +259,49 @@ pub enum Action {
     Close,
 }
 
+/// How many of each command a session received, for the closing log line (in the style
+/// of Postfix's `disconnect from ... ehlo=1 mail=1 rcpt=1 data=1 quit=1 commands=5`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommandCounts {
+    counts: [u32; VERBS.len()],
+}
+
+const VERBS: [&str; 14] = [
+    "ehlo", "helo", "starttls", "auth", "mail", "rcpt", "data", "bdat", "rset", "noop", "vrfy", "help",
+    "quit", "unknown",
+];
+
+impl CommandCounts {
+    fn add(&mut self, verb: &str) {
+        let index = VERBS.iter().position(|v| *v == verb).unwrap_or(VERBS.len() - 1);
+        self.counts[index] += 1;
+    }
+
+    /// All commands received.
+    pub fn total(&self) -> u32 {
+        self.counts.iter().sum()
+    }
+
+    /// How many times `verb` (lower case, as in the log line) was received.
+    pub fn get(&self, verb: &str) -> u32 {
+        VERBS
+            .iter()
+            .position(|v| *v == verb)
+            .map_or(0, |i| self.counts[i])
+    }
+}
+
+impl std::fmt::Display for CommandCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (verb, count) in VERBS.iter().zip(self.counts) {
+            if count > 0 {
+                write!(f, "{verb}={count} ")?;
+            }
+        }
+        write!(f, "commands={}", self.total())
+    }
+}
+
 /// The host called a `resolve_*` method the machine was not waiting for: a host bug.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the session is not waiting for {0}")]
@@ -348,6 +391,7 @@ pub struct Session<P: Pipeline> {
     errors: u32,
     auth_failures: u32,
     discarded_after_starttls: usize,
+    counts: CommandCounts,
     pipeline: PhantomData<fn() -> P>,
 }
 
@@ -377,6 +421,7 @@ impl<P: Pipeline> Session<P> {
             errors: 0,
             auth_failures: 0,
             discarded_after_starttls: 0,
+            counts: CommandCounts::default(),
             pipeline: PhantomData,
         }
     }
@@ -405,6 +450,11 @@ impl<P: Pipeline> Session<P> {
     /// (CVE-2011-0411); the host may log it.
     pub fn discarded_after_starttls(&self) -> usize {
         self.discarded_after_starttls
+    }
+
+    /// The commands received so far, by verb.
+    pub fn command_counts(&self) -> &CommandCounts {
+        &self.counts
     }
 
     /// Which timeout the host should apply to its next read.
@@ -695,7 +745,24 @@ impl<P: Pipeline> Session<P> {
     }
 
     fn command(&mut self, line: &[u8]) {
-        let command = match command::parse(line) {
+        let parsed = command::parse(line);
+        self.counts.add(match &parsed {
+            Ok(Command::Ehlo(_)) => "ehlo",
+            Ok(Command::Helo(_)) => "helo",
+            Ok(Command::StartTls) => "starttls",
+            Ok(Command::Auth { .. }) => "auth",
+            Ok(Command::Mail { .. }) => "mail",
+            Ok(Command::Rcpt { .. }) => "rcpt",
+            Ok(Command::Data) => "data",
+            Ok(Command::Bdat { .. }) => "bdat",
+            Ok(Command::Rset) => "rset",
+            Ok(Command::Noop) => "noop",
+            Ok(Command::Vrfy) => "vrfy",
+            Ok(Command::Help) => "help",
+            Ok(Command::Quit) => "quit",
+            Ok(Command::Expn) | Err(_) => "unknown",
+        });
+        let command = match parsed {
             Ok(c) => c,
             Err(ParseError::Http) => {
                 self.reply(replies::NOT_HTTP);

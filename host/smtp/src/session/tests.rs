@@ -616,6 +616,25 @@ fn garbage_closes_the_session() {
 }
 
 #[test]
+fn command_counts_read_like_postfix() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("RCPT TO:<x@far.example>", &["550 5.7.1"]),
+        ("XYZZY", &["500 5.5.1"]),
+        ("QUIT", &["221 2.0.0", "close"]),
+    ]);
+    let counts = h.session.command_counts();
+    assert_eq!(
+        counts.to_string(),
+        "ehlo=1 mail=1 rcpt=2 quit=1 unknown=1 commands=6"
+    );
+    assert_eq!(counts.get("rcpt"), 2);
+}
+
+#[test]
 fn pipelined_commands_are_answered_in_order() {
     let mut h = mx();
     let got = h.send(
