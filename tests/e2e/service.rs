@@ -41,3 +41,83 @@ fn notify_socket_hears_ready_only_when_listening_then_reloading_and_stopping() {
     daemon.sigterm();
     assert!(next(&socket).lines().any(|l| l == "STOPPING=1"));
 }
+
+fn new_certificate(setup: &Setup) -> String {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+    let pem = certified.cert.pem();
+    std::fs::write(setup.dir.path().join("cert.pem"), &pem).expect("cert");
+    std::fs::write(
+        setup.dir.path().join("key.pem"),
+        certified.signing_key.serialize_pem(),
+    )
+    .expect("key");
+    pem
+}
+
+#[test]
+fn sighup_swaps_the_certificate_for_new_sessions_and_keeps_open_ones() {
+    let setup = Setup::new("");
+    let mut daemon = setup.start();
+    let addr = daemon.addr("submission");
+    let mut open = TlsRaw::connect(addr, &setup.cert_pem);
+
+    let new_pem = new_certificate(&setup);
+    setup.add_user("newcomer", "fresh-pass");
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded");
+
+    // New sessions get the new certificate (and the new account)...
+    let mut fresh = TlsRaw::connect(addr, &new_pem);
+    assert!(
+        fresh
+            .cmd(&format!("AUTH PLAIN {}", base64_plain("newcomer", "fresh-pass")))
+            .starts_with("235")
+    );
+    let refused = std::panic::catch_unwind(|| TlsRaw::connect(addr, &setup.cert_pem));
+    assert!(refused.is_err(), "the old certificate is no longer served");
+    // ...and the session opened before the reload carries on.
+    assert!(open.cmd("NOOP").starts_with("250"));
+    assert!(
+        open.cmd(&format!(
+            "AUTH PLAIN {}",
+            base64_plain("alice@example.org", PASSWORD)
+        ))
+        .starts_with("235")
+    );
+}
+
+#[test]
+fn a_broken_or_unreloadable_config_is_refused_and_the_old_one_stays() {
+    let setup = Setup::new("");
+    let mut daemon = setup.start();
+    let good = std::fs::read_to_string(setup.config()).expect("config");
+
+    std::fs::write(
+        setup.config(),
+        format!("{good}\n[limits]\nmessage-size = \"huge\"\n"),
+    )
+    .expect("break");
+    daemon.signal("HUP");
+    let line = daemon.wait_log("reload refused");
+    assert!(line.contains("message-size"), "{line}");
+
+    let moved = good.replacen(
+        "kind = \"mx\"\naddress = \"127.0.0.1:0\"",
+        "kind = \"mx\"\naddress = \"127.0.0.1:1\"",
+        1,
+    );
+    std::fs::write(setup.config(), moved).expect("move");
+    daemon.signal("HUP");
+    daemon.wait_log_count("reload refused", 2);
+    assert!(
+        daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("listeners cannot change on reload"))
+    );
+
+    // Still serving, on the old configuration.
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<x@far.example>").starts_with("250"));
+}

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
 use crate::delivery::Job;
+use crate::live::Live;
 use crate::server::{Context, Phase};
 use crate::tls;
 
@@ -53,13 +54,13 @@ impl Stream {
     }
 
     /// Runs the server handshake over the plain socket.
-    async fn upgrade(&mut self, ctx: &Context) -> io::Result<portcullis_smtp::session::TlsInfo> {
+    async fn upgrade(&mut self, live: &Live) -> io::Result<portcullis_smtp::session::TlsInfo> {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
             return Err(io::Error::other(
                 "TLS requested on a stream that is not plain TCP",
             ));
         };
-        let acceptor = ctx
+        let acceptor = live
             .tls
             .as_ref()
             .ok_or_else(|| io::Error::other("TLS requested without a certificate"))?;
@@ -86,9 +87,12 @@ pub async fn run<P: Pipeline>(
     mut phase: watch::Receiver<Phase>,
 ) {
     let _ = tcp.set_nodelay(true);
+    // This session's rules and certificate, fixed for its whole life (a reload only
+    // affects sessions accepted after it).
+    let live = ctx.live();
     let mut stream = Stream::Plain(tcp);
     let tls = if implicit_tls {
-        match stream.upgrade(&ctx).await {
+        match stream.upgrade(&live).await {
             Ok(info) => Some(info),
             Err(e) => {
                 tracing::info!(error = %e, "TLS handshake failed");
@@ -99,7 +103,12 @@ pub async fn run<P: Pipeline>(
         None
     };
     tracing::info!(peer = %peer, tls = tls.is_some(), "connect");
-    let mut session = Session::<P>::new(Arc::clone(&ctx.settings), ctx.directory(), peer.ip(), tls);
+    let mut session = Session::<P>::new(
+        Arc::clone(&live.settings),
+        Arc::clone(&live.accounts) as Arc<dyn portcullis_smtp::Directory>,
+        peer.ip(),
+        tls,
+    );
     let mut out = Vec::with_capacity(1024);
     let mut buf = vec![0u8; 64 * 1024];
     let mut tally = Tally::default();
@@ -115,8 +124,8 @@ pub async fn run<P: Pipeline>(
                 Action::Read => {
                     flush(&mut stream, &mut out).await?;
                     let limit = match session.read_timeout() {
-                        ReadTimeout::Command => ctx.config.limits.command_timeout.0,
-                        ReadTimeout::Data => ctx.config.limits.data_timeout.0,
+                        ReadTimeout::Command => live.config.limits.command_timeout.0,
+                        ReadTimeout::Data => live.config.limits.data_timeout.0,
                     };
                     let stop_now =
                         |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
@@ -150,7 +159,7 @@ pub async fn run<P: Pipeline>(
                             "discarded cleartext pipelined after STARTTLS (CVE-2011-0411 pattern)"
                         );
                     }
-                    let info = stream.upgrade(&ctx).await?;
+                    let info = stream.upgrade(&live).await?;
                     tracing::info!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
                     session.tls_established(info).map_err(io::Error::other)?;
                 }
@@ -158,7 +167,7 @@ pub async fn run<P: Pipeline>(
                     let username = credentials.username.clone();
                     let outcome = ctx
                         .hooks
-                        .authenticate(ctx.accounts(), session.info(), credentials)
+                        .authenticate(Arc::clone(&live.accounts), session.info(), credentials)
                         .await;
                     match &outcome {
                         portcullis_smtp::AuthOutcome::Accept { account } => {
@@ -177,7 +186,7 @@ pub async fn run<P: Pipeline>(
                     session.resolve_hook(verdict).map_err(io::Error::other)?;
                 }
                 Action::Spool(request) => {
-                    let result = spool(&ctx, session.info(), request).await;
+                    let result = spool(&ctx, &live, session.info(), request).await;
                     match &result {
                         Ok(_) => tally.accepted += 1,
                         Err(_) => tally.refused += 1,
@@ -231,6 +240,7 @@ fn header_line(name: &str, value: &str) -> Option<String> {
 /// Writes the message to the spool (off the async threads) and hands it to delivery.
 async fn spool(
     ctx: &Arc<Context>,
+    live: &Live,
     info: &SessionInfo,
     request: SpoolRequest,
 ) -> Result<String, SpoolFailure> {
@@ -241,7 +251,7 @@ async fn spool(
     let message = request.message;
     let mut head = portcullis_smtp::received::received_header(
         info,
-        &ctx.config.server.hostname,
+        &live.config.server.hostname,
         id.as_str(),
         &message.envelope,
         &date,

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use portcullis_runtime::{HookKind, LoadedPlugin, PluginError, PluginSet, ScanOutcome};
 use portcullis_smtp::session::{AuthOutcome, Credentials, Header, PipelineKind, SessionInfo};
 use portcullis_smtp::{Enhanced, Envelope, Hook, Message, Reply, Verdict};
@@ -21,7 +22,7 @@ use crate::rate::RateCounters;
 
 /// Answers hook calls for every session.
 pub struct Hooks {
-    plugins: Arc<PluginSet>,
+    plugins: ArcSwap<PluginSet>,
     counters: RateCounters,
     spool: Arc<Spool>,
     deliveries: mpsc::UnboundedSender<Job>,
@@ -60,7 +61,7 @@ impl Hooks {
         hostname: String,
     ) -> Self {
         Hooks {
-            plugins,
+            plugins: ArcSwap::new(plugins),
             counters: RateCounters::default(),
             spool,
             deliveries,
@@ -68,9 +69,14 @@ impl Hooks {
         }
     }
 
-    /// The plugin set (for reloads).
-    pub fn plugins(&self) -> &Arc<PluginSet> {
-        &self.plugins
+    /// The current plugin set; a call keeps the set it started with.
+    pub fn plugins(&self) -> Arc<PluginSet> {
+        self.plugins.load_full()
+    }
+
+    /// Puts a new plugin set (from a reloaded configuration) in service.
+    pub fn replace_plugins(&self, plugins: Arc<PluginSet>) {
+        self.plugins.store(plugins);
     }
 
     /// Checks credentials: the users file first, then the auth plugins in order.
@@ -80,7 +86,8 @@ impl Hooks {
         info: &SessionInfo,
         credentials: Credentials,
     ) -> AuthOutcome {
-        if accounts.knows(&credentials.username) || !self.plugins.has(HookKind::Auth) {
+        let plugins = self.plugins();
+        if accounts.knows(&credentials.username) || !plugins.has(HookKind::Auth) {
             // The users file decides for its own accounts (and, with no auth plugin, for
             // everyone: unknown names are checked against a decoy hash, in constant time).
             let checked = credentials.clone();
@@ -88,8 +95,8 @@ impl Hooks {
                 .await
                 .unwrap_or(AuthOutcome::TempFail);
         }
-        let runtime = self.plugins.runtime();
-        for slot in self.plugins.on(HookKind::Auth) {
+        let runtime = plugins.runtime();
+        for slot in plugins.on(HookKind::Auth) {
             let plugin = slot.current();
             let started = Instant::now();
             let outcome = match runtime.authenticate(&plugin, info, &credentials).await {
@@ -130,8 +137,9 @@ impl Hooks {
         let account = info.security.account.clone().unwrap_or_default();
         let ip = info.peer.to_string();
         let usage = self.counters.usage(&account, &ip);
-        let runtime = self.plugins.runtime();
-        for slot in self.plugins.on(HookKind::Rate) {
+        let plugins = self.plugins();
+        let runtime = plugins.runtime();
+        for slot in plugins.on(HookKind::Rate) {
             let plugin = slot.current();
             let started = Instant::now();
             let verdict = match runtime.rate(&plugin, info, envelope, &usage).await {
@@ -152,8 +160,9 @@ impl Hooks {
     }
 
     async fn virus(&self, info: &SessionInfo, message: &Arc<Message>) -> Verdict {
-        let runtime = self.plugins.runtime();
-        for slot in self.plugins.on(HookKind::Virus) {
+        let plugins = self.plugins();
+        let runtime = plugins.runtime();
+        for slot in plugins.on(HookKind::Virus) {
             let plugin = slot.current();
             let started = Instant::now();
             let verdict = match runtime.virus(&plugin, info, message).await {
@@ -185,9 +194,10 @@ impl Hooks {
     }
 
     async fn spam(&self, info: &SessionInfo, message: &Arc<Message>) -> Verdict {
-        let runtime = self.plugins.runtime();
+        let plugins = self.plugins();
+        let runtime = plugins.runtime();
         let mut headers: Vec<Header> = Vec::new();
-        for slot in self.plugins.on(HookKind::Spam) {
+        for slot in plugins.on(HookKind::Spam) {
             let plugin = slot.current();
             let started = Instant::now();
             let verdict = match runtime.spam(&plugin, info, message).await {

@@ -7,6 +7,7 @@
 //! - [`connection`]: the driver between a socket and the sans-IO `Session<P>`.
 //! - [`tls`]: certificates (loaded or self-signed) and the rustls configuration.
 //! - [`accounts`]: the users file, argon2id checks, the mailbox directory.
+//! - [`live`]: the reloadable state (config, TLS, accounts) as one swappable snapshot.
 //! - [`hooks`]: who answers the session's hook points (plugins, in config order).
 //! - [`rate`]: the host's rate counters, passed to the rate hook.
 //! - [`notice`]: messages the server writes itself (the virus notice).
@@ -25,6 +26,7 @@ mod config;
 mod connection;
 mod delivery;
 mod hooks;
+mod live;
 mod notice;
 mod plugin_test;
 mod rate;
@@ -122,6 +124,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => {
             init_logging();
+            let path = config.clone();
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
@@ -137,7 +140,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(server::serve(config)) {
+            match runtime.block_on(server::serve(config, path)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start");

@@ -6,22 +6,23 @@
 //! `Closing` answers 421 to everyone still there. SIGHUP reloads the accounts file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use portcullis_runtime::{PluginSet, Runtime, RuntimeConfig};
-use portcullis_smtp::{Directory, Mx, Settings, Submission};
+use portcullis_smtp::{Mx, Submission};
 use portcullis_spool::{Maildir, Spool};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-use crate::accounts::Accounts;
 use crate::config::{Config, ListenerKind};
 use crate::delivery::{self, Job};
 use crate::hooks::Hooks;
+use crate::live::{self, Live};
 use crate::tls;
 
 /// Where the daemon is in its life.
@@ -37,45 +38,85 @@ pub enum Phase {
 
 /// What every connection shares.
 pub struct Context {
-    /// The validated configuration.
-    pub config: Config,
-    /// What the SMTP core needs to know of it.
-    pub settings: Arc<Settings>,
-    /// Present when a certificate is configured.
-    pub tls: Option<TlsAcceptor>,
+    live: ArcSwap<Live>,
+    /// Where the configuration came from (`None`: the embedded default).
+    config_path: Option<PathBuf>,
     /// The durable queue.
     pub spool: Arc<Spool>,
     /// Local delivery jobs.
     pub deliveries: mpsc::UnboundedSender<Job>,
     /// Who answers hook points.
     pub hooks: Hooks,
-    accounts: RwLock<Arc<Accounts>>,
+    watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
 
 impl Context {
-    /// The current accounts.
-    pub fn accounts(&self) -> Arc<Accounts> {
-        match self.accounts.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+    /// The current generation of the reloadable state; a session keeps the one it got.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// (Re)starts watching the plugin files of the current plugin set.
+    fn watch_plugins(&self) {
+        let watcher = match self.hooks.plugins().watch() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch plugin files; reload them with SIGHUP");
+                None
+            }
+        };
+        match self.watcher.lock() {
+            Ok(mut guard) => *guard = watcher,
+            Err(poisoned) => *poisoned.into_inner() = watcher,
         }
     }
 
-    /// The current accounts, as the directory sessions consult.
-    pub fn directory(&self) -> Arc<dyn Directory> {
-        self.accounts()
-    }
-
-    fn reload_accounts(&self) {
-        match Accounts::load(&self.config.users_file, &self.config.local_domains) {
-            Ok(fresh) => {
-                tracing::info!(accounts = fresh.len(), "accounts reloaded");
-                match self.accounts.write() {
-                    Ok(mut guard) => *guard = Arc::new(fresh),
-                    Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
-                }
+    /// SIGHUP: re-reads the configuration and everything built from it, validates it all,
+    /// and swaps it in only if every part is good. Listeners cannot change this way.
+    async fn reload(self: &Arc<Self>) -> Result<String, String> {
+        let path = self.config_path.clone();
+        let old = self.live();
+        let fresh = tokio::task::spawn_blocking(move || -> Result<(Live, Option<PluginSet>), String> {
+            let mut config = match &path {
+                Some(p) => Config::load(p),
+                None => Config::embedded(),
             }
-            Err(e) => tracing::error!(error = %e, "accounts reload failed; keeping the old accounts"),
+            .map_err(|e| e.to_string())?;
+            config.install_bundled_plugins = false;
+            if let Some(why) = live::unchangeable(&old.config, &config) {
+                return Err(why);
+            }
+            let plugins = if config.plugins == old.config.plugins {
+                None
+            } else {
+                Some(load_plugins(&config).map_err(|e| e.to_string())?)
+            };
+            let live = Live::build(config).map_err(|e| e.to_string())?;
+            Ok((live, plugins))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (live, plugins) = fresh;
+        let summary = format!(
+            "{} account(s), local domains {:?}, tls {}",
+            live.accounts.len(),
+            live.config.local_domains,
+            if live.tls.is_some() { "on" } else { "off" }
+        );
+        self.live.store(Arc::new(live));
+        match plugins {
+            Some(set) => {
+                self.hooks.replace_plugins(Arc::new(set));
+                self.watch_plugins();
+                Ok(format!("{summary}, new plugin set"))
+            }
+            None => {
+                let plugins = Arc::clone(&self.hooks.plugins());
+                let swapped = tokio::task::spawn_blocking(move || plugins.reload(None))
+                    .await
+                    .unwrap_or(0);
+                Ok(format!("{summary}, {swapped} plugin(s) swapped"))
+            }
         }
     }
 }
@@ -117,28 +158,21 @@ pub enum StartError {
 }
 
 /// Checks everything, binds every listener, then serves until SIGTERM/SIGINT has drained.
-pub async fn serve(config: Config) -> Result<(), StartError> {
+pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
         path: data_dir.display().to_string(),
         source,
     })?;
-    let tls = match &config.tls {
-        Some(section) => {
-            if tls::ensure_self_signed(section, &config.server.hostname)? {
-                tracing::info!(cert = %section.cert.display(), key = %section.key.display(), "generated a self-signed certificate");
-            }
-            Some(tls::acceptor(section)?)
-        }
-        None => None,
-    };
-    let accounts = Accounts::load(&config.users_file, &config.local_domains)?;
-    if accounts.is_empty() {
+    let live = Live::build(config)?;
+    let config = &live.config;
+    if live.accounts.is_empty() {
         tracing::warn!(users_file = %config.users_file.display(), "no accounts yet: add one with `portcullis user add NAME --password-stdin`");
     }
+    let data_dir = &config.server.data_dir;
     let spool = Arc::new(Spool::open(&data_dir.join("spool"))?);
     let recovered = spool.list()?;
-    let plugins = Arc::new(load_plugins(&config)?);
+    let plugins = Arc::new(load_plugins(config)?);
     let mail_root = data_dir.join("mail");
     let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
 
@@ -176,27 +210,15 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
 
     let ctx = Arc::new(Context {
-        settings: Arc::new(Settings {
-            hostname: config.server.hostname.clone(),
-            limits: config.session_limits(),
-            tls_available: tls.is_some(),
-        }),
-        tls,
+        live: ArcSwap::from_pointee(live),
+        config_path,
         spool,
         deliveries,
         hooks,
-        accounts: RwLock::new(Arc::new(accounts)),
-        config,
+        watcher: Mutex::new(None),
     });
-
-    // Replacing a plugin file swaps the plugin in, live; the watcher lives as long as this.
-    let _watcher = match plugins.watch() {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch plugin files; reload them with SIGHUP");
-            None
-        }
-    };
+    // Replacing a plugin file swaps the plugin in, live.
+    ctx.watch_plugins();
 
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
@@ -218,15 +240,15 @@ pub async fn serve(config: Config) -> Result<(), StartError> {
     }
     drop(alive_tx);
     tracing::info!(
-        data_dir = %ctx.config.server.data_dir.display(),
+        data_dir = %ctx.live().config.server.data_dir.display(),
         mail = %mail_root.display(),
-        users_file = %ctx.config.users_file.display(),
+        users_file = %ctx.live().config.users_file.display(),
         "ready"
     );
     crate::sd_notify::ready();
 
     wait_for_stop(&ctx).await;
-    let drain = ctx.config.server.drain_timeout.0;
+    let drain = ctx.live().config.server.drain_timeout.0;
     tracing::info!(drain_timeout = ?drain, "shutting down: no new connections, finishing open transactions");
     crate::sd_notify::stopping();
     let _ = phase_tx.send(Phase::Draining);
@@ -276,7 +298,7 @@ pub fn load_plugins(config: &Config) -> Result<PluginSet, StartError> {
 /// the pool (and fail with the plugin's on-error policy if it stays full).
 const PLUGIN_INSTANCES: u32 = 256;
 
-async fn wait_for_stop(ctx: &Context) {
+async fn wait_for_stop(ctx: &Arc<Context>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -294,10 +316,14 @@ async fn wait_for_stop(ctx: &Context) {
                 _ = int.recv() => return,
                 _ = hup.recv() => {
                     crate::sd_notify::reloading();
-                    ctx.reload_accounts();
-                    let plugins = Arc::clone(ctx.hooks.plugins());
-                    let swapped = tokio::task::spawn_blocking(move || plugins.reload(None)).await.unwrap_or(0);
-                    tracing::info!(swapped, "plugins reloaded");
+                    match ctx.reload().await {
+                        Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+                        Err(e) => {
+                            // One log line per event: fold the parser's multi-line report.
+                            let e = e.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
+                            tracing::error!(error = %e, "reload refused; the running configuration stays")
+                        }
+                    }
                     crate::sd_notify::ready();
                 }
             }

@@ -92,7 +92,7 @@ impl OnError {
 }
 
 /// One `[[plugin]]` entry, validated.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PluginSpec {
     /// A name for logs (default: the file's stem).
     pub name: String,

@@ -1,0 +1,72 @@
+//! What a reload may change, as one immutable snapshot: the configuration and what is built
+//! from it (session settings, TLS acceptor, accounts). A session takes the snapshot current
+//! when it is accepted and keeps it to its end, so a reload never changes the rules (or the
+//! certificate) under an open session; new sessions get the new snapshot.
+
+use std::sync::Arc;
+
+use portcullis_smtp::Settings;
+use tokio_rustls::TlsAcceptor;
+
+use crate::accounts::Accounts;
+use crate::config::Config;
+use crate::server::StartError;
+use crate::tls;
+
+/// One generation of the reloadable state.
+pub struct Live {
+    /// The validated configuration.
+    pub config: Config,
+    /// What the SMTP core needs to know of it.
+    pub settings: Arc<Settings>,
+    /// Present when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// The accounts and local domains.
+    pub accounts: Arc<Accounts>,
+}
+
+impl Live {
+    /// Builds a generation from `config`: loads (or generates) the certificate and the
+    /// accounts. Nothing is swapped in if any of it fails.
+    pub fn build(config: Config) -> Result<Live, StartError> {
+        let tls = match &config.tls {
+            Some(section) => {
+                if tls::ensure_self_signed(section, &config.server.hostname)? {
+                    tracing::info!(cert = %section.cert.display(), key = %section.key.display(), "generated a self-signed certificate");
+                }
+                Some(tls::acceptor(section)?)
+            }
+            None => None,
+        };
+        let accounts = Accounts::load(&config.users_file, &config.local_domains)?;
+        let settings = Arc::new(Settings {
+            hostname: config.server.hostname.clone(),
+            limits: config.session_limits(),
+            tls_available: tls.is_some(),
+        });
+        Ok(Live {
+            config,
+            settings,
+            tls,
+            accounts: Arc::new(accounts),
+        })
+    }
+}
+
+/// Why a reload was refused (the running configuration stays).
+pub fn unchangeable(old: &Config, new: &Config) -> Option<String> {
+    let listeners = |c: &Config| -> Vec<(&'static str, std::net::SocketAddr)> {
+        c.listeners.iter().map(|l| (l.kind.name(), l.address)).collect()
+    };
+    if listeners(old) != listeners(new) {
+        return Some(format!(
+            "listeners cannot change on reload (running {:?}, new {:?}); restart to change them",
+            listeners(old),
+            listeners(new)
+        ));
+    }
+    if old.server.data_dir != new.server.data_dir {
+        return Some("server.data-dir cannot change on reload; restart to change it".into());
+    }
+    None
+}
