@@ -121,3 +121,55 @@ fn a_broken_or_unreloadable_config_is_refused_and_the_old_one_stays() {
     assert!(c.cmd("EHLO c").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<x@far.example>").starts_with("250"));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_session_span() {
+    use std::io::BufRead;
+    let setup = Setup::new("");
+    let text = std::fs::read_to_string(setup.config()).expect("config");
+    let text = text.replacen(
+        "drain-timeout = \"3s\"",
+        "drain-timeout = \"3s\"\nlog-format = \"json\"",
+        1,
+    );
+    std::fs::write(setup.config(), text).expect("config");
+    let mut child = std::process::Command::new(binary())
+        .args(["serve", "--config"])
+        .arg(setup.config())
+        .env("PORTCULLIS_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut next_json = || -> serde_json::Value {
+        let line = lines.next().expect("a log line").expect("utf-8");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let mx = loop {
+        let event = next_json();
+        if event["fields"]["message"] == "listening" && event["fields"]["kind"] == "mx" {
+            break event["fields"]["address"]
+                .as_str()
+                .expect("address")
+                .parse()
+                .expect("addr");
+        }
+    };
+    let mut c = Raw::connect(mx);
+    assert!(c.cmd("EHLO json.example").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    let disconnect = loop {
+        let event = next_json();
+        let message = event["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if message.starts_with("disconnect from") {
+            break event;
+        }
+    };
+    assert_eq!(disconnect["span"]["kind"], "mx", "{disconnect}");
+    assert!(disconnect["span"]["id"].is_string(), "{disconnect}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -94,6 +94,21 @@ pub struct ServerSection {
     /// How long SIGTERM waits for open transactions before answering 421. Default: `"30s"`.
     #[serde(default = "default_drain")]
     pub drain_timeout: Span,
+    /// `"text"` (one human-readable line per event) or `"json"` (one JSON object per
+    /// line). Default: `"text"`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    /// Human-readable text.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 fn default_hostname() -> String {
