@@ -101,7 +101,7 @@ fn start(binary: &Path, plugins: bool) -> Daemon {
     std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).expect("key");
     let hash = hash_for(binary, dir.path());
     let mut config = String::from(
-        "[server]\nhostname = \"bench.example.org\"\ndata-dir = \"data\"\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+        "[server]\nhostname = \"bench.example.org\"\ndata-dir = \"data\"\nrun-as-root = true\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:0\"\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:0\"\n\
          [domains]\nlocal = [\"example.org\"]\n[auth]\nusers-file = \"users.toml\"\n",
     );

@@ -44,6 +44,8 @@ impl Setup {
 hostname = "mx.example.org"
 data-dir = "data"
 drain-timeout = "3s"
+# The tests run as root in CI; the daemon refuses that unless told.
+run-as-root = true
 
 [tls]
 cert = "cert.pem"

@@ -10,5 +10,6 @@ mod hostile;
 mod hot_swap;
 mod pipelines;
 mod plugins;
+mod privileges;
 mod service;
 mod shutdown;

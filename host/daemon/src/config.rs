@@ -98,6 +98,12 @@ pub struct ServerSection {
     /// line). Default: `"text"`.
     #[serde(default)]
     pub log_format: LogFormat,
+    /// The unprivileged user to run as once the listeners are bound (when started as
+    /// root). Default: none.
+    pub user: Option<String>,
+    /// Keep running as root after binding when no `user` is set. Default: `false` (refuse).
+    #[serde(default)]
+    pub run_as_root: bool,
 }
 
 /// How log lines are written.
@@ -325,6 +331,8 @@ impl Config {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
         let mut config = Config::parse(EMBEDDED_DEFAULT, "embedded default", &cwd)?;
         config.install_bundled_plugins = true;
+        // For trying Portcullis out, also as root in a container.
+        config.server.run_as_root = true;
         Ok(config)
     }
 

@@ -12,6 +12,7 @@
 //! - [`rate`]: the host's rate counters, passed to the rate hook.
 //! - [`notice`]: messages the server writes itself (the virus notice).
 //! - [`plugin_test`]: `portcullis plugin test`, the filter author's inner loop.
+//! - [`privileges`]: bind as root, then run as the configured user.
 //! - [`sd_notify`]: READY / RELOADING / STOPPING for systemd's `Type=notify`.
 //! - [`delivery`]: from the spool into Maildirs, with retries.
 
@@ -29,6 +30,7 @@ mod hooks;
 mod live;
 mod notice;
 mod plugin_test;
+mod privileges;
 mod rate;
 mod sd_notify;
 mod server;

@@ -23,6 +23,7 @@ use crate::config::{Config, ListenerKind};
 use crate::delivery::{self, Job};
 use crate::hooks::Hooks;
 use crate::live::{self, Live};
+use crate::privileges;
 use crate::tls;
 
 /// Where the daemon is in its life.
@@ -145,6 +146,9 @@ pub enum StartError {
     /// A plugin cannot be loaded.
     #[error("plugin: {0}")]
     Plugin(#[from] portcullis_runtime::LoadError),
+    /// Changing users failed, or the data directory is not usable.
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
     /// A listener cannot bind.
     #[error("cannot listen on {address} ({kind}): {source}")]
     Bind {
@@ -159,23 +163,9 @@ pub enum StartError {
 
 /// Checks everything, binds every listener, then serves until SIGTERM/SIGINT has drained.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
-    let data_dir = &config.server.data_dir;
-    std::fs::create_dir_all(data_dir).map_err(|source| StartError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
+    // As root (if started so): read the certificate and accounts, bind the ports...
     let live = Live::build(config)?;
     let config = &live.config;
-    if live.accounts.is_empty() {
-        tracing::warn!(users_file = %config.users_file.display(), "no accounts yet: add one with `portcullis user add NAME --password-stdin`");
-    }
-    let data_dir = &config.server.data_dir;
-    let spool = Arc::new(Spool::open(&data_dir.join("spool"))?);
-    let recovered = spool.list()?;
-    let plugins = Arc::new(load_plugins(config)?);
-    let mail_root = data_dir.join("mail");
-    let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
-
     let mut bound = Vec::new();
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.address)
@@ -187,6 +177,18 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
             })?;
         bound.push((listener.kind, socket));
     }
+    // ...then become the unprivileged user before touching the data directory.
+    privileges::drop_to(config.server.user.as_deref(), config.server.run_as_root)?;
+    let data_dir = &config.server.data_dir;
+    privileges::check_data_dir(data_dir)?;
+    if live.accounts.is_empty() {
+        tracing::warn!(users_file = %config.users_file.display(), "no accounts yet: add one with `portcullis user add NAME --password-stdin`");
+    }
+    let spool = Arc::new(Spool::open(&data_dir.join("spool"))?);
+    let recovered = spool.list()?;
+    let plugins = Arc::new(load_plugins(config)?);
+    let mail_root = data_dir.join("mail");
+    let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
 
     let deliveries = delivery::start(Arc::clone(&spool), maildir);
     let hooks = Hooks::new(
