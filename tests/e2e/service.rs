@@ -173,3 +173,95 @@ fn json_logs_are_one_object_per_line_with_the_session_span() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{body}"))
+}
+
+#[test]
+fn the_metrics_endpoint_counts_what_happened() {
+    let setup = Setup::new("\n[metrics]\naddress = \"127.0.0.1:0\"\n");
+    let extra = format!(
+        "\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\n",
+        setup.plugin("spam_rules.wasm").display()
+    );
+    let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
+    std::fs::write(setup.config(), config).expect("config");
+    let mut daemon = setup.start();
+    let line = daemon.wait_log("metrics endpoint serving");
+    let address = line
+        .split("address=")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .expect("address");
+    let metrics_addr: std::net::SocketAddr = address.parse().expect("addr");
+
+    let mut m = Raw::connect(daemon.addr("mx"));
+    assert!(m.cmd("EHLO c").starts_with("250"));
+    for _ in 0..2 {
+        assert!(m.cmd("MAIL FROM:<x@far.example>").starts_with("250"));
+        assert!(m.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(m.cmd("DATA").starts_with("354"));
+        assert!(m.cmd("Subject: metered\r\n\r\nhi\r\n.").starts_with("250"));
+    }
+    let mut s = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    assert!(
+        s.cmd(&format!(
+            "AUTH PLAIN {}",
+            base64_plain("alice@example.org", "nope")
+        ))
+        .starts_with("535")
+    );
+    assert!(
+        s.cmd(&format!(
+            "AUTH PLAIN {}",
+            base64_plain("alice@example.org", PASSWORD)
+        ))
+        .starts_with("235")
+    );
+
+    let body = scrape(metrics_addr);
+    assert!(value(&body, "portcullis_sessions_total{listener=\"mx\"}") >= 1.0);
+    assert!(value(&body, "portcullis_sessions_active{listener=\"mx\"}") >= 1.0);
+    assert_eq!(
+        value(
+            &body,
+            "portcullis_messages_total{listener=\"mx\",outcome=\"accepted\",reason=\"\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &body,
+            "portcullis_hook_verdicts_total{hook=\"spam\",plugin=\"spam_rules\",verdict=\"tag\"}"
+        ),
+        2.0
+    );
+    assert!(body.contains("portcullis_plugin_call_seconds"), "{body}");
+    assert_eq!(
+        value(
+            &body,
+            "portcullis_tls_handshakes_total{listener=\"submission\",result=\"ok\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&body, "portcullis_auth_total{result=\"rejected\"}"), 1.0);
+    assert_eq!(value(&body, "portcullis_auth_total{result=\"accepted\"}"), 1.0);
+    assert!(value(&body, "portcullis_queue_messages") >= 0.0);
+    assert!(body.contains("portcullis_queue_oldest_seconds"));
+}

@@ -271,6 +271,14 @@ fn default_on_error() -> String {
     "defer".into()
 }
 
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MetricsSection {
+    /// Where to serve Prometheus metrics (`GET /metrics`). Default: none (off).
+    pub address: Option<SocketAddr>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
@@ -285,6 +293,8 @@ struct RawConfig {
     limits: LimitsSection,
     #[serde(default)]
     plugin: Vec<PluginSection>,
+    #[serde(default)]
+    metrics: MetricsSection,
 }
 
 /// A validated configuration.
@@ -306,6 +316,8 @@ pub struct Config {
     pub limits: LimitsSection,
     /// The plugins, in config order, paths absolute.
     pub plugins: Vec<PluginSpec>,
+    /// `[metrics]`.
+    pub metrics: MetricsSection,
     /// Write the bundled example plugins into `<data-dir>/plugins` when missing (the
     /// embedded default does; a config file never does).
     pub install_bundled_plugins: bool,
@@ -481,6 +493,7 @@ impl Config {
             users_file,
             limits,
             plugins,
+            metrics: raw.metrics,
             install_bundled_plugins: false,
         })
     }

@@ -71,6 +71,19 @@ impl Stream {
     }
 }
 
+/// Runs `f` when dropped: keeps a gauge right however the session ends.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// What a session did, for its closing log line.
 #[derive(Debug, Default)]
 struct Tally {
@@ -87,14 +100,27 @@ pub async fn run<P: Pipeline>(
     mut phase: watch::Receiver<Phase>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let listener: &'static str = match (P::KIND, implicit_tls) {
+        (portcullis_smtp::session::PipelineKind::Mx, _) => "mx",
+        (_, false) => "submission",
+        (_, true) => "submissions",
+    };
+    metrics::counter!("portcullis_sessions_total", "listener" => listener).increment(1);
+    let active = metrics::gauge!("portcullis_sessions_active", "listener" => listener);
+    active.increment(1.0);
+    let _active = scopeguard(move || active.decrement(1.0));
     // This session's rules and certificate, fixed for its whole life (a reload only
     // affects sessions accepted after it).
     let live = ctx.live();
     let mut stream = Stream::Plain(tcp);
     let tls = if implicit_tls {
         match stream.upgrade(&live).await {
-            Ok(info) => Some(info),
+            Ok(info) => {
+                metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "ok").increment(1);
+                Some(info)
+            }
             Err(e) => {
+                metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "failed").increment(1);
                 tracing::info!(error = %e, "TLS handshake failed");
                 return;
             }
@@ -159,7 +185,16 @@ pub async fn run<P: Pipeline>(
                             "discarded cleartext pipelined after STARTTLS (CVE-2011-0411 pattern)"
                         );
                     }
-                    let info = stream.upgrade(&live).await?;
+                    let info = match stream.upgrade(&live).await {
+                        Ok(info) => {
+                            metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "ok").increment(1);
+                            info
+                        }
+                        Err(e) => {
+                            metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "failed").increment(1);
+                            return Err(e);
+                        }
+                    };
                     tracing::info!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
                     session.tls_established(info).map_err(io::Error::other)?;
                 }
@@ -169,12 +204,21 @@ pub async fn run<P: Pipeline>(
                         .hooks
                         .authenticate(Arc::clone(&live.accounts), session.info(), credentials)
                         .await;
-                    match &outcome {
+                    let result = match &outcome {
                         portcullis_smtp::AuthOutcome::Accept { account } => {
-                            tracing::info!(%account, "authenticated")
+                            tracing::info!(%account, "authenticated");
+                            "accepted"
                         }
-                        _ => tracing::warn!(%username, "authentication failed"),
-                    }
+                        portcullis_smtp::AuthOutcome::Reject => {
+                            tracing::warn!(%username, "authentication failed");
+                            "rejected"
+                        }
+                        portcullis_smtp::AuthOutcome::TempFail => {
+                            tracing::warn!(%username, "authentication could not be checked");
+                            "tempfail"
+                        }
+                    };
+                    metrics::counter!("portcullis_auth_total", "result" => result).increment(1);
                     session.resolve_auth(outcome).map_err(io::Error::other)?;
                 }
                 Action::CallHook(hook) => {
@@ -187,10 +231,18 @@ pub async fn run<P: Pipeline>(
                 }
                 Action::Spool(request) => {
                     let result = spool(&ctx, &live, session.info(), request).await;
-                    match &result {
-                        Ok(_) => tally.accepted += 1,
-                        Err(_) => tally.refused += 1,
-                    }
+                    let (outcome, reason) = match &result {
+                        Ok(_) => {
+                            tally.accepted += 1;
+                            ("accepted", "")
+                        }
+                        Err(_) => {
+                            tally.refused += 1;
+                            ("deferred", "spool")
+                        }
+                    };
+                    metrics::counter!("portcullis_messages_total", "listener" => listener, "outcome" => outcome, "reason" => reason)
+                        .increment(1);
                     session.resolve_spool(result).map_err(io::Error::other)?;
                 }
                 Action::Close => {

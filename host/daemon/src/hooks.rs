@@ -41,6 +41,13 @@ fn describe(verdict: &Verdict) -> String {
 }
 
 fn failed(plugin: &LoadedPlugin, hook: HookKind, error: &PluginError) {
+    metrics::counter!(
+        "portcullis_plugin_errors_total",
+        "plugin" => plugin.meta.name.clone(),
+        "hook" => hook.name(),
+        "kind" => error.kind()
+    )
+    .increment(1);
     tracing::warn!(
         plugin = %plugin.meta.name,
         hash = %plugin.meta.hash,
@@ -125,12 +132,23 @@ impl Hooks {
         envelope: Option<&Envelope>,
         message: Option<&Arc<Message>>,
     ) -> Verdict {
-        match (hook, envelope, message) {
+        let verdict = match (hook, envelope, message) {
             (Hook::Rate, Some(envelope), _) => self.rate(info, envelope).await,
             (Hook::Virus, _, Some(message)) => self.virus(info, message).await,
             (Hook::Spam, _, Some(message)) => self.spam(info, message).await,
             _ => Verdict::Accept,
+        };
+        let outcome = match &verdict {
+            Verdict::Reject(_) => Some("refused"),
+            Verdict::Defer(_) => Some("deferred"),
+            Verdict::Discard => Some("discarded"),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics::counter!("portcullis_messages_total", "outcome" => outcome, "reason" => hook.name())
+                .increment(1);
         }
+        verdict
     }
 
     async fn rate(&self, info: &SessionInfo, envelope: &Envelope) -> Verdict {
@@ -290,7 +308,20 @@ fn outcome_name(outcome: &AuthOutcome) -> &'static str {
     }
 }
 
-fn log_verdict(plugin: &LoadedPlugin, hook: &str, verdict: &Verdict, started: Instant) {
+fn log_verdict(plugin: &LoadedPlugin, hook: &'static str, verdict: &Verdict, started: Instant) {
+    let kind = match verdict {
+        Verdict::Accept => "accept",
+        Verdict::Tag(_) => "tag",
+        Verdict::Junk(_) => "junk",
+        Verdict::Reject(_) => "reject",
+        Verdict::Defer(_) => "defer",
+        Verdict::Discard => "discard",
+    };
+    let name = plugin.meta.name.clone();
+    metrics::counter!("portcullis_hook_verdicts_total", "hook" => hook, "plugin" => name.clone(), "verdict" => kind)
+        .increment(1);
+    metrics::histogram!("portcullis_plugin_call_seconds", "hook" => hook, "plugin" => name)
+        .record(started.elapsed().as_secs_f64());
     tracing::info!(
         plugin = %plugin.meta.name,
         hash = %plugin.meta.hash,

@@ -13,6 +13,7 @@
 //! - [`notice`]: messages the server writes itself (the virus notice).
 //! - [`plugin_test`]: `portcullis plugin test`, the filter author's inner loop.
 //! - [`privileges`]: bind as root, then run as the configured user.
+//! - [`metrics`]: the Prometheus endpoint.
 //! - [`sd_notify`]: READY / RELOADING / STOPPING for systemd's `Type=notify`.
 //! - [`delivery`]: from the spool into Maildirs, with retries.
 
@@ -28,6 +29,7 @@ mod connection;
 mod delivery;
 mod hooks;
 mod live;
+mod metrics;
 mod notice;
 mod plugin_test;
 mod privileges;

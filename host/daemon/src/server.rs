@@ -222,6 +222,19 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     // Replacing a plugin file swaps the plugin in, live.
     ctx.watch_plugins();
 
+    if let Some(address) = ctx.live().config.metrics.address {
+        match crate::metrics::serve(address, Arc::clone(&ctx.spool)).await {
+            Ok(bound) => tracing::info!(address = %bound, "metrics endpoint serving GET /metrics"),
+            Err(source) => {
+                return Err(StartError::Bind {
+                    address,
+                    kind: "metrics",
+                    source,
+                });
+            }
+        }
+    }
+
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (alive_tx, mut alive_rx) = mpsc::channel::<()>(1);
     let mut acceptors: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -319,10 +332,14 @@ async fn wait_for_stop(ctx: &Arc<Context>) {
                 _ = hup.recv() => {
                     crate::sd_notify::reloading();
                     match ctx.reload().await {
-                        Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+                        Ok(summary) => {
+                            metrics::counter!("portcullis_reloads_total", "result" => "ok").increment(1);
+                            tracing::info!(%summary, "configuration reloaded")
+                        }
                         Err(e) => {
                             // One log line per event: fold the parser's multi-line report.
                             let e = e.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
+                            metrics::counter!("portcullis_reloads_total", "result" => "refused").increment(1);
                             tracing::error!(error = %e, "reload refused; the running configuration stays")
                         }
                     }

@@ -1,0 +1,81 @@
+//! The Prometheus endpoint (`[metrics] address`, off by default): counters and gauges the
+//! daemon records through the `metrics` facade, rendered on `GET /metrics`.
+//!
+//! Families: `portcullis_sessions_total` and `portcullis_sessions_active` by listener,
+//! `portcullis_messages_total` by outcome and reason, `portcullis_hook_verdicts_total` and
+//! `portcullis_plugin_call_seconds` by hook and plugin, `portcullis_plugin_errors_total` by
+//! plugin and kind, `portcullis_queue_messages` and `portcullis_queue_oldest_seconds`,
+//! `portcullis_tls_handshakes_total` by listener and result, `portcullis_auth_total` by
+//! result, `portcullis_reloads_total` by result.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use portcullis_spool::Spool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Installs the recorder and serves it; returns the bound address.
+pub async fn serve(address: SocketAddr, spool: Arc<Spool>) -> std::io::Result<SocketAddr> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let listener = TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (handle, spool) = (handle.clone(), Arc::clone(&spool));
+            tokio::spawn(async move {
+                let mut request = Vec::with_capacity(1024);
+                let mut buf = [0u8; 1024];
+                // Read the request head (bounded); the body, if any, is ignored.
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await
+                    {
+                        Ok(Ok(n)) if n > 0 => request.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let response = if request.starts_with(b"GET /metrics ")
+                    || request.starts_with(b"GET /metrics?")
+                {
+                    let body = render(&handle, &spool).await;
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                };
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// The gauges read at scrape time (queue size and age), then everything recorded.
+async fn render(handle: &PrometheusHandle, spool: &Arc<Spool>) -> String {
+    let spool = Arc::clone(spool);
+    let ids = tokio::task::spawn_blocking(move || spool.list().unwrap_or_default())
+        .await
+        .unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    let oldest = ids
+        .iter()
+        .filter_map(|id| u128::from_str_radix(&id.as_str()[..14], 16).ok())
+        .min()
+        .map_or(0.0, |micros| now.saturating_sub(micros) as f64 / 1e6);
+    metrics::gauge!("portcullis_queue_messages").set(ids.len() as f64);
+    metrics::gauge!("portcullis_queue_oldest_seconds").set(oldest);
+    handle.render()
+}
