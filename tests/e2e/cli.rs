@@ -60,3 +60,50 @@ fn user_add_writes_an_argon2id_hash_and_refuses_foreign_domains() {
         .expect("run");
     assert!(!out.status.success());
 }
+
+#[test]
+fn check_config_reports_every_problem_at_once() {
+    let setup = Setup::new("");
+    let path = setup.dir.path().join("many.toml");
+    std::fs::write(
+        &path,
+        "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"a/b\"]\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:1\"\n\
+         [limits]\nrecipients = 0\n[[plugin]]\nhook = \"antivirus\"\npath = \"x.wasm\"\n",
+    )
+    .expect("write");
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "listener[0].kind",
+        "domains.local",
+        "limits.recipients",
+        "plugin[0].hook",
+    ] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+
+    // A well-formed file whose certificate is missing and whose plugin is of the wrong world.
+    let text = std::fs::read_to_string(setup.config()).expect("config")
+        + &format!(
+            "\n[[plugin]]\nhook = \"virus\"\npath = \"{}\"\n",
+            built_plugin("spam_rules.wasm").display()
+        );
+    let text = text.replacen("cert = \"cert.pem\"", "cert = \"missing.pem\"", 1);
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing.pem") && err.contains("virus-plugin") && err.contains("2 problem(s)"),
+        "{err}"
+    );
+}

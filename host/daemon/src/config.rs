@@ -34,6 +34,9 @@ pub enum ConfigError {
         /// What the parser said, with line and column.
         message: String,
     },
+    /// More than one problem, each on its own line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
     /// The values parse but do not make a working server.
     #[error("{origin}: {key}: {message}")]
     Invalid {
@@ -359,10 +362,12 @@ impl Config {
             key: key.to_string(),
             message,
         };
+        // Every problem is collected, so that one check-config run reports them all.
+        let mut problems: Vec<ConfigError> = Vec::new();
         let mut server = raw.server;
         server.data_dir = base.join(&server.data_dir);
         if server.hostname.is_empty() || server.hostname.contains(char::is_whitespace) {
-            return Err(invalid(
+            problems.push(invalid(
                 "server.hostname",
                 "must be a host name without spaces".into(),
             ));
@@ -373,11 +378,11 @@ impl Config {
             t
         });
         if raw.listener.is_empty() {
-            return Err(invalid("listener", "at least one [[listener]] is needed".into()));
+            problems.push(invalid("listener", "at least one [[listener]] is needed".into()));
         }
         for (i, l) in raw.listener.iter().enumerate() {
             if l.kind != ListenerKind::Mx && tls.is_none() {
-                return Err(invalid(
+                problems.push(invalid(
                     &format!("listener[{i}].kind"),
                     format!(
                         "a {} listener needs a [tls] section: submission is never cleartext",
@@ -386,7 +391,7 @@ impl Config {
                 ));
             }
             if l.address.port() != 0 && raw.listener[..i].iter().any(|o| o.address == l.address) {
-                return Err(invalid(
+                problems.push(invalid(
                     &format!("listener[{i}].address"),
                     format!("{} is listed twice", l.address),
                 ));
@@ -394,7 +399,7 @@ impl Config {
         }
         let local_domains: Vec<String> = raw.domains.local.iter().map(|d| d.to_ascii_lowercase()).collect();
         if local_domains.is_empty() {
-            return Err(invalid(
+            problems.push(invalid(
                 "domains.local",
                 "at least one local domain is needed".into(),
             ));
@@ -403,29 +408,29 @@ impl Config {
             .iter()
             .find(|d| d.is_empty() || d.contains(['@', ' ', '/']))
         {
-            return Err(invalid("domains.local", format!("{bad:?} is not a domain name")));
+            problems.push(invalid("domains.local", format!("{bad:?} is not a domain name")));
         }
         let limits = raw.limits;
         if limits.recipients == 0 {
-            return Err(invalid(
+            problems.push(invalid(
                 "limits.recipients",
                 "must be at least 1 (RFC 5321 asks for 100)".into(),
             ));
         }
         if limits.line_length < 80 {
-            return Err(invalid(
+            problems.push(invalid(
                 "limits.line-length",
                 "must be at least 80 (RFC 5321 asks for 1000)".into(),
             ));
         }
         if limits.message_size.as_u64() == 0 || limits.message_size.as_u64() > usize::MAX as u64 {
-            return Err(invalid(
+            problems.push(invalid(
                 "limits.message-size",
                 "must be a positive size such as \"25MiB\"".into(),
             ));
         }
         if limits.errors == 0 || limits.auth_failures == 0 {
-            return Err(invalid(
+            problems.push(invalid(
                 "limits",
                 "errors and auth-failures must be at least 1".into(),
             ));
@@ -437,42 +442,54 @@ impl Config {
         let mut plugins = Vec::new();
         for (i, p) in raw.plugin.into_iter().enumerate() {
             let key = |k: &str| format!("plugin[{i}].{k}");
-            let hook = HookKind::parse(&p.hook).ok_or_else(|| {
-                invalid(
+            let before = problems.len();
+            let hook = HookKind::parse(&p.hook);
+            if hook.is_none() {
+                problems.push(invalid(
                     &key("hook"),
                     format!(
                         "{:?} is not one of \"auth\", \"rate\", \"virus\", \"spam\"",
                         p.hook
                     ),
-                )
-            })?;
-            let on_error = OnError::parse(&p.on_error).ok_or_else(|| {
-                invalid(
+                ));
+            }
+            let on_error = OnError::parse(&p.on_error);
+            if on_error.is_none() {
+                problems.push(invalid(
                     &key("on-error"),
                     format!("{:?} is not one of \"defer\", \"accept\", \"reject\"", p.on_error),
-                )
-            })?;
-            if hook == HookKind::Auth && on_error == OnError::Accept {
-                return Err(invalid(
+                ));
+            }
+            if hook == Some(HookKind::Auth) && on_error == Some(OnError::Accept) {
+                problems.push(invalid(
                     &key("on-error"),
                     "an auth plugin that fails must never let a client in".into(),
                 ));
             }
             if p.timeout.0.is_zero() {
-                return Err(invalid(&key("timeout"), "must be more than zero".into()));
+                problems.push(invalid(&key("timeout"), "must be more than zero".into()));
             }
             if p.memory.as_u64() < (1 << 20) || p.memory.as_u64() > (4 << 30) {
-                return Err(invalid(&key("memory"), "must be between 1MiB and 4GiB".into()));
+                problems.push(invalid(&key("memory"), "must be between 1MiB and 4GiB".into()));
+            }
+            let config = match serde_json::to_value(&p.config) {
+                Ok(serde_json::Value::Object(map)) => Some(map),
+                _ => {
+                    problems.push(invalid(&key("config"), "must be a table".into()));
+                    None
+                }
+            };
+            let (Some(hook), Some(on_error), Some(config)) = (hook, on_error, config) else {
+                continue;
+            };
+            if problems.len() > before {
+                continue;
             }
             let path = base.join(&p.path);
             let name = p.name.unwrap_or_else(|| {
                 path.file_stem()
                     .map_or_else(|| format!("plugin{i}"), |s| s.to_string_lossy().into_owned())
             });
-            let config = match serde_json::to_value(&p.config) {
-                Ok(serde_json::Value::Object(map)) => map,
-                _ => return Err(invalid(&key("config"), "must be a table".into())),
-            };
             plugins.push(PluginSpec {
                 name,
                 hook,
@@ -483,6 +500,11 @@ impl Config {
                 config,
                 grant_dir: p.grant_dir.map(|d| base.join(d)),
             });
+        }
+        match problems.len() {
+            0 => {}
+            1 => return Err(problems.remove(0)),
+            _ => return Err(ConfigError::Several(problems)),
         }
         Ok(Config {
             origin: origin.to_string(),

@@ -102,15 +102,41 @@ fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
     }
 }
 
-/// What check-config verifies beyond the file itself: the certificate and the accounts.
-fn check_files(c: &Config) -> Result<accounts::Accounts, String> {
+/// What check-config verifies beyond the file itself: the certificate, the accounts and
+/// every plugin (compiled and type-checked against its world). Every problem is reported.
+fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
+    let mut problems = Vec::new();
     if let Some(section) = &c.tls {
         let will_generate = section.self_signed && !section.cert.exists() && !section.key.exists();
-        if !will_generate {
-            tls::acceptor(section).map_err(|e| format!("tls: {e}"))?;
+        if !will_generate && let Err(e) = tls::acceptor(section) {
+            problems.push(format!("tls: {e}"));
         }
     }
-    accounts::Accounts::load(&c.users_file, &c.local_domains).map_err(|e| format!("auth.users-file: {e}"))
+    let accounts = accounts::Accounts::load(&c.users_file, &c.local_domains)
+        .map_err(|e| problems.push(format!("auth.users-file: {e}")))
+        .ok();
+    if !c.plugins.is_empty() && !c.install_bundled_plugins {
+        let max_memory = c.plugins.iter().map(|p| p.memory).max().unwrap_or(1 << 20);
+        let config = portcullis_runtime::RuntimeConfig {
+            max_memory,
+            instances: 4,
+            cache_dir: None,
+        };
+        match portcullis_runtime::Runtime::new(&config) {
+            Ok(runtime) => {
+                for (i, spec) in c.plugins.iter().enumerate() {
+                    if let Err(e) = runtime.load(std::sync::Arc::new(spec.clone())) {
+                        problems.push(format!("plugin[{i}] ({}): {e}", spec.name));
+                    }
+                }
+            }
+            Err(e) => problems.push(format!("plugins: {e}")),
+        }
+    }
+    match accounts {
+        Some(a) if problems.is_empty() => Ok(a),
+        _ => Err(problems),
+    }
 }
 
 fn init_logging(format: config::LogFormat) {
@@ -163,16 +189,20 @@ fn main() -> ExitCode {
             Ok(c) => match check_files(&c) {
                 Ok(a) => {
                     println!(
-                        "{}: OK ({} listener(s), local domains {:?}, {} account(s))",
+                        "{}: OK ({} listener(s), local domains {:?}, {} account(s), {} plugin(s))",
                         c.origin,
                         c.listeners.len(),
                         c.local_domains,
-                        a.len()
+                        a.len(),
+                        c.plugins.len()
                     );
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("{}: {e}", c.origin);
+                Err(problems) => {
+                    for problem in &problems {
+                        eprintln!("{}: {problem}", c.origin);
+                    }
+                    eprintln!("{}: {} problem(s)", c.origin, problems.len());
                     ExitCode::FAILURE
                 }
             },
