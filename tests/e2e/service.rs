@@ -265,3 +265,56 @@ fn the_metrics_endpoint_counts_what_happened() {
     assert!(value(&body, "portcullis_queue_messages") >= 0.0);
     assert!(body.contains("portcullis_queue_oldest_seconds"));
 }
+
+#[test]
+fn sockets_passed_by_socket_activation_are_used() {
+    use std::io::BufRead;
+    let setup = Setup::new("");
+    // A launcher in the manner of systemd: bind, put the socket at fd 3, set LISTEN_FDS and
+    // LISTEN_PID, exec the daemon (which keeps the pid).
+    let launcher = r#"
+import os, socket, sys
+binary, config = sys.argv[1], sys.argv[2]
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+port = s.getsockname()[1]
+text = open(config).read().replace('address = "127.0.0.1:0"', 'address = "127.0.0.1:%d"' % port, 1)
+open(config, "w").write(text)
+os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(binary, [binary, "serve", "--config", config])
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", launcher, binary()])
+        .arg(setup.config())
+        .env("PORTCULLIS_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("launcher");
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut passed = None;
+    for line in lines.by_ref() {
+        let line = line.expect("log");
+        if line.contains("using a socket passed by the service manager") {
+            passed = line
+                .split("address=")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .map(str::to_string);
+        }
+        if line.contains(" ready data_dir=") {
+            break;
+        }
+    }
+    let address: std::net::SocketAddr = passed
+        .expect("the passed socket was used")
+        .parse()
+        .expect("address");
+    let mut c = Raw::connect(address);
+    assert!(c.cmd("EHLO activated.example").starts_with("250"));
+    let _ = child.kill();
+    let _ = child.wait();
+}

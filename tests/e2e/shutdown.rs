@@ -55,4 +55,16 @@ fn silent_clients_time_out_with_421() {
     // Say nothing: the server must give up, say why, and close.
     assert!(c.reply().starts_with("421 4.4.2"));
     assert!(c.until_closed().is_some());
+
+    // Nor can a client hold an implicit-TLS connection by never starting the handshake.
+    use std::io::Read;
+    let mut silent = TcpStream::connect(daemon.addr("submissions")).expect("connect");
+    silent.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut buf = [0u8; 16];
+    let closed = match silent.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    };
+    assert!(closed, "the server closes a connection that never starts TLS");
 }

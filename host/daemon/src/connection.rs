@@ -53,7 +53,8 @@ impl Stream {
         };
     }
 
-    /// Runs the server handshake over the plain socket.
+    /// Runs the server handshake over the plain socket, within the command timeout (a
+    /// client that opens a connection and says nothing must not hold it forever).
     async fn upgrade(&mut self, live: &Live) -> io::Result<portcullis_smtp::session::TlsInfo> {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
             return Err(io::Error::other(
@@ -64,7 +65,10 @@ impl Stream {
             .tls
             .as_ref()
             .ok_or_else(|| io::Error::other("TLS requested without a certificate"))?;
-        let tls = acceptor.accept(tcp).await?;
+        let limit = live.config.limits.command_timeout.0;
+        let tls = tokio::time::timeout(limit, acceptor.accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let info = tls::info(tls.get_ref().1);
         *self = Stream::Tls(Box::new(tls));
         Ok(info)
@@ -136,7 +140,8 @@ pub async fn run<P: Pipeline>(
         tls,
     );
     let mut out = Vec::with_capacity(1024);
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small enough that thousands of idle sessions stay cheap; content arrives in chunks.
+    let mut buf = vec![0u8; 16 * 1024];
     let mut tally = Tally::default();
     let result: io::Result<()> = async {
         loop {

@@ -166,16 +166,32 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     // As root (if started so): read the certificate and accounts, bind the ports...
     let live = Live::build(config)?;
     let config = &live.config;
+    let mut inherited = inherited_sockets();
     let mut bound = Vec::new();
     for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .map_err(|source| StartError::Bind {
-                address: listener.address,
-                kind: listener.kind.name(),
-                source,
-            })?;
+        let bind_error = |source| StartError::Bind {
+            address: listener.address,
+            kind: listener.kind.name(),
+            source,
+        };
+        // A socket passed by the service manager (socket activation) for this address is
+        // used as it is; any other address is bound here.
+        let socket = match inherited
+            .iter()
+            .position(|(address, _)| *address == listener.address)
+        {
+            Some(i) => {
+                let (_, socket) = inherited.swap_remove(i);
+                socket.set_nonblocking(true).map_err(bind_error)?;
+                tracing::info!(kind = listener.kind.name(), address = %listener.address, "using a socket passed by the service manager");
+                TcpListener::from_std(socket).map_err(bind_error)?
+            }
+            None => TcpListener::bind(listener.address).await.map_err(bind_error)?,
+        };
         bound.push((listener.kind, socket));
+    }
+    for (address, _) in inherited {
+        tracing::warn!(%address, "a socket passed by the service manager matches no [[listener]]; closing it");
     }
     // ...then become the unprivileged user before touching the data directory.
     privileges::drop_to(config.server.user.as_deref(), config.server.run_as_root)?;
@@ -278,6 +294,25 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Listening TCP sockets passed by systemd socket activation (`LISTEN_FDS`), by address.
+fn inherited_sockets() -> Vec<(SocketAddr, std::net::TcpListener)> {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut sockets = Vec::new();
+    for index in 0..fds.len() {
+        match fds.take_tcp_listener(index) {
+            Ok(Some(socket)) => match socket.local_addr() {
+                Ok(address) => sockets.push((address, socket)),
+                Err(e) => tracing::warn!(index, error = %e, "ignoring a passed socket without an address"),
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(index, error = %e, "ignoring a passed file descriptor that is not a TCP listener")
+            }
+        }
+    }
+    sockets
 }
 
 /// Builds the Wasm engine and loads every configured plugin (installing the bundled
