@@ -197,8 +197,9 @@ fn value(body: &str, series: &str) -> f64 {
 fn the_metrics_endpoint_counts_what_happened() {
     let setup = Setup::new("\n[metrics]\naddress = \"127.0.0.1:0\"\n");
     let extra = format!(
-        "\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\n",
-        setup.plugin("spam_rules.wasm").display()
+        "\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\n\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\non-error = \"accept\"\n[plugin.config]\nmode = \"trap\"\n",
+        setup.plugin("spam_rules.wasm").display(),
+        setup.plugin("hostile.wasm").display()
     );
     let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
     std::fs::write(setup.config(), config).expect("config");
@@ -235,6 +236,8 @@ fn the_metrics_endpoint_counts_what_happened() {
         .starts_with("235")
     );
 
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded");
     let body = scrape(metrics_addr);
     assert!(value(&body, "portcullis_sessions_total{listener=\"mx\"}") >= 1.0);
     assert!(value(&body, "portcullis_sessions_active{listener=\"mx\"}") >= 1.0);
@@ -262,6 +265,14 @@ fn the_metrics_endpoint_counts_what_happened() {
     );
     assert_eq!(value(&body, "portcullis_auth_total{result=\"rejected\"}"), 1.0);
     assert_eq!(value(&body, "portcullis_auth_total{result=\"accepted\"}"), 1.0);
+    assert_eq!(
+        value(
+            &body,
+            "portcullis_plugin_errors_total{plugin=\"hostile\",hook=\"spam\",kind=\"trap\"}"
+        ),
+        2.0
+    );
+    assert_eq!(value(&body, "portcullis_reloads_total{result=\"ok\"}"), 1.0);
     assert!(value(&body, "portcullis_queue_messages") >= 0.0);
     assert!(body.contains("portcullis_queue_oldest_seconds"));
 }
