@@ -103,6 +103,41 @@ fn submissions_with_implicit_tls_and_login_delivers_exact_bytes() {
         .expect("spool")
         .count();
     assert_eq!(queued, 1);
+
+    // The operator sees it, and can remove it.
+    let list = std::process::Command::new(binary())
+        .args(["queue", "list", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("queue list");
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("-> bob@far.example") && text.contains("1 message(s) queued"),
+        "{text}"
+    );
+    let id = text.split_whitespace().next().expect("an id").to_string();
+    let removed = std::process::Command::new(binary())
+        .args(["queue", "remove", &id, "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("queue remove");
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert_eq!(
+        std::fs::read_dir(setup.data().join("spool/queue"))
+            .expect("spool")
+            .count(),
+        0
+    );
+    let again = std::process::Command::new(binary())
+        .args(["queue", "remove", &id, "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("queue remove");
+    assert!(!again.status.success());
 }
 
 #[test]

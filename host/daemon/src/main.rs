@@ -14,6 +14,7 @@
 //! - [`plugin_test`]: `portcullis plugin test`, the filter author's inner loop.
 //! - [`privileges`]: bind as root, then run as the configured user.
 //! - [`metrics`]: the Prometheus endpoint.
+//! - [`queue_cmd`]: `portcullis queue list | remove`.
 //! - [`sd_notify`]: READY / RELOADING / STOPPING for systemd's `Type=notify`.
 //! - [`delivery`]: from the spool into Maildirs, with retries.
 
@@ -33,6 +34,7 @@ mod metrics;
 mod notice;
 mod plugin_test;
 mod privileges;
+mod queue_cmd;
 mod rate;
 mod sd_notify;
 mod server;
@@ -71,6 +73,25 @@ enum Command {
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
+    },
+    /// Look at the spool.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+        /// The configuration file naming the data directory (default: the embedded default).
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum QueueCommand {
+    /// List queued messages: id, age, size, sender, recipients still pending.
+    List,
+    /// Remove a message from the queue for good.
+    Remove {
+        /// The queue id, as `queue list` shows it.
+        id: String,
     },
 }
 
@@ -214,6 +235,21 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => ExitCode::from(plugin_test::run(args)),
+        Command::Queue { command, config } => {
+            let result = load(config.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|c| match command {
+                    QueueCommand::List => queue_cmd::list(&c),
+                    QueueCommand::Remove { id } => queue_cmd::remove(&c, &id),
+                });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis queue: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::User {
             command: UserCommand::Add { name, config, .. },
         } => {
