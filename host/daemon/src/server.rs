@@ -143,6 +143,9 @@ pub enum StartError {
     /// The spool cannot be opened.
     #[error(transparent)]
     Spool(#[from] portcullis_spool::SpoolError),
+    /// The signal handlers cannot be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
     /// A plugin cannot be loaded.
     #[error("plugin: {0}")]
     Plugin(#[from] portcullis_runtime::LoadError),
@@ -163,6 +166,7 @@ pub enum StartError {
 
 /// Checks everything, binds every listener, then serves until SIGTERM/SIGINT has drained.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
+    let signals = Signals::install().map_err(StartError::Signals)?;
     // As root (if started so): read the certificate and accounts, bind the ports...
     let live = Live::build(config)?;
     let config = &live.config;
@@ -278,7 +282,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     );
     crate::sd_notify::ready();
 
-    wait_for_stop(&ctx).await;
+    wait_for_stop(&ctx, signals).await;
     let drain = ctx.live().config.server.drain_timeout.0;
     tracing::info!(drain_timeout = ?drain, "shutting down: no new connections, finishing open transactions");
     crate::sd_notify::stopping();
@@ -348,45 +352,48 @@ pub fn load_plugins(config: &Config) -> Result<PluginSet, StartError> {
 /// the pool (and fail with the plugin's on-error policy if it stays full).
 const PLUGIN_INSTANCES: u32 = 256;
 
-async fn wait_for_stop(ctx: &Arc<Context>) {
-    #[cfg(unix)]
-    {
+/// The signals the daemon answers, installed before it reports ready: a SIGHUP sent the
+/// moment the service manager hears READY must reload, not kill (its default action).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        loop {
-            tokio::select! {
-                _ = term.recv() => return,
-                _ = int.recv() => return,
-                _ = hup.recv() => {
-                    crate::sd_notify::reloading();
-                    match ctx.reload().await {
-                        Ok(summary) => {
-                            metrics::counter!("portcullis_reloads_total", "result" => "ok").increment(1);
-                            tracing::info!(%summary, "configuration reloaded")
-                        }
-                        Err(e) => {
-                            // One log line per event: fold the parser's multi-line report.
-                            let e = e.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
-                            metrics::counter!("portcullis_reloads_total", "result" => "refused").increment(1);
-                            tracing::error!(error = %e, "reload refused; the running configuration stays")
-                        }
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Serves SIGHUP reloads until SIGTERM or SIGINT.
+async fn wait_for_stop(ctx: &Arc<Context>, mut signals: Signals) {
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => return,
+            _ = signals.int.recv() => return,
+            _ = signals.hup.recv() => {
+                crate::sd_notify::reloading();
+                match ctx.reload().await {
+                    Ok(summary) => {
+                        metrics::counter!("portcullis_reloads_total", "result" => "ok").increment(1);
+                        tracing::info!(%summary, "configuration reloaded")
                     }
-                    crate::sd_notify::ready();
+                    Err(e) => {
+                        // One log line per event: fold the parser's multi-line report.
+                        let e = e.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
+                        metrics::counter!("portcullis_reloads_total", "result" => "refused").increment(1);
+                        tracing::error!(error = %e, "reload refused; the running configuration stays")
+                    }
                 }
+                crate::sd_notify::ready();
             }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctx;
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
