@@ -1,14 +1,11 @@
 //! One hook call per example plugin, fresh instance included (what every message pays).
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_bench::{message, session};
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
-use portcullis_runtime::builtin::BUILD_DIR;
-use portcullis_runtime::{HookKind, OnError, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_runtime::{HookKind, PluginSpec, Runtime, RuntimeConfig};
 use portcullis_smtp::command::Mechanism;
 use portcullis_smtp::session::{Credentials, PipelineKind};
 
@@ -16,16 +13,7 @@ fn spec(file: &str, hook: HookKind, config: serde_json::Value) -> Arc<PluginSpec
     let serde_json::Value::Object(config) = config else {
         unreachable!("the configs below are objects");
     };
-    Arc::new(PluginSpec {
-        name: file.into(),
-        hook,
-        path: PathBuf::from(BUILD_DIR).join(file),
-        timeout: Duration::from_secs(5),
-        memory: 128 << 20,
-        on_error: OnError::Defer,
-        config,
-        grant_dir: None,
-    })
+    portcullis_bench::spec(file, hook, config)
 }
 
 fn hooks(c: &mut Criterion) {

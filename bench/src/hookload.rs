@@ -5,26 +5,15 @@
 //!
 //! Usage: `hookload [--workers W] [--tasks T] [--calls N]`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use portcullis_bench::{message, session};
-use portcullis_runtime::builtin::BUILD_DIR;
-use portcullis_runtime::{HookKind, OnError, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_runtime::{HookKind, PluginSpec, Runtime, RuntimeConfig};
 use portcullis_smtp::session::PipelineKind;
 
 fn spec(file: &str, hook: HookKind) -> Arc<PluginSpec> {
-    Arc::new(PluginSpec {
-        name: file.into(),
-        hook,
-        path: PathBuf::from(BUILD_DIR).join(file),
-        timeout: Duration::from_secs(5),
-        memory: 128 << 20,
-        on_error: OnError::Defer,
-        config: serde_json::Map::new(),
-        grant_dir: None,
-    })
+    portcullis_bench::spec(file, hook, serde_json::Map::new())
 }
 
 fn cpu_seconds() -> f64 {

@@ -8,7 +8,12 @@
 //!   submission paths, with the four example plugins on and off, side by side in one run.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_runtime::builtin::BUILD_DIR;
+use portcullis_runtime::{HookKind, OnError, PluginSpec};
 
 use portcullis_smtp::envelope::{MailParams, Recipient};
 use portcullis_smtp::session::{Greeting, PipelineKind, Security, SessionInfo};
@@ -61,4 +66,22 @@ pub fn session(pipeline: PipelineKind) -> SessionInfo {
             account: (pipeline == PipelineKind::Submission).then(|| "alice@example.org".to_string()),
         },
     }
+}
+
+/// A spec for one of the plugins the build script built, with the daemon's defaults.
+pub fn spec(
+    file: &str,
+    hook: HookKind,
+    config: serde_json::Map<String, serde_json::Value>,
+) -> Arc<PluginSpec> {
+    Arc::new(PluginSpec {
+        name: file.into(),
+        hook,
+        path: PathBuf::from(BUILD_DIR).join(file),
+        timeout: Duration::from_secs(5),
+        memory: 128 << 20,
+        on_error: OnError::Defer,
+        config,
+        grant_dir: None,
+    })
 }
