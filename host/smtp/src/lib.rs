@@ -15,10 +15,13 @@
 //! - [`session`]: the state machine, generic over the two fixed pipelines
 //!   ([`Mx`] and [`Submission`]), stopping at named states for the host.
 //! - [`received`]: the `Received:` trace header.
+//! - [`client`]: the other side: reply parser, EHLO extensions, our commands and
+//!   dot-stuffing for outbound delivery.
 
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod envelope;
