@@ -114,7 +114,11 @@ fn assemble(code: u16, lines: Vec<String>) -> Reply {
         .map(|l| match enhanced {
             Some(e) => {
                 let prefix = e.to_string();
-                Cow::Owned(l.strip_prefix(&prefix).map_or(l.as_str(), str::trim_start).to_string())
+                Cow::Owned(
+                    l.strip_prefix(&prefix)
+                        .map_or(l.as_str(), str::trim_start)
+                        .to_string(),
+                )
             }
             None => Cow::Borrowed(l.as_str()),
         })
@@ -379,7 +383,10 @@ mod tests {
         assert_eq!(replies.len(), 4);
         assert_eq!(replies[0], Reply::new(220, None, "mx.example ESMTP"));
         assert_eq!(replies[1].text, "mx.example\nPIPELINING\nSIZE 1000");
-        assert_eq!(replies[2], Reply::new(550, Some(Enhanced(5, 1, 1)), "no such user"));
+        assert_eq!(
+            replies[2],
+            Reply::new(550, Some(Enhanced(5, 1, 1)), "no such user")
+        );
         assert_eq!(replies[3], Reply::new(451, Some(Enhanced(4, 3, 0)), "try later"));
     }
 
@@ -471,7 +478,10 @@ mod tests {
         );
         let none = Extensions::default();
         assert_eq!(mail_command(&env, &none, 42), "MAIL FROM:<alice@example.org>\r\n");
-        assert_eq!(rcpt_command(&env.recipients[0], &none), "RCPT TO:<bob@example.net>\r\n");
+        assert_eq!(
+            rcpt_command(&env.recipients[0], &none),
+            "RCPT TO:<bob@example.net>\r\n"
+        );
         let bounce = Envelope {
             mail_from: None,
             ..env

@@ -5,6 +5,7 @@
 //! A file whose length disagrees with its metadata is moved to `corrupt/` at recovery and
 //! never delivered.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -72,6 +73,18 @@ pub struct Entry {
     pub folder: Folder,
     /// Octets of message after the metadata line.
     pub size: u64,
+    /// Outbound: delivery attempts made so far for the remote recipients.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Outbound: the earliest time of the next attempt, seconds since the epoch (0: now).
+    #[serde(default)]
+    pub next_attempt: u64,
+    /// Outbound: the last temporary failure of each pending recipient (index → reply).
+    #[serde(default)]
+    pub last_error: BTreeMap<usize, String>,
+    /// Outbound: the sender has been told that delivery is late.
+    #[serde(default)]
+    pub delay_notified: bool,
 }
 
 /// Errors of the spool.
@@ -156,6 +169,10 @@ impl Spool {
             envelope,
             folder,
             size: (head.len() + body.len()) as u64,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: BTreeMap::new(),
+            delay_notified: false,
         };
         let tmp = self.tmp.join(entry.id.as_str());
         let meta = metadata_line(&entry)?;

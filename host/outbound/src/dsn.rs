@@ -1,0 +1,394 @@
+//! Delivery status notifications (RFC 3464): the bounce, the delay notice and the
+//! "relayed" report, as `multipart/report` messages from the null sender.
+//!
+//! Which recipients get one follows RFC 3461 NOTIFY: absent means failures and delays;
+//! NEVER means none; SUCCESS is reported only when the next hop could not report it itself.
+
+use portcullis_smtp::envelope::{Envelope, Notify, Ret};
+use portcullis_smtp::{Enhanced, Reply};
+
+/// Returned message content above this size is cut to its headers (Postfix returns
+/// 50,000 octets; a little more is kind to the sender).
+pub const RETURN_LIMIT: usize = 128 * 1024;
+
+/// What the report says happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Delivery failed for good.
+    Fail,
+    /// Delivery is late and will be retried.
+    Delay,
+    /// Relayed to a host that will not send DSNs itself.
+    Relay,
+}
+
+impl Action {
+    fn field(self) -> &'static str {
+        match self {
+            Action::Fail => "failed",
+            Action::Delay => "delayed",
+            Action::Relay => "relayed",
+        }
+    }
+
+    /// Whether a recipient's NOTIFY asks for this kind of report.
+    pub fn wanted_by(self, notify: Option<Notify>) -> bool {
+        match notify {
+            None => matches!(self, Action::Fail | Action::Delay),
+            Some(n) if n.never => false,
+            Some(n) => match self {
+                Action::Fail => n.failure,
+                Action::Delay => n.delay,
+                Action::Relay => n.success,
+            },
+        }
+    }
+}
+
+/// One recipient's line of the report.
+#[derive(Clone, Debug)]
+pub struct RecipientReport {
+    /// Index into the envelope's recipients.
+    pub index: usize,
+    /// The host that answered, if one did.
+    pub remote_mta: Option<String>,
+    /// Its answer (or ours, for expiry and DNS failures).
+    pub reply: Reply,
+}
+
+/// Everything a report is made of.
+#[derive(Debug)]
+pub struct Report<'a> {
+    /// Our host name (Reporting-MTA, From, Message-ID).
+    pub hostname: &'a str,
+    /// A unique token for the Message-ID and the MIME boundary (the DSN's queue id).
+    pub token: &'a str,
+    /// The original envelope.
+    pub envelope: &'a Envelope,
+    /// When the original arrived, seconds since the epoch.
+    pub arrival: u64,
+    /// The original message as spooled.
+    pub message: &'a [u8],
+    /// What happened.
+    pub action: Action,
+    /// To whom.
+    pub recipients: Vec<RecipientReport>,
+    /// For a delay: when we give up, seconds since the epoch.
+    pub retry_until: Option<u64>,
+}
+
+fn rfc2822(secs: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs as i64)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
+        .unwrap_or_default()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The status code a reply stands for (its enhanced code, or the class alone).
+pub fn status_of(reply: &Reply) -> Enhanced {
+    reply.enhanced.unwrap_or(Enhanced((reply.code / 100) as u8, 0, 0))
+}
+
+/// Decodes RFC 3461 xtext (`+2B` is `+`); undecodable input is returned as it was.
+pub fn xtext_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'+'
+            && let Some(hex) = text.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or_else(|_| text.to_string())
+}
+
+/// Text safe for one header or field line: no control characters, bounded length.
+fn field(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(900)
+        .collect()
+}
+
+/// The headers of `message` (up to the blank line), CRLF-terminated.
+fn headers_of(message: &[u8]) -> &[u8] {
+    match message.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &message[..end + 2],
+        None => message,
+    }
+}
+
+/// Composes the report, a complete message with CRLF line endings, to the envelope's
+/// sender.
+pub fn compose(r: &Report<'_>) -> Vec<u8> {
+    let boundary = format!("{}/{}", r.token, r.hostname);
+    let sender = r
+        .envelope
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let (subject, intro) = match r.action {
+        Action::Fail => (
+            "Undelivered Mail Returned to Sender",
+            "Your message could not be delivered to one or more recipients.\nIt is attached below; the reasons follow.",
+        ),
+        Action::Delay => (
+            "Delayed Mail (still being retried)",
+            "Your message has not been delivered yet to one or more recipients.\nNo action is needed: delivery will be retried.",
+        ),
+        Action::Relay => (
+            "Successful Mail Delivery Report (relayed)",
+            "Your message was relayed to the next server, which does not send\ndelivery reports of its own.",
+        ),
+    };
+    let mut human = format!("This is the mail system at {}.\n\n{intro}\n\n", r.hostname);
+    for rcpt in &r.recipients {
+        if let Some(to) = r.envelope.recipients.get(rcpt.index) {
+            let host = rcpt
+                .remote_mta
+                .as_deref()
+                .map(|h| format!(" (host {h} said)"))
+                .unwrap_or_default();
+            human.push_str(&format!(
+                "<{}>{host}: {}\n",
+                to.mailbox,
+                field(&rcpt.reply.to_string())
+            ));
+        }
+    }
+    if let Some(until) = r.retry_until {
+        human.push_str(&format!("\nDelivery will be tried until {}.\n", rfc2822(until)));
+    }
+
+    let mut status = format!("Reporting-MTA: dns; {}\n", r.hostname);
+    if let Some(envid) = &r.envelope.params.envid {
+        status.push_str(&format!(
+            "Original-Envelope-Id: {}\n",
+            field(&xtext_decode(envid))
+        ));
+    }
+    status.push_str(&format!("Arrival-Date: {}\n", rfc2822(r.arrival)));
+    let attempted = rfc2822(now());
+    for rcpt in &r.recipients {
+        let Some(to) = r.envelope.recipients.get(rcpt.index) else {
+            continue;
+        };
+        status.push('\n');
+        if let Some(orcpt) = &to.params.orcpt {
+            status.push_str(&format!("Original-Recipient: {}\n", field(&xtext_decode(orcpt))));
+        }
+        status.push_str(&format!("Final-Recipient: rfc822; {}\n", to.mailbox));
+        status.push_str(&format!("Action: {}\n", r.action.field()));
+        let code = match r.action {
+            Action::Relay => Enhanced(2, 0, 0),
+            _ => status_of(&rcpt.reply),
+        };
+        status.push_str(&format!("Status: {code}\n"));
+        if let Some(host) = &rcpt.remote_mta {
+            status.push_str(&format!("Remote-MTA: dns; {}\n", field(host)));
+        }
+        let diagnostic = field(&rcpt.reply.to_string().replace("\r\n", " "));
+        status.push_str(&format!("Diagnostic-Code: smtp; {}\n", diagnostic.trim()));
+        status.push_str(&format!("Last-Attempt-Date: {attempted}\n"));
+        if let Some(until) = r.retry_until {
+            status.push_str(&format!("Will-Retry-Until: {}\n", rfc2822(until)));
+        }
+    }
+
+    let headers_only = r.action != Action::Fail
+        || r.envelope.params.ret == Some(Ret::Hdrs)
+        || r.message.len() > RETURN_LIMIT;
+    let returned: &[u8] = if headers_only {
+        headers_of(r.message)
+    } else {
+        r.message
+    };
+    let eight_bit = returned.iter().any(|b| *b >= 0x80);
+    let returned_type = if headers_only {
+        "text/rfc822-headers"
+    } else {
+        "message/rfc822"
+    };
+
+    let head = format!(
+        "From: Mail Delivery System <MAILER-DAEMON@{host}>\n\
+         To: <{sender}>\n\
+         Subject: {subject}\n\
+         Date: {date}\n\
+         Message-ID: <dsn.{token}@{host}>\n\
+         Auto-Submitted: auto-replied\n\
+         MIME-Version: 1.0\n\
+         Content-Type: multipart/report; report-type=delivery-status;\n\
+         \tboundary=\"{boundary}\"\n\
+         \n\
+         This is a MIME-encapsulated delivery status notification.\n\
+         \n\
+         --{boundary}\n\
+         Content-Description: Notification\n\
+         Content-Type: text/plain; charset=utf-8\n\
+         \n\
+         {human}\n\
+         --{boundary}\n\
+         Content-Description: Delivery report\n\
+         Content-Type: message/delivery-status\n\
+         \n\
+         {status}\n\
+         --{boundary}\n\
+         Content-Description: {description}\n\
+         Content-Type: {returned_type}\n{cte}\
+         \n",
+        host = r.hostname,
+        date = rfc2822(now()),
+        token = r.token,
+        description = if headers_only {
+            "Message headers"
+        } else {
+            "Undelivered message"
+        },
+        cte = if eight_bit {
+            "Content-Transfer-Encoding: 8bit\n"
+        } else {
+            ""
+        },
+    );
+    let mut out = head.replace('\n', "\r\n").into_bytes();
+    out.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_smtp::Mailbox;
+    use portcullis_smtp::envelope::{MailParams, RcptParams, Recipient};
+
+    fn envelope(ret: Option<Ret>, notify: Option<Notify>) -> Envelope {
+        Envelope {
+            mail_from: Some(Mailbox {
+                local: "alice".into(),
+                domain: "example.org".into(),
+            }),
+            params: MailParams {
+                ret,
+                envid: Some("id+2B1".into()),
+                ..Default::default()
+            },
+            recipients: vec![Recipient {
+                mailbox: Mailbox {
+                    local: "bob".into(),
+                    domain: "example.net".into(),
+                },
+                params: RcptParams {
+                    notify,
+                    orcpt: Some("rfc822;bob+2Bx@example.net".into()),
+                },
+                local: false,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_bounce_has_the_three_parts_and_the_original() {
+        let env = envelope(None, None);
+        let message = b"Subject: hi\r\nFrom: alice@example.org\r\n\r\nbody\r\n";
+        let dsn = compose(&Report {
+            hostname: "mx.example.org",
+            token: "ABC",
+            envelope: &env,
+            arrival: 1_700_000_000,
+            message,
+            action: Action::Fail,
+            recipients: vec![RecipientReport {
+                index: 0,
+                remote_mta: Some("mx.example.net".into()),
+                reply: Reply::new(550, Some(Enhanced(5, 1, 1)), "no such user"),
+            }],
+            retry_until: None,
+        });
+        let text = String::from_utf8(dsn).unwrap();
+        for needle in [
+            "Content-Type: multipart/report; report-type=delivery-status;",
+            "Auto-Submitted: auto-replied",
+            "To: <alice@example.org>",
+            "Original-Envelope-Id: id+1",
+            "Original-Recipient: rfc822;bob+x@example.net",
+            "Final-Recipient: rfc822; bob@example.net",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Remote-MTA: dns; mx.example.net",
+            "Diagnostic-Code: smtp; 550 5.1.1 no such user",
+            "Content-Type: message/rfc822",
+            "Subject: hi\r\nFrom: alice@example.org\r\n\r\nbody\r\n",
+            "--ABC/mx.example.org--\r\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.replace("\r\n", "").contains('\n'), "bare LF in the DSN");
+        assert!(!text.replace("\r\n", "").contains('\r'), "bare CR in the DSN");
+    }
+
+    #[test]
+    fn ret_hdrs_and_delays_return_headers_only() {
+        let env = envelope(Some(Ret::Hdrs), None);
+        let message = b"Subject: hi\r\n\r\nsecret body\r\n";
+        let report = |action| Report {
+            hostname: "h",
+            token: "T",
+            envelope: &env,
+            arrival: 0,
+            message,
+            action,
+            recipients: vec![RecipientReport {
+                index: 0,
+                remote_mta: None,
+                reply: Reply::new(451, Some(Enhanced(4, 4, 1)), "no answer"),
+            }],
+            retry_until: Some(86_400),
+        };
+        for action in [Action::Fail, Action::Delay] {
+            let text = String::from_utf8(compose(&report(action))).unwrap();
+            assert!(text.contains("text/rfc822-headers"));
+            assert!(text.contains("Subject: hi"));
+            assert!(!text.contains("secret body"));
+        }
+        let delay = String::from_utf8(compose(&report(Action::Delay))).unwrap();
+        assert!(delay.contains("Action: delayed") && delay.contains("Will-Retry-Until:"));
+    }
+
+    #[test]
+    fn notify_decides_who_hears() {
+        let n = |never, success, failure, delay| {
+            Some(Notify {
+                never,
+                success,
+                failure,
+                delay,
+            })
+        };
+        assert!(Action::Fail.wanted_by(None) && Action::Delay.wanted_by(None));
+        assert!(!Action::Relay.wanted_by(None));
+        assert!(!Action::Fail.wanted_by(n(true, false, false, false)));
+        assert!(Action::Relay.wanted_by(n(false, true, false, false)));
+        assert!(!Action::Fail.wanted_by(n(false, true, false, false)));
+        assert!(!Action::Delay.wanted_by(n(false, false, true, false)));
+    }
+}
