@@ -1,13 +1,14 @@
 //! Local delivery: takes spooled messages, writes each local recipient's copy into its
 //! Maildir, and retires the spool file once nothing local is left.
 //!
-//! Recipients in other domains (accepted on submission) stay pending in the spool for the
-//! outbound queue runner. A failed local delivery (disk full, permissions) is retried with
+//! Recipients in other domains (accepted on submission) stay pending in the spool and the
+//! message is handed to the outbound queue runner (`portcullis-outbound`). A failed local delivery (disk full, permissions) is retried with
 //! a growing delay; the message stays safe in the spool meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use portcullis_outbound::Outbound;
 use portcullis_spool::{Delivery, Maildir, QueueId, Spool, SpoolError};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -64,10 +65,25 @@ enum DeliveryError {
     },
 }
 
-/// Starts the delivery task; send it jobs through the returned channel.
-pub fn start(spool: Arc<Spool>, maildir: Maildir) -> mpsc::UnboundedSender<Job> {
+/// Starts local delivery and the outbound queue runner behind it; send jobs through the
+/// returned channel. A message goes to local delivery first; what is left for other domains
+/// is handed to the runner, and the reports the runner queues come back here first.
+pub fn start(
+    spool: Arc<Spool>,
+    maildir: Maildir,
+    outbound: portcullis_outbound::Context,
+) -> (mpsc::UnboundedSender<Job>, Outbound) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     let requeue = tx.clone();
+    let handoff = tx.clone();
+    let outbound = Outbound::start(
+        Arc::clone(&spool),
+        outbound,
+        Arc::new(move |id| {
+            let _ = handoff.send(Job::new(id));
+        }),
+    );
+    let runner = outbound.clone();
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(PARALLEL));
         while let Some(job) = rx.recv().await {
@@ -75,6 +91,7 @@ pub fn start(spool: Arc<Spool>, maildir: Maildir) -> mpsc::UnboundedSender<Job> 
                 break;
             };
             let (spool, maildir, requeue) = (Arc::clone(&spool), maildir.clone(), requeue.clone());
+            let runner = runner.clone();
             tokio::spawn(async move {
                 let run = job.clone();
                 let result = tokio::task::spawn_blocking(move || deliver(&spool, &maildir, &run)).await;
@@ -82,7 +99,8 @@ pub fn start(spool: Arc<Spool>, maildir: Maildir) -> mpsc::UnboundedSender<Job> 
                 match result {
                     Ok(Ok(Outcome::Finished)) => tracing::info!(queue_id = %job.id, "delivered"),
                     Ok(Ok(Outcome::AwaitingOutbound(n))) => {
-                        tracing::info!(queue_id = %job.id, remote = n, "local copies delivered; remote recipients stay queued for outbound delivery")
+                        tracing::info!(queue_id = %job.id, remote = n, "local copies delivered; remote recipients go to the outbound queue");
+                        runner.submit(job.id);
                     }
                     Ok(Err(e)) => {
                         let delay = RETRY[job.attempts.min(RETRY.len() - 1)];
@@ -102,7 +120,7 @@ pub fn start(spool: Arc<Spool>, maildir: Maildir) -> mpsc::UnboundedSender<Job> 
             });
         }
     });
-    tx
+    (tx, outbound)
 }
 
 fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, DeliveryError> {
@@ -150,13 +168,22 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
             }
         }
     }
-    if remaining.is_empty() {
-        spool.remove(&entry.id)?;
-        return Ok(Outcome::Finished);
-    }
     if remaining.len() != before {
-        entry.pending = remaining;
-        spool.update(&entry)?;
+        // Only the local recipients are ours to settle; outbound delivery may have settled
+        // remote ones meanwhile (a `queue flush`), and its record is kept.
+        let recipients = &entry.envelope.recipients;
+        let local: Vec<bool> = recipients.iter().map(|r| r.local).collect();
+        entry = spool.modify(&entry.id, |fresh| {
+            fresh
+                .pending
+                .retain(|i| !local.get(*i).copied().unwrap_or(false) || remaining.contains(i));
+        })?;
+    }
+    if entry.pending.is_empty() {
+        if before == 0 {
+            spool.remove(&entry.id)?;
+        }
+        return Ok(Outcome::Finished);
     }
     match failure {
         Some(e) => Err(e),

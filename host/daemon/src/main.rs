@@ -14,9 +14,11 @@
 //! - [`plugin_test`]: `portcullis plugin test`, the filter author's inner loop.
 //! - [`privileges`]: bind as root, then run as the configured user.
 //! - [`metrics`]: the Prometheus endpoint.
-//! - [`queue_cmd`]: `portcullis queue list | remove`.
+//! - [`queue_cmd`]: `portcullis queue list | flush | remove`.
+//! - [`control`]: the control socket through which `queue flush` reaches the daemon.
 //! - [`sd_notify`]: READY / RELOADING / STOPPING for systemd's `Type=notify`.
-//! - [`delivery`]: from the spool into Maildirs, with retries.
+//! - [`delivery`]: from the spool into Maildirs, with retries; then to the outbound queue
+//!   runner (`portcullis-outbound`).
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use clap::{Parser, Subcommand};
 mod accounts;
 mod config;
 mod connection;
+mod control;
 mod delivery;
 mod hooks;
 mod live;
@@ -74,7 +77,7 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
-    /// Look at the spool.
+    /// Look at and act on the queue.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
@@ -86,8 +89,11 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum QueueCommand {
-    /// List queued messages: id, age, size, sender, recipients still pending.
+    /// List queued messages: id, age, size, sender, recipients still pending, attempts and
+    /// the last error of each.
     List,
+    /// Ask the running daemon to try every queued message now, ignoring the schedule.
+    Flush,
     /// Remove a message from the queue for good.
     Remove {
         /// The queue id, as `queue list` shows it.
@@ -240,6 +246,8 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|c| match command {
                     QueueCommand::List => queue_cmd::list(&c),
+                    QueueCommand::Flush => control::flush(&c.server.data_dir)
+                        .map(|n| println!("{n} queued message(s) will be tried now")),
                     QueueCommand::Remove { id } => queue_cmd::remove(&c, &id),
                 });
             match result {

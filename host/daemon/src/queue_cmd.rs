@@ -1,4 +1,5 @@
-//! `portcullis queue list | remove ID`: the operator's view of the spool.
+//! `portcullis queue list | remove ID`: the operator's view of the spool (`queue flush`
+//! talks to the running daemon, see [`crate::control`]).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,6 +35,18 @@ pub fn list(config: &Config) -> Result<(), String> {
                     entry.envelope.reverse_path(),
                     pending.join(", ")
                 );
+                if entry.attempts > 0 {
+                    println!(
+                        "    {} attempt(s), next in {}s",
+                        entry.attempts,
+                        entry.next_attempt.saturating_sub(now)
+                    );
+                }
+                for (index, error) in &entry.last_error {
+                    if let Some(r) = entry.envelope.recipients.get(*index) {
+                        println!("    {}: {error}", r.mailbox);
+                    }
+                }
             }
             Err(e) => println!("{id}  unreadable: {e}"),
         }

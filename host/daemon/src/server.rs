@@ -46,6 +46,8 @@ pub struct Context {
     pub spool: Arc<Spool>,
     /// Local delivery jobs.
     pub deliveries: mpsc::UnboundedSender<Job>,
+    /// The outbound queue runner.
+    pub outbound: portcullis_outbound::Outbound,
     /// Who answers hook points.
     pub hooks: Hooks,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
@@ -77,7 +79,8 @@ impl Context {
     async fn reload(self: &Arc<Self>) -> Result<String, String> {
         let path = self.config_path.clone();
         let old = self.live();
-        let fresh = tokio::task::spawn_blocking(move || -> Result<(Live, Option<PluginSet>), String> {
+        type Fresh = (Live, Option<PluginSet>, portcullis_outbound::Context);
+        let fresh = tokio::task::spawn_blocking(move || -> Result<Fresh, String> {
             let mut config = match &path {
                 Some(p) => Config::load(p),
                 None => Config::embedded(),
@@ -92,12 +95,13 @@ impl Context {
             } else {
                 Some(load_plugins(&config).map_err(|e| e.to_string())?)
             };
+            let outbound = portcullis_outbound::Context::new(config.delivery.clone()).map_err(|e| e.to_string())?;
             let live = Live::build(config).map_err(|e| e.to_string())?;
-            Ok((live, plugins))
+            Ok((live, plugins, outbound))
         })
         .await
         .map_err(|e| e.to_string())??;
-        let (live, plugins) = fresh;
+        let (live, plugins, outbound) = fresh;
         let summary = format!(
             "{} account(s), local domains {:?}, tls {}",
             live.accounts.len(),
@@ -105,6 +109,7 @@ impl Context {
             if live.tls.is_some() { "on" } else { "off" }
         );
         self.live.store(Arc::new(live));
+        self.outbound.reload(outbound);
         match plugins {
             Some(set) => {
                 self.hooks.replace_plugins(Arc::new(set));
@@ -152,6 +157,9 @@ pub enum StartError {
     /// Changing users failed, or the data directory is not usable.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
+    /// Outbound delivery cannot be set up (the resolver).
+    #[error("delivery: {0}")]
+    Delivery(String),
     /// A listener cannot bind.
     #[error("cannot listen on {address} ({kind}): {source}")]
     Bind {
@@ -210,7 +218,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     let mail_root = data_dir.join("mail");
     let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
 
-    let deliveries = delivery::start(Arc::clone(&spool), maildir);
+    let outbound_context =
+        portcullis_outbound::Context::new(config.delivery.clone()).map_err(|e| StartError::Delivery(e.to_string()))?;
+    let (deliveries, outbound) = delivery::start(Arc::clone(&spool), maildir, outbound_context);
     let hooks = Hooks::new(
         Arc::clone(&plugins),
         Arc::clone(&spool),
@@ -236,11 +246,17 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         config_path,
         spool,
         deliveries,
+        outbound,
         hooks,
         watcher: Mutex::new(None),
     });
     // Replacing a plugin file swaps the plugin in, live.
     ctx.watch_plugins();
+    let data_dir = ctx.live().config.server.data_dir.clone();
+    crate::control::serve(&data_dir, ctx.outbound.clone()).map_err(|source| StartError::DataDir {
+        path: crate::control::path(&data_dir).display().to_string(),
+        source,
+    })?;
 
     if let Some(address) = ctx.live().config.metrics.address {
         match crate::metrics::serve(address, Arc::clone(&ctx.spool)).await {

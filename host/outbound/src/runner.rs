@@ -478,16 +478,23 @@ impl Attempt {
         }
     }
 
-    async fn write(&self, entry: &Entry) -> Result<(), SpoolError> {
+    /// Records our view of the remote recipients and the retry state, keeping whatever
+    /// local delivery recorded about the local ones meanwhile.
+    async fn write(&self, entry: &Entry) -> Result<Entry, SpoolError> {
         let spool = Arc::clone(&self.spool);
-        let entry = entry.clone();
+        let ours = entry.clone();
         let path = std::path::PathBuf::from(entry.id.as_str());
         tokio::task::spawn_blocking(move || {
-            if entry.pending.is_empty() {
-                spool.remove(&entry.id)
-            } else {
-                spool.update(&entry)
-            }
+            spool.modify(&ours.id, |fresh| {
+                let recipients = &fresh.envelope.recipients;
+                fresh
+                    .pending
+                    .retain(|i| recipients.get(*i).is_some_and(|r| r.local) || ours.pending.contains(i));
+                fresh.attempts = ours.attempts;
+                fresh.next_attempt = ours.next_attempt;
+                fresh.last_error = ours.last_error.clone();
+                fresh.delay_notified = ours.delay_notified;
+            })
         })
         .await
         .unwrap_or_else(|e| {
@@ -501,16 +508,20 @@ impl Attempt {
     /// Writes the entry and says when to come back.
     async fn persist(&self, entry: &Entry) -> Option<u64> {
         match self.write(entry).await {
-            Ok(()) if entry.pending.is_empty() => {
+            Ok(written) if written.pending.is_empty() => {
                 tracing::info!(queue_id = %entry.id, "every recipient is done; removed from the queue");
                 None
             }
-            Ok(()) => {
-                let remote = entry
+            Ok(written) => {
+                let remote = written
                     .pending
                     .iter()
-                    .any(|&i| entry.envelope.recipients.get(i).is_some_and(|r| !r.local));
-                remote.then_some(entry.next_attempt)
+                    .any(|&i| written.envelope.recipients.get(i).is_some_and(|r| !r.local));
+                remote.then_some(written.next_attempt)
+            }
+            Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                tracing::info!(queue_id = %entry.id, "the message left the queue during the attempt (removed by an operator?)");
+                None
             }
             Err(e) => {
                 tracing::error!(queue_id = %entry.id, error = %e, "cannot record delivery results; retrying in a minute");

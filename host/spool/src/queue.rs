@@ -122,6 +122,9 @@ pub struct Spool {
     tmp: PathBuf,
     queue: PathBuf,
     corrupt: PathBuf,
+    /// Serialises [`Spool::modify`]: local and outbound delivery each change their own
+    /// recipients of one message, and neither may overwrite the other's change.
+    modifying: std::sync::Mutex<()>,
 }
 
 impl Spool {
@@ -131,6 +134,7 @@ impl Spool {
             tmp: dir.join("tmp"),
             queue: dir.join("queue"),
             corrupt: dir.join("corrupt"),
+            modifying: std::sync::Mutex::new(()),
         };
         for d in [&spool.tmp, &spool.queue, &spool.corrupt] {
             fsync::create_dir_durable(d).map_err(io_err(d))?;
@@ -192,13 +196,38 @@ impl Spool {
     /// atomically: the old file stays until the new one is durable.
     pub fn update(&self, entry: &Entry) -> Result<(), SpoolError> {
         let (_, body) = self.load(&entry.id)?;
+        self.rewrite(entry, &body)
+    }
+
+    fn rewrite(&self, entry: &Entry, body: &[u8]) -> Result<(), SpoolError> {
         let tmp = self.tmp.join(format!("{}.update", entry.id));
         let _ = fs::remove_file(&tmp);
         let meta = metadata_line(entry)?;
-        fsync::write_new(&tmp, &[MAGIC, &meta, &body]).map_err(io_err(&tmp))?;
+        fsync::write_new(&tmp, &[MAGIC, &meta, body]).map_err(io_err(&tmp))?;
         let dest = self.path(&entry.id);
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))
+    }
+
+    /// Reads the message's current metadata, lets `change` edit it, and writes it back
+    /// durably — or removes the message when no recipient is left pending. Returns the
+    /// entry as written.
+    ///
+    /// Changes are serialised, so two deliveries working on different recipients of one
+    /// message never lose each other's progress.
+    pub fn modify(&self, id: &QueueId, change: impl FnOnce(&mut Entry)) -> Result<Entry, SpoolError> {
+        let _guard = self
+            .modifying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut entry, body) = self.load(id)?;
+        change(&mut entry);
+        if entry.pending.is_empty() {
+            self.remove(id)?;
+        } else {
+            self.rewrite(&entry, &body)?;
+        }
+        Ok(entry)
     }
 
     /// Reads a stored message and checks it is whole.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use portcullis_runtime::{HookKind, OnError, PluginSpec};
 use serde::Deserialize;
 
+pub mod delivery;
+
 /// The configuration `portcullis serve` runs on when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 
@@ -298,6 +300,8 @@ struct RawConfig {
     plugin: Vec<PluginSection>,
     #[serde(default)]
     metrics: MetricsSection,
+    #[serde(default)]
+    delivery: delivery::DeliverySection,
 }
 
 /// A validated configuration.
@@ -321,6 +325,8 @@ pub struct Config {
     pub plugins: Vec<PluginSpec>,
     /// `[metrics]`.
     pub metrics: MetricsSection,
+    /// `[delivery]`, validated, with the host name and local domains filled in.
+    pub delivery: portcullis_outbound::Settings,
     /// Write the bundled example plugins into `<data-dir>/plugins` when missing (the
     /// embedded default does; a config file never does).
     pub install_bundled_plugins: bool,
@@ -501,6 +507,13 @@ impl Config {
                 grant_dir: p.grant_dir.map(|d| base.join(d)),
             });
         }
+        let delivery = match delivery::settings(raw.delivery, &server.hostname, &local_domains, base) {
+            Ok(settings) => Some(settings),
+            Err(found) => {
+                problems.extend(found.into_iter().map(|(key, message)| invalid(&key, message)));
+                None
+            }
+        };
         match problems.len() {
             0 => {}
             1 => return Err(problems.remove(0)),
@@ -516,6 +529,7 @@ impl Config {
             limits,
             plugins,
             metrics: raw.metrics,
+            delivery: delivery.unwrap_or_else(|| portcullis_outbound::Settings::new("localhost")),
             install_bundled_plugins: false,
         })
     }

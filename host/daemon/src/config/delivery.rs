@@ -1,0 +1,241 @@
+//! `[delivery]` and `[delivery.routes]`: how mail for other domains leaves.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use portcullis_outbound::{Credentials, Route, Settings, TlsPolicy};
+use serde::Deserialize;
+
+use super::Span;
+
+/// `[delivery]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeliverySection {
+    /// A smarthost (`host:port`) for every domain without a route. Default: none (DNS).
+    pub relay_host: Option<String>,
+    /// STARTTLS towards the relay host: `"opportunistic"`, `"required"` or `"none"`.
+    /// Default: `"required"` when `relay-username` is set, else `"opportunistic"`.
+    pub relay_tls: Option<String>,
+    /// The account to AUTH as at the relay host (only ever over TLS). Default: none.
+    pub relay_username: Option<String>,
+    /// A file holding that account's password (first line). Required with `relay-username`.
+    pub relay_password_file: Option<std::path::PathBuf>,
+    /// The DNS server (`ip:port`) for MX and address lookups. Default: the system's
+    /// (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// The port of mail exchangers found through DNS. Default: `25`.
+    pub mx_port: Option<u16>,
+    /// STARTTLS towards mail exchangers found through DNS. Default: `"opportunistic"`.
+    pub tls: Option<String>,
+    /// Delays between delivery attempts; the last one repeats. Default:
+    /// `["1m", "5m", "15m", "30m", "1h"]` (then hourly).
+    pub retry: Option<Vec<Span>>,
+    /// How long a message may wait before it is returned to its sender. Default: `"5d"`.
+    pub expire: Option<Span>,
+    /// Tell the sender once when a message has waited this long. Default: none (never).
+    pub delay_notice: Option<Span>,
+    /// Connections at once to one destination. Default: `4`.
+    pub connections_per_destination: Option<usize>,
+    /// Outbound connections at once in all. Default: `32`.
+    pub max_connections: Option<usize>,
+    /// Time to connect to a host. Default: `"30s"`.
+    pub connect_timeout: Option<Span>,
+    /// Time to wait for each reply of a host. Default: `"5m"`.
+    pub command_timeout: Option<Span>,
+    /// Time to wait for the reply to the message content. Default: `"10m"`.
+    pub data_timeout: Option<Span>,
+    /// Per-domain next hops. Default: none.
+    #[serde(default)]
+    pub routes: HashMap<String, RouteEntry>,
+}
+
+/// One `[delivery.routes]` value: `"host:port"`, or a table with options.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RouteEntry {
+    /// `"host:port"`, opportunistic TLS.
+    Address(String),
+    /// `{ host = "host:port", tls = "required", username = "...", password-file = "..." }`.
+    Table(RouteTable),
+}
+
+/// The table form of a route.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteTable {
+    /// `host:port`. Required.
+    pub host: String,
+    /// STARTTLS policy. Default: `"opportunistic"`, or `"required"` with a username.
+    pub tls: Option<String>,
+    /// AUTH user name at that host. Default: none.
+    pub username: Option<String>,
+    /// File with the password. Required with `username`.
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6 literals).
+fn host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty() && !host.contains(char::is_whitespace)).then(|| (host.to_string(), port))
+}
+
+/// Turns the section into outbound settings; each problem is `(key, message)`.
+pub fn settings(
+    section: DeliverySection,
+    hostname: &str,
+    local_domains: &[String],
+    base: &Path,
+) -> Result<Settings, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let mut s = Settings::new(hostname);
+    s.local_domains = local_domains.to_vec();
+    let tls_policy = |key: &str, text: Option<&str>, default: TlsPolicy, problems: &mut Vec<(String, String)>| {
+        match text {
+            None => default,
+            Some(t) => TlsPolicy::parse(t).unwrap_or_else(|| {
+                problems.push((
+                    key.to_string(),
+                    format!("{t:?} is not one of \"opportunistic\", \"required\", \"none\""),
+                ));
+                default
+            }),
+        }
+    };
+    let credentials = |key: &str,
+                       user: Option<String>,
+                       file: Option<&Path>,
+                       problems: &mut Vec<(String, String)>|
+     -> Option<Credentials> {
+        let user = user?;
+        let Some(file) = file else {
+            problems.push((key.to_string(), "a username needs a password file".into()));
+            return None;
+        };
+        let path = base.join(file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(Credentials {
+                username: user,
+                password: text.lines().next().unwrap_or("").to_string(),
+            }),
+            Err(e) => {
+                problems.push((key.to_string(), format!("cannot read {}: {e}", path.display())));
+                None
+            }
+        }
+    };
+    let route = |key: &str, host: &str, tls: Option<&str>, auth: Option<Credentials>, problems: &mut Vec<(String, String)>| {
+        let default = if auth.is_some() {
+            TlsPolicy::Required
+        } else {
+            TlsPolicy::Opportunistic
+        };
+        let tls = tls_policy(&format!("{key}.tls"), tls, default, problems);
+        if auth.is_some() && tls != TlsPolicy::Required {
+            problems.push((
+                format!("{key}.tls"),
+                "credentials are only sent over TLS: use tls = \"required\"".into(),
+            ));
+        }
+        match host_port(host) {
+            Some((host, port)) => Some(Route { host, port, tls, auth }),
+            None => {
+                problems.push((key.to_string(), format!("{host:?} is not host:port")));
+                None
+            }
+        }
+    };
+
+    if let Some(relay) = &section.relay_host {
+        let auth = credentials(
+            "delivery.relay-username",
+            section.relay_username.clone(),
+            section.relay_password_file.as_deref(),
+            &mut problems,
+        );
+        s.relay = route("delivery.relay-host", relay, section.relay_tls.as_deref(), auth, &mut problems);
+    } else if section.relay_username.is_some() || section.relay_tls.is_some() {
+        problems.push((
+            "delivery.relay-host".into(),
+            "relay-username and relay-tls need a relay-host".into(),
+        ));
+    }
+    for (domain, entry) in section.routes {
+        let key = format!("delivery.routes.{domain:?}");
+        let Some(ascii) = portcullis_outbound::route::ascii_domain(&domain) else {
+            problems.push((key, "is not a domain name".into()));
+            continue;
+        };
+        let built = match entry {
+            RouteEntry::Address(host) => route(&key, &host, None, None, &mut problems),
+            RouteEntry::Table(t) => {
+                let auth = credentials(&format!("{key}.username"), t.username, t.password_file.as_deref(), &mut problems);
+                route(&key, &t.host, t.tls.as_deref(), auth, &mut problems)
+            }
+        };
+        if let Some(r) = built {
+            s.routes.insert(domain.to_ascii_lowercase(), r.clone());
+            s.routes.insert(ascii, r);
+        }
+    }
+    s.resolver = section.resolver;
+    if let Some(port) = section.mx_port {
+        if port == 0 {
+            problems.push(("delivery.mx-port".into(), "must not be 0".into()));
+        }
+        s.mx_port = port;
+    }
+    s.mx_tls = tls_policy("delivery.tls", section.tls.as_deref(), TlsPolicy::Opportunistic, &mut problems);
+    if let Some(retry) = section.retry {
+        if retry.is_empty() || retry.iter().any(|d| d.0.is_zero()) {
+            problems.push((
+                "delivery.retry".into(),
+                "must list at least one delay, each more than zero".into(),
+            ));
+        }
+        s.retry = retry.into_iter().map(|d| d.0).collect();
+    }
+    let positive = |key: &str, span: Option<Span>, into: &mut Duration, problems: &mut Vec<(String, String)>| {
+        if let Some(Span(d)) = span {
+            if d.is_zero() {
+                problems.push((key.to_string(), "must be more than zero".into()));
+            }
+            *into = d;
+        }
+    };
+    positive("delivery.expire", section.expire, &mut s.expire, &mut problems);
+    positive("delivery.connect-timeout", section.connect_timeout, &mut s.connect_timeout, &mut problems);
+    positive("delivery.command-timeout", section.command_timeout, &mut s.command_timeout, &mut problems);
+    positive("delivery.data-timeout", section.data_timeout, &mut s.data_timeout, &mut problems);
+    s.delay_notice = section.delay_notice.map(|d| d.0);
+    for (key, value, into) in [
+        ("delivery.connections-per-destination", section.connections_per_destination, &mut s.per_destination),
+        ("delivery.max-connections", section.max_connections, &mut s.max_connections),
+    ] {
+        if let Some(v) = value {
+            if v == 0 {
+                problems.push((key.to_string(), "must be at least 1".into()));
+            }
+            *into = v;
+        }
+    }
+    if problems.is_empty() { Ok(s) } else { Err(problems) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(host_port("mx.example:25"), Some(("mx.example".into(), 25)));
+        assert_eq!(host_port("[::1]:2525"), Some(("::1".into(), 2525)));
+        assert_eq!(host_port("mx.example"), None);
+        assert_eq!(host_port("mx.example:0"), None);
+        assert_eq!(host_port(":25"), None);
+    }
+}
