@@ -28,10 +28,16 @@ pub fn binary() -> &'static str {
 pub struct Setup {
     pub dir: tempfile::TempDir,
     pub cert_pem: String,
+    pub domain: String,
 }
 
 impl Setup {
     pub fn new(extra: &str) -> Setup {
+        Setup::for_domain(DOMAIN, extra)
+    }
+
+    /// A setup whose local domain is `domain` (a second server, as the next hop).
+    pub fn for_domain(domain: &str, extra: &str) -> Setup {
         let dir = tempfile::tempdir().expect("tempdir");
         let certified =
             rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
@@ -64,7 +70,7 @@ kind = "submissions"
 address = "127.0.0.1:0"
 
 [domains]
-local = ["{DOMAIN}"]
+local = ["{domain}"]
 
 [auth]
 users-file = "users.toml"
@@ -72,7 +78,11 @@ users-file = "users.toml"
 "#
         );
         std::fs::write(dir.path().join("portcullis.toml"), config).expect("write config");
-        let setup = Setup { dir, cert_pem };
+        let setup = Setup {
+            dir,
+            cert_pem,
+            domain: domain.to_string(),
+        };
         setup.add_user("alice", PASSWORD);
         setup
     }
@@ -116,7 +126,7 @@ users-file = "users.toml"
     }
 
     pub fn maildir(&self, local: &str) -> PathBuf {
-        self.data().join("mail").join(DOMAIN).join(local)
+        self.data().join("mail").join(&self.domain).join(local)
     }
 
     pub fn start(&self) -> Daemon {
@@ -407,6 +417,27 @@ impl TlsRaw {
         };
         assert!(c.cmd("EHLO client.example").starts_with("250"));
         c
+    }
+
+    /// AUTH PLAIN as `user@domain`, then MAIL, RCPT for each of `to` and DATA with `message`
+    /// (CRLF lines, without the final CRLF); returns the reply to the end of DATA.
+    pub fn submit(&mut self, user: &str, from: &str, to: &[&str], message: &str) -> String {
+        let auth = self.cmd(&format!("AUTH PLAIN {}", base64_plain(user, PASSWORD)));
+        assert!(auth.starts_with("235"), "{auth}");
+        self.send_mail(from, to, message)
+    }
+
+    /// MAIL (with `from` as written, parameters allowed), RCPTs and DATA.
+    pub fn send_mail(&mut self, from: &str, to: &[&str], message: &str) -> String {
+        let mail = self.cmd(&format!("MAIL FROM:{from}"));
+        assert!(mail.starts_with("250"), "{mail}");
+        for rcpt in to {
+            let reply = self.cmd(&format!("RCPT TO:{rcpt}"));
+            assert!(reply.starts_with("250"), "{rcpt}: {reply}");
+        }
+        assert!(self.cmd("DATA").starts_with("354"));
+        let stuffed = message.replace("\r\n.", "\r\n..");
+        self.cmd(&format!("{stuffed}\r\n."))
     }
 
     pub fn cmd(&mut self, line: &str) -> String {

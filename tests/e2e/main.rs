@@ -4,12 +4,15 @@
 //! learns the bound addresses from the daemon's own log.
 
 mod cli;
+mod dns;
 mod durability;
 mod harness;
 mod hostile;
 mod hot_swap;
+mod outbound;
 mod pipelines;
 mod plugins;
 mod privileges;
 mod service;
+mod sink;
 mod shutdown;

@@ -304,7 +304,12 @@ async fn session(
         });
     }
     let replies = transaction(&mut conn, &ext, envelope, message, settings.data_timeout).await?;
-    let _ = conn.command("QUIT\r\n").await;
+    // The results go back to be written to the spool at once; QUIT and its 221 are
+    // exchanged meanwhile, so they add nothing to the window in which a crash could make us
+    // send the message again.
+    tokio::spawn(async move {
+        let _ = conn.command("QUIT\r\n").await;
+    });
     Ok(Delivered {
         results: replies.results(envelope.recipients.len()),
         peer_dsn: ext.dsn,

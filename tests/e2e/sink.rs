@@ -1,0 +1,276 @@
+//! A scripted SMTP server for outbound tests: it answers as the test says (4xx, 5xx, a
+//! held reply), speaks STARTTLS with a throwaway certificate, and records every transaction
+//! it acknowledged, with the exact content bytes.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::PATIENCE;
+
+/// What the sink recorded of one acknowledged transaction.
+#[derive(Clone, Debug)]
+pub struct Transaction {
+    pub helo: String,
+    pub mail_from: String,
+    pub rcpts: Vec<String>,
+    /// The message as sent, dot-unstuffed, without the terminating `.` line.
+    pub data: Vec<u8>,
+    pub tls: bool,
+    pub auth: Option<String>,
+}
+
+/// How the sink behaves.
+pub struct Script {
+    pub bind: SocketAddr,
+    pub starttls: bool,
+    /// Replies to end of DATA, one per transaction; when empty, `250 2.0.0 queued`.
+    pub data_replies: VecDeque<String>,
+    /// The reply to RCPT TO for a given address; `None`: 250.
+    pub rcpt: fn(&str) -> Option<String>,
+    /// Hold the end-of-DATA reply this long (a slow peer, for crash tests).
+    pub hold: Duration,
+    /// Require AUTH PLAIN with this user and password before MAIL.
+    pub auth: Option<(String, String)>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            starttls: true,
+            data_replies: VecDeque::new(),
+            rcpt: |_| None,
+            hold: Duration::ZERO,
+            auth: None,
+        }
+    }
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Transaction>>>,
+    /// Every end-of-DATA seen (acknowledged or not), for waiting on a held reply.
+    pub data_seen: Arc<Mutex<usize>>,
+}
+
+trait Io: Read + Write + Send {}
+impl<T: Read + Write + Send> Io for T {}
+
+impl Sink {
+    pub fn start(script: Script) -> Sink {
+        let listener = TcpListener::bind(script.bind).expect("bind sink");
+        let addr = listener.local_addr().expect("sink addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let data_seen = Arc::new(Mutex::new(0));
+        let script = Arc::new(Mutex::new(script));
+        let (rec, seen) = (Arc::clone(&received), Arc::clone(&data_seen));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (script, rec, seen) = (Arc::clone(&script), Arc::clone(&rec), Arc::clone(&seen));
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &script, &rec, &seen);
+                });
+            }
+        });
+        Sink {
+            addr,
+            received,
+            data_seen,
+        }
+    }
+
+    /// Waits (bounded) for `count` acknowledged transactions and returns them all.
+    pub fn wait(&self, count: usize) -> Vec<Transaction> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let got = self.received.lock().unwrap().clone();
+            if got.len() >= count {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sink expected {count} transaction(s), got {}",
+                got.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    let cert = rcgen::generate_simple_self_signed(vec!["sink.test".to_string()]).expect("cert");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("server config");
+    Arc::new(config)
+}
+
+fn serve(
+    stream: TcpStream,
+    script: &Mutex<Script>,
+    received: &Mutex<Vec<Transaction>>,
+    data_seen: &Mutex<usize>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(PATIENCE))?;
+    let raw = stream.try_clone()?;
+    let mut reader: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
+    let (starttls, rcpt_reply, hold, auth_needed) = {
+        let s = script.lock().unwrap();
+        (s.starttls, s.rcpt, s.hold, s.auth.clone())
+    };
+    let mut tls = false;
+    let mut helo = String::new();
+    let mut authed: Option<String> = None;
+    let mut mail_from = String::new();
+    let mut rcpts: Vec<String> = Vec::new();
+    // A transaction acknowledged with 250 is recorded only once the client proves it saw the
+    // reply by sending its next command: a client killed before that never learnt of it.
+    let mut unconfirmed: Option<Transaction> = None;
+    let write = |r: &mut BufReader<Box<dyn Io>>, text: &str| -> std::io::Result<()> {
+        r.get_mut().write_all(text.as_bytes())?;
+        r.get_mut().flush()
+    };
+    write(&mut reader, "220 sink.test ESMTP test sink\r\n")?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if let Some(t) = unconfirmed.take() {
+            received.lock().unwrap().push(t);
+        }
+        let upper = line.trim_end().to_ascii_uppercase();
+        let verb = upper.split([' ', ':']).next().unwrap_or("").to_string();
+        match verb.as_str() {
+            "EHLO" => {
+                helo = line.trim_end()[5..].to_string();
+                let mut ext = vec!["sink.test", "PIPELINING", "SIZE 10485760", "8BITMIME", "DSN", "SMTPUTF8"];
+                if starttls && !tls {
+                    ext.push("STARTTLS");
+                }
+                if auth_needed.is_some() && tls {
+                    ext.push("AUTH PLAIN");
+                }
+                let n = ext.len();
+                let text: String = ext
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("250{}{e}\r\n", if i + 1 == n { ' ' } else { '-' }))
+                    .collect();
+                write(&mut reader, &text)?;
+            }
+            "STARTTLS" if starttls && !tls => {
+                write(&mut reader, "220 2.0.0 go ahead\r\n")?;
+                assert!(reader.buffer().is_empty(), "client pipelined after STARTTLS");
+                let conn = rustls::ServerConnection::new(tls_config()).expect("server conn");
+                let stream = rustls::StreamOwned::new(conn, raw.try_clone()?);
+                reader = BufReader::new(Box::new(stream));
+                tls = true;
+                helo.clear();
+            }
+            "AUTH" => {
+                use base64::Engine as _;
+                let token = line.split_whitespace().nth(2).unwrap_or("");
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(token)
+                    .unwrap_or_default();
+                let parts: Vec<String> = decoded
+                    .split(|b| *b == 0)
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect();
+                match &auth_needed {
+                    Some((u, p)) if parts.len() == 3 && &parts[1] == u && &parts[2] == p && tls => {
+                        authed = Some(u.clone());
+                        write(&mut reader, "235 2.7.0 ok\r\n")?;
+                    }
+                    _ => write(&mut reader, "535 5.7.8 bad credentials\r\n")?,
+                }
+            }
+            "MAIL" => {
+                if auth_needed.is_some() && authed.is_none() {
+                    write(&mut reader, "530 5.7.0 authentication required\r\n")?;
+                    continue;
+                }
+                mail_from = line.trim_end()[10..].to_string();
+                rcpts.clear();
+                write(&mut reader, "250 2.1.0 ok\r\n")?;
+            }
+            "RCPT" => {
+                let addr = line.trim_end()[8..]
+                    .split('>')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches('<')
+                    .to_string();
+                match rcpt_reply(&addr) {
+                    Some(reply) => write(&mut reader, &format!("{reply}\r\n"))?,
+                    None => {
+                        rcpts.push(line.trim_end()[8..].to_string());
+                        write(&mut reader, "250 2.1.5 ok\r\n")?;
+                    }
+                }
+            }
+            "DATA" => {
+                if rcpts.is_empty() {
+                    write(&mut reader, "554 5.5.1 no valid recipients\r\n")?;
+                    continue;
+                }
+                write(&mut reader, "354 go ahead\r\n")?;
+                let mut data = Vec::new();
+                loop {
+                    let mut l = Vec::new();
+                    if reader.read_until(b'\n', &mut l)? == 0 {
+                        return Ok(());
+                    }
+                    assert!(l.ends_with(b"\r\n"), "bare line ending in DATA: {l:?}");
+                    if l == b".\r\n" {
+                        break;
+                    }
+                    let l = if l.starts_with(b".") { &l[1..] } else { &l[..] };
+                    data.extend_from_slice(l);
+                }
+                *data_seen.lock().unwrap() += 1;
+                std::thread::sleep(hold);
+                let reply = script
+                    .lock()
+                    .unwrap()
+                    .data_replies
+                    .pop_front()
+                    .unwrap_or_else(|| "250 2.0.0 queued".into());
+                write(&mut reader, &format!("{reply}\r\n"))?;
+                if reply.starts_with('2') {
+                    unconfirmed = Some(Transaction {
+                        helo: helo.clone(),
+                        mail_from: mail_from.clone(),
+                        rcpts: std::mem::take(&mut rcpts),
+                        data,
+                        tls,
+                        auth: authed.clone(),
+                    });
+                }
+            }
+            "RSET" => {
+                rcpts.clear();
+                write(&mut reader, "250 2.0.0 ok\r\n")?;
+            }
+            "QUIT" => {
+                write(&mut reader, "221 2.0.0 bye\r\n")?;
+                return Ok(());
+            }
+            _ => write(&mut reader, "502 5.5.2 unknown command\r\n")?,
+        }
+    }
+}
