@@ -36,16 +36,21 @@ impl Dns {
         std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             loop {
-                let Ok((n, peer)) = socket.recv_from(&mut buf) else { return };
-                let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
-                let mut response = Message::new(query.metadata.id, MessageType::Response, query.metadata.op_code);
+                let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let mut response =
+                    Message::new(query.metadata.id, MessageType::Response, query.metadata.op_code);
                 response.metadata.authoritative = true;
                 response.metadata.recursion_desired = query.metadata.recursion_desired;
                 response.metadata.recursion_available = true;
                 for q in &query.queries {
                     response.add_query(q.clone());
                     let name = q.name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-                    log.lock().unwrap().push(format!("{name} {}", q.query_type));
+                    log.lock().expect("lock").push(format!("{name} {}", q.query_type));
                     match table.get(&name) {
                         None => response.metadata.response_code = ResponseCode::NXDomain,
                         Some(answers) => {

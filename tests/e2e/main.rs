@@ -14,5 +14,5 @@ mod pipelines;
 mod plugins;
 mod privileges;
 mod service;
-mod sink;
 mod shutdown;
+mod sink;

@@ -54,7 +54,12 @@ fn submission_reaches_a_second_portcullis_over_starttls_with_exact_bytes() {
         far_daemon.addr("mx")
     ));
     let mut daemon = setup.start();
-    submit(&setup, &daemon, &["<bob@far.example>", "<alice@example.org>"], "leaving");
+    submit(
+        &setup,
+        &daemon,
+        &["<bob@far.example>", "<alice@example.org>"],
+        "leaving",
+    );
 
     let files = wait_for_mail(&far.maildir("bob"), 1);
     let stored = std::fs::read(&files[0]).expect("read");
@@ -81,7 +86,10 @@ fn a_4xx_then_2xx_destination_gets_the_message_on_retry_with_dsn_parameters() {
     ));
     let mut daemon = setup.start();
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
-    let auth = c.cmd(&format!("AUTH PLAIN {}", base64_plain("alice@example.org", PASSWORD)));
+    let auth = c.cmd(&format!(
+        "AUTH PLAIN {}",
+        base64_plain("alice@example.org", PASSWORD)
+    ));
     assert!(auth.starts_with("235"), "{auth}");
     let reply = c.send_mail(
         "<alice@example.org> RET=HDRS ENVID=env+2B1",
@@ -98,9 +106,16 @@ fn a_4xx_then_2xx_destination_gets_the_message_on_retry_with_dsn_parameters() {
     assert_eq!(t.helo, "mx.example.org");
     assert_exact(&t.data, "retry");
     // The DSN parameters travel on to a peer that announced DSN.
-    assert!(t.mail_from.starts_with("<alice@example.org> SIZE="), "{}", t.mail_from);
+    assert!(
+        t.mail_from.starts_with("<alice@example.org> SIZE="),
+        "{}",
+        t.mail_from
+    );
     assert!(t.mail_from.contains(" RET=HDRS ENVID=env+2B1"), "{}", t.mail_from);
-    assert_eq!(t.rcpts, ["<bob@far.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@far.example"]);
+    assert_eq!(
+        t.rcpts,
+        ["<bob@far.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@far.example"]
+    );
 }
 
 #[test]
@@ -109,9 +124,17 @@ fn a_5xx_recipient_bounces_to_the_sender_while_the_other_is_delivered() {
         rcpt: |addr| (addr == "bob@far.example").then(|| "550 5.1.1 no such user here".to_string()),
         ..Script::default()
     });
-    let setup = Setup::new(&format!("[delivery.routes]\n\"far.example\" = \"{}\"\n", sink.addr));
+    let setup = Setup::new(&format!(
+        "[delivery.routes]\n\"far.example\" = \"{}\"\n",
+        sink.addr
+    ));
     let _daemon = setup.start();
-    submit(&setup, &_daemon, &["<bob@far.example>", "<carol@far.example>"], "bounce");
+    submit(
+        &setup,
+        &_daemon,
+        &["<bob@far.example>", "<carol@far.example>"],
+        "bounce",
+    );
 
     let got = sink.wait(1);
     assert_eq!(got[0].rcpts.len(), 1);
@@ -131,7 +154,10 @@ fn a_5xx_recipient_bounces_to_the_sender_while_the_other_is_delivered() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in the DSN:\n{text}");
     }
-    assert!(!text.contains("carol@far.example\r\nAction"), "carol was delivered, not bounced");
+    assert!(
+        !text.contains("carol@far.example\r\nAction"),
+        "carol was delivered, not bounced"
+    );
     wait_spool_empty(&setup.data());
 }
 
@@ -196,9 +222,16 @@ fn mx_records_from_a_loopback_dns_server_in_preference_order_with_null_mx_and_id
         submit(&setup, &daemon, &[to], subject);
     }
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
-    let auth = c.cmd(&format!("AUTH PLAIN {}", base64_plain("alice@example.org", PASSWORD)));
+    let auth = c.cmd(&format!(
+        "AUTH PLAIN {}",
+        base64_plain("alice@example.org", PASSWORD)
+    ));
     assert!(auth.starts_with("235"), "{auth}");
-    let reply = c.send_mail("<alice@example.org> SMTPUTF8", &["<bob@bücher.example>"], &message("idn"));
+    let reply = c.send_mail(
+        "<alice@example.org> SMTPUTF8",
+        &["<bob@bücher.example>"],
+        &message("idn"),
+    );
     assert!(reply.starts_with("250"), "{reply}");
 
     let got_a = a.wait(3);
@@ -208,7 +241,13 @@ fn mx_records_from_a_loopback_dns_server_in_preference_order_with_null_mx_and_id
             .iter()
             .map(|t| {
                 let text = String::from_utf8_lossy(&t.data).into_owned();
-                text.split("Subject: ").nth(1).unwrap_or("").split("\r\n").next().unwrap_or("").to_string()
+                text.split("Subject: ")
+                    .nth(1)
+                    .unwrap_or("")
+                    .split("\r\n")
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
             })
             .collect();
         s.sort();
@@ -216,15 +255,28 @@ fn mx_records_from_a_loopback_dns_server_in_preference_order_with_null_mx_and_id
     };
     assert_eq!(subjects(&got_a), ["far", "idn", "plain"]);
     assert_eq!(subjects(&got_b), ["pref"]);
-    let idn = got_a.iter().find(|t| String::from_utf8_lossy(&t.data).contains("Subject: idn")).expect("idn");
-    assert!(idn.rcpts[0].starts_with("<bob@bücher.example>"), "{:?}", idn.rcpts);
+    let idn = got_a
+        .iter()
+        .find(|t| String::from_utf8_lossy(&t.data).contains("Subject: idn"))
+        .expect("idn");
+    assert!(
+        idn.rcpts[0].starts_with("<bob@bücher.example>"),
+        "{:?}",
+        idn.rcpts
+    );
     assert!(idn.mail_from.contains("SMTPUTF8"), "{}", idn.mail_from);
-    let queries = dns.queries.lock().unwrap().clone();
-    assert!(queries.contains(&"xn--bcher-kva.example MX".to_string()), "{queries:?}");
+    let queries = dns.queries.lock().expect("lock").clone();
+    assert!(
+        queries.contains(&"xn--bcher-kva.example MX".to_string()),
+        "{queries:?}"
+    );
 
     let dsn = wait_for_mail(&setup.maildir("alice"), 1);
     let text = read(&dsn[0]);
-    assert!(text.contains("Final-Recipient: rfc822; bob@null.example"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; bob@null.example"),
+        "{text}"
+    );
     assert!(text.contains("Status: 5.1.10"), "{text}");
     wait_spool_empty(&setup.data());
 }
@@ -267,11 +319,17 @@ fn queue_list_shows_the_deferral_and_flush_retries_at_once() {
     daemon.wait_log("message stays queued for another attempt");
     let listing = queue(&setup, &["list"]);
     assert!(listing.contains("1 attempt(s), next in"), "{listing}");
-    assert!(listing.contains("bob@far.example: 452 4.2.2 mailbox full"), "{listing}");
+    assert!(
+        listing.contains("bob@far.example: 452 4.2.2 mailbox full"),
+        "{listing}"
+    );
     assert_eq!(sink.count(), 0);
 
     let flushed = queue(&setup, &["flush"]);
-    assert!(flushed.contains("1 queued message(s) will be tried now"), "{flushed}");
+    assert!(
+        flushed.contains("1 queued message(s) will be tried now"),
+        "{flushed}"
+    );
     assert_exact(&sink.wait(1)[0].data, "flush");
     wait_spool_empty(&setup.data());
     assert!(queue(&setup, &["list"]).contains("0 message(s) queued"));
@@ -292,11 +350,16 @@ fn kill9_during_delivery_loses_nothing() {
     let setup = Setup::new(&extra);
     let mut daemon = setup.start();
     for i in 0..3 {
-        submit(&setup, &daemon, &["<bob@far.example>", "<alice@example.org>"], &format!("crash{i}"));
+        submit(
+            &setup,
+            &daemon,
+            &["<bob@far.example>", "<alice@example.org>"],
+            &format!("crash{i}"),
+        );
     }
     // Wait until the sink holds content, then kill.
     let deadline = std::time::Instant::now() + PATIENCE;
-    while *sink.data_seen.lock().unwrap() == 0 {
+    while *sink.data_seen.lock().expect("lock") == 0 {
         assert!(std::time::Instant::now() < deadline, "no delivery started");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -310,8 +373,14 @@ fn kill9_during_delivery_loses_nothing() {
     let got = sink.wait(3);
     for i in 0..3 {
         let subject = format!("Subject: crash{i}\r\n");
-        let copies = got.iter().filter(|t| String::from_utf8_lossy(&t.data).contains(&subject)).count();
-        assert!((1..=2).contains(&copies), "crash{i}: {copies} copies (before restart: {before})");
+        let copies = got
+            .iter()
+            .filter(|t| String::from_utf8_lossy(&t.data).contains(&subject))
+            .count();
+        assert!(
+            (1..=2).contains(&copies),
+            "crash{i}: {copies} copies (before restart: {before})"
+        );
     }
     // Local copies: exactly once each.
     assert_eq!(wait_for_mail(&setup.maildir("alice"), 3).len(), 3);

@@ -78,7 +78,9 @@ fn submission_with_starttls_and_auth_delivers_exact_bytes() {
 
 #[test]
 fn submissions_with_implicit_tls_and_login_delivers_exact_bytes() {
-    let setup = Setup::new("");
+    // far.example's next hop refuses connections: its recipient stays queued.
+    let setup =
+        Setup::new("[delivery]\nretry = [\"1h\"]\n[delivery.routes]\n\"far.example\" = \"127.0.0.1:9\"\n");
     let daemon = setup.start();
     let addr = daemon.addr("submissions");
     let transport = SmtpTransport::builder_dangerous(addr.ip().to_string())
@@ -96,9 +98,9 @@ fn submissions_with_implicit_tls_and_login_delivers_exact_bytes() {
         .expect("accepted");
     let files = wait_for_mail(&setup.maildir("alice"), 1);
     assert_delivered_exactly(&files[0], &sent, "ESMTPSA");
-    // The remote recipient stays queued for outbound delivery, durable in the spool.
+    // The remote recipient stays queued for a later attempt, durable in the spool.
     let mut d = daemon;
-    d.wait_log("remote recipients stay queued");
+    d.wait_log("message stays queued for another attempt");
     let queued = std::fs::read_dir(setup.data().join("spool/queue"))
         .expect("spool")
         .count();

@@ -87,7 +87,7 @@ impl Sink {
     pub fn wait(&self, count: usize) -> Vec<Transaction> {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let got = self.received.lock().unwrap().clone();
+            let got = self.received.lock().expect("lock").clone();
             if got.len() >= count {
                 return got;
             }
@@ -101,7 +101,7 @@ impl Sink {
     }
 
     pub fn count(&self) -> usize {
-        self.received.lock().unwrap().len()
+        self.received.lock().expect("lock").len()
     }
 }
 
@@ -128,7 +128,7 @@ fn serve(
     let raw = stream.try_clone()?;
     let mut reader: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
     let (starttls, rcpt_reply, hold, auth_needed) = {
-        let s = script.lock().unwrap();
+        let s = script.lock().expect("lock");
         (s.starttls, s.rcpt, s.hold, s.auth.clone())
     };
     let mut tls = false;
@@ -150,14 +150,21 @@ fn serve(
             return Ok(());
         }
         if let Some(t) = unconfirmed.take() {
-            received.lock().unwrap().push(t);
+            received.lock().expect("lock").push(t);
         }
         let upper = line.trim_end().to_ascii_uppercase();
         let verb = upper.split([' ', ':']).next().unwrap_or("").to_string();
         match verb.as_str() {
             "EHLO" => {
                 helo = line.trim_end()[5..].to_string();
-                let mut ext = vec!["sink.test", "PIPELINING", "SIZE 10485760", "8BITMIME", "DSN", "SMTPUTF8"];
+                let mut ext = vec![
+                    "sink.test",
+                    "PIPELINING",
+                    "SIZE 10485760",
+                    "8BITMIME",
+                    "DSN",
+                    "SMTPUTF8",
+                ];
                 if starttls && !tls {
                     ext.push("STARTTLS");
                 }
@@ -242,11 +249,11 @@ fn serve(
                     let l = if l.starts_with(b".") { &l[1..] } else { &l[..] };
                     data.extend_from_slice(l);
                 }
-                *data_seen.lock().unwrap() += 1;
+                *data_seen.lock().expect("lock") += 1;
                 std::thread::sleep(hold);
                 let reply = script
                     .lock()
-                    .unwrap()
+                    .expect("lock")
                     .data_replies
                     .pop_front()
                     .unwrap_or_else(|| "250 2.0.0 queued".into());

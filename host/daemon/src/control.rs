@@ -40,10 +40,16 @@ pub fn serve(data_dir: &Path, outbound: Outbound) -> std::io::Result<()> {
                 let answer = match line.trim() {
                     "flush" => {
                         let n = outbound.flush().await;
-                        tracing::info!(messages = n, "queue flush requested: every queued message is tried now");
+                        tracing::info!(
+                            messages = n,
+                            "queue flush requested: every queued message is tried now"
+                        );
                         format!("ok {n}\n")
                     }
-                    other => format!("error unknown command {:?}\n", other.chars().take(40).collect::<String>()),
+                    other => format!(
+                        "error unknown command {:?}\n",
+                        other.chars().take(40).collect::<String>()
+                    ),
                 };
                 let _ = write.write_all(answer.as_bytes()).await;
             });
@@ -67,8 +73,12 @@ impl<R: tokio::io::AsyncRead + Unpin> LineLimit for BufReader<R> {
 pub fn flush(data_dir: &Path) -> Result<usize, String> {
     use std::io::{BufRead, Write};
     let path = path(data_dir);
-    let mut stream = std::os::unix::net::UnixStream::connect(&path)
-        .map_err(|e| format!("cannot reach the daemon at {}: {e} (is it running?)", path.display()))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        format!(
+            "cannot reach the daemon at {}: {e} (is it running?)",
+            path.display()
+        )
+    })?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;

@@ -95,7 +95,8 @@ impl Context {
             } else {
                 Some(load_plugins(&config).map_err(|e| e.to_string())?)
             };
-            let outbound = portcullis_outbound::Context::new(config.delivery.clone()).map_err(|e| e.to_string())?;
+            let outbound =
+                portcullis_outbound::Context::new(config.delivery.clone()).map_err(|e| e.to_string())?;
             let live = Live::build(config).map_err(|e| e.to_string())?;
             Ok((live, plugins, outbound))
         })
@@ -218,8 +219,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     let mail_root = data_dir.join("mail");
     let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
 
-    let outbound_context =
-        portcullis_outbound::Context::new(config.delivery.clone()).map_err(|e| StartError::Delivery(e.to_string()))?;
+    let outbound_context = portcullis_outbound::Context::new(config.delivery.clone())
+        .map_err(|e| StartError::Delivery(e.to_string()))?;
     let (deliveries, outbound) = delivery::start(Arc::clone(&spool), maildir, outbound_context);
     let hooks = Hooks::new(
         Arc::clone(&plugins),

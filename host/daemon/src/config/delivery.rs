@@ -94,7 +94,10 @@ pub fn settings(
     let mut problems = Vec::new();
     let mut s = Settings::new(hostname);
     s.local_domains = local_domains.to_vec();
-    let tls_policy = |key: &str, text: Option<&str>, default: TlsPolicy, problems: &mut Vec<(String, String)>| {
+    let tls_policy = |key: &str,
+                      text: Option<&str>,
+                      default: TlsPolicy,
+                      problems: &mut Vec<(String, String)>| {
         match text {
             None => default,
             Some(t) => TlsPolicy::parse(t).unwrap_or_else(|| {
@@ -128,7 +131,11 @@ pub fn settings(
             }
         }
     };
-    let route = |key: &str, host: &str, tls: Option<&str>, auth: Option<Credentials>, problems: &mut Vec<(String, String)>| {
+    let route = |key: &str,
+                 host: &str,
+                 tls: Option<&str>,
+                 auth: Option<Credentials>,
+                 problems: &mut Vec<(String, String)>| {
         let default = if auth.is_some() {
             TlsPolicy::Required
         } else {
@@ -142,7 +149,12 @@ pub fn settings(
             ));
         }
         match host_port(host) {
-            Some((host, port)) => Some(Route { host, port, tls, auth }),
+            Some((host, port)) => Some(Route {
+                host,
+                port,
+                tls,
+                auth,
+            }),
             None => {
                 problems.push((key.to_string(), format!("{host:?} is not host:port")));
                 None
@@ -157,7 +169,13 @@ pub fn settings(
             section.relay_password_file.as_deref(),
             &mut problems,
         );
-        s.relay = route("delivery.relay-host", relay, section.relay_tls.as_deref(), auth, &mut problems);
+        s.relay = route(
+            "delivery.relay-host",
+            relay,
+            section.relay_tls.as_deref(),
+            auth,
+            &mut problems,
+        );
     } else if section.relay_username.is_some() || section.relay_tls.is_some() {
         problems.push((
             "delivery.relay-host".into(),
@@ -173,7 +191,12 @@ pub fn settings(
         let built = match entry {
             RouteEntry::Address(host) => route(&key, &host, None, None, &mut problems),
             RouteEntry::Table(t) => {
-                let auth = credentials(&format!("{key}.username"), t.username, t.password_file.as_deref(), &mut problems);
+                let auth = credentials(
+                    &format!("{key}.username"),
+                    t.username,
+                    t.password_file.as_deref(),
+                    &mut problems,
+                );
                 route(&key, &t.host, t.tls.as_deref(), auth, &mut problems)
             }
         };
@@ -189,7 +212,12 @@ pub fn settings(
         }
         s.mx_port = port;
     }
-    s.mx_tls = tls_policy("delivery.tls", section.tls.as_deref(), TlsPolicy::Opportunistic, &mut problems);
+    s.mx_tls = tls_policy(
+        "delivery.tls",
+        section.tls.as_deref(),
+        TlsPolicy::Opportunistic,
+        &mut problems,
+    );
     if let Some(retry) = section.retry {
         if retry.is_empty() || retry.iter().any(|d| d.0.is_zero()) {
             problems.push((
@@ -199,22 +227,46 @@ pub fn settings(
         }
         s.retry = retry.into_iter().map(|d| d.0).collect();
     }
-    let positive = |key: &str, span: Option<Span>, into: &mut Duration, problems: &mut Vec<(String, String)>| {
-        if let Some(Span(d)) = span {
-            if d.is_zero() {
-                problems.push((key.to_string(), "must be more than zero".into()));
+    let positive =
+        |key: &str, span: Option<Span>, into: &mut Duration, problems: &mut Vec<(String, String)>| {
+            if let Some(Span(d)) = span {
+                if d.is_zero() {
+                    problems.push((key.to_string(), "must be more than zero".into()));
+                }
+                *into = d;
             }
-            *into = d;
-        }
-    };
+        };
     positive("delivery.expire", section.expire, &mut s.expire, &mut problems);
-    positive("delivery.connect-timeout", section.connect_timeout, &mut s.connect_timeout, &mut problems);
-    positive("delivery.command-timeout", section.command_timeout, &mut s.command_timeout, &mut problems);
-    positive("delivery.data-timeout", section.data_timeout, &mut s.data_timeout, &mut problems);
+    positive(
+        "delivery.connect-timeout",
+        section.connect_timeout,
+        &mut s.connect_timeout,
+        &mut problems,
+    );
+    positive(
+        "delivery.command-timeout",
+        section.command_timeout,
+        &mut s.command_timeout,
+        &mut problems,
+    );
+    positive(
+        "delivery.data-timeout",
+        section.data_timeout,
+        &mut s.data_timeout,
+        &mut problems,
+    );
     s.delay_notice = section.delay_notice.map(|d| d.0);
     for (key, value, into) in [
-        ("delivery.connections-per-destination", section.connections_per_destination, &mut s.per_destination),
-        ("delivery.max-connections", section.max_connections, &mut s.max_connections),
+        (
+            "delivery.connections-per-destination",
+            section.connections_per_destination,
+            &mut s.per_destination,
+        ),
+        (
+            "delivery.max-connections",
+            section.max_connections,
+            &mut s.max_connections,
+        ),
     ] {
         if let Some(v) = value {
             if v == 0 {
