@@ -162,16 +162,21 @@ fn a_5xx_recipient_bounces_to_the_sender_while_the_other_is_delivered() {
 }
 
 #[test]
-fn an_unreachable_destination_expires_into_a_dsn() {
+fn an_unreachable_destination_sends_a_delay_notice_then_expires_into_a_dsn() {
     // Nothing listens on port 9 of loopback: every attempt is refused.
     let setup = Setup::new(
-        "[delivery]\nretry = [\"1s\"]\nexpire = \"3s\"\nconnect-timeout = \"2s\"\n[delivery.routes]\n\"far.example\" = \"127.0.0.1:9\"\n",
+        "[delivery]\nretry = [\"1s\"]\nexpire = \"4s\"\ndelay-notice = \"1s\"\nconnect-timeout = \"2s\"\n[delivery.routes]\n\"far.example\" = \"127.0.0.1:9\"\n",
     );
     let mut daemon = setup.start();
     submit(&setup, &daemon, &["<bob@far.example>"], "expiry");
     daemon.wait_log("host failed");
-    let dsn = wait_for_mail(&setup.maildir("alice"), 1);
-    let text = read(&dsn[0]);
+    let mut reports: Vec<String> = wait_for_mail(&setup.maildir("alice"), 2).iter().map(|f| read(f)).collect();
+    reports.sort_by_key(|t| !t.contains("Action: delayed"));
+    let delay = &reports[0];
+    assert!(delay.contains("Subject: Delayed Mail (still being retried)"), "{delay}");
+    assert!(delay.contains("Action: delayed") && delay.contains("Will-Retry-Until:"), "{delay}");
+    assert!(delay.contains("Connection refused") || delay.contains("connection refused"), "{delay}");
+    let text = &reports[1];
     assert!(text.contains("Action: failed"), "{text}");
     assert!(text.contains("Status: 4.4.7"), "{text}");
     assert!(text.contains("delivery time expired"), "{text}");
