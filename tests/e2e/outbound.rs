@@ -170,12 +170,24 @@ fn an_unreachable_destination_sends_a_delay_notice_then_expires_into_a_dsn() {
     let mut daemon = setup.start();
     submit(&setup, &daemon, &["<bob@far.example>"], "expiry");
     daemon.wait_log("host failed");
-    let mut reports: Vec<String> = wait_for_mail(&setup.maildir("alice"), 2).iter().map(|f| read(f)).collect();
+    let mut reports: Vec<String> = wait_for_mail(&setup.maildir("alice"), 2)
+        .iter()
+        .map(|f| read(f))
+        .collect();
     reports.sort_by_key(|t| !t.contains("Action: delayed"));
     let delay = &reports[0];
-    assert!(delay.contains("Subject: Delayed Mail (still being retried)"), "{delay}");
-    assert!(delay.contains("Action: delayed") && delay.contains("Will-Retry-Until:"), "{delay}");
-    assert!(delay.contains("Connection refused") || delay.contains("connection refused"), "{delay}");
+    assert!(
+        delay.contains("Subject: Delayed Mail (still being retried)"),
+        "{delay}"
+    );
+    assert!(
+        delay.contains("Action: delayed") && delay.contains("Will-Retry-Until:"),
+        "{delay}"
+    );
+    assert!(
+        delay.contains("Connection refused") || delay.contains("connection refused"),
+        "{delay}"
+    );
     let text = &reports[1];
     assert!(text.contains("Action: failed"), "{text}");
     assert!(text.contains("Status: 4.4.7"), "{text}");

@@ -290,4 +290,59 @@ mod tests {
         assert_eq!(host_port("mx.example:0"), None);
         assert_eq!(host_port(":25"), None);
     }
+
+    fn parse(text: &str) -> Result<Settings, Vec<(String, String)>> {
+        let section: DeliverySection = toml::from_str(text).expect("toml");
+        settings(
+            section,
+            "mx.example.org",
+            &["example.org".into()],
+            Path::new("/nonexistent"),
+        )
+    }
+
+    #[test]
+    fn problems_name_their_keys() {
+        let cases = [
+            ("relay-host = \"smtp.example\"", "delivery.relay-host"),
+            ("relay-username = \"u\"", "delivery.relay-host"),
+            (
+                "relay-host = \"s:587\"\nrelay-username = \"u\"",
+                "delivery.relay-username",
+            ),
+            (
+                "relay-host = \"s:587\"\nrelay-username = \"u\"\nrelay-password-file = \"p\"",
+                "delivery.relay-username",
+            ),
+            ("tls = \"maybe\"", "delivery.tls"),
+            ("retry = []", "delivery.retry"),
+            ("max-connections = 0", "delivery.max-connections"),
+            (
+                "[routes]\n\"far.example\" = { host = \"x:25\", tls = \"none\", username = \"u\", password-file = \"p\" }",
+                "far.example",
+            ),
+        ];
+        for (text, key) in cases {
+            let problems = parse(text).expect_err(text);
+            assert!(
+                problems.iter().any(|(k, _)| k.contains(key)),
+                "{text}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_and_defaults() {
+        let s = parse(
+            "retry = [\"10s\", \"1m\"]\nexpire = \"1d\"\n[routes]\n\"Far.Example\" = \"127.0.0.1:2525\"\n\"bücher.example\" = { host = \"[::1]:25\", tls = \"required\" }\n",
+        )
+        .expect("valid");
+        assert_eq!(s.routes["far.example"].port, 2525);
+        assert_eq!(s.routes["xn--bcher-kva.example"].host, "::1");
+        assert_eq!(s.routes["xn--bcher-kva.example"].tls, TlsPolicy::Required);
+        assert_eq!(s.retry_after(5), Duration::from_secs(60));
+        assert_eq!(s.expire, Duration::from_secs(86_400));
+        assert_eq!(s.mx_port, 25);
+        assert!(s.relay.is_none() && s.delay_notice.is_none());
+    }
 }
