@@ -68,6 +68,10 @@ fn swapping_the_spam_plugin_under_load_drops_nothing() {
         std::fs::copy(source, &staged).expect("stage");
         let swapped_at = Instant::now();
         std::fs::rename(&staged, &live).expect("swap");
+        // The swap itself is logged before the next one starts: a message classified by
+        // the previous version and delivered late must not pass for this swap's verdict
+        // while the file is replaced again under a reload still in progress.
+        daemon.wait_log_count("plugin swapped", swap + 1);
         let deadline = swapped_at + PATIENCE;
         while count(&target) == before {
             assert!(
