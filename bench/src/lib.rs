@@ -7,6 +7,8 @@
 //! - `src/throughput.rs` (binary): the release daemon's messages per second on the MX and
 //!   submission paths, with the four example plugins on and off, side by side in one run.
 
+pub mod server;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;

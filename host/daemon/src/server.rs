@@ -213,7 +213,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     if live.accounts.is_empty() {
         tracing::warn!(users_file = %config.users_file.display(), "no accounts yet: add one with `portcullis user add NAME --password-stdin`");
     }
-    let spool = Arc::new(Spool::open(&data_dir.join("spool"))?);
+    let spool = Arc::new(Spool::open_with(
+        &data_dir.join("spool"),
+        config.server.spool_sync.mode(),
+    )?);
     let recovered = spool.list()?;
     let plugins = Arc::new(load_plugins(config)?);
     let mail_root = data_dir.join("mail");

@@ -18,6 +18,16 @@ pub fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     file.sync_all()
 }
 
+/// Creates `path` (which must not exist) and writes `parts`, leaving durability to a
+/// later flush (group commit).
+pub fn write_new_unsynced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    for part in parts {
+        file.write_all(part)?;
+    }
+    Ok(())
+}
+
 /// Creates a directory and its parents, fsyncing each parent that gained an entry.
 pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {

@@ -8,13 +8,16 @@
 //!   messages and are removed, never delivered.
 //! - [`maildir`]: local delivery (`tmp/` → `new/`, fsync'd), with names derived from the
 //!   queue id so that a delivery repeated after a crash is recognised and not duplicated.
+//! - [`commit`]: group commit — concurrent writers share one `syncfs` of the spool.
 //! - [`fsync`]: the small helpers both use.
 
 #![forbid(unsafe_code)]
 
+pub mod commit;
 pub mod fsync;
 pub mod maildir;
 pub mod queue;
 
+pub use commit::SyncMode;
 pub use maildir::{Delivery, Maildir};
 pub use queue::{Entry, QueueId, Spool, SpoolError};

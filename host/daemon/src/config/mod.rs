@@ -109,6 +109,32 @@ pub struct ServerSection {
     /// Keep running as root after binding when no `user` is set. Default: `false` (refuse).
     #[serde(default)]
     pub run_as_root: bool,
+    /// How an accepted message is made durable before the 250: `"group"` (messages that
+    /// arrive together share one flush of the spool's file system) or `"per-message"` (an
+    /// fsync of each file and of the directory). Default: `"group"`.
+    #[serde(default)]
+    pub spool_sync: SpoolSync,
+}
+
+/// `server.spool-sync`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpoolSync {
+    /// Group commit.
+    #[default]
+    Group,
+    /// One fsync of file and directory per message.
+    PerMessage,
+}
+
+impl SpoolSync {
+    /// The spool's own type.
+    pub fn mode(self) -> portcullis_spool::SyncMode {
+        match self {
+            SpoolSync::Group => portcullis_spool::SyncMode::Group,
+            SpoolSync::PerMessage => portcullis_spool::SyncMode::PerMessage,
+        }
+    }
 }
 
 /// How log lines are written.

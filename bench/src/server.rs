@@ -1,0 +1,248 @@
+//! Starting a release daemon for a benchmark and talking SMTP to it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+/// Which pipeline a load generator talks to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Path_ {
+    /// Port 25: plain SMTP.
+    Mx,
+    /// Port 587: STARTTLS and AUTH PLAIN.
+    Submission,
+}
+
+/// The bench account's password.
+pub const PASSWORD: &str = "bench-password";
+
+/// A release daemon started for a benchmark, killed when dropped.
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    /// The MX listener.
+    pub mx: SocketAddr,
+    /// The submission listener.
+    pub submission: SocketAddr,
+    /// Its directory (config, data).
+    pub dir: tempfile::TempDir,
+    /// Its certificate, PEM.
+    pub cert: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An argon2id hash of [`PASSWORD`], made by the daemon's own `user add`.
+pub fn hash_for(binary: &Path, dir: &Path) -> String {
+    let scratch = dir.join("scratch.toml");
+    std::fs::write(
+        &scratch,
+        "[server]\ndata-dir = \"scratch\"\n[domains]\nlocal = [\"example.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:0\"\n[auth]\nusers-file = \"scratch-users.toml\"\n",
+    )
+    .expect("scratch config");
+    let mut child = Command::new(binary)
+        .args(["user", "add", "bench", "--password-stdin", "--config"])
+        .arg(&scratch)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("user add");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(PASSWORD.as_bytes())
+        .expect("password");
+    assert!(child.wait().expect("user add").success());
+    let users = std::fs::read_to_string(dir.join("scratch-users.toml")).expect("users");
+    let start = users.find("$argon2id$").expect("hash");
+    users[start..].split('"').next().expect("hash").to_string()
+}
+
+/// Starts `binary` on loopback with the four example plugins on or off; `extra` is
+/// appended to its config.
+pub fn start(binary: &Path, plugins: bool, extra: &str) -> Daemon {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let cert = certified.cert.pem();
+    std::fs::write(dir.path().join("cert.pem"), &cert).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).expect("key");
+    let hash = hash_for(binary, dir.path());
+    let mut config = String::from(
+        "[server]\nhostname = \"bench.example.org\"\ndata-dir = \"data\"\nrun-as-root = true\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+         [[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:0\"\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:0\"\n\
+         [domains]\nlocal = [\"example.org\"]\n[auth]\nusers-file = \"users.toml\"\n",
+    );
+    if plugins {
+        let built = Path::new(portcullis_runtime::builtin::BUILD_DIR);
+        for (file, hook) in [
+            ("auth_table.wasm", "auth"),
+            ("rate_limit.wasm", "rate"),
+            ("virus_signatures.wasm", "virus"),
+            ("spam_rules.wasm", "spam"),
+        ] {
+            std::fs::copy(built.join(file), dir.path().join(file)).expect("plugin");
+            config.push_str(&format!("\n[[plugin]]\nhook = \"{hook}\"\npath = \"{file}\"\n"));
+            match hook {
+                "auth" => config.push_str(&format!(
+                    "[plugin.config.accounts]\n\"bench@example.org\" = \"{hash}\"\n"
+                )),
+                "rate" => config.push_str("[plugin.config.account]\nmessages-per-minute = 1000000\n"),
+                _ => {}
+            }
+        }
+        // No account in the users file: bench@ authenticates through auth-table.
+        std::fs::write(dir.path().join("users.toml"), "[accounts]\n").expect("users");
+    } else {
+        std::fs::write(
+            dir.path().join("users.toml"),
+            format!("[accounts.\"bench@example.org\"]\npassword = \"{hash}\"\n"),
+        )
+        .expect("users");
+    }
+    config.push_str(extra);
+    std::fs::write(dir.path().join("portcullis.toml"), config).expect("config");
+    let mut child = Command::new(binary)
+        .args(["serve", "--config"])
+        .arg(dir.path().join("portcullis.toml"))
+        .env("PORTCULLIS_LOG", "warn,portcullis::server=info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start portcullis");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut mx, mut submission) = (None, None);
+    for line in lines.by_ref() {
+        let line = line.expect("log");
+        if line.contains("listening") {
+            let address = line
+                .split("address=")
+                .nth(1)
+                .and_then(|r| r.split(' ').next())
+                .expect("address");
+            let address: SocketAddr = address.parse().expect("address");
+            if line.contains("kind=\"mx\"") {
+                mx = Some(address);
+            } else {
+                submission = Some(address);
+            }
+        }
+        if line.contains(" ready ") {
+            break;
+        }
+    }
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Daemon {
+        child,
+        mx: mx.expect("mx listener"),
+        submission: submission.expect("submission listener"),
+        dir,
+        cert,
+    }
+}
+
+/// A byte stream a client can use.
+pub trait Conn: Read + Write + Send {}
+impl<T: Read + Write + Send> Conn for T {}
+
+/// A blocking SMTP client over plain TCP or TLS.
+pub struct Client {
+    reader: BufReader<Box<dyn Conn>>,
+}
+
+impl Client {
+    /// One whole reply.
+    pub fn reply(&mut self) -> String {
+        let mut whole = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return whole;
+            }
+            whole.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return whole;
+            }
+        }
+    }
+
+    /// Sends `line` and CRLF, returns the reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        let stream = self.reader.get_mut();
+        stream.write_all(line.as_bytes()).expect("write");
+        stream.write_all(b"\r\n").expect("write");
+        stream.flush().expect("flush");
+        self.reply()
+    }
+}
+
+/// A session to `daemon`: EHLO, and on submission STARTTLS, EHLO and AUTH PLAIN.
+pub fn connect(daemon: &Daemon, path: Path_) -> Client {
+    let addr = if path == Path_::Mx {
+        daemon.mx
+    } else {
+        daemon.submission
+    };
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut plain = Client {
+        reader: BufReader::new(Box::new(tcp.try_clone().expect("clone"))),
+    };
+    assert!(plain.reply().starts_with("220"));
+    assert!(plain.cmd("EHLO bench.client").starts_with("250"));
+    if path == Path_::Mx {
+        return plain;
+    }
+    assert!(plain.cmd("STARTTLS").starts_with("220"));
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(daemon.cert.as_bytes()).expect("pem"))
+        .expect("root");
+    let config =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name")).expect("tls");
+    let tls = rustls::StreamOwned::new(conn, tcp);
+    let mut client = Client {
+        reader: BufReader::new(Box::new(tls)),
+    };
+    assert!(client.cmd("EHLO bench.client").starts_with("250"));
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0bench@example.org\0{PASSWORD}"));
+    let reply = client.cmd(&format!("AUTH PLAIN {auth}"));
+    assert!(reply.starts_with("235"), "{reply}");
+    client
+}
+
+/// User + system CPU seconds of process `pid` (its threads included; with `children`,
+/// also of its reaped children).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    cpu_of(pid, false)
+}
+
+/// See [`cpu_seconds`].
+pub fn cpu_of(pid: u32, children: bool) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let field = |i: usize| -> f64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    let mut ticks = field(11) + field(12);
+    if children {
+        ticks += field(13) + field(14);
+    }
+    ticks / 100.0
+}
