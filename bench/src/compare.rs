@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_bench::sample_message;
-use portcullis_bench::server::{Daemon, Path_, connect, cpu_of, start};
+use portcullis_bench::server::{Daemon, Path_, connect, cpu_of, start, start_with};
 
 struct Args {
     seconds: f64,
@@ -666,6 +666,33 @@ fn main() {
         println!(
             "\nSingle session, smallest size, no plugins: {rate:.0} msgs/s = {:.0}% of the disk's file+directory fsync rate.",
             100.0 * rate / fsyncs
+        );
+    }
+
+    println!("\n### Group commit versus one fsync per message (no plugins, 10 KiB)\n");
+    println!("| sessions | spool-sync | msgs/s | p50 ms | p99 ms | group / per-message |");
+    println!("|---|---|---|---|---|---|");
+    for &sessions in &a.sessions {
+        let per = {
+            let d = start_with(&a.binary, false, "spool-sync = \"per-message\"", "");
+            measure(&d, sessions, 10 * 1024, a.seconds)
+        };
+        let group = {
+            let d = start_with(&a.binary, false, "spool-sync = \"group\"", "");
+            measure(&d, sessions, 10 * 1024, a.seconds)
+        };
+        println!(
+            "| {sessions} | per-message | {:.0} | {} | {} | |",
+            per.per_second,
+            ms(per.p50),
+            ms(per.p99)
+        );
+        println!(
+            "| {sessions} | group | {:.0} | {} | {} | {:.2}× |",
+            group.per_second,
+            ms(group.p50),
+            ms(group.p99),
+            group.per_second / per.per_second
         );
     }
 

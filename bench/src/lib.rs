@@ -6,6 +6,11 @@
 //!   plugin.
 //! - `src/throughput.rs` (binary): the release daemon's messages per second on the MX and
 //!   submission paths, with the four example plugins on and off, side by side in one run.
+//! - `src/compare.rs` (binary): Portcullis side by side with Postfix (installed from
+//!   Debian's packages when missing), loaded by `smtp-source`; latency, CPU, memory, the
+//!   disk's fsync rate, group commit versus per-message fsync, submission, idle memory.
+//! - `src/hookload.rs` (binary): hook calls under concurrency, without sockets or disk.
+//! - [`server`]: starting a release daemon for a benchmark and talking SMTP to it.
 
 pub mod server;
 

@@ -71,16 +71,21 @@ pub fn hash_for(binary: &Path, dir: &Path) -> String {
 /// Starts `binary` on loopback with the four example plugins on or off; `extra` is
 /// appended to its config.
 pub fn start(binary: &Path, plugins: bool, extra: &str) -> Daemon {
+    start_with(binary, plugins, "", extra)
+}
+
+/// [`start`], with `server_keys` added to the `[server]` table.
+pub fn start_with(binary: &Path, plugins: bool, server_keys: &str, extra: &str) -> Daemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
     let cert = certified.cert.pem();
     std::fs::write(dir.path().join("cert.pem"), &cert).expect("cert");
     std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).expect("key");
     let hash = hash_for(binary, dir.path());
-    let mut config = String::from(
-        "[server]\nhostname = \"bench.example.org\"\ndata-dir = \"data\"\nrun-as-root = true\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
+    let mut config = format!(
+        "[server]\nhostname = \"bench.example.org\"\ndata-dir = \"data\"\nrun-as-root = true\n{server_keys}\n[tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\
          [[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:0\"\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:0\"\n\
-         [domains]\nlocal = [\"example.org\"]\n[auth]\nusers-file = \"users.toml\"\n",
+         [domains]\nlocal = [\"example.org\"]\n[auth]\nusers-file = \"users.toml\"\n"
     );
     if plugins {
         let built = Path::new(portcullis_runtime::builtin::BUILD_DIR);

@@ -159,8 +159,14 @@ impl Runtime {
             .max_memories_per_component(4)
             .max_tables_per_component(8)
             .max_memory_size(config.max_memory)
-            .linear_memory_keep_resident(1 << 20)
-            .table_keep_resident(64 << 10);
+            // Reset a used memory by scanning which pages were touched (PAGEMAP_SCAN, Linux
+            // 6.7+) and zeroing those in place, up to 4 MiB, and batch what must still be
+            // decommitted: fewer madvise calls, so fewer page faults and TLB shoot-downs
+            // per message (hookload, 10 tasks: 447 µs CPU per message before, 343–430 after).
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .decommit_batch_size(16);
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
             .epoch_interruption(true)
