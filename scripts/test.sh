@@ -17,4 +17,16 @@ done
 rustup target list --toolchain "$toolchain" --installed | grep -q '^wasm32-wasip2$' \
   || rustup target add --toolchain "$toolchain" wasm32-wasip2
 
+# Plugins in other languages are built by their own scripts, with pinned toolchains
+# installed under target/toolchains (a missing one is installed, never skipped).
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv
+  else
+    echo "python3 with venv is needed for plugins/python (apt-get install python3 python3-venv)" >&2
+    exit 1
+  fi
+fi
+plugins/python/build.sh
+
 cargo test --workspace --locked "$@"

@@ -80,6 +80,32 @@ fn hooks(c: &mut Criterion) {
         })
     });
 
+    // Plugins in other languages, built by their own scripts (scripts/test.sh runs them).
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/python/spam_bayes.wasm");
+    if python.is_file() {
+        let mut py = (*spec(
+            "spam_rules.wasm",
+            HookKind::Spam,
+            serde_json::json!({
+                "tokens": { "viagra": 3.0, "report": -1.0, "quarterly": -0.5 }
+            }),
+        ))
+        .clone();
+        py.name = "spam-bayes".into();
+        py.path = python;
+        let bayes = runtime.load(Arc::new(py)).expect("load the Python plugin");
+        c.bench_function("spam-bayes (Python) 10KiB", |b| {
+            b.to_async(&rt)
+                .iter(|| async { runtime.spam(&bayes, &mx, &msg).await.expect("classify") })
+        });
+    } else {
+        eprintln!(
+            "{} not built: run plugins/python/build.sh to bench it",
+            python.display()
+        );
+    }
+
     // argon2id with the default parameters (19 MiB, 2 passes) dominates this one.
     let hash =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$BZHGAFdZ4Kk0HGkHuVsZd0GbXatFtO3OnQBqMK4pSj8";

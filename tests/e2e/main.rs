@@ -9,6 +9,7 @@ mod durability;
 mod harness;
 mod hostile;
 mod hot_swap;
+mod languages;
 mod outbound;
 mod pipelines;
 mod plugins;
