@@ -28,5 +28,14 @@ if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   fi
 fi
 plugins/python/build.sh
+if ! command -v npm >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm
+  else
+    echo "node and npm are needed for plugins/javascript (apt-get install nodejs npm)" >&2
+    exit 1
+  fi
+fi
+plugins/javascript/build.sh
 
 cargo test --workspace --locked "$@"

@@ -102,3 +102,34 @@ fn a_python_plugin_that_reaches_for_files_and_sockets_gets_errors_inside_the_san
         .collect();
     assert!(noise.is_empty(), "{noise:#?}");
 }
+
+#[test]
+fn javascript_haraka_style_rate_policy_defers_the_third_message_of_a_minute() {
+    let plugin = language_plugin("javascript", "rate_haraka.wasm");
+    let setup = Setup::new(&format!(
+        "[[plugin]]\nhook = \"rate\"\npath = \"{}\"\n[plugin.config]\nmessages-per-minute = 2\n",
+        plugin.display()
+    ));
+    let mut daemon = setup.start();
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    let auth = c.cmd(&format!("AUTH PLAIN {}", base64_plain("alice@example.org", PASSWORD)));
+    assert!(auth.starts_with("235"), "{auth}");
+    for n in 0..2 {
+        let reply = c.send_mail(
+            "<alice@example.org>",
+            &["<alice@example.org>"],
+            &format!("Subject: note {n}\r\n\r\nhello"),
+        );
+        assert!(reply.starts_with("250"), "message {n}: {reply}");
+    }
+    // The third is refused at the end of the envelope, with the plugin's own words.
+    assert!(c.cmd("MAIL FROM:<alice@example.org>").starts_with("250"));
+    let rcpt = c.cmd("RCPT TO:<alice@example.org>");
+    let data = if rcpt.starts_with("250") { c.cmd("DATA") } else { rcpt };
+    assert!(
+        data.starts_with("451 4.7.0 alice@example.org sent 2 messages this minute"),
+        "{data}"
+    );
+    assert_eq!(wait_for_mail(&setup.maildir("alice"), 2).len(), 2);
+    daemon.wait_log("rate-haraka: DENYSOFT");
+}
