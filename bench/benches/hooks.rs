@@ -105,6 +105,29 @@ fn hooks(c: &mut Criterion) {
             python.display()
         );
     }
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins/javascript/rate_haraka.wasm");
+    if js.is_file() {
+        let mut spec_js = (*spec("rate_limit.wasm", HookKind::Rate, serde_json::json!({}))).clone();
+        spec_js.name = "rate-haraka".into();
+        spec_js.path = js;
+        let haraka = runtime
+            .load(Arc::new(spec_js))
+            .expect("load the JavaScript plugin");
+        c.bench_function("rate-haraka (JavaScript)", |b| {
+            b.to_async(&rt).iter(|| async {
+                runtime
+                    .rate(&haraka, &submission, &msg.envelope, &usage)
+                    .await
+                    .expect("rate")
+            })
+        });
+    } else {
+        eprintln!(
+            "{} not built: run plugins/javascript/build.sh to bench it",
+            js.display()
+        );
+    }
 
     // argon2id with the default parameters (19 MiB, 2 passes) dominates this one.
     let hash =

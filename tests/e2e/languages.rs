@@ -112,7 +112,10 @@ fn javascript_haraka_style_rate_policy_defers_the_third_message_of_a_minute() {
     ));
     let mut daemon = setup.start();
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
-    let auth = c.cmd(&format!("AUTH PLAIN {}", base64_plain("alice@example.org", PASSWORD)));
+    let auth = c.cmd(&format!(
+        "AUTH PLAIN {}",
+        base64_plain("alice@example.org", PASSWORD)
+    ));
     assert!(auth.starts_with("235"), "{auth}");
     for n in 0..2 {
         let reply = c.send_mail(
@@ -125,7 +128,11 @@ fn javascript_haraka_style_rate_policy_defers_the_third_message_of_a_minute() {
     // The third is refused at the end of the envelope, with the plugin's own words.
     assert!(c.cmd("MAIL FROM:<alice@example.org>").starts_with("250"));
     let rcpt = c.cmd("RCPT TO:<alice@example.org>");
-    let data = if rcpt.starts_with("250") { c.cmd("DATA") } else { rcpt };
+    let data = if rcpt.starts_with("250") {
+        c.cmd("DATA")
+    } else {
+        rcpt
+    };
     assert!(
         data.starts_with("451 4.7.0 alice@example.org sent 2 messages this minute"),
         "{data}"
