@@ -37,5 +37,15 @@ if ! command -v npm >/dev/null 2>&1; then
   fi
 fi
 plugins/javascript/build.sh
+if ! command -v clang-19 >/dev/null 2>&1 || [ ! -f /usr/lib/wasm32-wasi/libc.a ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+      clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc
+  else
+    echo "clang-19 and wasi-libc are needed for plugins/c (apt-get install clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc)" >&2
+    exit 1
+  fi
+fi
+plugins/c/build.sh
 
 cargo test --workspace --locked "$@"

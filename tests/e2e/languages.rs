@@ -140,3 +140,43 @@ fn javascript_haraka_style_rate_policy_defers_the_third_message_of_a_minute() {
     assert_eq!(wait_for_mail(&setup.maildir("alice"), 2).len(), 2);
     daemon.wait_log("rate-haraka: DENYSOFT");
 }
+
+#[test]
+fn c_signature_scanner_refuses_eicar_and_signatures_split_across_reads() {
+    let plugin = language_plugin("c", "virus_scan.wasm");
+    // A 5,000-octet signature (50 lines): placed after 62,000 octets of text, it spans the
+    // plugin's first 64 KiB read whatever the length of the headers before it.
+    let line = |i: usize| format!("{i:02}-SIGNATURE-LINE-{}", "Q".repeat(79));
+    let long: String = (0..50).map(|i| format!("{}\r\n", line(i))).collect();
+    let setup = Setup::new(&format!(
+        "[[plugin]]\nhook = \"virus\"\npath = \"{}\"\n[plugin.config]\nsignatures = \"Demo.Worm=WORM-TEST-STRING;Long.Split={}\"\n",
+        plugin.display(),
+        long.replace("\r\n", "\\r\\n")
+    ));
+    let mut daemon = setup.start();
+    let send = |body: &str| -> String {
+        let mut c = Raw::connect(daemon.addr("mx"));
+        assert!(c.cmd("EHLO sender.example").starts_with("250"));
+        assert!(c.cmd("MAIL FROM:<someone@far.example>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.cmd(&format!(
+            "From: someone@far.example\r\nTo: alice@example.org\r\nSubject: scan me\r\n\r\n{body}\r\n."
+        ))
+    };
+    let eicar = send(r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*");
+    assert!(eicar.starts_with("554 5.7.1"), "{eicar}");
+    assert!(eicar.contains("Eicar-Test-Signature"), "{eicar}");
+    let worm = send("hello WORM-TEST-STRING there");
+    assert!(worm.contains("Demo.Worm"), "{worm}");
+    let filler: String = "filler text that is not a signature at all\r\n".repeat(62_000 / 44 + 1);
+    let split = send(&format!("{filler}{}", long.trim_end()));
+    assert!(
+        split.starts_with("554 5.7.1") && split.contains("Long.Split"),
+        "{split}"
+    );
+    let clean = send(&format!("{filler}nothing to see"));
+    assert!(clean.starts_with("250"), "{clean}");
+    assert_eq!(wait_for_mail(&setup.maildir("alice"), 1).len(), 1);
+    daemon.wait_log_count("hook verdict", 4);
+}
