@@ -105,6 +105,22 @@ fn hooks(c: &mut Criterion) {
             python.display()
         );
     }
+    let c_scan = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/c/virus_scan.wasm");
+    if c_scan.is_file() {
+        let mut spec_c = (*spec("virus_signatures.wasm", HookKind::Virus, serde_json::json!({}))).clone();
+        spec_c.name = "virus-scan".into();
+        spec_c.path = c_scan;
+        let scan = runtime.load(Arc::new(spec_c)).expect("load the C plugin");
+        c.bench_function("virus-scan (C) 10KiB", |b| {
+            b.to_async(&rt)
+                .iter(|| async { runtime.virus(&scan, &mx, &msg).await.expect("scan") })
+        });
+    } else {
+        eprintln!(
+            "{} not built: run plugins/c/build.sh to bench it",
+            c_scan.display()
+        );
+    }
     let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/plugins/javascript/rate_haraka.wasm");
     if js.is_file() {
