@@ -180,3 +180,85 @@ fn c_signature_scanner_refuses_eicar_and_signatures_split_across_reads() {
     assert_eq!(wait_for_mail(&setup.maildir("alice"), 1).len(), 1);
     daemon.wait_log_count("hook verdict", 4);
 }
+
+/// `plugin new` writes a starter that builds with its own script and works, in every
+/// language (reusing the toolchains the language build scripts installed).
+#[test]
+fn plugin_new_starters_build_and_junk_the_configured_word_in_every_language() {
+    let toolchains = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/toolchains"));
+    assert!(
+        toolchains.join("python").is_dir()
+            && toolchains.join("javascript").is_dir()
+            && toolchains.join("c").is_dir(),
+        "the language toolchains are missing: run plugins/{{python,javascript,c}}/build.sh (scripts/test.sh does)"
+    );
+    let pinned = include_str!("../../rust-toolchain.toml");
+    let channel = pinned
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel"))
+        .and_then(|v| v.split('"').nth(1))
+        .expect("channel in rust-toolchain.toml")
+        .to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let message = dir.path().join("m.eml");
+    std::fs::write(
+        &message,
+        "From: a@far.example\r\nTo: alice@example.org\r\nSubject: Great CRYPTO deal\r\n\r\nBuy.\r\n",
+    )
+    .expect("message");
+    std::fs::write(dir.path().join("cfg.toml"), "word = \"deal\"\n").expect("config");
+    for lang in ["rust", "python", "javascript", "c"] {
+        let name = format!("my-{lang}");
+        let out = std::process::Command::new(binary())
+            .args(["plugin", "new", "--lang", lang, "--hook", "spam", &name])
+            .current_dir(dir.path())
+            .output()
+            .expect("plugin new");
+        assert!(
+            out.status.success(),
+            "{lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let build = std::process::Command::new(dir.path().join(&name).join("build.sh"))
+            // Outside the repository no rust-toolchain.toml applies: use the pinned one,
+            // which scripts/test.sh gave the wasm32-wasip2 target.
+            .env("RUSTUP_TOOLCHAIN", &channel)
+            .env("PORTCULLIS_PYTHON_VENV", toolchains.join("python"))
+            .env("PORTCULLIS_JS_TOOLS", toolchains.join("javascript"))
+            .env("PORTCULLIS_C_TOOLS", toolchains.join("c"))
+            .output()
+            .expect("build.sh");
+        assert!(
+            build.status.success(),
+            "{lang} starter did not build: {}{}",
+            String::from_utf8_lossy(&build.stdout),
+            String::from_utf8_lossy(&build.stderr)
+        );
+        let test = std::process::Command::new(binary())
+            .args(["plugin", "test", "--hook", "spam"])
+            .arg(dir.path().join(&name).join(format!("{name}.wasm")))
+            .arg(&message)
+            .arg("--plugin-config")
+            .arg(dir.path().join("cfg.toml"))
+            .output()
+            .expect("plugin test");
+        let text = String::from_utf8_lossy(&test.stdout);
+        assert!(
+            test.status.success(),
+            "{lang}: {text}{}",
+            String::from_utf8_lossy(&test.stderr)
+        );
+        assert!(
+            text.contains("junk") && text.contains("X-Starter: hit"),
+            "{lang}: {text}"
+        );
+    }
+    // Hooks without a starter yet say so instead of writing something half right.
+    let out = std::process::Command::new(binary())
+        .args(["plugin", "new", "--lang", "c", "--hook", "virus", "nope"])
+        .current_dir(dir.path())
+        .output()
+        .expect("plugin new");
+    assert!(!out.status.success());
+    assert!(!dir.path().join("nope").exists());
+}

@@ -12,6 +12,7 @@
 //! - [`rate`]: the host's rate counters, passed to the rate hook.
 //! - [`notice`]: messages the server writes itself (the virus notice).
 //! - [`plugin_test`]: `portcullis plugin test`, the filter author's inner loop.
+//! - [`plugin_new`]: `portcullis plugin new`, a working starter in any supported language.
 //! - [`privileges`]: bind as root, then run as the configured user.
 //! - [`metrics`]: the Prometheus endpoint.
 //! - [`queue_cmd`]: `portcullis queue list | flush | remove`.
@@ -35,6 +36,7 @@ mod hooks;
 mod live;
 mod metrics;
 mod notice;
+mod plugin_new;
 mod plugin_test;
 mod privileges;
 mod queue_cmd;
@@ -105,6 +107,17 @@ enum QueueCommand {
 enum PluginCommand {
     /// Run one plugin on one message and print its verdict and how long it took.
     Test(plugin_test::TestArgs),
+    /// Write a working starter plugin into a new folder NAME.
+    New {
+        /// rust, python, javascript or c.
+        #[arg(long)]
+        lang: String,
+        /// The hook it serves (starters exist for spam so far).
+        #[arg(long, default_value = "spam")]
+        hook: String,
+        /// The folder to create; also the plugin's name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -241,6 +254,23 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => ExitCode::from(plugin_test::run(args)),
+        Command::Plugin {
+            command: PluginCommand::New { lang, hook, name },
+        } => match plugin_new::run(&lang, &hook, &name) {
+            Ok(dir) => {
+                println!(
+                    "wrote {}: build it with {}/build.sh, then try it with\n  portcullis plugin test {}/{name}.wasm --hook {hook} MESSAGE.eml",
+                    dir.display(),
+                    dir.display(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("portcullis plugin new: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Queue { command, config } => {
             let result = load(config.as_ref())
                 .map_err(|e| e.to_string())

