@@ -429,9 +429,14 @@ impl TlsRaw {
     /// AUTH PLAIN as `user@domain`, then MAIL, RCPT for each of `to` and DATA with `message`
     /// (CRLF lines, without the final CRLF); returns the reply to the end of DATA.
     pub fn submit(&mut self, user: &str, from: &str, to: &[&str], message: &str) -> String {
+        self.login(user);
+        self.send_mail(from, to, message)
+    }
+
+    /// AUTH PLAIN as `user` with the test password; asserts 235.
+    pub fn login(&mut self, user: &str) {
         let auth = self.cmd(&format!("AUTH PLAIN {}", base64_plain(user, PASSWORD)));
         assert!(auth.starts_with("235"), "{auth}");
-        self.send_mail(from, to, message)
     }
 
     /// MAIL (with `from` as written, parameters allowed), RCPTs and DATA.

@@ -112,11 +112,7 @@ fn javascript_haraka_style_rate_policy_defers_the_third_message_of_a_minute() {
     ));
     let mut daemon = setup.start();
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
-    let auth = c.cmd(&format!(
-        "AUTH PLAIN {}",
-        base64_plain("alice@example.org", PASSWORD)
-    ));
-    assert!(auth.starts_with("235"), "{auth}");
+    c.login("alice@example.org");
     for n in 0..2 {
         let reply = c.send_mail(
             "<alice@example.org>",
@@ -253,6 +249,32 @@ fn plugin_new_starters_build_and_junk_the_configured_word_in_every_language() {
             "{lang}: {text}"
         );
     }
+    // A template folder copied out of the repository builds too: its script asks the
+    // portcullis binary for the WIT contract.
+    let copied = dir.path().join("copied-c");
+    std::fs::create_dir_all(&copied).expect("mkdir");
+    let template = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../plugins/templates/c"));
+    for file in ["plugin.c", "build.sh"] {
+        std::fs::copy(template.join(file), copied.join(file)).expect("copy template");
+    }
+    let bin_dir = std::path::Path::new(binary()).parent().expect("bin dir");
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let build = std::process::Command::new(copied.join("build.sh"))
+        .env("PATH", path)
+        .env("PORTCULLIS_C_TOOLS", toolchains.join("c"))
+        .output()
+        .expect("build.sh");
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    assert!(copied.join("wit/worlds.wit").is_file() && copied.join("copied-c.wasm").is_file());
+
     // Hooks without a starter yet say so instead of writing something half right.
     let out = std::process::Command::new(binary())
         .args(["plugin", "new", "--lang", "c", "--hook", "virus", "nope"])

@@ -86,11 +86,7 @@ fn a_4xx_then_2xx_destination_gets_the_message_on_retry_with_dsn_parameters() {
     ));
     let mut daemon = setup.start();
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
-    let auth = c.cmd(&format!(
-        "AUTH PLAIN {}",
-        base64_plain("alice@example.org", PASSWORD)
-    ));
-    assert!(auth.starts_with("235"), "{auth}");
+    c.login("alice@example.org");
     let reply = c.send_mail(
         "<alice@example.org> RET=HDRS ENVID=env+2B1",
         &["<bob@far.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;bob@far.example"],
@@ -239,11 +235,7 @@ fn mx_records_from_a_loopback_dns_server_in_preference_order_with_null_mx_and_id
         submit(&setup, &daemon, &[to], subject);
     }
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
-    let auth = c.cmd(&format!(
-        "AUTH PLAIN {}",
-        base64_plain("alice@example.org", PASSWORD)
-    ));
-    assert!(auth.starts_with("235"), "{auth}");
+    c.login("alice@example.org");
     let reply = c.send_mail(
         "<alice@example.org> SMTPUTF8",
         &["<bob@bücher.example>"],

@@ -118,6 +118,11 @@ enum PluginCommand {
         /// The folder to create; also the plugin's name.
         name: String,
     },
+    /// Write the WIT contract (portcullis:filter@0.1.0) into DIR.
+    Wit {
+        /// The folder to write the .wit files into.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -254,6 +259,15 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::Test(args),
         } => ExitCode::from(plugin_test::run(args)),
+        Command::Plugin {
+            command: PluginCommand::Wit { dir },
+        } => match plugin_new::write_wit(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis plugin wit: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Plugin {
             command: PluginCommand::New { lang, hook, name },
         } => match plugin_new::run(&lang, &hook, &name) {

@@ -87,6 +87,18 @@ const C: &[File] = &[
     ),
 ];
 
+/// `portcullis plugin wit DIR`: writes the WIT contract into `dir` (what a copied template
+/// folder's build script asks for when it has no `wit/` of its own).
+pub fn write_wit(dir: &Path) -> Result<(), String> {
+    for (path, text) in WIT {
+        let name = path.trim_start_matches("wit/");
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let dest = dir.join(name);
+        std::fs::write(&dest, text).map_err(|e| format!("{}: {e}", dest.display()))?;
+    }
+    Ok(())
+}
+
 /// Writes the starter for `lang` and `hook` into a new folder `name`; returns its path.
 pub fn run(lang: &str, hook: &str, name: &str) -> Result<PathBuf, String> {
     let files = match lang {

@@ -5,6 +5,14 @@
 # WASI preview 1 reactor adapter of wasmtime 48.0.8 (crates.io).
 set -eu
 cd "$(dirname "$0")"
+# The WIT contract: this folder's own wit/, else the repository's (building in place),
+# else the one the portcullis binary carries.
+if [ ! -d wit ]; then
+    if [ -f ../../../wit/worlds.wit ]; then cp -r ../../../wit wit
+    elif command -v portcullis >/dev/null 2>&1; then portcullis plugin wit wit
+    else echo "no wit/ here: copy the contract in, or put portcullis on PATH" >&2; exit 1
+    fi
+fi
 name=$(basename "$(pwd)")
 tools=${PORTCULLIS_C_TOOLS:-$(pwd)/.tools}
 mkdir -p "$tools"

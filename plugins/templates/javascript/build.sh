@@ -4,6 +4,14 @@
 # whose node_modules already holds it).
 set -eu
 cd "$(dirname "$0")"
+# The WIT contract: this folder's own wit/, else the repository's (building in place),
+# else the one the portcullis binary carries.
+if [ ! -d wit ]; then
+    if [ -f ../../../wit/worlds.wit ]; then cp -r ../../../wit wit
+    elif command -v portcullis >/dev/null 2>&1; then portcullis plugin wit wit
+    else echo "no wit/ here: copy the contract in, or put portcullis on PATH" >&2; exit 1
+    fi
+fi
 tools=${PORTCULLIS_JS_TOOLS:-$(pwd)}
 if [ ! -d "$tools/node_modules/@bytecodealliance/componentize-js" ]; then
     (cd "$tools" && npm ci --silent --no-audit --no-fund)

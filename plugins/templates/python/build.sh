@@ -3,6 +3,14 @@
 # (or the one named by PORTCULLIS_PYTHON_VENV).
 set -eu
 cd "$(dirname "$0")"
+# The WIT contract: this folder's own wit/, else the repository's (building in place),
+# else the one the portcullis binary carries.
+if [ ! -d wit ]; then
+    if [ -f ../../../wit/worlds.wit ]; then cp -r ../../../wit wit
+    elif command -v portcullis >/dev/null 2>&1; then portcullis plugin wit wit
+    else echo "no wit/ here: copy the contract in, or put portcullis on PATH" >&2; exit 1
+    fi
+fi
 name=$(basename "$(pwd)")
 venv=${PORTCULLIS_PYTHON_VENV:-.venv}
 if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "0.25.1"; then

@@ -2,6 +2,14 @@
 # Builds starter.wasm from this folder (Rust with the wasm32-wasip2 target).
 set -eu
 cd "$(dirname "$0")"
+# The WIT contract: this folder's own wit/, else the repository's (building in place),
+# else the one the portcullis binary carries.
+if [ ! -d wit ]; then
+    if [ -f ../../../wit/worlds.wit ]; then cp -r ../../../wit wit
+    elif command -v portcullis >/dev/null 2>&1; then portcullis plugin wit wit
+    else echo "no wit/ here: copy the contract in, or put portcullis on PATH" >&2; exit 1
+    fi
+fi
 name=$(sed -n 's/^name = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 cargo build --quiet --release --target wasm32-wasip2
 target=${CARGO_TARGET_DIR:-target}
