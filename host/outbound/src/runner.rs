@@ -264,7 +264,9 @@ impl Attempt {
         }
         let t = now();
         let expires_at = entry.received_at + settings.expire.as_secs();
-        if !force && entry.next_attempt > t && entry.next_attempt < expires_at {
+        // Not due yet (a restart, or a submit while scheduled): come back at the due time,
+        // when expiry is checked too.
+        if !force && entry.next_attempt > t {
             return Some(entry.next_attempt);
         }
         let message = Arc::new(message);
