@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use portcullis_outbound::Outbound;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 /// The socket's path in `data_dir`.
@@ -33,7 +33,8 @@ pub fn serve(data_dir: &Path, outbound: Outbound) -> std::io::Result<()> {
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
-                let mut reader = BufReader::new(read).take_line_limit();
+                // One short line is all a client may make us buffer.
+                let mut reader = BufReader::new(read.take(256));
                 if reader.read_line(&mut line).await.is_err() {
                     return;
                 }
@@ -56,17 +57,6 @@ pub fn serve(data_dir: &Path, outbound: Outbound) -> std::io::Result<()> {
         }
     });
     Ok(())
-}
-
-/// Bounds how much a client of the control socket can make us buffer.
-trait LineLimit: Sized {
-    fn take_line_limit(self) -> tokio::io::Take<Self>;
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> LineLimit for BufReader<R> {
-    fn take_line_limit(self) -> tokio::io::Take<Self> {
-        tokio::io::AsyncReadExt::take(self, 256)
-    }
 }
 
 /// `portcullis queue flush`: asks the running daemon to try every queued message now.
