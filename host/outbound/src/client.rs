@@ -113,16 +113,14 @@ impl Conn {
         }
     }
 
+    /// Writes `bytes` and flushes them (through TLS too) within the command timeout.
     async fn send(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
-        match tokio::time::timeout(self.timeout, self.io.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.broken(format!("write failed: {e}"))),
-            Err(_) => Err(self.broken("write timed out")),
-        }
-    }
-
-    async fn flush(&mut self) -> Result<(), SessionError> {
-        match tokio::time::timeout(self.timeout, self.io.flush()).await {
+        let io = &mut self.io;
+        let write = async move {
+            io.write_all(bytes).await?;
+            io.flush().await
+        };
+        match tokio::time::timeout(self.timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.broken(format!("write failed: {e}"))),
             Err(_) => Err(self.broken("write timed out")),
@@ -153,7 +151,6 @@ impl Conn {
 
     async fn command(&mut self, line: &str) -> Result<Reply, SessionError> {
         self.send(line.as_bytes()).await?;
-        self.flush().await?;
         self.reply().await
     }
 
@@ -391,7 +388,6 @@ async fn transaction(
         }
         batch.extend_from_slice(b"DATA\r\n");
         conn.send(&batch).await?;
-        conn.flush().await?;
         replies.mail = conn.reply().await?;
         for _ in &rcpts {
             replies.rcpts.push(Some(conn.reply().await?));
@@ -414,7 +410,6 @@ async fn transaction(
     match &replies.data {
         Some(data) if data.code == 354 && accepted => {
             conn.send(&client::dot_stuff(message)).await?;
-            conn.flush().await?;
             // The window in which a crash can duplicate the message (RFC 5321 6.1) opens with
             // this reply; the caller persists the result before anything else.
             replies.done = Some(conn.reply_within(data_timeout).await?);
@@ -423,7 +418,6 @@ async fn transaction(
             // Pipelined DATA accepted though no recipient was: send an empty message's end
             // so the peer discards it (RFC 2920 3.1).
             conn.send(b".\r\n").await?;
-            conn.flush().await?;
             let _ = conn.reply().await?;
         }
         _ => {}
