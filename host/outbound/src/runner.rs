@@ -235,24 +235,30 @@ impl Attempt {
     /// Runs one attempt; returns when the next one is due, or `None` when the message needs
     /// no more outbound work.
     async fn run(&self, id: &QueueId, force: bool) -> Option<u64> {
-        let spool = Arc::clone(&self.spool);
-        let lookup = id.clone();
-        let loaded = tokio::task::spawn_blocking(move || spool.load(&lookup)).await;
-        let (mut entry, message) = match loaded {
-            Ok(Ok(loaded)) => loaded,
-            Ok(Err(SpoolError::Io { source, .. })) if source.kind() == std::io::ErrorKind::NotFound => {
-                return None;
-            }
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = %id, error = %e, "cannot read the queued message; retrying later");
-                return Some(now() + 300);
-            }
-            Err(e) => {
-                tracing::error!(queue_id = %id, error = %e, "outbound attempt task failed");
-                return Some(now() + 300);
-            }
+        // The metadata decides whether anything is due; the content (up to the message size
+        // limit) is read only when an attempt is made.
+        let entry = match self.read(id, |spool, id| spool.entry(id)).await {
+            Ok(entry) => entry,
+            Err(next) => return next,
         };
         let settings = &self.context.settings;
+        let has_remote = |e: &Entry| {
+            e.pending
+                .iter()
+                .any(|&i| e.envelope.recipients.get(i).is_some_and(|r| !r.local))
+        };
+        if !has_remote(&entry) {
+            return None;
+        }
+        // Not due yet (a restart, or a submit while scheduled): come back at the due time,
+        // when expiry is checked too.
+        if !force && entry.next_attempt > now() {
+            return Some(entry.next_attempt);
+        }
+        let (mut entry, message) = match self.read(id, |spool, id| spool.load(id)).await {
+            Ok(loaded) => loaded,
+            Err(next) => return next,
+        };
         let remote: Vec<usize> = entry
             .pending
             .iter()
@@ -264,11 +270,6 @@ impl Attempt {
         }
         let t = now();
         let expires_at = entry.received_at + settings.expire.as_secs();
-        // Not due yet (a restart, or a submit while scheduled): come back at the due time,
-        // when expiry is checked too.
-        if !force && entry.next_attempt > t {
-            return Some(entry.next_attempt);
-        }
         let message = Arc::new(message);
         if t >= expires_at {
             self.expire(&mut entry, &message, &remote).await;
@@ -392,6 +393,31 @@ impl Attempt {
             tracing::info!(queue_id = %entry.id, attempts = entry.attempts, next_in = entry.next_attempt.saturating_sub(t), "message stays queued for another attempt");
         }
         self.persist(&entry).await
+    }
+
+    /// Reads from the spool off the async threads. A failure comes back as the schedule to
+    /// keep: `None` for a message that is gone, five minutes for one that cannot be read.
+    async fn read<T: Send + 'static>(
+        &self,
+        id: &QueueId,
+        what: fn(&Spool, &QueueId) -> Result<T, SpoolError>,
+    ) -> Result<T, Option<u64>> {
+        let spool = Arc::clone(&self.spool);
+        let lookup = id.clone();
+        match tokio::task::spawn_blocking(move || what(&spool, &lookup)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(SpoolError::Io { source, .. })) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(None)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot read the queued message; retrying later");
+                Err(Some(now() + 300))
+            }
+            Err(e) => {
+                tracing::error!(queue_id = %id, error = %e, "outbound attempt task failed");
+                Err(Some(now() + 300))
+            }
+        }
     }
 
     /// Every remote recipient still pending has waited too long: fail them.

@@ -272,6 +272,30 @@ impl Spool {
 
     /// Reads a stored message and checks it is whole.
     pub fn load(&self, id: &QueueId) -> Result<(Entry, Vec<u8>), SpoolError> {
+        let (entry, mut reader) = self.open_entry(id)?;
+        let path = self.path(id);
+        let corrupt = |reason: &str| SpoolError::Corrupt {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        let mut body = Vec::with_capacity(entry.size as usize);
+        reader.read_to_end(&mut body).map_err(io_err(&path))?;
+        if body.len() as u64 != entry.size {
+            return Err(corrupt("message length differs from its metadata (truncated?)"));
+        }
+        if entry.checksum.is_some_and(|c| c != checksum(&[&body])) {
+            return Err(corrupt("message checksum differs from its metadata"));
+        }
+        Ok((entry, body))
+    }
+
+    /// Reads only a stored message's metadata (the content is not read or checked): enough
+    /// to decide whether it is due.
+    pub fn entry(&self, id: &QueueId) -> Result<Entry, SpoolError> {
+        self.open_entry(id).map(|(entry, _)| entry)
+    }
+
+    fn open_entry(&self, id: &QueueId) -> Result<(Entry, BufReader<fs::File>), SpoolError> {
         let path = self.path(id);
         let corrupt = |reason: &str| SpoolError::Corrupt {
             path: path.clone(),
@@ -291,15 +315,7 @@ impl Spool {
         if entry.id != *id {
             return Err(corrupt("metadata names another queue id"));
         }
-        let mut body = Vec::with_capacity(entry.size as usize);
-        reader.read_to_end(&mut body).map_err(io_err(&path))?;
-        if body.len() as u64 != entry.size {
-            return Err(corrupt("message length differs from its metadata (truncated?)"));
-        }
-        if entry.checksum.is_some_and(|c| c != checksum(&[&body])) {
-            return Err(corrupt("message checksum differs from its metadata"));
-        }
-        Ok((entry, body))
+        Ok((entry, reader))
     }
 
     /// Removes a message whose every recipient is done.
