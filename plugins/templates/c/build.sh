@@ -1,19 +1,24 @@
 #!/bin/sh
-# Builds <folder name>.wasm from plugin.c. Needs Debian's clang-19, lld-19,
+# Builds <folder name>.wasm from plugin.c (whose first line names its world:
+# `// world: NAME`). Usage: build.sh [PLUGIN_DIR [OUT.wasm]] — by default this folder and
+# <folder name>.wasm in it; plugins/c/build.sh uses it for every C plugin of the repository.
+# Needs Debian's clang-19, lld-19,
 # libclang-rt-19-dev-wasm32 and wasi-libc; installs the rest into .tools here (or uses
 # PORTCULLIS_C_TOOLS): wit-bindgen-cli 0.63.0 (cargo), wasm-tools 1.262.0 (PyPI) and the
 # WASI preview 1 reactor adapter of wasmtime 48.0.8 (crates.io).
 set -eu
-cd "$(dirname "$0")"
+cd "${1:-$(dirname "$0")}"
 # The WIT contract: this folder's own wit/, else the repository's (building in place),
 # else the one the portcullis binary carries.
-if [ ! -d wit ]; then
-    if [ -f ../../../wit/worlds.wit ]; then cp -r ../../../wit wit
-    elif command -v portcullis >/dev/null 2>&1; then portcullis plugin wit wit
-    else echo "no wit/ here: copy the contract in, or put portcullis on PATH" >&2; exit 1
-    fi
+if [ -d wit ]; then wit=wit
+elif [ -f ../../../wit/worlds.wit ]; then wit=../../../wit
+elif command -v portcullis >/dev/null 2>&1; then portcullis plugin wit wit && wit=wit
+else echo "no wit/ here: copy the contract in, or put portcullis on PATH" >&2; exit 1
 fi
-name=$(basename "$(pwd)")
+out=${2:-$(pwd)/$(basename "$(pwd)").wasm}
+world=$(sed -n '1s|^// world: *||p' plugin.c)
+[ -n "$world" ] || { echo "plugin.c: first line must be '// world: NAME'" >&2; exit 1; }
+base=$(echo "$world" | tr - _)
 tools=${PORTCULLIS_C_TOOLS:-$(pwd)/.tools}
 mkdir -p "$tools"
 if ! "$tools/bin/wit-bindgen" --version 2>/dev/null | grep -q " 0.63.0"; then
@@ -34,9 +39,11 @@ if [ ! -f "$adapter" ]; then
 fi
 gen=$(mktemp -d)
 trap 'rm -rf "$gen"' EXIT
-"$tools/bin/wit-bindgen" c wit --world spam-plugin --out-dir "$gen" >/dev/null 2>&1
-clang-19 --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Werror -Wno-unused-parameter \
-    -I"$gen" plugin.c "$gen/spam_plugin.c" "$gen/spam_plugin_component_type.o" -o "$gen/core.wasm"
+"$tools/bin/wit-bindgen" c "$wit" --world "$world" --out-dir "$gen" >/dev/null 2>&1
+clang-19 --target=wasm32-wasi --sysroot=/usr -mexec-model=reactor -O2 -Wall -Wextra -Werror -Wno-unused-parameter \
+    -I"$gen" plugin.c "$gen/$base.c" "$gen/${base}_component_type.o" -o "$gen/core.wasm"
 "$tools/venv/bin/wasm-tools" component new "$gen/core.wasm" \
-    --adapt "wasi_snapshot_preview1=$adapter" -o "$name.wasm"
-echo "built $(pwd)/$name.wasm"
+    --adapt "wasi_snapshot_preview1=$adapter" -o "$out.tmp"
+"$tools/venv/bin/wasm-tools" validate --features component-model "$out.tmp"
+mv "$out.tmp" "$out"
+echo "built $out"
