@@ -177,10 +177,8 @@ fn c_signature_scanner_refuses_eicar_and_signatures_split_across_reads() {
     daemon.wait_log_count("hook verdict", 4);
 }
 
-/// `plugin new` writes a starter that builds with its own script and works, in every
-/// language (reusing the toolchains the language build scripts installed).
-#[test]
-fn plugin_new_starters_build_and_junk_the_configured_word_in_every_language() {
+/// The toolchains the language build scripts installed (reused by the starters' scripts).
+fn toolchains() -> PathBuf {
     let toolchains = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/toolchains"));
     assert!(
         toolchains.join("python").is_dir()
@@ -188,75 +186,189 @@ fn plugin_new_starters_build_and_junk_the_configured_word_in_every_language() {
             && toolchains.join("c").is_dir(),
         "the language toolchains are missing: run plugins/{{python,javascript,c}}/build.sh (scripts/test.sh does)"
     );
+    toolchains
+}
+
+/// `portcullis plugin new --lang LANG --hook HOOK NAME` in `dir`, then the starter's own
+/// build script; returns the component.
+fn build_starter(dir: &std::path::Path, lang: &str, hook: &str) -> PathBuf {
+    let name = format!("my-{lang}-{hook}");
+    let out = std::process::Command::new(binary())
+        .args(["plugin", "new", "--lang", lang, "--hook", hook, &name])
+        .current_dir(dir)
+        .output()
+        .expect("plugin new");
+    assert!(
+        out.status.success(),
+        "{lang} {hook}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pinned = include_str!("../../rust-toolchain.toml");
     let channel = pinned
         .lines()
         .find_map(|l| l.trim().strip_prefix("channel"))
         .and_then(|v| v.split('"').nth(1))
-        .expect("channel in rust-toolchain.toml")
-        .to_string();
+        .expect("channel in rust-toolchain.toml");
+    let toolchains = toolchains();
+    let build = std::process::Command::new(dir.join(&name).join("build.sh"))
+        // Outside the repository no rust-toolchain.toml applies: use the pinned one, which
+        // scripts/test.sh gave the wasm32-wasip2 target. The Rust starters of one test
+        // share a target directory so wit-bindgen is compiled once.
+        .env("RUSTUP_TOOLCHAIN", channel)
+        .env("CARGO_TARGET_DIR", dir.join("rust-target"))
+        .env("PORTCULLIS_PYTHON_VENV", toolchains.join("python"))
+        .env("PORTCULLIS_JS_TOOLS", toolchains.join("javascript"))
+        .env("PORTCULLIS_C_TOOLS", toolchains.join("c"))
+        .output()
+        .expect("build.sh");
+    assert!(
+        build.status.success(),
+        "{lang} {hook} starter did not build: {}{}",
+        String::from_utf8_lossy(&build.stdout),
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let wasm = dir.join(&name).join(format!("{name}.wasm"));
+    assert!(wasm.is_file(), "{}", wasm.display());
+    wasm
+}
+
+/// `portcullis plugin test` of `wasm` on `hook` with `config` (TOML) and extra arguments;
+/// returns what it printed.
+fn plugin_test(dir: &std::path::Path, wasm: &std::path::Path, hook: &str, config: &str, args: &[&str]) -> String {
+    let cfg = dir.join(format!("{hook}.toml"));
+    std::fs::write(&cfg, config).expect("config");
+    let test = std::process::Command::new(binary())
+        .args(["plugin", "test", "--hook", hook])
+        .arg(wasm)
+        .arg("--plugin-config")
+        .arg(&cfg)
+        .args(args)
+        .output()
+        .expect("plugin test");
+    let text = String::from_utf8_lossy(&test.stdout).into_owned();
+    assert!(
+        test.status.success(),
+        "{}: {text}{}",
+        wasm.display(),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    text
+}
+
+/// Every starter `plugin new` writes for `lang` builds with its own script and does what
+/// its comment says, on each of the four hooks.
+fn starters_work(lang: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let message = dir.path().join("m.eml");
-    std::fs::write(
-        &message,
-        "From: a@far.example\r\nTo: alice@example.org\r\nSubject: Great CRYPTO deal\r\n\r\nBuy.\r\n",
-    )
-    .expect("message");
-    std::fs::write(dir.path().join("cfg.toml"), "word = \"deal\"\n").expect("config");
-    for lang in ["rust", "python", "javascript", "c"] {
-        let name = format!("my-{lang}");
-        let out = std::process::Command::new(binary())
-            .args(["plugin", "new", "--lang", lang, "--hook", "spam", &name])
-            .current_dir(dir.path())
-            .output()
-            .expect("plugin new");
-        assert!(
-            out.status.success(),
-            "{lang}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let build = std::process::Command::new(dir.path().join(&name).join("build.sh"))
-            // Outside the repository no rust-toolchain.toml applies: use the pinned one,
-            // which scripts/test.sh gave the wasm32-wasip2 target.
-            .env("RUSTUP_TOOLCHAIN", &channel)
-            .env("PORTCULLIS_PYTHON_VENV", toolchains.join("python"))
-            .env("PORTCULLIS_JS_TOOLS", toolchains.join("javascript"))
-            .env("PORTCULLIS_C_TOOLS", toolchains.join("c"))
-            .output()
-            .expect("build.sh");
-        assert!(
-            build.status.success(),
-            "{lang} starter did not build: {}{}",
-            String::from_utf8_lossy(&build.stdout),
-            String::from_utf8_lossy(&build.stderr)
-        );
-        let test = std::process::Command::new(binary())
-            .args(["plugin", "test", "--hook", "spam"])
-            .arg(dir.path().join(&name).join(format!("{name}.wasm")))
-            .arg(&message)
-            .arg("--plugin-config")
-            .arg(dir.path().join("cfg.toml"))
-            .output()
-            .expect("plugin test");
-        let text = String::from_utf8_lossy(&test.stdout);
-        assert!(
-            test.status.success(),
-            "{lang}: {text}{}",
-            String::from_utf8_lossy(&test.stderr)
-        );
-        assert!(
-            text.contains("junk") && text.contains("X-Starter: hit"),
-            "{lang}: {text}"
-        );
+    let dir = dir.path();
+    let file = |name: &str, text: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("message");
+        path.to_str().expect("utf-8 path").to_string()
+    };
+    let spam = file(
+        "spam.eml",
+        b"From: a@far.example\r\nTo: alice@example.org\r\nSubject: Great CRYPTO deal\r\n\r\nBuy.\r\n",
+    );
+    let ham = file(
+        "ham.eml",
+        b"From: a@far.example\r\nTo: alice@example.org\r\nSubject: Lunch\r\n\r\nNoon?\r\n",
+    );
+    // The signature straddles the first 64 KiB read.
+    let mut split = b"From: a@far.example\r\nTo: alice@example.org\r\nSubject: x\r\n\r\n".to_vec();
+    split.resize(65536 - 6, b'a');
+    split.extend_from_slice(b"X5O!WORM-TEST\r\n");
+    let split = file("split.eml", &split);
+
+    // spam: junk when the subject holds the configured word.
+    let wasm = build_starter(dir, lang, "spam");
+    let out = plugin_test(dir, &wasm, "spam", "word = \"deal\"\n", &[&spam]);
+    assert!(out.contains("junk") && out.contains("X-Starter: hit"), "{lang}: {out}");
+    let out = plugin_test(dir, &wasm, "spam", "word = \"deal\"\n", &[&ham]);
+    assert!(
+        out.contains("accept") && out.contains("X-Starter: miss"),
+        "{lang}: {out}"
+    );
+
+    // auth: the configured password and nothing else.
+    let wasm = build_starter(dir, lang, "auth");
+    let accounts = "\"alice@example.org\" = \"s3cret pass\"\n";
+    let login = |user: &str, password: &str| {
+        plugin_test(dir, &wasm, "auth", accounts, &["--user", user, "--password", password])
+    };
+    let out = login("alice@example.org", "s3cret pass");
+    assert!(out.contains("accept as alice@example.org"), "{lang}: {out}");
+    for (user, password) in [
+        ("alice@example.org", "s3cret pas"),
+        ("alice@example.org", "s3cret pass2"),
+        ("alice@example.org", ""),
+        ("bob@example.org", "s3cret pass"),
+    ] {
+        let out = login(user, password);
+        assert!(out.contains("reject (535 5.7.8)"), "{lang} {user} {password:?}: {out}");
     }
-    // A template folder copied out of the repository builds too: its script asks the
-    // portcullis binary for the WIT contract.
+
+    // rate: defer at the configured count in the last minute.
+    let wasm = build_starter(dir, lang, "rate");
+    let out = plugin_test(dir, &wasm, "rate", "per-minute = 5\n", &["--usage", "4", &ham]);
+    assert!(out.contains("verdict  accept"), "{lang}: {out}");
+    let out = plugin_test(dir, &wasm, "rate", "per-minute = 5\n", &["--usage", "5", &ham]);
+    assert!(
+        out.contains("defer: 451 4.7.0 Too many messages this minute"),
+        "{lang}: {out}"
+    );
+
+    // virus: the EICAR string by default; a configured signature, even across two reads.
+    let wasm = build_starter(dir, lang, "virus");
+    let eicar = file(
+        "eicar.eml",
+        b"Subject: test\r\n\r\nX5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*\r\n",
+    );
+    let out = plugin_test(dir, &wasm, "virus", "", &[&eicar]);
+    assert!(out.contains("infected: Eicar-Test-Signature"), "{lang}: {out}");
+    let worm = "signature = \"X5O!WORM-TEST\"\nname = \"Demo.Worm\"\n";
+    let out = plugin_test(dir, &wasm, "virus", worm, &[&split]);
+    assert!(out.contains("infected: Demo.Worm"), "{lang}: {out}");
+    let out = plugin_test(dir, &wasm, "virus", worm, &[&ham]);
+    assert!(out.contains("clean"), "{lang}: {out}");
+}
+
+#[test]
+fn plugin_new_rust_starters_work_on_every_hook() {
+    starters_work("rust");
+}
+
+#[test]
+fn plugin_new_python_starters_work_on_every_hook() {
+    starters_work("python");
+}
+
+#[test]
+fn plugin_new_javascript_starters_work_on_every_hook() {
+    starters_work("javascript");
+}
+
+#[test]
+fn plugin_new_c_starters_work_on_every_hook() {
+    starters_work("c");
+}
+
+/// A template folder copied out of the repository builds with its own script, which asks
+/// the portcullis binary for the WIT contract; unknown languages and hooks write nothing.
+#[test]
+fn a_copied_template_builds_and_plugin_new_refuses_what_it_does_not_know() {
+    let toolchains = toolchains();
+    let dir = tempfile::tempdir().expect("tempdir");
     let copied = dir.path().join("copied-c");
-    std::fs::create_dir_all(&copied).expect("mkdir");
     let template = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../plugins/templates/c"));
-    for file in ["plugin.c", "build.sh"] {
-        std::fs::copy(template.join(file), copied.join(file)).expect("copy template");
-    }
+    let cp = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&template)
+        .arg(&copied)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    // Left over from building in place, the copy would not need portcullis for its WIT.
+    let _ = std::fs::remove_dir_all(copied.join("wit"));
     let bin_dir = std::path::Path::new(binary()).parent().expect("bin dir");
     let path = format!(
         "{}:{}",
@@ -275,12 +387,18 @@ fn plugin_new_starters_build_and_junk_the_configured_word_in_every_language() {
     );
     assert!(copied.join("wit/worlds.wit").is_file() && copied.join("copied-c.wasm").is_file());
 
-    // Hooks without a starter yet say so instead of writing something half right.
-    let out = std::process::Command::new(binary())
-        .args(["plugin", "new", "--lang", "c", "--hook", "virus", "nope"])
-        .current_dir(dir.path())
-        .output()
-        .expect("plugin new");
-    assert!(!out.status.success());
-    assert!(!dir.path().join("nope").exists());
+    for (lang, hook) in [("c", "dkim"), ("cobol", "spam")] {
+        let out = std::process::Command::new(binary())
+            .args(["plugin", "new", "--lang", lang, "--hook", hook, "nope"])
+            .current_dir(dir.path())
+            .output()
+            .expect("plugin new");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("is not one of"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!dir.path().join("nope").exists());
+    }
 }

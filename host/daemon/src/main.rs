@@ -112,7 +112,7 @@ enum PluginCommand {
         /// rust, python, javascript or c.
         #[arg(long)]
         lang: String,
-        /// The hook it serves (starters exist for spam so far).
+        /// The hook it serves: auth, rate, virus or spam.
         #[arg(long, default_value = "spam")]
         hook: String,
         /// The folder to create; also the plugin's name.

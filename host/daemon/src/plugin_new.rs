@@ -18,74 +18,73 @@ const WIT: &[(&str, &str)] = &[
 /// One file of a starter: path inside the new folder, contents, executable.
 type File = (&'static str, &'static str, bool);
 
-const RUST: &[File] = &[
-    (
-        "Cargo.toml",
-        include_str!("../../../plugins/templates/rust/Cargo.toml"),
-        false,
-    ),
-    (
-        "src/lib.rs",
-        include_str!("../../../plugins/templates/rust/src/lib.rs"),
-        false,
-    ),
-    (
-        "build.sh",
-        include_str!("../../../plugins/templates/rust/build.sh"),
-        true,
-    ),
-];
-const PYTHON: &[File] = &[
-    (
-        "app.py",
-        include_str!("../../../plugins/templates/python/app.py"),
-        false,
-    ),
-    (
-        "build.sh",
-        include_str!("../../../plugins/templates/python/build.sh"),
-        true,
-    ),
-];
-const JAVASCRIPT: &[File] = &[
-    (
-        "plugin.js",
-        include_str!("../../../plugins/templates/javascript/plugin.js"),
-        false,
-    ),
-    (
-        "package.json",
-        include_str!("../../../plugins/templates/javascript/package.json"),
-        false,
-    ),
-    (
-        "package-lock.json",
-        include_str!("../../../plugins/templates/javascript/package-lock.json"),
-        false,
-    ),
-    (
-        "build.mjs",
-        include_str!("../../../plugins/templates/javascript/build.mjs"),
-        false,
-    ),
-    (
-        "build.sh",
-        include_str!("../../../plugins/templates/javascript/build.sh"),
-        true,
-    ),
-];
-const C: &[File] = &[
-    (
-        "plugin.c",
-        include_str!("../../../plugins/templates/c/plugin.c"),
-        false,
-    ),
-    (
-        "build.sh",
-        include_str!("../../../plugins/templates/c/build.sh"),
-        true,
-    ),
-];
+/// A language's starter: the files every plugin in it has, and its main source file with
+/// one version per hook (the template folder's own main file is the spam starter; the
+/// others live in its `hooks/` folder).
+struct Starter {
+    files: &'static [File],
+    main: &'static str,
+    /// auth, rate, virus, spam.
+    sources: [&'static str; 4],
+}
+
+/// The hooks, in the order of [`Starter::sources`].
+const HOOKS: [&str; 4] = ["auth", "rate", "virus", "spam"];
+
+macro_rules! template {
+    ($path:literal) => {
+        include_str!(concat!("../../../plugins/templates/", $path))
+    };
+}
+
+const RUST: Starter = Starter {
+    files: &[
+        ("Cargo.toml", template!("rust/Cargo.toml"), false),
+        ("build.sh", template!("rust/build.sh"), true),
+    ],
+    main: "src/lib.rs",
+    sources: [
+        template!("rust/hooks/auth.rs"),
+        template!("rust/hooks/rate.rs"),
+        template!("rust/hooks/virus.rs"),
+        template!("rust/src/lib.rs"),
+    ],
+};
+const PYTHON: Starter = Starter {
+    files: &[("build.sh", template!("python/build.sh"), true)],
+    main: "app.py",
+    sources: [
+        template!("python/hooks/auth.py"),
+        template!("python/hooks/rate.py"),
+        template!("python/hooks/virus.py"),
+        template!("python/app.py"),
+    ],
+};
+const JAVASCRIPT: Starter = Starter {
+    files: &[
+        ("package.json", template!("javascript/package.json"), false),
+        ("package-lock.json", template!("javascript/package-lock.json"), false),
+        ("build.mjs", template!("javascript/build.mjs"), false),
+        ("build.sh", template!("javascript/build.sh"), true),
+    ],
+    main: "plugin.js",
+    sources: [
+        template!("javascript/hooks/auth.js"),
+        template!("javascript/hooks/rate.js"),
+        template!("javascript/hooks/virus.js"),
+        template!("javascript/plugin.js"),
+    ],
+};
+const C: Starter = Starter {
+    files: &[("build.sh", template!("c/build.sh"), true)],
+    main: "plugin.c",
+    sources: [
+        template!("c/hooks/auth.c"),
+        template!("c/hooks/rate.c"),
+        template!("c/hooks/virus.c"),
+        template!("c/plugin.c"),
+    ],
+};
 
 /// `portcullis plugin wit DIR`: writes the WIT contract into `dir` (what a copied template
 /// folder's build script asks for when it has no `wit/` of its own).
@@ -101,23 +100,18 @@ pub fn write_wit(dir: &Path) -> Result<(), String> {
 
 /// Writes the starter for `lang` and `hook` into a new folder `name`; returns its path.
 pub fn run(lang: &str, hook: &str, name: &str) -> Result<PathBuf, String> {
-    let files = match lang {
+    let starter = match lang {
         "rust" => RUST,
         "python" => PYTHON,
         "javascript" | "js" => JAVASCRIPT,
         "c" => C,
         other => return Err(format!("{other:?} is not one of rust, python, javascript, c")),
     };
-    match hook {
-        "spam" => {}
-        "auth" | "rate" | "virus" => {
-            return Err(format!(
-                "starters exist for the spam hook so far; for {hook}, start from the spam starter and \
-                 the {hook} examples in plugins/ (see docs/plugins.md)"
-            ));
-        }
-        other => return Err(format!("{other:?} is not one of auth, rate, virus, spam")),
-    }
+    let source = HOOKS
+        .iter()
+        .position(|h| *h == hook)
+        .map(|i| starter.sources[i])
+        .ok_or_else(|| format!("{hook:?} is not one of auth, rate, virus, spam"))?;
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -133,9 +127,11 @@ pub fn run(lang: &str, hook: &str, name: &str) -> Result<PathBuf, String> {
     if dir.exists() {
         return Err(format!("{} already exists", dir.display()));
     }
-    for (path, text, executable) in files
+    for (path, text, executable) in starter
+        .files
         .iter()
         .copied()
+        .chain([(starter.main, source, false)])
         .chain(WIT.iter().map(|(p, t)| (*p, *t, false)))
     {
         let dest = dir.join(path);

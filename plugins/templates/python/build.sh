@@ -1,6 +1,7 @@
 #!/bin/sh
-# Builds <folder name>.wasm from app.py with componentize-py 0.25.1, installed into .venv here
-# (or the one named by PORTCULLIS_PYTHON_VENV).
+# Builds <folder name>.wasm from app.py (whose first line names its world: `# world: NAME`)
+# with componentize-py 0.25.1, installed into .venv here (or the one named by
+# PORTCULLIS_PYTHON_VENV).
 set -eu
 cd "$(dirname "$0")"
 # The WIT contract: this folder's own wit/, else the repository's (building in place),
@@ -17,5 +18,7 @@ if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "0.25.1"; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet componentize-py==0.25.1
 fi
-"$venv/bin/componentize-py" -d wit -w spam-plugin componentize app -o "$name.wasm" >/dev/null
+world=$(sed -n '1s/^# world: *//p' app.py)
+[ -n "$world" ] || { echo "app.py: first line must be '# world: NAME'" >&2; exit 1; }
+"$venv/bin/componentize-py" -d wit -w "$world" componentize app -o "$name.wasm" >/dev/null
 echo "built $(pwd)/$name.wasm"
