@@ -234,7 +234,13 @@ fn build_starter(dir: &std::path::Path, lang: &str, hook: &str) -> PathBuf {
 
 /// `portcullis plugin test` of `wasm` on `hook` with `config` (TOML) and extra arguments;
 /// returns what it printed.
-fn plugin_test(dir: &std::path::Path, wasm: &std::path::Path, hook: &str, config: &str, args: &[&str]) -> String {
+fn plugin_test(
+    dir: &std::path::Path,
+    wasm: &std::path::Path,
+    hook: &str,
+    config: &str,
+    args: &[&str],
+) -> String {
     let cfg = dir.join(format!("{hook}.toml"));
     std::fs::write(&cfg, config).expect("config");
     let test = std::process::Command::new(binary())
@@ -282,7 +288,10 @@ fn starters_work(lang: &str) {
     // spam: junk when the subject holds the configured word.
     let wasm = build_starter(dir, lang, "spam");
     let out = plugin_test(dir, &wasm, "spam", "word = \"deal\"\n", &[&spam]);
-    assert!(out.contains("junk") && out.contains("X-Starter: hit"), "{lang}: {out}");
+    assert!(
+        out.contains("junk") && out.contains("X-Starter: hit"),
+        "{lang}: {out}"
+    );
     let out = plugin_test(dir, &wasm, "spam", "word = \"deal\"\n", &[&ham]);
     assert!(
         out.contains("accept") && out.contains("X-Starter: miss"),
@@ -293,7 +302,13 @@ fn starters_work(lang: &str) {
     let wasm = build_starter(dir, lang, "auth");
     let accounts = "\"alice@example.org\" = \"s3cret pass\"\n";
     let login = |user: &str, password: &str| {
-        plugin_test(dir, &wasm, "auth", accounts, &["--user", user, "--password", password])
+        plugin_test(
+            dir,
+            &wasm,
+            "auth",
+            accounts,
+            &["--user", user, "--password", password],
+        )
     };
     let out = login("alice@example.org", "s3cret pass");
     assert!(out.contains("accept as alice@example.org"), "{lang}: {out}");
@@ -304,7 +319,10 @@ fn starters_work(lang: &str) {
         ("bob@example.org", "s3cret pass"),
     ] {
         let out = login(user, password);
-        assert!(out.contains("reject (535 5.7.8)"), "{lang} {user} {password:?}: {out}");
+        assert!(
+            out.contains("reject (535 5.7.8)"),
+            "{lang} {user} {password:?}: {out}"
+        );
     }
 
     // rate: defer at the configured count in the last minute.

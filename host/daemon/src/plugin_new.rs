@@ -63,7 +63,11 @@ const PYTHON: Starter = Starter {
 const JAVASCRIPT: Starter = Starter {
     files: &[
         ("package.json", template!("javascript/package.json"), false),
-        ("package-lock.json", template!("javascript/package-lock.json"), false),
+        (
+            "package-lock.json",
+            template!("javascript/package-lock.json"),
+            false,
+        ),
         ("build.mjs", template!("javascript/build.mjs"), false),
         ("build.sh", template!("javascript/build.sh"), true),
     ],

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
 use portcullis_runtime::{HookKind, OnError, PluginSpec, Runtime, RuntimeConfig, ScanOutcome};
 use portcullis_smtp::envelope::{MailParams, Recipient};
-use portcullis_smtp::session::{AuthOutcome, Credentials, Greeting, PipelineKind, Security, SessionInfo, TlsInfo};
+use portcullis_smtp::session::{
+    AuthOutcome, Credentials, Greeting, PipelineKind, Security, SessionInfo, TlsInfo,
+};
 use portcullis_smtp::{Envelope, Mailbox, Message, Verdict};
 
 /// What `plugin test` was asked to do.
@@ -195,16 +197,13 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 username: args.user.clone().unwrap_or_default(),
                 password: args.password.clone().unwrap_or_default(),
             };
-            runtime
-                .authenticate(&plugin, &info, &credentials)
-                .await
-                .map(|o| {
-                    vec![match o {
-                        AuthOutcome::Accept { account } => format!("accept as {account} (235 2.7.0)"),
-                        AuthOutcome::Reject => "reject (535 5.7.8)".into(),
-                        AuthOutcome::TempFail => "defer (454 4.7.0)".into(),
-                    }]
-                })
+            runtime.authenticate(&plugin, &info, &credentials).await.map(|o| {
+                vec![match o {
+                    AuthOutcome::Accept { account } => format!("accept as {account} (235 2.7.0)"),
+                    AuthOutcome::Reject => "reject (535 5.7.8)".into(),
+                    AuthOutcome::TempFail => "defer (454 4.7.0)".into(),
+                }]
+            })
         }
         HookKind::Rate => {
             let w = Window {

@@ -1,6 +1,8 @@
 // world: spam-plugin
 //
 // A starter spam rule: junk every message whose subject holds the configured word.
+// (For the other hooks: `portcullis plugin new --hook auth|rate|virus`, or hooks/ in the
+// template folder.)
 //
 // Build: ./build.sh (needs clang-19 and wasi-libc from Debian; installs wit-bindgen-cli,
 // wasm-tools and the WASI adapter locally). Try:

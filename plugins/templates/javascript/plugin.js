@@ -1,6 +1,8 @@
 // world: spam-plugin
 /**
  * A starter spam rule: junk every message whose subject holds the configured word.
+ * (For the other hooks: `portcullis plugin new --hook auth|rate|virus`, or hooks/ in the
+ * template folder.)
  *
  * Build: ./build.sh (needs node and npm; installs componentize-js 0.23.0 locally).
  * Try: portcullis plugin test starter.wasm --hook spam message.eml

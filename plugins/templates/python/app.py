@@ -1,5 +1,7 @@
 # world: spam-plugin
 """A starter spam rule: junk every message whose subject holds the configured word.
+(For the other hooks: `portcullis plugin new --hook auth|rate|virus`, or hooks/ in the
+template folder.)
 
 Build: ./build.sh (needs python3 with venv; installs componentize-py 0.25.1 locally).
 Try: portcullis plugin test starter.wasm --hook spam message.eml

@@ -26,7 +26,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Guest for Starter {
-    fn authenticate(_session: SessionInfo, _mechanism: Mechanism, username: String, password: String) -> AuthResult {
+    fn authenticate(
+        _session: SessionInfo,
+        _mechanism: Mechanism,
+        username: String,
+        password: String,
+    ) -> AuthResult {
         match config::get(&username) {
             Some(expected) if !password.is_empty() && same(expected.as_bytes(), password.as_bytes()) => {
                 AuthResult::Accept(username)

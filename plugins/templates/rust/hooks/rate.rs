@@ -27,7 +27,11 @@ fn limit(key: &str, default: u32) -> u32 {
 fn later(text: &str) -> Verdict {
     Verdict::Defer(Reply {
         code: 451,
-        enhanced: Some(EnhancedCode { class: 4, subject: 7, detail: 0 }),
+        enhanced: Some(EnhancedCode {
+            class: 4,
+            subject: 7,
+            detail: 0,
+        }),
         text: text.into(),
     })
 }

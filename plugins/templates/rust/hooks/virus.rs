@@ -28,7 +28,10 @@ const CHUNK: u32 = 64 * 1024;
 impl Guest for Starter {
     fn scan(_session: SessionInfo, _envelope: Envelope, message: &Message) -> ScanResult {
         let (signature, name) = match config::get("signature").filter(|s| !s.is_empty()) {
-            Some(s) => (s, config::get("name").unwrap_or_else(|| "Starter-Signature".into())),
+            Some(s) => (
+                s,
+                config::get("name").unwrap_or_else(|| "Starter-Signature".into()),
+            ),
             None => (EICAR.to_string(), "Eicar-Test-Signature".to_string()),
         };
         let signature = signature.as_bytes();

@@ -1,4 +1,6 @@
 //! A starter spam rule: junk every message whose subject holds the configured word.
+//! (For the other hooks: `portcullis plugin new --hook auth|rate|virus`, or `hooks/` in the
+//! template folder.)
 //!
 //! Build: `./build.sh` (needs Rust and `rustup target add wasm32-wasip2`).
 //! Try: `portcullis plugin test starter.wasm --hook spam message.eml`.
