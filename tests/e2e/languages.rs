@@ -248,6 +248,8 @@ fn plugin_test(
         .arg(wasm)
         .arg("--plugin-config")
         .arg(&cfg)
+        .arg("--cache-dir")
+        .arg(dir.join("cache"))
         .args(args)
         .output()
         .expect("plugin test");

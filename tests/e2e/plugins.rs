@@ -285,27 +285,31 @@ fn plugin_test_prints_the_verdict_and_the_time() {
     let dir = tempfile::tempdir().expect("dir");
     let message = dir.path().join("spam.eml");
     std::fs::write(&message, "To: a@example.org\nSubject: YOU HAVE WON THE LOTTERY!!!\n\nCLICK HERE FOR VIAGRA, 100% FREE, ACT NOW OR MISS OUT FOREVER AND EVER\n").expect("write");
-    let out = Command::new(binary())
-        .args(["plugin", "test"])
-        .arg(built_plugin("spam_rules.wasm"))
-        .args(["--hook", "spam"])
-        .arg(&message)
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let cache = dir.path().join("cache");
+    let run = |plugin: &str, hook: &str| {
+        let out = Command::new(binary())
+            .args(["plugin", "test"])
+            .arg(built_plugin(plugin))
+            .args(["--hook", hook])
+            .arg(&message)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .expect("run");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = run("spam_rules.wasm", "spam");
     assert!(text.contains("junk"), "{text}");
     assert!(text.contains("took "), "{text}");
-    let out = Command::new(binary())
-        .args(["plugin", "test"])
-        .arg(built_plugin("virus_signatures.wasm"))
-        .args(["--hook", "virus"])
-        .arg(&message)
-        .output()
-        .expect("run");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("clean"));
+    assert!(!text.contains("from the cache"), "{text}");
+    // The second run of the same plugin takes the compiled code from the cache.
+    let text = run("spam_rules.wasm", "spam");
+    assert!(text.contains("junk") && text.contains("from the cache"), "{text}");
+    assert!(run("virus_signatures.wasm", "virus").contains("clean"));
 }

@@ -46,6 +46,20 @@ pub struct TestArgs {
     /// Messages already sent in each window, for the rate hook.
     #[arg(long, default_value_t = 0)]
     pub usage: u32,
+    /// Where compiled plugins are kept between runs, so the second test of an unchanged
+    /// plugin does not compile it again (default: $XDG_CACHE_HOME/portcullis, else
+    /// ~/.cache/portcullis; none when neither is set).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The user's cache folder for compiled plugins, by the XDG base directory rules.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("portcullis"))
 }
 
 fn mailbox(text: &str) -> Option<Mailbox> {
@@ -172,7 +186,7 @@ async fn test(args: TestArgs) -> Result<u8, String> {
     let runtime = Runtime::new(&RuntimeConfig {
         max_memory: spec.memory,
         instances: 4,
-        cache_dir: None,
+        cache_dir: args.cache_dir.clone().or_else(default_cache_dir),
     })
     .map_err(|e| e.to_string())?;
     let plugin = runtime.load(Arc::clone(&spec)).map_err(|e| e.to_string())?;
@@ -183,8 +197,13 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         hook.name()
     );
     println!(
-        "loaded   in {:.1} ms (compiled and type-checked against {})",
+        "loaded   in {:.1} ms ({} and type-checked against {})",
         plugin.load_time.as_secs_f64() * 1e3,
+        if plugin.cached {
+            "compiled code from the cache"
+        } else {
+            "compiled"
+        },
         hook.world()
     );
 
