@@ -3,7 +3,7 @@
 //! sessions do. Compares with the single-threaded criterion numbers to show what
 //! concurrency costs (memory-mapping changes are process-wide: TLB shoot-downs).
 //!
-//! Usage: `hookload [--workers W] [--tasks T] [--calls N]`.
+//! Usage: `hookload [--workers W] [--tasks T] [--calls N] [--kib K] [--hooks virus,spam]`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,13 +28,21 @@ fn main() {
     let mut workers = 2;
     let mut tasks = 10;
     let mut calls = 1000;
+    let mut kib = 10;
+    let (mut run_virus, mut run_spam) = (true, true);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value: usize = it.next().and_then(|v| v.parse().ok()).expect("a number");
+        let value = it.next().expect("a value after each option");
+        let number = || -> usize { value.parse().expect("a number") };
         match flag.as_str() {
-            "--workers" => workers = value,
-            "--tasks" => tasks = value,
-            "--calls" => calls = value,
+            "--workers" => workers = number(),
+            "--tasks" => tasks = number(),
+            "--calls" => calls = number(),
+            "--kib" => kib = number(),
+            "--hooks" => {
+                run_virus = value.split(',').any(|h| h == "virus");
+                run_spam = value.split(',').any(|h| h == "spam");
+            }
             other => panic!("unknown option {other}"),
         }
     }
@@ -61,7 +69,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
-    let msg = message(10 * 1024);
+    let msg = message(kib * 1024);
     let cpu = cpu_seconds();
     let started = Instant::now();
     rt.block_on(async {
@@ -76,8 +84,12 @@ fn main() {
                 tokio::spawn(async move {
                     let mx = session(PipelineKind::Mx);
                     for _ in 0..calls / tasks {
-                        runtime.virus(&virus, &mx, &msg).await.expect("scan");
-                        runtime.spam(&spam, &mx, &msg).await.expect("classify");
+                        if run_virus {
+                            runtime.virus(&virus, &mx, &msg).await.expect("scan");
+                        }
+                        if run_spam {
+                            runtime.spam(&spam, &mx, &msg).await.expect("classify");
+                        }
                     }
                 })
             })
@@ -89,7 +101,7 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
     println!(
-        "{workers} workers, {tasks} tasks: {:.0} messages/s (virus + spam each), {:.0} µs CPU per message",
+        "{workers} workers, {tasks} tasks, {kib} KiB, virus {run_virus} spam {run_spam}: {:.0} messages/s, {:.0} µs CPU per message",
         calls as f64 / elapsed,
         cpu * 1e6 / calls as f64
     );

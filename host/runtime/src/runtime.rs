@@ -172,6 +172,11 @@ impl Runtime {
             .epoch_interruption(true)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // For `perf`: name the compiled plugin functions in /tmp/perf-PID.map
+        // (docs/benchmarks.md, "Profiling").
+        if std::env::var_os("PORTCULLIS_PERFMAP").is_some_and(|v| v == "1") {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm).map_err(engine_err)?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
