@@ -76,6 +76,11 @@ fn kill9_right_after_a_burst_loses_and_duplicates_nothing() {
     subjects.dedup();
     assert_eq!(files.len(), count, "exactly one copy each");
     assert_eq!(subjects.len(), count);
+    // Copies prepared before the kill were published, not left behind in tmp/.
+    let tmp = std::fs::read_dir(setup.maildir("alice").join("tmp"))
+        .expect("tmp")
+        .count();
+    assert_eq!(tmp, 0, "copies left in tmp/");
 }
 
 #[test]

@@ -144,15 +144,29 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
             remaining.push(index);
             continue;
         }
-        let unique = format!("{}_{index}", entry.id);
-        match maildir.deliver(
-            &recipient.mailbox,
-            entry.folder,
-            &unique,
-            entry.received_at,
-            &message,
-            job.recovering,
-        ) {
+        let unique = portcullis_spool::maildir::copy_name(&entry.id, index);
+        let delivered = if maildir.shares_spool_flush() {
+            // The copy was prepared before the 250 (or is written now); the flush below
+            // makes it durable.
+            maildir.publish(
+                &recipient.mailbox,
+                entry.folder,
+                &unique,
+                entry.received_at,
+                &message,
+                job.recovering,
+            )
+        } else {
+            maildir.deliver(
+                &recipient.mailbox,
+                entry.folder,
+                &unique,
+                entry.received_at,
+                &message,
+                job.recovering,
+            )
+        };
+        match delivered {
             Ok(Delivery::Delivered) => {
                 tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, folder = ?entry.folder, "saved to maildir")
             }
@@ -166,6 +180,16 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
                     source,
                 });
             }
+        }
+    }
+    if maildir.shares_spool_flush() && remaining.len() != before {
+        // The copies are durable before the spool forgets them.
+        spool.flush()?;
+        if remaining.is_empty() && entry.envelope.recipients.iter().all(|r| r.local) {
+            // Nothing else works on an all-local message: retire it without a flush of its
+            // own (a crash that loses the removal finds every copy delivered already).
+            spool.retire(&entry.id)?;
+            return Ok(Outcome::Finished);
         }
     }
     if remaining.len() != before {

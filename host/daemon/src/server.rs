@@ -44,6 +44,9 @@ pub struct Context {
     config_path: Option<PathBuf>,
     /// The durable queue.
     pub spool: Arc<Spool>,
+    /// The local mailboxes (a session prepares its copies there when they share the
+    /// spool's flush).
+    pub maildir: Maildir,
     /// Local delivery jobs.
     pub deliveries: mpsc::UnboundedSender<Job>,
     /// The outbound queue runner.
@@ -220,11 +223,18 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     let recovered = spool.list()?;
     let plugins = Arc::new(load_plugins(config)?);
     let mail_root = data_dir.join("mail");
-    let maildir = Maildir::new(mail_root.clone(), &config.server.hostname);
+    portcullis_spool::fsync::create_dir_durable(&mail_root).map_err(|source| StartError::DataDir {
+        path: mail_root.display().to_string(),
+        source,
+    })?;
+    // With group commit and the mailboxes on the spool's file system, a message's local
+    // copies are written before the spool's flush and share it (docs/architecture.md).
+    let maildir = Maildir::new(mail_root.clone(), &config.server.hostname)
+        .sharing_spool_flush(spool.flush_covers(&mail_root));
 
     let outbound_context = portcullis_outbound::Context::new(config.delivery.clone())
         .map_err(|e| StartError::Delivery(e.to_string()))?;
-    let (deliveries, outbound) = delivery::start(Arc::clone(&spool), maildir, outbound_context);
+    let (deliveries, outbound) = delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
     let hooks = Hooks::new(
         Arc::clone(&plugins),
         Arc::clone(&spool),
@@ -249,6 +259,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         live: ArcSwap::from_pointee(live),
         config_path,
         spool,
+        maildir,
         deliveries,
         outbound,
         hooks,

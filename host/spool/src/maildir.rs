@@ -3,6 +3,14 @@
 //! A copy is written to `tmp/`, fsync'd, hard-linked into `new/` and `new/` fsync'd. The file
 //! name is derived from the queue id and the recipient's index, so delivering the same copy
 //! again after a crash finds the name taken and does nothing: exactly once.
+//!
+//! With group commit the copies skip their own fsyncs: [`Maildir::prepare`] writes each
+//! copy into `tmp/` before the spool's flush, so the one flush that makes the spool file
+//! durable makes the copies durable too; [`Maildir::publish`] then moves them into `new/`,
+//! and the caller flushes once more before it retires the spool file. A prepared copy is
+//! only ever removed from `tmp/` by its move into `new/`, so at recovery a copy still in
+//! `tmp/` is published (after a check against the spool's content), and a missing one is
+//! looked for in `new/` and `cur/` before it is written again.
 
 use std::fs;
 use std::io;
@@ -21,11 +29,20 @@ pub enum Delivery {
     AlreadyDelivered,
 }
 
+/// The name part that tells one copy of a queued message from the others: the queue id and
+/// the recipient's index in the envelope.
+pub fn copy_name(id: &crate::QueueId, index: usize) -> String {
+    format!("{id}_{index}")
+}
+
 /// The root of all local mailboxes, `<data-dir>/mail`.
 #[derive(Clone, Debug)]
 pub struct Maildir {
     root: PathBuf,
     hostname: String,
+    /// Copies are prepared before the spool's flush and published without fsyncs of their
+    /// own (the spool's flushes cover the mail root); else each copy is fsync'd.
+    shares_spool_flush: bool,
 }
 
 /// Makes a string safe as one path component.
@@ -51,7 +68,25 @@ impl Maildir {
             root,
             // Maildir file names must not hold '/' or ':'.
             hostname: hostname.replace('/', "\\057").replace(':', "\\072"),
+            shares_spool_flush: false,
         }
+    }
+
+    /// Lets copies ride on the spool's flushes ([`Maildir::prepare`], [`Maildir::publish`]);
+    /// only sound when `Spool::flush_covers` the mail root.
+    pub fn sharing_spool_flush(mut self, on: bool) -> Self {
+        self.shares_spool_flush = on;
+        self
+    }
+
+    /// Whether copies ride on the spool's flushes.
+    pub fn shares_spool_flush(&self) -> bool {
+        self.shares_spool_flush
+    }
+
+    /// The root of all mailboxes.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// The Maildir folder a mailbox's copy goes to.
@@ -101,9 +136,103 @@ impl Maildir {
     }
 }
 
+impl Maildir {
+    /// The folder and the file name of one copy.
+    fn copy_path(
+        &self,
+        mailbox: &Mailbox,
+        folder: Folder,
+        unique: &str,
+        received_at: u64,
+    ) -> (PathBuf, String) {
+        (
+            self.folder_path(mailbox, folder),
+            format!("{received_at}.{unique}.{}", self.hostname),
+        )
+    }
+
+    /// Writes one copy (the concatenation of `parts`) into `tmp/` without syncing it: the
+    /// spool's flush that follows makes it durable. [`Maildir::publish`] moves it to `new/`.
+    pub fn prepare(
+        &self,
+        mailbox: &Mailbox,
+        folder: Folder,
+        unique: &str,
+        received_at: u64,
+        parts: &[&[u8]],
+    ) -> io::Result<()> {
+        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
+        for sub in ["tmp", "new", "cur"] {
+            fsync::create_dir_durable(&dir.join(sub))?;
+        }
+        let tmp = dir.join("tmp").join(&name);
+        let _ = fs::remove_file(&tmp);
+        fsync::write_new_unsynced(&tmp, parts)
+    }
+
+    /// Removes a copy [`Maildir::prepare`] wrote, when the message was not accepted after all.
+    pub fn discard_prepared(&self, mailbox: &Mailbox, folder: Folder, unique: &str, received_at: u64) {
+        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
+        let _ = fs::remove_file(dir.join("tmp").join(name));
+    }
+
+    /// Puts one copy into `new/` without syncing anything: the prepared copy in `tmp/` if
+    /// there is one (with `recovering`, first checked against `message` and rewritten if it
+    /// differs), else — when neither `new/` nor, recovering, `cur/` holds it — a copy written
+    /// now. The caller makes the result durable with a flush of the file system before it
+    /// retires the spool file.
+    pub fn publish(
+        &self,
+        mailbox: &Mailbox,
+        folder: Folder,
+        unique: &str,
+        received_at: u64,
+        message: &[u8],
+        recovering: bool,
+    ) -> io::Result<Delivery> {
+        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
+        let tmp = dir.join("tmp").join(&name);
+        let new = dir.join("new").join(&name);
+        let prepared = tmp.is_file();
+        if (recovering || !prepared)
+            && (new.exists() || (recovering && already_read(&dir.join("cur"), &name)?))
+        {
+            // Published before a crash that left the prepared copy behind, or never prepared
+            // and delivered already.
+            if prepared {
+                fs::remove_file(&tmp)?;
+            }
+            return Ok(Delivery::AlreadyDelivered);
+        }
+        if !prepared {
+            for sub in ["tmp", "new", "cur"] {
+                fsync::create_dir_durable(&dir.join(sub))?;
+            }
+        }
+        // A prepared copy is whole unless a crash cut its write short (the spool's flush
+        // never completed): the spool's own copy, checksummed, is the one to trust.
+        if !prepared || (recovering && fs::read(&tmp)? != message) {
+            let _ = fs::remove_file(&tmp);
+            fsync::write_new_unsynced(&tmp, &[message])?;
+        }
+        let linked = fs::hard_link(&tmp, &new);
+        fs::remove_file(&tmp)?;
+        match linked {
+            Ok(()) => Ok(Delivery::Delivered),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Delivery::AlreadyDelivered),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Whether `cur/` holds `name` with any flags (`name:2,S` and so on).
 fn already_read(cur: &Path, name: &str) -> io::Result<bool> {
-    for item in fs::read_dir(cur)? {
+    let items = match fs::read_dir(cur) {
+        Ok(items) => items,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for item in items {
         let file = item?.file_name();
         let file = file.to_string_lossy();
         if file == name || file.strip_prefix(name).is_some_and(|rest| rest.starts_with(':')) {
@@ -154,6 +283,80 @@ mod tests {
         assert_eq!(junk, Delivery::Delivered);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
         assert_eq!(fs::read_dir(inbox.join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn prepared_copies_are_published_once_and_checked_at_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(true);
+        let alice = Mailbox {
+            local: "alice".into(),
+            domain: "example.org".into(),
+        };
+        let inbox = dir.path().join("example.org/alice");
+        let count = |sub: &str| fs::read_dir(inbox.join(sub)).unwrap().count();
+        let message: &[u8] = b"Received: x\r\n\r\nhello\r\n";
+
+        // Prepared before the flush, published after it.
+        maildir
+            .prepare(
+                &alice,
+                Folder::Inbox,
+                "Q1_0",
+                7,
+                &[b"Received: x\r\n", b"\r\nhello\r\n"],
+            )
+            .unwrap();
+        assert_eq!((count("tmp"), count("new")), (1, 0));
+        let first = maildir
+            .publish(&alice, Folder::Inbox, "Q1_0", 7, message, false)
+            .unwrap();
+        assert_eq!(first, Delivery::Delivered);
+        assert_eq!((count("tmp"), count("new")), (0, 1));
+        let again = maildir
+            .publish(&alice, Folder::Inbox, "Q1_0", 7, message, true)
+            .unwrap();
+        assert_eq!(again, Delivery::AlreadyDelivered);
+        assert_eq!(count("new"), 1);
+
+        // A crash cut the prepared copy short: recovery publishes the spool's content.
+        maildir
+            .prepare(&alice, Folder::Inbox, "Q2_0", 7, &[b"Received: x\r\n"])
+            .unwrap();
+        let repaired = maildir
+            .publish(&alice, Folder::Inbox, "Q2_0", 7, message, true)
+            .unwrap();
+        assert_eq!(repaired, Delivery::Delivered);
+        let name = "7.Q2_0.mx".to_string();
+        assert_eq!(fs::read(inbox.join("new").join(&name)).unwrap(), message);
+
+        // Published and read before a crash that left the prepared copy behind: not again.
+        fs::rename(
+            inbox.join("new").join(&name),
+            inbox.join("cur").join(format!("{name}:2,S")),
+        )
+        .unwrap();
+        fs::write(inbox.join("tmp").join(&name), message).unwrap();
+        let read = maildir
+            .publish(&alice, Folder::Inbox, "Q2_0", 7, message, true)
+            .unwrap();
+        assert_eq!(read, Delivery::AlreadyDelivered);
+        assert_eq!((count("tmp"), count("new"), count("cur")), (0, 1, 1));
+
+        // Never prepared (a message with remote recipients, or a crash before the flush):
+        // written now.
+        let fresh = maildir
+            .publish(&alice, Folder::Junk, "Q3_0", 7, message, true)
+            .unwrap();
+        assert_eq!(fresh, Delivery::Delivered);
+        assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
+
+        // Not accepted after all: the prepared copy goes.
+        maildir
+            .prepare(&alice, Folder::Inbox, "Q4_0", 7, &[message])
+            .unwrap();
+        maildir.discard_prepared(&alice, Folder::Inbox, "Q4_0", 7);
+        assert_eq!(count("tmp"), 0);
     }
 
     #[test]

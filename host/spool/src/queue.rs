@@ -178,6 +178,22 @@ impl Spool {
         head: &[u8],
         body: &[u8],
     ) -> Result<Entry, SpoolError> {
+        self.store_with(id, envelope, folder, head, body, |_| Ok(()))
+    }
+
+    /// [`Spool::store`], running `prepare` with the entry before the spool file is written:
+    /// whatever it writes without syncing (the Maildir copies, [`crate::Maildir::prepare`])
+    /// is made durable by the same flush as the spool file. When `prepare` fails nothing is
+    /// stored and its error is returned; undoing its partial work is the caller's.
+    pub fn store_with(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        folder: Folder,
+        head: &[u8],
+        body: &[u8],
+        prepare: impl FnOnce(&Entry) -> Result<(), SpoolError>,
+    ) -> Result<Entry, SpoolError> {
         let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -195,6 +211,7 @@ impl Spool {
             delay_notified: false,
             checksum: Some(checksum(&[head, body])),
         };
+        prepare(&entry)?;
         let tmp = self.tmp.join(entry.id.as_str());
         let meta = metadata_line(&entry)?;
         if let Err(e) = self.write_file(&tmp, &[MAGIC, &meta, head, body]) {
@@ -224,6 +241,24 @@ impl Spool {
             SyncMode::PerMessage => fsync::sync_dir(&self.queue),
         }
         .map_err(io_err(&self.queue))
+    }
+
+    /// Makes every write made so far to the spool's file system durable (a share of a
+    /// group flush), or, with per-message sync, to `queue/`.
+    pub fn flush(&self) -> Result<(), SpoolError> {
+        self.make_durable()
+    }
+
+    /// Whether [`Spool::flush`] covers the whole file system holding `dir` (group commit
+    /// and `dir` on the spool's file system), so that files written there unsynced
+    /// become durable with the spool's next flush.
+    pub fn flush_covers(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.sync == SyncMode::Group
+            && match (fs::metadata(&self.queue), fs::metadata(dir)) {
+                (Ok(queue), Ok(other)) => queue.dev() == other.dev(),
+                _ => false,
+            }
     }
 
     /// Group flushes run so far (benchmarks).
@@ -323,6 +358,15 @@ impl Spool {
         let path = self.path(id);
         fs::remove_file(&path).map_err(io_err(&path))?;
         self.make_durable()
+    }
+
+    /// Removes a message whose every recipient is done, without waiting for the removal to
+    /// be durable: the next flush of anyone makes it so. For deliveries whose results were
+    /// made durable first — if a crash loses the removal, recovery finds every copy
+    /// delivered already.
+    pub fn retire(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let path = self.path(id);
+        fs::remove_file(&path).map_err(io_err(&path))
     }
 
     /// Moves a damaged file aside so it is kept for the operator but never delivered.
@@ -439,6 +483,37 @@ mod tests {
                 "{mode:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_failed_prepare_stores_nothing_and_flushes_cover_the_same_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let failed = spool.store_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |_| {
+            Err(SpoolError::Io {
+                path: dir.path().to_path_buf(),
+                source: io::Error::other("disk full"),
+            })
+        });
+        assert!(failed.is_err());
+        assert!(spool.list().unwrap().is_empty());
+        let mut seen = None;
+        let entry = spool
+            .store_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |e| {
+                seen = Some(e.id.clone());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen.as_ref(), Some(&entry.id));
+        let flushes = spool.flushes();
+        spool.flush().unwrap();
+        assert!(spool.flushes() > flushes);
+        spool.retire(&entry.id).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+
+        assert!(spool.flush_covers(dir.path()));
+        let per_message = Spool::open_with(&dir.path().join("other"), SyncMode::PerMessage).unwrap();
+        assert!(!per_message.flush_covers(dir.path()));
     }
 
     #[test]
