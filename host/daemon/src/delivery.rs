@@ -183,8 +183,9 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
         }
     }
     if maildir.shares_spool_flush() && remaining.len() != before {
-        // The copies are durable before the spool forgets them.
-        spool.flush()?;
+        // The copies are durable before the spool forgets them; no client waits on this
+        // flush, so it rides on the next session's when one comes soon.
+        spool.flush_soon()?;
         if remaining.is_empty() && entry.envelope.recipients.iter().all(|r| r.local) {
             // Nothing else works on an all-local message: retire it without a flush of its
             // own (a crash that loses the removal finds every copy delivered already).

@@ -22,6 +22,7 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// How the spool makes a message durable before the 250.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -65,12 +66,30 @@ impl Committer {
 
     /// Returns once everything this thread wrote before the call is on stable storage.
     pub fn commit(&self) -> io::Result<()> {
+        self.commit_within(Duration::ZERO)
+    }
+
+    /// [`Committer::commit`], but first waits up to `patience` for a flush someone else
+    /// starts, leading one only if none comes. For work nobody waits on (retiring a
+    /// delivered message): under any load it rides on the next session's flush instead of
+    /// adding one of its own.
+    pub fn commit_within(&self, patience: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + patience;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.issued += 1;
         let mine = state.issued;
         loop {
             if state.done >= mine {
                 return Ok(());
+            }
+            let now = Instant::now();
+            if !state.running && now < deadline {
+                state = self
+                    .finished
+                    .wait_timeout(state, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
             }
             if !state.running {
                 // Lead: every request issued so far is covered by a flush starting now.
@@ -104,6 +123,28 @@ impl Committer {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_patient_commit_rides_on_the_next_flush_or_leads_one_after_its_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let committer = Arc::new(Committer::new(dir.path()).unwrap());
+        // Nobody else flushes: it leads its own after its patience.
+        let started = Instant::now();
+        committer.commit_within(Duration::from_millis(20)).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        assert_eq!(committer.flushes(), 1);
+        // Someone else's flush comes first: one flush serves both.
+        let patient = {
+            let c = Arc::clone(&committer);
+            std::thread::spawn(move || c.commit_within(Duration::from_secs(10)))
+        };
+        while committer.state.lock().unwrap().issued < 2 {
+            std::thread::yield_now();
+        }
+        committer.commit().unwrap();
+        patient.join().unwrap().unwrap();
+        assert_eq!(committer.flushes(), 2);
+    }
 
     #[test]
     fn concurrent_commits_share_flushes_and_all_return() {
