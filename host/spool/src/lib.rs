@@ -2,12 +2,14 @@
 //!
 //! # Layout
 //!
-//! - [`queue`]: the spool. A message and its envelope are written to `tmp/`, fsync'd,
-//!   renamed into `queue/` and the directory fsync'd before the session may say 250.
+//! - [`queue`]: the spool. A message and its envelope are written to `tmp/` (over a
+//!   reused file from `free/` when there is one), renamed into `queue/` and made durable
+//!   (group flush, or fsyncs of file and directory) before the session may say 250.
 //!   Whatever `queue/` holds at start is recovered; `tmp/` leftovers are half-written
 //!   messages and are removed, never delivered.
-//! - [`maildir`]: local delivery (`tmp/` → `new/`, fsync'd), with names derived from the
-//!   queue id so that a delivery repeated after a crash is recognised and not duplicated.
+//! - [`maildir`]: local delivery (`tmp/` → `new/`, fsync'd, or prepared before the spool's
+//!   flush and published after it), with names derived from the queue id so that a
+//!   delivery repeated after a crash is recognised and not duplicated.
 //! - [`commit`]: group commit — concurrent writers share one `syncfs` of the spool.
 //! - [`fsync`]: the small helpers both use.
 
