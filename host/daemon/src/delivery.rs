@@ -145,28 +145,16 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
             continue;
         }
         let unique = portcullis_spool::maildir::copy_name(&entry.id, index);
-        let delivered = if maildir.shares_spool_flush() {
-            // The copy was prepared before the 250 (or is written now); the flush below
-            // makes it durable.
-            maildir.publish(
-                &recipient.mailbox,
-                entry.folder,
-                &unique,
-                entry.received_at,
-                &message,
-                job.recovering,
-            )
-        } else {
-            maildir.deliver(
-                &recipient.mailbox,
-                entry.folder,
-                &unique,
-                entry.received_at,
-                &message,
-                job.recovering,
-            )
-        };
-        match delivered {
+        // Sharing the spool's flush, the copy was prepared before the 250 (or is written
+        // now) and the flush below makes it durable.
+        match maildir.deliver(
+            &recipient.mailbox,
+            entry.folder,
+            &unique,
+            entry.received_at,
+            &message,
+            job.recovering,
+        ) {
             Ok(Delivery::Delivered) => {
                 tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, folder = ?entry.folder, "saved to maildir")
             }

@@ -102,7 +102,9 @@ impl Maildir {
     }
 
     /// Delivers one copy. `unique` names this copy (queue id and recipient index); with
-    /// `recovering`, `cur/` is also searched in case the user already read it.
+    /// `recovering`, `cur/` is also searched in case the user already read it. When copies
+    /// share the spool's flush this is [`Maildir::publish`] (the caller flushes before it
+    /// retires the spool file); else the copy and `new/` are fsync'd before it returns.
     pub fn deliver(
         &self,
         mailbox: &Mailbox,
@@ -112,6 +114,9 @@ impl Maildir {
         message: &[u8],
         recovering: bool,
     ) -> io::Result<Delivery> {
+        if self.shares_spool_flush {
+            return self.publish(mailbox, folder, unique, received_at, message, recovering);
+        }
         let dir = self.folder_path(mailbox, folder);
         for sub in ["tmp", "new", "cur"] {
             fsync::create_dir_durable(&dir.join(sub))?;
