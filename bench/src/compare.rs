@@ -9,6 +9,9 @@
 //!                          [--idle N] [--portcullis PATH]
 //! ```
 //!
+//! `--sessions none` skips the MX and group-commit tables (`--sizes none` the MX table),
+//! `--idle 0` the idle-connection count.
+//!
 //! For each scenario (sessions × message size) it runs, in turn, Postfix (MX to a Maildir,
 //! its normal queue fsync), Portcullis with no plugins and Portcullis with all four example
 //! plugins, each freshly started, loaded by Postfix's own `smtp-source` (one connection per
@@ -17,8 +20,9 @@
 //! p50 and p99 latency from the end of DATA to the 250 (a second, shorter pass with our own
 //! client, because smtp-source does not time replies), and peak memory (PSS of the process
 //! tree). It also measures the disk's own file + directory fsync rate in the same run, the
-//! submission path (STARTTLS + AUTH PLAIN per session, a new TLS session per message versus
-//! reuse; Portcullis only, see docs/benchmarks.md), and the memory per idle connection.
+//! submission path against Postfix's submission listener with Cyrus SASL (STARTTLS + AUTH
+//! PLAIN per session, a new TLS session per message versus reuse), and the memory per idle
+//! connection.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -30,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_bench::sample_message;
-use portcullis_bench::server::{Daemon, Path_, connect, cpu_of, start, start_with};
+use portcullis_bench::server::{Daemon, PASSWORD, Path_, connect_to, cpu_of, start, start_with};
 
 struct Args {
     seconds: f64,
@@ -41,6 +45,9 @@ struct Args {
 }
 
 fn list(value: &str) -> Vec<usize> {
+    if value == "none" {
+        return Vec::new();
+    }
     value
         .split(',')
         .map(|v| v.trim().parse().expect("a comma-separated list of numbers"))
@@ -83,7 +90,10 @@ fn sh(cmd: &mut Command) -> String {
 
 /// Installs Postfix (with smtp-source) from Debian's packages if it is not there.
 fn ensure_postfix() {
-    if Path::new("/usr/sbin/postfix").exists() && Path::new("/usr/sbin/smtp-source").exists() {
+    if Path::new("/usr/sbin/postfix").exists()
+        && Path::new("/usr/sbin/smtp-source").exists()
+        && Path::new("/usr/sbin/saslpasswd2").exists()
+    {
         return;
     }
     eprintln!("installing postfix from Debian's packages...");
@@ -101,7 +111,16 @@ fn ensure_postfix() {
     assert!(debconf.wait().expect("debconf").success());
     sh(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "postfix"]));
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "postfix",
+            // Cyrus SASL with a sasldb: AUTH on Postfix's submission listener.
+            "sasl2-bin",
+            "libsasl2-modules",
+        ]));
 }
 
 fn free_port() -> u16 {
@@ -111,10 +130,14 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A Postfix instance of our own: its own config, queue and Maildir under a temp dir.
+/// A Postfix instance of our own: its own config, queue and Maildir under a temp dir; an
+/// MX listener, and a submission listener (STARTTLS required, then AUTH through Cyrus SASL
+/// against a sasldb holding `bench@example.org`).
 struct Postfix {
     dir: tempfile::TempDir,
     addr: SocketAddr,
+    submission: SocketAddr,
+    cert: String,
 }
 
 const POSTFIX_SERVICES: &str = "\
@@ -139,6 +162,7 @@ virtual   unix  -       n       n       -       -       virtual
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 ";
 
 impl Postfix {
@@ -148,12 +172,43 @@ impl Postfix {
             .tempdir()
             .expect("tempdir");
         let d = dir.path();
-        for sub in ["etc", "queue", "data", "vmail"] {
+        for sub in ["etc/sasl", "queue", "data", "vmail"] {
             std::fs::create_dir_all(d.join(sub)).expect("mkdir");
         }
         sh(Command::new("chown").arg("postfix").arg(d.join("data")));
         sh(Command::new("chown").arg("65534:65534").arg(d.join("vmail")));
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+        let cert = certified.cert.pem();
+        std::fs::write(d.join("cert.pem"), &cert).expect("cert");
+        std::fs::write(d.join("key.pem"), certified.signing_key.serialize_pem()).expect("key");
+        // The account, in a sasldb the unprivileged smtpd can read; Debian's Postfix reads
+        // the Cyrus config from <config_directory>/sasl/smtpd.conf.
+        let sasldb = d.join("sasldb2");
+        let mut saslpasswd = Command::new("saslpasswd2")
+            .args(["-c", "-p", "-u", "example.org", "-f"])
+            .arg(&sasldb)
+            .arg("bench")
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("saslpasswd2");
+        saslpasswd
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(PASSWORD.as_bytes())
+            .expect("password");
+        assert!(saslpasswd.wait().expect("saslpasswd2").success());
+        sh(Command::new("chown").arg("postfix").arg(&sasldb));
+        std::fs::write(
+            d.join("etc/sasl/smtpd.conf"),
+            format!(
+                "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: {}\n",
+                sasldb.display()
+            ),
+        )
+        .expect("smtpd.conf");
         let port = free_port();
+        let submission_port = free_port();
         let root = d.display();
         std::fs::write(
             d.join("etc/main.cf"),
@@ -163,23 +218,35 @@ impl Postfix {
                  mynetworks = 127.0.0.0/8\nvirtual_mailbox_domains = example.org\nvirtual_mailbox_base = {root}/vmail\n\
                  virtual_mailbox_maps = static:example.org/postmaster/\nvirtual_uid_maps = static:65534\n\
                  virtual_gid_maps = static:65534\nmaillog_file = {root}/maillog\nmaillog_file_prefixes = {root}\n\
-                 default_process_limit = 250\n"
+                 default_process_limit = 250\nsmtpd_tls_cert_file = {root}/cert.pem\nsmtpd_tls_key_file = {root}/key.pem\n\
+                 cyrus_sasl_config_path = {root}/etc/sasl\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\n"
             ),
         )
         .expect("main.cf");
         std::fs::write(
             d.join("etc/master.cf"),
-            format!("127.0.0.1:{port} inet n - n - - smtpd\n{POSTFIX_SERVICES}"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd\n\
+                 127.0.0.1:{submission_port} inet n - n - - smtpd -o smtpd_tls_security_level=encrypt \
+                 -o smtpd_sasl_auth_enable=yes -o smtpd_relay_restrictions=permit_sasl_authenticated,reject \
+                 -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject\n{POSTFIX_SERVICES}"
+            ),
         )
         .expect("master.cf");
         sh(Command::new("postfix").arg("-c").arg(d.join("etc")).arg("start"));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let submission: SocketAddr = format!("127.0.0.1:{submission_port}").parse().expect("addr");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(addr).is_err() {
+        while TcpStream::connect(addr).is_err() || TcpStream::connect(submission).is_err() {
             assert!(Instant::now() < deadline, "postfix did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Postfix { dir, addr }
+        Postfix {
+            dir,
+            addr,
+            submission,
+            cert,
+        }
     }
 
     fn master_pid(&self) -> u32 {
@@ -510,7 +577,8 @@ fn ms(d: Duration) -> String {
 /// Submission: STARTTLS + AUTH PLAIN, then messages; `reuse` keeps one TLS session per
 /// client thread, otherwise every message gets a new connection, TLS handshake and AUTH.
 fn submission(
-    daemon: &Daemon,
+    addr: SocketAddr,
+    cert: &str,
     sessions: usize,
     messages: usize,
     size: usize,
@@ -524,12 +592,12 @@ fn submission(
         for _ in 0..sessions {
             let (body, next, all) = (Arc::clone(&body), Arc::clone(&next), Arc::clone(&all));
             scope.spawn(move || {
-                let mut client = reuse.then(|| connect(daemon, Path_::Submission));
+                let mut client = reuse.then(|| connect_to(addr, cert, Path_::Submission));
                 let mut mine = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < messages {
                     let c = match &mut client {
                         Some(c) => c,
-                        None => client.insert(connect(daemon, Path_::Submission)),
+                        None => client.insert(connect_to(addr, cert, Path_::Submission)),
                     };
                     assert!(c.cmd("MAIL FROM:<bench@example.org>").starts_with("250"));
                     assert!(c.cmd("RCPT TO:<postmaster@example.org>").starts_with("250"));
@@ -697,17 +765,26 @@ fn main() {
     }
 
     println!("\n### Submission path (STARTTLS + AUTH PLAIN, 10 KiB, 10 sessions)\n");
-    println!("| connection | plugins | msgs/s | p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|");
+    println!("| connection | server | msgs/s | vs Postfix | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
     for reuse in [false, true] {
+        let connection = if reuse { "reused" } else { "new per message" };
+        let messages = if reuse { 3000 } else { 1000 };
+        let postfix = Postfix::start();
+        let (reference, lat) = submission(postfix.submission, &postfix.cert, 10, messages, 10 * 1024, reuse);
+        drop(postfix);
+        println!(
+            "| {connection} | Postfix | {reference:.0} | | {} | {} |",
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        );
         for plugins in [false, true] {
             let d = start(&a.binary, plugins, "");
-            let messages = if reuse { 3000 } else { 1000 };
-            let (rate, lat) = submission(&d, 10, messages, 10 * 1024, reuse);
+            let (rate, lat) = submission(d.submission, &d.cert, 10, messages, 10 * 1024, reuse);
             println!(
-                "| {} | {} | {rate:.0} | {} | {} |",
-                if reuse { "reused" } else { "new per message" },
-                if plugins { "on" } else { "off" },
+                "| {connection} | Portcullis, {} | {rate:.0} | {:.2}× | {} | {} |",
+                if plugins { "4 plugins" } else { "no plugins" },
+                rate / reference,
                 ms(percentile(&lat, 0.5)),
                 ms(percentile(&lat, 0.99))
             );

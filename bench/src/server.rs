@@ -199,6 +199,12 @@ pub fn connect(daemon: &Daemon, path: Path_) -> Client {
     } else {
         daemon.submission
     };
+    connect_to(addr, &daemon.cert, path)
+}
+
+/// A session to any server at `addr` whose certificate is `cert` (PEM), logging in as
+/// `bench@example.org` with [`PASSWORD`] on submission.
+pub fn connect_to(addr: SocketAddr, cert: &str, path: Path_) -> Client {
     let tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let mut plain = Client {
@@ -213,7 +219,7 @@ pub fn connect(daemon: &Daemon, path: Path_) -> Client {
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
     roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(daemon.cert.as_bytes()).expect("pem"))
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem"))
         .expect("root");
     let config =
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
