@@ -341,16 +341,18 @@ async fn spool(
                 for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
                     let unique = portcullis_spool::maildir::copy_name(&entry.id, index);
                     let parts = [head.as_bytes(), &message.body[..]];
-                    if let Err(source) =
-                        maildir.prepare(&recipient.mailbox, entry.folder, &unique, entry.received_at, &parts)
-                    {
-                        prepare_failed = true;
-                        return Err(SpoolError::Io {
-                            path: maildir.folder_path(&recipient.mailbox, entry.folder),
-                            source,
-                        });
+                    match maildir.prepare(&recipient.mailbox, entry.folder, &unique, entry.received_at, &parts) {
+                        Ok(true) => prepared.push((index, entry.received_at)),
+                        // A folder on another file system: delivery writes and fsyncs it.
+                        Ok(false) => {}
+                        Err(source) => {
+                            prepare_failed = true;
+                            return Err(SpoolError::Io {
+                                path: maildir.folder_path(&recipient.mailbox, entry.folder),
+                                source,
+                            });
+                        }
                     }
-                    prepared.push((index, entry.received_at));
                 }
                 Ok(())
             },

@@ -229,8 +229,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     })?;
     // With group commit and the mailboxes on the spool's file system, a message's local
     // copies are written before the spool's flush and share it (docs/architecture.md).
-    let maildir = Maildir::new(mail_root.clone(), &config.server.hostname)
-        .sharing_spool_flush(spool.flush_covers(&mail_root));
+    let maildir =
+        Maildir::new(mail_root.clone(), &config.server.hostname).sharing_spool_flush(spool.flush_device());
 
     let outbound_context = portcullis_outbound::Context::new(config.delivery.clone())
         .map_err(|e| StartError::Delivery(e.to_string()))?;

@@ -40,9 +40,11 @@ pub fn copy_name(id: &crate::QueueId, index: usize) -> String {
 pub struct Maildir {
     root: PathBuf,
     hostname: String,
-    /// Copies are prepared before the spool's flush and published without fsyncs of their
-    /// own (the spool's flushes cover the mail root); else each copy is fsync'd.
-    shares_spool_flush: bool,
+    /// The device (file system) the spool's flushes cover, when copies may ride on them:
+    /// a folder on that device gets its copies prepared before the spool's flush and
+    /// published without fsyncs of their own; any other folder (another mount below the
+    /// root) and every folder without it gets each copy fsync'd.
+    spool_device: Option<u64>,
 }
 
 /// Makes a string safe as one path component.
@@ -68,20 +70,28 @@ impl Maildir {
             root,
             // Maildir file names must not hold '/' or ':'.
             hostname: hostname.replace('/', "\\057").replace(':', "\\072"),
-            shares_spool_flush: false,
+            spool_device: None,
         }
     }
 
-    /// Lets copies ride on the spool's flushes ([`Maildir::prepare`], [`Maildir::publish`]);
-    /// only sound when `Spool::flush_covers` the mail root.
-    pub fn sharing_spool_flush(mut self, on: bool) -> Self {
-        self.shares_spool_flush = on;
+    /// Lets copies in folders on `device` ride on the spool's flushes
+    /// ([`Maildir::prepare`], [`Maildir::publish`]): the device `Spool::flush_device`
+    /// names, or `None` for an fsync of every copy.
+    pub fn sharing_spool_flush(mut self, device: Option<u64>) -> Self {
+        self.spool_device = device;
         self
     }
 
-    /// Whether copies ride on the spool's flushes.
+    /// Whether copies may ride on the spool's flushes (those in folders on its device).
     pub fn shares_spool_flush(&self) -> bool {
-        self.shares_spool_flush
+        self.spool_device.is_some()
+    }
+
+    /// Whether `dir` is on the device the spool's flushes cover.
+    fn covered(&self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.spool_device
+            .is_some_and(|device| fs::metadata(dir).is_ok_and(|m| m.dev() == device))
     }
 
     /// The root of all mailboxes.
@@ -114,12 +124,12 @@ impl Maildir {
         message: &[u8],
         recovering: bool,
     ) -> io::Result<Delivery> {
-        if self.shares_spool_flush {
-            return self.publish(mailbox, folder, unique, received_at, message, recovering);
-        }
         let dir = self.folder_path(mailbox, folder);
         for sub in ["tmp", "new", "cur"] {
             fsync::create_dir_durable(&dir.join(sub))?;
+        }
+        if self.covered(&dir) {
+            return self.publish(mailbox, folder, unique, received_at, message, recovering);
         }
         let name = format!("{received_at}.{unique}.{}", self.hostname);
         let new = dir.join("new").join(&name);
@@ -158,6 +168,8 @@ impl Maildir {
 
     /// Writes one copy (the concatenation of `parts`) into `tmp/` without syncing it: the
     /// spool's flush that follows makes it durable. [`Maildir::publish`] moves it to `new/`.
+    /// Returns `false`, writing nothing, for a folder the spool's flush does not cover
+    /// (delivery then writes and fsyncs that copy itself).
     pub fn prepare(
         &self,
         mailbox: &Mailbox,
@@ -165,14 +177,18 @@ impl Maildir {
         unique: &str,
         received_at: u64,
         parts: &[&[u8]],
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
         for sub in ["tmp", "new", "cur"] {
             fsync::create_dir_durable(&dir.join(sub))?;
         }
+        if !self.covered(&dir) {
+            return Ok(false);
+        }
         let tmp = dir.join("tmp").join(&name);
         let _ = fs::remove_file(&tmp);
-        fsync::write_new_unsynced(&tmp, parts)
+        fsync::write_new_unsynced(&tmp, parts)?;
+        Ok(true)
     }
 
     /// Removes a copy [`Maildir::prepare`] wrote, when the message was not accepted after all.
@@ -293,7 +309,9 @@ mod tests {
     #[test]
     fn prepared_copies_are_published_once_and_checked_at_recovery() {
         let dir = tempfile::tempdir().unwrap();
-        let maildir = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(true);
+        use std::os::unix::fs::MetadataExt;
+        let device = fs::metadata(dir.path()).unwrap().dev();
+        let maildir = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(Some(device));
         let alice = Mailbox {
             local: "alice".into(),
             domain: "example.org".into(),
@@ -303,7 +321,7 @@ mod tests {
         let message: &[u8] = b"Received: x\r\n\r\nhello\r\n";
 
         // Prepared before the flush, published after it.
-        maildir
+        let prepared = maildir
             .prepare(
                 &alice,
                 Folder::Inbox,
@@ -312,6 +330,7 @@ mod tests {
                 &[b"Received: x\r\n", b"\r\nhello\r\n"],
             )
             .unwrap();
+        assert!(prepared);
         assert_eq!((count("tmp"), count("new")), (1, 0));
         let first = maildir
             .publish(&alice, Folder::Inbox, "Q1_0", 7, message, false)
@@ -362,6 +381,21 @@ mod tests {
             .unwrap();
         maildir.discard_prepared(&alice, Folder::Inbox, "Q4_0", 7);
         assert_eq!(count("tmp"), 0);
+
+        // A folder on a file system the spool's flush does not cover (here: a device
+        // number that is not this one's) is never prepared, and its copies are fsync'd.
+        let elsewhere = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(Some(device + 1));
+        assert!(
+            !elsewhere
+                .prepare(&alice, Folder::Inbox, "Q5_0", 7, &[message])
+                .unwrap()
+        );
+        assert_eq!(count("tmp"), 0);
+        let synced = elsewhere
+            .deliver(&alice, Folder::Inbox, "Q5_0", 7, message, false)
+            .unwrap();
+        assert_eq!(synced, Delivery::Delivered);
+        assert!(inbox.join("new/7.Q5_0.mx").is_file());
     }
 
     #[test]

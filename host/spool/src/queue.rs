@@ -322,16 +322,15 @@ impl Spool {
         }
     }
 
-    /// Whether [`Spool::flush`] covers the whole file system holding `dir` (group commit
-    /// and `dir` on the spool's file system), so that files written there unsynced
-    /// become durable with the spool's next flush.
-    pub fn flush_covers(&self, dir: &Path) -> bool {
+    /// The device whose whole file system [`Spool::flush`] makes durable (group commit),
+    /// so that files written there unsynced become durable with the spool's next flush;
+    /// `None` with per-message sync.
+    pub fn flush_device(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
-        self.sync == SyncMode::Group
-            && match (fs::metadata(&self.queue), fs::metadata(dir)) {
-                (Ok(queue), Ok(other)) => queue.dev() == other.dev(),
-                _ => false,
-            }
+        if self.sync != SyncMode::Group {
+            return None;
+        }
+        fs::metadata(&self.queue).ok().map(|m| m.dev())
     }
 
     /// Group flushes run so far (benchmarks).
@@ -601,9 +600,13 @@ mod tests {
         assert_eq!(spool.free.lock().unwrap().len(), 1);
         assert!(spool.list().unwrap().is_empty());
 
-        assert!(spool.flush_covers(dir.path()));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            spool.flush_device(),
+            Some(fs::metadata(dir.path()).unwrap().dev())
+        );
         let per_message = Spool::open_with(&dir.path().join("other"), SyncMode::PerMessage).unwrap();
-        assert!(!per_message.flush_covers(dir.path()));
+        assert_eq!(per_message.flush_device(), None);
     }
 
     #[test]
