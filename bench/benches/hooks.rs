@@ -5,7 +5,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_bench::{message, session};
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
-use portcullis_runtime::{HookKind, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_runtime::{HookKind, LoadedPlugin, PluginSpec, Runtime, RuntimeConfig};
 use portcullis_smtp::command::Mechanism;
 use portcullis_smtp::session::{Credentials, PipelineKind};
 
@@ -14,6 +14,32 @@ fn spec(file: &str, hook: HookKind, config: serde_json::Value) -> Arc<PluginSpec
         unreachable!("the configs below are objects");
     };
     portcullis_bench::spec(file, hook, config)
+}
+
+/// A plugin in another language, built by `plugins/<lang>/build.sh`, loaded; `None`, with a
+/// note, when it is not built.
+fn language_plugin(
+    runtime: &Runtime,
+    lang: &str,
+    file: &str,
+    hook: HookKind,
+    config: serde_json::Value,
+) -> Option<LoadedPlugin> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/plugins")
+        .join(lang)
+        .join(file);
+    if !path.is_file() {
+        eprintln!(
+            "{} not built: run plugins/{lang}/build.sh to bench it",
+            path.display()
+        );
+        return None;
+    }
+    let mut spec = (*spec(file, hook, config)).clone();
+    spec.name = file.trim_end_matches(".wasm").replace('_', "-");
+    spec.path = path;
+    Some(runtime.load(Arc::new(spec)).expect("load"))
 }
 
 fn hooks(c: &mut Criterion) {
@@ -81,55 +107,21 @@ fn hooks(c: &mut Criterion) {
     });
 
     // Plugins in other languages, built by their own scripts (scripts/test.sh runs them).
-    let python =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/python/spam_bayes.wasm");
-    if python.is_file() {
-        let mut py = (*spec(
-            "spam_rules.wasm",
-            HookKind::Spam,
-            serde_json::json!({
-                "tokens": { "viagra": 3.0, "report": -1.0, "quarterly": -0.5 }
-            }),
-        ))
-        .clone();
-        py.name = "spam-bayes".into();
-        py.path = python;
-        let bayes = runtime.load(Arc::new(py)).expect("load the Python plugin");
+    let bayes = serde_json::json!({ "tokens": { "viagra": 3.0, "report": -1.0, "quarterly": -0.5 } });
+    if let Some(bayes) = language_plugin(&runtime, "python", "spam_bayes.wasm", HookKind::Spam, bayes) {
         c.bench_function("spam-bayes (Python) 10KiB", |b| {
             b.to_async(&rt)
                 .iter(|| async { runtime.spam(&bayes, &mx, &msg).await.expect("classify") })
         });
-    } else {
-        eprintln!(
-            "{} not built: run plugins/python/build.sh to bench it",
-            python.display()
-        );
     }
-    let c_scan = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugins/c/virus_scan.wasm");
-    if c_scan.is_file() {
-        let mut spec_c = (*spec("virus_signatures.wasm", HookKind::Virus, serde_json::json!({}))).clone();
-        spec_c.name = "virus-scan".into();
-        spec_c.path = c_scan;
-        let scan = runtime.load(Arc::new(spec_c)).expect("load the C plugin");
+    let none = serde_json::json!({});
+    if let Some(scan) = language_plugin(&runtime, "c", "virus_scan.wasm", HookKind::Virus, none.clone()) {
         c.bench_function("virus-scan (C) 10KiB", |b| {
             b.to_async(&rt)
                 .iter(|| async { runtime.virus(&scan, &mx, &msg).await.expect("scan") })
         });
-    } else {
-        eprintln!(
-            "{} not built: run plugins/c/build.sh to bench it",
-            c_scan.display()
-        );
     }
-    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/plugins/javascript/rate_haraka.wasm");
-    if js.is_file() {
-        let mut spec_js = (*spec("rate_limit.wasm", HookKind::Rate, serde_json::json!({}))).clone();
-        spec_js.name = "rate-haraka".into();
-        spec_js.path = js;
-        let haraka = runtime
-            .load(Arc::new(spec_js))
-            .expect("load the JavaScript plugin");
+    if let Some(haraka) = language_plugin(&runtime, "javascript", "rate_haraka.wasm", HookKind::Rate, none) {
         c.bench_function("rate-haraka (JavaScript)", |b| {
             b.to_async(&rt).iter(|| async {
                 runtime
@@ -138,11 +130,6 @@ fn hooks(c: &mut Criterion) {
                     .expect("rate")
             })
         });
-    } else {
-        eprintln!(
-            "{} not built: run plugins/javascript/build.sh to bench it",
-            js.display()
-        );
     }
 
     // argon2id with the default parameters (19 MiB, 2 passes) dominates this one.
