@@ -6,7 +6,7 @@
 //!
 //! With group commit the copies skip their own fsyncs: [`Maildir::prepare`] writes each
 //! copy into `tmp/` before the spool's flush, so the one flush that makes the spool file
-//! durable makes the copies durable too; [`Maildir::publish`] then moves them into `new/`,
+//! durable makes the copies durable too; [`Maildir::deliver`] then moves them into `new/`,
 //! and the caller flushes once more before it retires the spool file. A prepared copy is
 //! only ever removed from `tmp/` by its move into `new/`, so at recovery a copy still in
 //! `tmp/` is published (after a check against the spool's content), and a missing one is
@@ -75,7 +75,7 @@ impl Maildir {
     }
 
     /// Lets copies in folders on `device` ride on the spool's flushes
-    /// ([`Maildir::prepare`], [`Maildir::publish`]): the device `Spool::flush_device`
+    /// ([`Maildir::prepare`], [`Maildir::deliver`]): the device `Spool::flush_device`
     /// names, or `None` for an fsync of every copy.
     pub fn sharing_spool_flush(mut self, device: Option<u64>) -> Self {
         self.spool_device = device;
@@ -94,11 +94,6 @@ impl Maildir {
             .is_some_and(|device| fs::metadata(dir).is_ok_and(|m| m.dev() == device))
     }
 
-    /// The root of all mailboxes.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The Maildir folder a mailbox's copy goes to.
     pub fn folder_path(&self, mailbox: &Mailbox, folder: Folder) -> PathBuf {
         let base = self
@@ -112,9 +107,13 @@ impl Maildir {
     }
 
     /// Delivers one copy. `unique` names this copy (queue id and recipient index); with
-    /// `recovering`, `cur/` is also searched in case the user already read it. When copies
-    /// share the spool's flush this is [`Maildir::publish`] (the caller flushes before it
-    /// retires the spool file); else the copy and `new/` are fsync'd before it returns.
+    /// `recovering`, `cur/` is also searched in case the user already read it.
+    ///
+    /// In a folder the spool's flushes cover, nothing is synced here: the copy
+    /// [`Maildir::prepare`] left in `tmp/` is linked into `new/` (with `recovering`, first
+    /// checked against `message` and rewritten if it differs), or one is written now, and
+    /// the caller flushes before it retires the spool file. Elsewhere the copy and `new/`
+    /// are fsync'd before this returns.
     pub fn deliver(
         &self,
         mailbox: &Mailbox,
@@ -124,21 +123,33 @@ impl Maildir {
         message: &[u8],
         recovering: bool,
     ) -> io::Result<Delivery> {
-        let dir = self.folder_path(mailbox, folder);
+        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
         for sub in ["tmp", "new", "cur"] {
             fsync::create_dir_durable(&dir.join(sub))?;
         }
-        if self.covered(&dir) {
-            return self.publish(mailbox, folder, unique, received_at, message, recovering);
-        }
-        let name = format!("{received_at}.{unique}.{}", self.hostname);
+        let sync = !self.covered(&dir);
+        let tmp = dir.join("tmp").join(&name);
         let new = dir.join("new").join(&name);
-        if new.exists() || (recovering && already_read(&dir.join("cur"), &name)?) {
+        let prepared = !sync && tmp.is_file();
+        if (recovering || !prepared)
+            && (new.exists() || (recovering && already_read(&dir.join("cur"), &name)?))
+        {
+            // Delivered before (a crash may have left the prepared copy behind).
+            if prepared {
+                fs::remove_file(&tmp)?;
+            }
             return Ok(Delivery::AlreadyDelivered);
         }
-        let tmp = dir.join("tmp").join(&name);
-        let _ = fs::remove_file(&tmp);
-        fsync::write_new(&tmp, &[message])?;
+        // A prepared copy is whole unless a crash cut its write short (the spool's flush
+        // never completed): the spool's own copy, checksummed, is the one to trust.
+        if !prepared || (recovering && fs::read(&tmp)? != message) {
+            let _ = fs::remove_file(&tmp);
+            if sync {
+                fsync::write_new(&tmp, &[message])?;
+            } else {
+                fsync::write_new_unsynced(&tmp, &[message])?;
+            }
+        }
         let linked = fs::hard_link(&tmp, &new);
         fs::remove_file(&tmp)?;
         match linked {
@@ -146,12 +157,12 @@ impl Maildir {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Delivery::AlreadyDelivered),
             Err(e) => return Err(e),
         }
-        fsync::sync_dir(&dir.join("new"))?;
+        if sync {
+            fsync::sync_dir(&dir.join("new"))?;
+        }
         Ok(Delivery::Delivered)
     }
-}
 
-impl Maildir {
     /// The folder and the file name of one copy.
     fn copy_path(
         &self,
@@ -167,7 +178,7 @@ impl Maildir {
     }
 
     /// Writes one copy (the concatenation of `parts`) into `tmp/` without syncing it: the
-    /// spool's flush that follows makes it durable. [`Maildir::publish`] moves it to `new/`.
+    /// spool's flush that follows makes it durable. [`Maildir::deliver`] moves it to `new/`.
     /// Returns `false`, writing nothing, for a folder the spool's flush does not cover
     /// (delivery then writes and fsyncs that copy itself).
     pub fn prepare(
@@ -195,54 +206,6 @@ impl Maildir {
     pub fn discard_prepared(&self, mailbox: &Mailbox, folder: Folder, unique: &str, received_at: u64) {
         let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
         let _ = fs::remove_file(dir.join("tmp").join(name));
-    }
-
-    /// Puts one copy into `new/` without syncing anything: the prepared copy in `tmp/` if
-    /// there is one (with `recovering`, first checked against `message` and rewritten if it
-    /// differs), else — when neither `new/` nor, recovering, `cur/` holds it — a copy written
-    /// now. The caller makes the result durable with a flush of the file system before it
-    /// retires the spool file.
-    pub fn publish(
-        &self,
-        mailbox: &Mailbox,
-        folder: Folder,
-        unique: &str,
-        received_at: u64,
-        message: &[u8],
-        recovering: bool,
-    ) -> io::Result<Delivery> {
-        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
-        let tmp = dir.join("tmp").join(&name);
-        let new = dir.join("new").join(&name);
-        let prepared = tmp.is_file();
-        if (recovering || !prepared)
-            && (new.exists() || (recovering && already_read(&dir.join("cur"), &name)?))
-        {
-            // Published before a crash that left the prepared copy behind, or never prepared
-            // and delivered already.
-            if prepared {
-                fs::remove_file(&tmp)?;
-            }
-            return Ok(Delivery::AlreadyDelivered);
-        }
-        if !prepared {
-            for sub in ["tmp", "new", "cur"] {
-                fsync::create_dir_durable(&dir.join(sub))?;
-            }
-        }
-        // A prepared copy is whole unless a crash cut its write short (the spool's flush
-        // never completed): the spool's own copy, checksummed, is the one to trust.
-        if !prepared || (recovering && fs::read(&tmp)? != message) {
-            let _ = fs::remove_file(&tmp);
-            fsync::write_new_unsynced(&tmp, &[message])?;
-        }
-        let linked = fs::hard_link(&tmp, &new);
-        fs::remove_file(&tmp)?;
-        match linked {
-            Ok(()) => Ok(Delivery::Delivered),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Delivery::AlreadyDelivered),
-            Err(e) => Err(e),
-        }
     }
 }
 
@@ -333,12 +296,12 @@ mod tests {
         assert!(prepared);
         assert_eq!((count("tmp"), count("new")), (1, 0));
         let first = maildir
-            .publish(&alice, Folder::Inbox, "Q1_0", 7, message, false)
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, message, false)
             .unwrap();
         assert_eq!(first, Delivery::Delivered);
         assert_eq!((count("tmp"), count("new")), (0, 1));
         let again = maildir
-            .publish(&alice, Folder::Inbox, "Q1_0", 7, message, true)
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, message, true)
             .unwrap();
         assert_eq!(again, Delivery::AlreadyDelivered);
         assert_eq!(count("new"), 1);
@@ -348,7 +311,7 @@ mod tests {
             .prepare(&alice, Folder::Inbox, "Q2_0", 7, &[b"Received: x\r\n"])
             .unwrap();
         let repaired = maildir
-            .publish(&alice, Folder::Inbox, "Q2_0", 7, message, true)
+            .deliver(&alice, Folder::Inbox, "Q2_0", 7, message, true)
             .unwrap();
         assert_eq!(repaired, Delivery::Delivered);
         let name = "7.Q2_0.mx".to_string();
@@ -362,7 +325,7 @@ mod tests {
         .unwrap();
         fs::write(inbox.join("tmp").join(&name), message).unwrap();
         let read = maildir
-            .publish(&alice, Folder::Inbox, "Q2_0", 7, message, true)
+            .deliver(&alice, Folder::Inbox, "Q2_0", 7, message, true)
             .unwrap();
         assert_eq!(read, Delivery::AlreadyDelivered);
         assert_eq!((count("tmp"), count("new"), count("cur")), (0, 1, 1));
@@ -370,7 +333,7 @@ mod tests {
         // Never prepared (a message with remote recipients, or a crash before the flush):
         // written now.
         let fresh = maildir
-            .publish(&alice, Folder::Junk, "Q3_0", 7, message, true)
+            .deliver(&alice, Folder::Junk, "Q3_0", 7, message, true)
             .unwrap();
         assert_eq!(fresh, Delivery::Delivered);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
