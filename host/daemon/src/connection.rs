@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use portcullis_smtp::session::{Action, ReadTimeout, SessionInfo, SpoolFailure};
 use portcullis_smtp::{Pipeline, Session, SpoolRequest};
-use portcullis_spool::{QueueId, SpoolError};
+use portcullis_spool::QueueId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -323,56 +323,16 @@ async fn spool(
     let maildir = ctx.maildir.clone();
     let folder = request.folder;
     let stored = tokio::task::spawn_blocking(move || {
-        // A message for local recipients only gets its Maildir copies written now, in
-        // `tmp/`, so that the spool's flush before the 250 covers them too.
-        let prewrite = maildir.shares_spool_flush() && message.envelope.recipients.iter().all(|r| r.local);
-        let mut prepared: Vec<(usize, u64)> = Vec::new();
-        let mut prepare_failed = false;
-        let stored = spool.store_with(
-            id.clone(),
+        // A local-only message's Maildir copies are written now, so that the spool's flush
+        // before the 250 covers them too.
+        spool.store_with_copies(
+            &maildir,
+            id,
             message.envelope.clone(),
             folder,
             head.as_bytes(),
             &message.body,
-            |entry| {
-                if !prewrite {
-                    return Ok(());
-                }
-                for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
-                    let unique = portcullis_spool::maildir::copy_name(&entry.id, index);
-                    let parts = [head.as_bytes(), &message.body[..]];
-                    match maildir.prepare(&recipient.mailbox, entry.folder, &unique, entry.received_at, &parts) {
-                        Ok(true) => prepared.push((index, entry.received_at)),
-                        // A folder on another file system: delivery writes and fsyncs it.
-                        Ok(false) => {}
-                        Err(source) => {
-                            prepare_failed = true;
-                            return Err(SpoolError::Io {
-                                path: maildir.folder_path(&recipient.mailbox, entry.folder),
-                                source,
-                            });
-                        }
-                    }
-                }
-                Ok(())
-            },
-        );
-        if stored.is_err() {
-            for (index, received_at) in prepared {
-                let recipient = &message.envelope.recipients[index];
-                let unique = portcullis_spool::maildir::copy_name(&id, index);
-                maildir.discard_prepared(&recipient.mailbox, folder, &unique, received_at);
-            }
-        }
-        match stored {
-            // A mailbox that cannot take its copy now (a broken folder, a full quota) does not
-            // refuse the message: it is spooled alone, and delivery retries the copy later.
-            Err(e) if prepare_failed => {
-                tracing::warn!(queue_id = %id, error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
-                spool.store(id, message.envelope.clone(), folder, head.as_bytes(), &message.body)
-            }
-            stored => stored,
-        }
+        )
     })
     .await;
     match stored {

@@ -17,6 +17,7 @@ use portcullis_smtp::Folder;
 use portcullis_smtp::envelope::Envelope;
 use serde::{Deserialize, Serialize};
 
+use crate::Maildir;
 use crate::commit::{Committer, SyncMode};
 use crate::fsync;
 
@@ -216,7 +217,7 @@ impl Spool {
     /// whatever it writes without syncing (the Maildir copies, [`crate::Maildir::prepare`])
     /// is made durable by the same flush as the spool file. When `prepare` fails nothing is
     /// stored and its error is returned; undoing its partial work is the caller's.
-    pub fn store_with(
+    fn store_with(
         &self,
         id: QueueId,
         envelope: Envelope,
@@ -255,6 +256,63 @@ impl Spool {
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         self.make_durable()?;
         Ok(entry)
+    }
+
+    /// [`Spool::store`] for a message whose Maildir copies can share its flush: when
+    /// `maildir` shares the spool's flushes and every recipient is local, each copy is
+    /// prepared in its folder's `tmp/` ([`Maildir::prepare`]) before the spool file is
+    /// written, so the one flush before the 250 covers them all. A copy that cannot be
+    /// prepared (a broken folder, a full quota) does not refuse the message: the prepared
+    /// ones are removed, and the message is spooled alone for delivery to retry.
+    pub fn store_with_copies(
+        &self,
+        maildir: &Maildir,
+        id: QueueId,
+        envelope: Envelope,
+        folder: Folder,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<Entry, SpoolError> {
+        if !maildir.shares_spool_flush() || !envelope.recipients.iter().all(|r| r.local) {
+            return self.store(id, envelope, folder, head, body);
+        }
+        let recipients = envelope.recipients.clone();
+        let mut prepared: Vec<(usize, u64)> = Vec::new();
+        let mut prepare_failed = false;
+        let stored = self.store_with(id.clone(), envelope.clone(), folder, head, body, |entry| {
+            for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
+                let unique = crate::maildir::copy_name(&entry.id, index);
+                match maildir.prepare(
+                    &recipient.mailbox,
+                    folder,
+                    &unique,
+                    entry.received_at,
+                    &[head, body],
+                ) {
+                    Ok(true) => prepared.push((index, entry.received_at)),
+                    // A folder on another file system: delivery writes and fsyncs it.
+                    Ok(false) => {}
+                    Err(source) => {
+                        prepare_failed = true;
+                        return Err(io_err(&maildir.folder_path(&recipient.mailbox, folder))(source));
+                    }
+                }
+            }
+            Ok(())
+        });
+        if stored.is_err() {
+            for (index, received_at) in prepared {
+                let unique = crate::maildir::copy_name(&id, index);
+                maildir.discard_prepared(&recipients[index].mailbox, folder, &unique, received_at);
+            }
+        }
+        match stored {
+            Err(e) if prepare_failed => {
+                tracing::warn!(queue_id = %id, error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
+                self.store(id, envelope, folder, head, body)
+            }
+            stored => stored,
+        }
     }
 
     /// Writes a new spool file at `path` (in `tmp/`), over a free one when there is one.
