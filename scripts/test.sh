@@ -19,33 +19,25 @@ rustup target list --toolchain "$toolchain" --installed | grep -q '^wasm32-wasip
 
 # Plugins in other languages are built by their own scripts, with pinned toolchains
 # installed under target/toolchains (a missing one is installed, never skipped).
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+# need FOR CHECK PACKAGE...: when CHECK fails, installs the Debian packages (as root) or
+# says which are needed.
+need() {
+  local what=$1 check=$2
+  shift 2
+  bash -c "$check" >/dev/null 2>&1 && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 python3-venv
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"
   else
-    echo "python3 with venv is needed for plugins/python (apt-get install python3 python3-venv)" >&2
+    echo "$what needs: apt-get install $*" >&2
     exit 1
   fi
-fi
+}
+need plugins/python "python3 -c 'import venv, ensurepip'" python3 python3-venv
 plugins/python/build.sh
-if ! command -v npm >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm
-  else
-    echo "node and npm are needed for plugins/javascript (apt-get install nodejs npm)" >&2
-    exit 1
-  fi
-fi
+need plugins/javascript "command -v npm" nodejs npm
 plugins/javascript/build.sh
-if ! command -v clang-19 >/dev/null 2>&1 || [ ! -f /usr/lib/wasm32-wasi/libc.a ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-      clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc
-  else
-    echo "clang-19 and wasi-libc are needed for plugins/c (apt-get install clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc)" >&2
-    exit 1
-  fi
-fi
+need plugins/c "command -v clang-19 && test -f /usr/lib/wasm32-wasi/libc.a" \
+  clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc
 plugins/c/build.sh
 
 cargo test --workspace --locked "$@"
