@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_bench::sample_message;
-use portcullis_bench::server::{Daemon, PASSWORD, Path_, connect_to, cpu_of, start, start_with};
+use portcullis_bench::server::{
+    Daemon, PASSWORD, Path_, connect_to, cpu_of, run_with_input, start, start_with,
+};
 
 struct Args {
     seconds: f64,
@@ -184,20 +186,13 @@ impl Postfix {
         // The account, in a sasldb the unprivileged smtpd can read; Debian's Postfix reads
         // the Cyrus config from <config_directory>/sasl/smtpd.conf.
         let sasldb = d.join("sasldb2");
-        let mut saslpasswd = Command::new("saslpasswd2")
-            .args(["-c", "-p", "-u", "example.org", "-f"])
-            .arg(&sasldb)
-            .arg("bench")
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("saslpasswd2");
-        saslpasswd
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(PASSWORD.as_bytes())
-            .expect("password");
-        assert!(saslpasswd.wait().expect("saslpasswd2").success());
+        run_with_input(
+            Command::new("saslpasswd2")
+                .args(["-c", "-p", "-u", "example.org", "-f"])
+                .arg(&sasldb)
+                .arg("bench"),
+            PASSWORD,
+        );
         sh(Command::new("chown").arg("postfix").arg(&sasldb));
         std::fs::write(
             d.join("etc/sasl/smtpd.conf"),

@@ -41,6 +41,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `command` with `input` on its standard input; asserts it succeeds.
+pub fn run_with_input(command: &mut Command, input: &str) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("input");
+    assert!(child.wait().expect("wait").success(), "{command:?} failed");
+}
+
 /// An argon2id hash of [`PASSWORD`], made by the daemon's own `user add`.
 pub fn hash_for(binary: &Path, dir: &Path) -> String {
     let scratch = dir.join("scratch.toml");
@@ -49,20 +65,12 @@ pub fn hash_for(binary: &Path, dir: &Path) -> String {
         "[server]\ndata-dir = \"scratch\"\n[domains]\nlocal = [\"example.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:0\"\n[auth]\nusers-file = \"scratch-users.toml\"\n",
     )
     .expect("scratch config");
-    let mut child = Command::new(binary)
-        .args(["user", "add", "bench", "--password-stdin", "--config"])
-        .arg(&scratch)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("user add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(PASSWORD.as_bytes())
-        .expect("password");
-    assert!(child.wait().expect("user add").success());
+    run_with_input(
+        Command::new(binary)
+            .args(["user", "add", "bench", "--password-stdin", "--config"])
+            .arg(&scratch),
+        PASSWORD,
+    );
     let users = std::fs::read_to_string(dir.join("scratch-users.toml")).expect("users");
     let start = users.find("$argon2id$").expect("hash");
     users[start..].split('"').next().expect("hash").to_string()
