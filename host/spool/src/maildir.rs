@@ -181,7 +181,7 @@ impl Maildir {
     /// spool's flush that follows makes it durable. [`Maildir::deliver`] moves it to `new/`.
     /// Returns `false`, writing nothing, for a folder the spool's flush does not cover
     /// (delivery then writes and fsyncs that copy itself).
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
         mailbox: &Mailbox,
         folder: Folder,
@@ -203,7 +203,7 @@ impl Maildir {
     }
 
     /// Removes a copy [`Maildir::prepare`] wrote, when the message was not accepted after all.
-    pub fn discard_prepared(&self, mailbox: &Mailbox, folder: Folder, unique: &str, received_at: u64) {
+    pub(crate) fn discard_prepared(&self, mailbox: &Mailbox, folder: Folder, unique: &str, received_at: u64) {
         let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
         let _ = fs::remove_file(dir.join("tmp").join(name));
     }

@@ -362,14 +362,9 @@ impl Spool {
         .map_err(io_err(&self.queue))
     }
 
-    /// Makes every write made so far to the spool's file system durable (a share of a
-    /// group flush), or, with per-message sync, to `queue/`.
-    pub fn flush(&self) -> Result<(), SpoolError> {
-        self.make_durable()
-    }
-
-    /// [`Spool::flush`] for work nobody waits on: rides on the next flush someone else
-    /// starts within a few milliseconds, else runs its own.
+    /// Makes every write made so far to the spool's file system durable, for work nobody
+    /// waits on: rides on the next group flush someone else starts within a few
+    /// milliseconds, else runs its own (with per-message sync: an fsync of `queue/`).
     pub fn flush_soon(&self) -> Result<(), SpoolError> {
         match self.sync {
             SyncMode::Group => self
@@ -380,7 +375,7 @@ impl Spool {
         }
     }
 
-    /// The device whose whole file system [`Spool::flush`] makes durable (group commit),
+    /// The device whose whole file system the spool's flushes make durable (group commit),
     /// so that files written there unsynced become durable with the spool's next flush;
     /// `None` with per-message sync.
     pub fn flush_device(&self) -> Option<u64> {
@@ -634,7 +629,7 @@ mod tests {
             .unwrap();
         assert_eq!(seen.as_ref(), Some(&entry.id));
         let flushes = spool.flushes();
-        spool.flush().unwrap();
+        spool.flush_soon().unwrap();
         assert!(spool.flushes() > flushes);
         spool.retire(&entry.id).unwrap();
         assert!(spool.list().unwrap().is_empty());
