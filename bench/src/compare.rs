@@ -475,6 +475,31 @@ trait Server {
     fn root_pid(&self) -> u32;
     /// Where delivered copies appear (inbox and Junk).
     fn maildirs(&self) -> Vec<PathBuf>;
+    /// Its directory (queue, Maildir), deleted when it is dropped unless kept.
+    fn dir(&mut self) -> &mut tempfile::TempDir;
+}
+
+/// The servers' directories, deleted at the end of the run instead of between servers:
+/// deleting thousands of files makes ext4 scan past the freed inodes at every file creation
+/// for the next minutes (`recently_deleted`, up to a sixth of the daemon's samples), which
+/// slowed whichever server ran next.
+#[derive(Default)]
+struct Kept(Vec<PathBuf>);
+
+impl Kept {
+    fn keep(&mut self, server: &mut dyn Server) {
+        let dir = server.dir();
+        dir.disable_cleanup(true);
+        self.0.push(dir.path().to_path_buf());
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Server for Postfix {
@@ -486,6 +511,9 @@ impl Server for Postfix {
     }
     fn maildirs(&self) -> Vec<PathBuf> {
         vec![self.maildir()]
+    }
+    fn dir(&mut self) -> &mut tempfile::TempDir {
+        &mut self.dir
     }
 }
 
@@ -500,9 +528,13 @@ impl Server for Daemon {
         let base = self.dir.path().join("data/mail/example.org/postmaster");
         vec![base.join("new"), base.join(".Junk/new")]
     }
+    fn dir(&mut self) -> &mut tempfile::TempDir {
+        &mut self.dir
+    }
 }
 
-fn measure(server: &dyn Server, sessions: usize, size: usize, seconds: f64) -> Measured {
+/// Measures one server, then keeps its files (in `kept`) until the end of the run.
+fn measure(server: &mut dyn Server, kept: &mut Kept, sessions: usize, size: usize, seconds: f64) -> Measured {
     let root = server.root_pid();
     // Calibrate: a short run tells how many messages make `seconds` of load.
     let warm = (sessions * 20).max(100);
@@ -520,6 +552,7 @@ fn measure(server: &dyn Server, sessions: usize, size: usize, seconds: f64) -> M
     let latency_messages = (messages / 4).max(sessions * 2).max(100);
     let lat = latencies(server.addr(), sessions, latency_messages, size);
     wait_delivered(&server.maildirs(), warm + messages + latency_messages);
+    kept.keep(server);
     Measured {
         per_second: messages as f64 / elapsed.as_secs_f64(),
         cpu_per_1000: cpu * 1000.0 / messages as f64,
@@ -530,7 +563,9 @@ fn measure(server: &dyn Server, sessions: usize, size: usize, seconds: f64) -> M
 }
 
 /// The disk's own limits, measured where the servers write: file + directory fsyncs per
-/// second, and syncfs calls per second.
+/// second, and syncfs calls per second. The probe files stay (in `dir`, deleted at the end
+/// of the run): deleting them here would slow the file creations measured next (see
+/// [`Kept`]).
 fn disk_rates(dir: &Path) -> (f64, f64) {
     let probe = dir.join("fsync-probe");
     std::fs::create_dir_all(&probe).expect("probe dir");
@@ -543,7 +578,6 @@ fn disk_rates(dir: &Path) -> (f64, f64) {
         f.write_all(&[b'x'; 1024]).expect("write");
         f.sync_all().expect("fsync");
         d.sync_all().expect("dir fsync");
-        std::fs::remove_file(&path).expect("remove");
         n += 1;
     }
     let fsyncs = n as f64 / started.elapsed().as_secs_f64();
@@ -553,11 +587,9 @@ fn disk_rates(dir: &Path) -> (f64, f64) {
         let path = probe.join(format!("g{m}"));
         std::fs::write(&path, [b'x'; 1024]).expect("write");
         rustix::fs::syncfs(&d).expect("syncfs");
-        std::fs::remove_file(&path).expect("remove");
         m += 1;
     }
     let syncfs = m as f64 / started.elapsed().as_secs_f64();
-    let _ = std::fs::remove_dir_all(&probe);
     (fsyncs, syncfs)
 }
 
@@ -673,6 +705,7 @@ fn main() {
     );
     let scratch = tempfile::tempdir().expect("tempdir");
     let (fsyncs, syncfs) = disk_rates(scratch.path());
+    let mut kept = Kept::default();
     println!("Disk: {fsyncs:.0} file+directory fsyncs/s, {syncfs:.0} syncfs/s\n");
 
     println!("### MX path (smtp-source, one connection per message)\n");
@@ -684,16 +717,16 @@ fn main() {
     for &size in &a.sizes {
         for &sessions in &a.sessions {
             let postfix = {
-                let p = Postfix::start();
-                measure(&p, sessions, size, a.seconds)
+                let mut p = Postfix::start();
+                measure(&mut p, &mut kept, sessions, size, a.seconds)
             };
             let off = {
-                let d = start(&a.binary, false, "");
-                measure(&d, sessions, size, a.seconds)
+                let mut d = start(&a.binary, false, "");
+                measure(&mut d, &mut kept, sessions, size, a.seconds)
             };
             let on = {
-                let d = start(&a.binary, true, "");
-                measure(&d, sessions, size, a.seconds)
+                let mut d = start(&a.binary, true, "");
+                measure(&mut d, &mut kept, sessions, size, a.seconds)
             };
             if sessions == 1 && single.is_none() {
                 single = Some(off.per_second);
@@ -737,12 +770,12 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     for &sessions in &a.sessions {
         let per = {
-            let d = start_with(&a.binary, false, "spool-sync = \"per-message\"", "");
-            measure(&d, sessions, 10 * 1024, a.seconds)
+            let mut d = start_with(&a.binary, false, "spool-sync = \"per-message\"", "");
+            measure(&mut d, &mut kept, sessions, 10 * 1024, a.seconds)
         };
         let group = {
-            let d = start_with(&a.binary, false, "spool-sync = \"group\"", "");
-            measure(&d, sessions, 10 * 1024, a.seconds)
+            let mut d = start_with(&a.binary, false, "spool-sync = \"group\"", "");
+            measure(&mut d, &mut kept, sessions, 10 * 1024, a.seconds)
         };
         println!(
             "| {sessions} | per-message | {:.0} | {} | {} | |",
@@ -765,8 +798,9 @@ fn main() {
     for reuse in [false, true] {
         let connection = if reuse { "reused" } else { "new per message" };
         let messages = if reuse { 3000 } else { 1000 };
-        let postfix = Postfix::start();
+        let mut postfix = Postfix::start();
         let (reference, lat) = submission(postfix.submission, &postfix.cert, 10, messages, 10 * 1024, reuse);
+        kept.keep(&mut postfix);
         drop(postfix);
         println!(
             "| {connection} | Postfix | {reference:.0} | | {} | {} |",
@@ -774,8 +808,9 @@ fn main() {
             ms(percentile(&lat, 0.99))
         );
         for plugins in [false, true] {
-            let d = start(&a.binary, plugins, "");
+            let mut d = start(&a.binary, plugins, "");
             let (rate, lat) = submission(d.submission, &d.cert, 10, messages, 10 * 1024, reuse);
+            kept.keep(&mut d);
             println!(
                 "| {connection} | Portcullis, {} | {rate:.0} | {:.2}× | {} | {} |",
                 if plugins { "4 plugins" } else { "no plugins" },
