@@ -107,6 +107,20 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
         .await
         .expect("scan");
     assert_eq!(clean, ScanOutcome::Clean);
+    // Plain text needs no decoding: the raw search finds it.
+    let plain = "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nplease run the evil macro\n";
+    let found = rt.virus(&plugin, &mx, &message(plain)).await.expect("scan");
+    assert_eq!(found, ScanOutcome::Infected("Test-Text".into()));
+    // A text part in UTF-16 hides the signature from the raw search; the declared charset
+    // makes the plugin decode it.
+    let utf16: String = "evil macro".chars().flat_map(|c| [c, '\0']).collect();
+    let hidden = format!("Subject: x\nContent-Type: text/plain; charset=\"UTF-16LE\"\n\n{utf16}\n");
+    let found = rt.virus(&plugin, &mx, &message(&hidden)).await.expect("scan");
+    assert_eq!(found, ScanOutcome::Infected("Test-Text".into()));
+    let clean16: String = "good macro".chars().flat_map(|c| [c, '\0']).collect();
+    let clean16 = format!("Subject: x\nContent-Type: text/plain; charset=utf-16le\n\n{clean16}\n");
+    let clean = rt.virus(&plugin, &mx, &message(&clean16)).await.expect("scan");
+    assert_eq!(clean, ScanOutcome::Clean);
 }
 
 #[tokio::test]
