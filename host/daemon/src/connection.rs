@@ -294,7 +294,8 @@ fn header_line(name: &str, value: &str) -> Option<String> {
     name_ok.then(|| format!("{name}: {value}\r\n"))
 }
 
-/// Writes the message to the spool (off the async threads) and hands it to delivery.
+/// Writes the message to the spool (off the async threads) and delivers it in the same call
+/// when it can share the spool's flushes, else hands it to a delivery run.
 async fn spool(
     ctx: &Arc<Context>,
     live: &Live,
@@ -322,30 +323,38 @@ async fn spool(
     let spool = Arc::clone(&ctx.spool);
     let maildir = ctx.maildir.clone();
     let folder = request.folder;
+    let sweep = Arc::clone(&ctx.retire_sweep);
+    let session = tracing::Span::current();
     let stored = tokio::task::spawn_blocking(move || {
+        let _session = session.enter();
         // A local-only message's Maildir copies are written now, so that the spool's flush
-        // before the 250 covers them too.
-        spool.store_with_copies(
+        // before the 250 covers them too; once it is durable they are published.
+        let entry = spool.store_with_copies(
             &maildir,
             id,
             message.envelope.clone(),
             folder,
             head.as_bytes(),
             &message.body,
-        )
+        )?;
+        tracing::info!(
+            queue_id = %entry.id,
+            from = %entry.envelope.reverse_path(),
+            recipients = entry.envelope.recipients.len(),
+            size = entry.size,
+            "queued"
+        );
+        let content: [&[u8]; 2] = [head.as_bytes(), &message.body];
+        let delivered = crate::delivery::deliver_accepted(&spool, &maildir, &entry, &content, &sweep);
+        Ok::<_, portcullis_spool::SpoolError>((entry, delivered))
     })
     .await;
     match stored {
-        Ok(Ok(entry)) => {
-            tracing::info!(
-                queue_id = %entry.id,
-                from = %entry.envelope.reverse_path(),
-                recipients = entry.envelope.recipients.len(),
-                size = entry.size,
-                "queued"
-            );
+        Ok(Ok((entry, delivered))) => {
             let id = entry.id.to_string();
-            let _ = ctx.deliveries.send(Job::new(entry.id));
+            if !delivered {
+                let _ = ctx.deliveries.send(Job::new(entry.id));
+            }
             Ok(id)
         }
         Ok(Err(e)) => {

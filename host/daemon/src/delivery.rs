@@ -9,11 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_outbound::Outbound;
-use portcullis_spool::{Delivery, Maildir, QueueId, Spool, SpoolError};
-use tokio::sync::{Semaphore, mpsc};
+use portcullis_spool::{Delivery, Entry, Maildir, QueueId, Spool, SpoolError};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// Deliveries running at once (each is mostly fsync wait).
 const PARALLEL: usize = 4;
+/// How long delivered messages' spool files may wait for a session's flush before the
+/// sweeper runs one (they are safe meanwhile; only `queue/` shows them).
+const RETIRE_SWEEP: Duration = Duration::from_millis(50);
 /// Delays between attempts of a failing local delivery.
 const RETRY: [Duration; 5] = [
     Duration::from_secs(5),
@@ -67,12 +70,13 @@ enum DeliveryError {
 
 /// Starts local delivery and the outbound queue runner behind it; send jobs through the
 /// returned channel. A message goes to local delivery first; what is left for other domains
-/// is handed to the runner, and the reports the runner queues come back here first.
+/// is handed to the runner, and the reports the runner queues come back here first. The
+/// returned `Notify` wakes the sweeper after [`deliver_accepted`] (see there).
 pub fn start(
     spool: Arc<Spool>,
     maildir: Maildir,
     outbound: portcullis_outbound::Context,
-) -> (mpsc::UnboundedSender<Job>, Outbound) {
+) -> (mpsc::UnboundedSender<Job>, Outbound, Arc<Notify>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     let requeue = tx.clone();
     let handoff = tx.clone();
@@ -84,6 +88,22 @@ pub fn start(
         }),
     );
     let runner = outbound.clone();
+    let sweep = Arc::new(Notify::new());
+    {
+        let (spool, sweep) = (Arc::clone(&spool), Arc::clone(&sweep));
+        tokio::spawn(async move {
+            loop {
+                sweep.notified().await;
+                tokio::time::sleep(RETIRE_SWEEP).await;
+                let spool = Arc::clone(&spool);
+                let swept =
+                    tokio::task::spawn_blocking(move || spool.flush_retiring(Duration::from_millis(5))).await;
+                if let Ok(Err(e)) = swept {
+                    tracing::warn!(error = %e, "cannot flush the spool to retire delivered messages; recovery will");
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(PARALLEL));
         while let Some(job) = rx.recv().await {
@@ -120,20 +140,54 @@ pub fn start(
             });
         }
     });
-    (tx, outbound)
+    (tx, outbound, sweep)
 }
 
-fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, DeliveryError> {
-    let (mut entry, message) = match spool.load(&job.id) {
-        Ok(loaded) => loaded,
-        Err(SpoolError::Corrupt { path, reason }) => {
-            tracing::error!(queue_id = %job.id, path = %path.display(), %reason, "corrupt spool file moved to spool/corrupt; it will not be delivered");
-            spool.quarantine(&job.id)?;
-            return Ok(Outcome::Finished);
+/// Delivers a message the session has just spooled, in the session's own call, when that
+/// needs no flush of its own: its Maildir copies share the spool's flushes and every
+/// recipient is local. The copies prepared before the 250 are published, and the spool file
+/// is released after the next flush anyone runs ([`Spool::retire_after_flush`]; `sweep`
+/// wakes the sweeper in case no session flushes soon). Returns whether the message is
+/// settled; when not (a remote recipient, a copy that failed), it goes to a delivery run,
+/// which finds the published copies delivered already.
+pub fn deliver_accepted(
+    spool: &Spool,
+    maildir: &Maildir,
+    entry: &Entry,
+    message: &[&[u8]],
+    sweep: &Notify,
+) -> bool {
+    if !maildir.shares_spool_flush() || !entry.envelope.recipients.iter().all(|r| r.local) {
+        return false;
+    }
+    let (remaining, failure) = deliver_copies(maildir, entry, message, false);
+    if let Some(e) = failure {
+        tracing::warn!(queue_id = %entry.id, error = %e, "delivery failed; a delivery run will retry");
+    }
+    if !remaining.is_empty() {
+        return false;
+    }
+    match spool.retire_after_flush(entry.id.clone()) {
+        Ok(()) => {
+            sweep.notify_one();
+            tracing::info!(queue_id = %entry.id, "delivered");
+            true
         }
-        Err(e) => return Err(e.into()),
-    };
-    let before = entry.pending.len();
+        Err(e) => {
+            tracing::warn!(queue_id = %entry.id, error = %e, "cannot retire a delivered message; a delivery run will");
+            false
+        }
+    }
+}
+
+/// Writes the copies of `entry`'s pending local recipients; returns the recipients still
+/// pending (remote ones, failed ones) and the first failure.
+fn deliver_copies(
+    maildir: &Maildir,
+    entry: &Entry,
+    message: &[&[u8]],
+    recovering: bool,
+) -> (Vec<usize>, Option<DeliveryError>) {
     let mut failure = None;
     let mut remaining = Vec::new();
     for &index in &entry.pending {
@@ -146,14 +200,14 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
         }
         let unique = portcullis_spool::maildir::copy_name(&entry.id, index);
         // Sharing the spool's flush, the copy was prepared before the 250 (or is written
-        // now) and the flush below makes it durable.
+        // now) and a flush before the spool file goes makes it durable.
         match maildir.deliver(
             &recipient.mailbox,
             entry.folder,
             &unique,
             entry.received_at,
-            &message,
-            job.recovering,
+            message,
+            recovering,
         ) {
             Ok(Delivery::Delivered) => {
                 tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, folder = ?entry.folder, "saved to maildir")
@@ -170,6 +224,21 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
             }
         }
     }
+    (remaining, failure)
+}
+
+fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, DeliveryError> {
+    let (mut entry, message) = match spool.load(&job.id) {
+        Ok(loaded) => loaded,
+        Err(SpoolError::Corrupt { path, reason }) => {
+            tracing::error!(queue_id = %job.id, path = %path.display(), %reason, "corrupt spool file moved to spool/corrupt; it will not be delivered");
+            spool.quarantine(&job.id)?;
+            return Ok(Outcome::Finished);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let before = entry.pending.len();
+    let (remaining, failure) = deliver_copies(maildir, &entry, &[&message], job.recovering);
     if maildir.shares_spool_flush() && remaining.len() != before {
         // The copies are durable before the spool forgets them; no client waits on this
         // flush, so it rides on the next session's when one comes soon.

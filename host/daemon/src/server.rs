@@ -49,6 +49,9 @@ pub struct Context {
     pub maildir: Maildir,
     /// Local delivery jobs.
     pub deliveries: mpsc::UnboundedSender<Job>,
+    /// Wakes the sweeper after a session delivered its message itself
+    /// ([`delivery::deliver_accepted`]).
+    pub retire_sweep: Arc<tokio::sync::Notify>,
     /// The outbound queue runner.
     pub outbound: portcullis_outbound::Outbound,
     /// Who answers hook points.
@@ -234,7 +237,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
 
     let outbound_context = portcullis_outbound::Context::new(config.delivery.clone())
         .map_err(|e| StartError::Delivery(e.to_string()))?;
-    let (deliveries, outbound) = delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
+    let (deliveries, outbound, retire_sweep) =
+        delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
     let hooks = Hooks::new(
         Arc::clone(&plugins),
         Arc::clone(&spool),
@@ -261,6 +265,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         spool,
         maildir,
         deliveries,
+        retire_sweep,
         outbound,
         hooks,
         watcher: Mutex::new(None),
@@ -326,6 +331,12 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         tracing::warn!("drain timeout reached: answering 421 to the remaining sessions");
         let _ = phase_tx.send(Phase::Closing);
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
+    }
+    // Delivered messages whose spool files wait for a flush: release them now rather than
+    // leave them for recovery at the next start.
+    let spool = Arc::clone(&ctx.spool);
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.flush_retiring(Duration::ZERO)).await {
+        tracing::warn!(error = %e, "cannot flush the spool at shutdown; recovery will settle delivered messages");
     }
     tracing::info!("stopped");
     Ok(())

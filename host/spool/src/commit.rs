@@ -113,6 +113,20 @@ impl Committer {
         }
     }
 
+    /// A mark for "everything this thread wrote so far", without waiting for a flush: it is
+    /// [covered](Committer::covers) once a flush that started after this call has
+    /// completed.
+    pub fn ticket(&self) -> u64 {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.issued += 1;
+        state.issued
+    }
+
+    /// Whether a flush has made everything before `ticket` durable.
+    pub fn covers(&self, ticket: u64) -> bool {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).done >= ticket
+    }
+
     /// Flushes run so far (for tests and benchmarks).
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
@@ -144,6 +158,18 @@ mod tests {
         committer.commit().unwrap();
         patient.join().unwrap().unwrap();
         assert_eq!(committer.flushes(), 2);
+    }
+
+    #[test]
+    fn a_ticket_is_covered_by_the_next_flush_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let committer = Committer::new(dir.path()).unwrap();
+        committer.commit().unwrap();
+        let ticket = committer.ticket();
+        assert!(!committer.covers(ticket));
+        committer.commit().unwrap();
+        assert!(committer.covers(ticket));
+        assert!(!committer.covers(committer.ticket()));
     }
 
     #[test]

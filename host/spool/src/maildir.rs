@@ -106,8 +106,9 @@ impl Maildir {
         }
     }
 
-    /// Delivers one copy. `unique` names this copy (queue id and recipient index); with
-    /// `recovering`, `cur/` is also searched in case the user already read it.
+    /// Delivers one copy of `message` (its parts in order, as the spool has them). `unique`
+    /// names this copy (queue id and recipient index); with `recovering`, `cur/` is also
+    /// searched in case the user already read it.
     ///
     /// In a folder the spool's flushes cover, nothing is synced here: the copy
     /// [`Maildir::prepare`] left in `tmp/` is linked into `new/` (with `recovering`, first
@@ -120,7 +121,7 @@ impl Maildir {
         folder: Folder,
         unique: &str,
         received_at: u64,
-        message: &[u8],
+        message: &[&[u8]],
         recovering: bool,
     ) -> io::Result<Delivery> {
         let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
@@ -142,12 +143,12 @@ impl Maildir {
         }
         // A prepared copy is whole unless a crash cut its write short (the spool's flush
         // never completed): the spool's own copy, checksummed, is the one to trust.
-        if !prepared || (recovering && fs::read(&tmp)? != message) {
+        if !prepared || (recovering && fs::read(&tmp)? != message.concat()) {
             let _ = fs::remove_file(&tmp);
             if sync {
-                fsync::write_new(&tmp, &[message])?;
+                fsync::write_new(&tmp, message)?;
             } else {
-                fsync::write_new_unsynced(&tmp, &[message])?;
+                fsync::write_new_unsynced(&tmp, message)?;
             }
         }
         let linked = fs::hard_link(&tmp, &new);
@@ -239,11 +240,11 @@ mod tests {
             domain: "Example.org".into(),
         };
         let first = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", false)
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[b"hello"], false)
             .unwrap();
         assert_eq!(first, Delivery::Delivered);
         let again = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", false)
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[b"hello"], false)
             .unwrap();
         assert_eq!(again, Delivery::AlreadyDelivered);
         let inbox = dir.path().join("example.org/alice");
@@ -258,11 +259,11 @@ mod tests {
         )
         .unwrap();
         let repeat = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, b"hello", true)
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[b"hello"], true)
             .unwrap();
         assert_eq!(repeat, Delivery::AlreadyDelivered);
         let junk = maildir
-            .deliver(&alice, Folder::Junk, "Q2_0", 7, b"spam", false)
+            .deliver(&alice, Folder::Junk, "Q2_0", 7, &[b"spam"], false)
             .unwrap();
         assert_eq!(junk, Delivery::Delivered);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
@@ -296,12 +297,12 @@ mod tests {
         assert!(prepared);
         assert_eq!((count("tmp"), count("new")), (1, 0));
         let first = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, message, false)
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[message], false)
             .unwrap();
         assert_eq!(first, Delivery::Delivered);
         assert_eq!((count("tmp"), count("new")), (0, 1));
         let again = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, message, true)
+            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[message], true)
             .unwrap();
         assert_eq!(again, Delivery::AlreadyDelivered);
         assert_eq!(count("new"), 1);
@@ -311,7 +312,7 @@ mod tests {
             .prepare(&alice, Folder::Inbox, "Q2_0", 7, &[b"Received: x\r\n"])
             .unwrap();
         let repaired = maildir
-            .deliver(&alice, Folder::Inbox, "Q2_0", 7, message, true)
+            .deliver(&alice, Folder::Inbox, "Q2_0", 7, &[message], true)
             .unwrap();
         assert_eq!(repaired, Delivery::Delivered);
         let name = "7.Q2_0.mx".to_string();
@@ -325,7 +326,7 @@ mod tests {
         .unwrap();
         fs::write(inbox.join("tmp").join(&name), message).unwrap();
         let read = maildir
-            .deliver(&alice, Folder::Inbox, "Q2_0", 7, message, true)
+            .deliver(&alice, Folder::Inbox, "Q2_0", 7, &[message], true)
             .unwrap();
         assert_eq!(read, Delivery::AlreadyDelivered);
         assert_eq!((count("tmp"), count("new"), count("cur")), (0, 1, 1));
@@ -333,7 +334,7 @@ mod tests {
         // Never prepared (a message with remote recipients, or a crash before the flush):
         // written now.
         let fresh = maildir
-            .deliver(&alice, Folder::Junk, "Q3_0", 7, message, true)
+            .deliver(&alice, Folder::Junk, "Q3_0", 7, &[message], true)
             .unwrap();
         assert_eq!(fresh, Delivery::Delivered);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
@@ -355,7 +356,7 @@ mod tests {
         );
         assert_eq!(count("tmp"), 0);
         let synced = elsewhere
-            .deliver(&alice, Folder::Inbox, "Q5_0", 7, message, false)
+            .deliver(&alice, Folder::Inbox, "Q5_0", 7, &[message], false)
             .unwrap();
         assert_eq!(synced, Delivery::Delivered);
         assert!(inbox.join("new/7.Q5_0.mx").is_file());

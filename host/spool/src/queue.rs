@@ -143,6 +143,9 @@ pub struct Spool {
     modifying: std::sync::Mutex<()>,
     sync: SyncMode,
     committer: Committer,
+    /// Delivered messages whose files wait for a flush that started after their copies
+    /// were published (a committer ticket each) before they are released.
+    retiring: std::sync::Mutex<Vec<(u64, QueueId)>>,
 }
 
 impl Spool {
@@ -172,6 +175,7 @@ impl Spool {
             free: std::sync::Mutex::new(Vec::new()),
             modifying: std::sync::Mutex::new(()),
             sync,
+            retiring: std::sync::Mutex::new(Vec::new()),
         };
         for item in fs::read_dir(&spool.tmp).map_err(io_err(&spool.tmp))? {
             let path = item.map_err(io_err(&spool.tmp))?.path();
@@ -353,13 +357,81 @@ impl Spool {
     }
 
     /// Makes every change made so far to `queue/` durable: one fsync of the directory, or
-    /// a share of a group flush.
+    /// a share of a group flush (after which the files [`Spool::retire_after_flush`] was
+    /// waiting on are released).
     fn make_durable(&self) -> Result<(), SpoolError> {
         match self.sync {
-            SyncMode::Group => self.committer.commit(),
-            SyncMode::PerMessage => fsync::sync_dir(&self.queue),
+            SyncMode::Group => {
+                self.committer.commit().map_err(io_err(&self.queue))?;
+                self.release_flushed();
+                Ok(())
+            }
+            SyncMode::PerMessage => fsync::sync_dir(&self.queue).map_err(io_err(&self.queue)),
         }
-        .map_err(io_err(&self.queue))
+    }
+
+    /// Retires a delivered message once the next group flush has made its delivery durable,
+    /// without waiting for it: the session that flushes next releases the file (or
+    /// [`Spool::flush_retiring`] when none comes). Only for deliveries written on the
+    /// spool's file system without a sync of their own; with per-message sync it waits for
+    /// [`Spool::flush_soon`] and retires at once. If a crash comes first, recovery finds
+    /// every copy delivered already.
+    pub fn retire_after_flush(&self, id: QueueId) -> Result<(), SpoolError> {
+        if self.sync != SyncMode::Group {
+            self.flush_soon()?;
+            return self.retire(&id);
+        }
+        let ticket = self.committer.ticket();
+        self.retiring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((ticket, id));
+        Ok(())
+    }
+
+    /// Messages waiting for a flush before their files are released.
+    pub fn retiring(&self) -> usize {
+        self.retiring
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// Releases the files of [`Spool::retire_after_flush`] a completed flush now covers. A
+    /// file that cannot be moved stays in `queue/`; recovery settles it at the next start.
+    fn release_flushed(&self) {
+        let ready: Vec<QueueId> = {
+            let mut retiring = self
+                .retiring
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if retiring.is_empty() {
+                return;
+            }
+            let (ready, waiting) = retiring
+                .drain(..)
+                .partition(|(ticket, _)| self.committer.covers(*ticket));
+            *retiring = waiting;
+            ready.into_iter().map(|(_, id)| id).collect()
+        };
+        for id in ready {
+            if let Err(e) = self.release(&id) {
+                tracing::warn!(queue_id = %id, error = %e, "cannot release a delivered message's spool file; recovery will");
+            }
+        }
+    }
+
+    /// Releases what [`Spool::retire_after_flush`] holds when no session's flush came: rides
+    /// on one that starts within `patience`, else runs its own.
+    pub fn flush_retiring(&self, patience: std::time::Duration) -> Result<(), SpoolError> {
+        if self.retiring() == 0 {
+            return Ok(());
+        }
+        self.committer
+            .commit_within(patience)
+            .map_err(io_err(&self.queue))?;
+        self.release_flushed();
+        Ok(())
     }
 
     /// Makes every write made so far to the spool's file system durable, for work nobody
@@ -660,6 +732,42 @@ mod tests {
         );
         let per_message = Spool::open_with(&dir.path().join("other"), SyncMode::PerMessage).unwrap();
         assert_eq!(per_message.flush_device(), None);
+    }
+
+    #[test]
+    fn a_file_retired_after_a_flush_stays_until_one_has_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let queued = |spool: &Spool| spool.list().unwrap().len();
+        let first = spool
+            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"one")
+            .unwrap();
+        spool.retire_after_flush(first.id.clone()).unwrap();
+        assert_eq!((queued(&spool), spool.retiring()), (1, 1));
+        // The next message's flush covers the first one's delivery: its file goes then.
+        let second = spool
+            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"two")
+            .unwrap();
+        assert_eq!((queued(&spool), spool.retiring()), (1, 0));
+        assert!(spool.load(&second.id).is_ok());
+        // With no session to flush, the sweeper's call does.
+        spool.retire_after_flush(second.id.clone()).unwrap();
+        let flushes = spool.flushes();
+        spool.flush_retiring(std::time::Duration::ZERO).unwrap();
+        assert_eq!((queued(&spool), spool.retiring()), (0, 0));
+        assert_eq!(spool.flushes(), flushes + 1);
+        // Nothing waiting: no flush.
+        spool.flush_retiring(std::time::Duration::ZERO).unwrap();
+        assert_eq!(spool.flushes(), flushes + 1);
+        assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 2);
+
+        // Per-message sync has no shared flush to wait for: it retires at once.
+        let per_message = Spool::open_with(&dir.path().join("other"), SyncMode::PerMessage).unwrap();
+        let entry = per_message
+            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"three")
+            .unwrap();
+        per_message.retire_after_flush(entry.id).unwrap();
+        assert_eq!((queued(&per_message), per_message.retiring()), (0, 0));
     }
 
     #[test]
