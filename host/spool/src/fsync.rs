@@ -1,8 +1,25 @@
 //! Writing files so that they survive a crash: data fsync'd, then the directory entry.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::Path;
+
+/// Writes all of `parts`, in order, with as few `writev(2)` calls as the kernel allows (one,
+/// for a message in the page cache) instead of one `write(2)` per part.
+pub fn write_parts(file: &mut File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    IoSlice::advance_slices(&mut rest, 0);
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
 
 /// fsyncs a directory, making renames, links and creations inside it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -12,9 +29,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Creates `path` (which must not exist), writes `parts` and fsyncs the file.
 pub fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    for part in parts {
-        file.write_all(part)?;
-    }
+    write_parts(&mut file, parts)?;
     file.sync_all()
 }
 
@@ -22,10 +37,8 @@ pub fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
 /// later flush (group commit).
 pub fn write_new_unsynced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
-    for part in parts {
-        file.write_all(part)?;
-    }
-    Ok(())
+    write_parts(&mut file, parts)
+
 }
 
 /// Writes `parts` over the existing file `path` from its start and cuts what is left of
@@ -35,11 +48,8 @@ pub fn write_new_unsynced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
 /// discard request per freed extent in the next journal commit).
 pub fn write_over(path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).open(path)?;
-    let mut len = 0u64;
-    for part in parts {
-        file.write_all(part)?;
-        len += part.len() as u64;
-    }
+    write_parts(&mut file, parts)?;
+    let len = parts.iter().map(|p| p.len() as u64).sum();
     if file.metadata()?.len() > len {
         file.set_len(len)?;
     }
