@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
-use crate::delivery::Job;
 use crate::live::Live;
 use crate::server::{Context, Phase};
 use crate::tls;
@@ -294,8 +293,7 @@ fn header_line(name: &str, value: &str) -> Option<String> {
     name_ok.then(|| format!("{name}: {value}\r\n"))
 }
 
-/// Writes the message to the spool (off the async threads) and delivers it in the same call
-/// when it can share the spool's flushes, else hands it to a delivery run.
+/// Hands the message to the spool writer ([`crate::accept`]); answers once it is durable.
 async fn spool(
     ctx: &Arc<Context>,
     live: &Live,
@@ -320,47 +318,14 @@ async fn spool(
             None => tracing::warn!(name = %header.name, "dropped a hook header with an invalid name"),
         }
     }
-    let spool = Arc::clone(&ctx.spool);
-    let maildir = ctx.maildir.clone();
-    let folder = request.folder;
-    let sweep = Arc::clone(&ctx.retire_sweep);
-    let session = tracing::Span::current();
-    let stored = tokio::task::spawn_blocking(move || {
-        let _session = session.enter();
-        // A local-only message's Maildir copies are written now, so that the spool's flush
-        // before the 250 covers them too; once it is durable they are published.
-        let entry = spool.store_with_copies(
-            &maildir,
-            id,
-            message.envelope.clone(),
-            folder,
-            head.as_bytes(),
-            &message.body,
-        )?;
-        tracing::info!(
-            queue_id = %entry.id,
-            from = %entry.envelope.reverse_path(),
-            recipients = entry.envelope.recipients.len(),
-            size = entry.size,
-            "queued"
-        );
-        let content: [&[u8]; 2] = [head.as_bytes(), &message.body];
-        let delivered = crate::delivery::deliver_accepted(&spool, &maildir, &entry, &content, &sweep);
-        Ok::<_, portcullis_spool::SpoolError>((entry, delivered))
-    })
-    .await;
-    match stored {
-        Ok(Ok((entry, delivered))) => {
-            let id = entry.id.to_string();
-            if !delivered {
-                let _ = ctx.deliveries.send(Job::new(entry.id));
-            }
-            Ok(id)
-        }
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "spool write failed; answering 451");
-            Err(SpoolFailure(e.to_string()))
-        }
-        Err(e) => Err(SpoolFailure(e.to_string())),
+    let accepted = crate::accept::Accepted {
+        id,
+        message,
+        head,
+        folder: request.folder,
+    };
+    match ctx.writer.store(accepted).await {
+        Ok(entry) => Ok(entry.id.to_string()),
+        Err(e) => Err(SpoolFailure(e)),
     }
 }

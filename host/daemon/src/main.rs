@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML configuration, validated at start; the embedded default.
 //! - [`server`]: binds listeners, runs sessions, drains on SIGTERM.
 //! - [`connection`]: the driver between a socket and the sans-IO `Session<P>`.
+//! - [`accept`]: the spool writer: accepted messages written, flushed together, published.
 //! - [`tls`]: certificates (loaded or self-signed) and the rustls configuration.
 //! - [`accounts`]: the users file, argon2id checks, the mailbox directory.
 //! - [`live`]: the reloadable state (config, TLS, accounts) as one swappable snapshot.
@@ -27,6 +28,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod accept;
 mod accounts;
 mod config;
 mod connection;

@@ -44,14 +44,8 @@ pub struct Context {
     config_path: Option<PathBuf>,
     /// The durable queue.
     pub spool: Arc<Spool>,
-    /// The local mailboxes (a session prepares its copies there when they share the
-    /// spool's flush).
-    pub maildir: Maildir,
-    /// Local delivery jobs.
-    pub deliveries: mpsc::UnboundedSender<Job>,
-    /// Wakes the sweeper after a session delivered its message itself
-    /// ([`delivery::deliver_accepted`]).
-    pub retire_sweep: Arc<tokio::sync::Notify>,
+    /// Writes accepted messages to the spool and publishes their local copies.
+    pub writer: crate::accept::SpoolWriter,
     /// The outbound queue runner.
     pub outbound: portcullis_outbound::Outbound,
     /// Who answers hook points.
@@ -239,6 +233,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         .map_err(|e| StartError::Delivery(e.to_string()))?;
     let (deliveries, outbound, retire_sweep) =
         delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
+    let writer = crate::accept::SpoolWriter::start(
+        Arc::clone(&spool),
+        maildir.clone(),
+        deliveries.clone(),
+        retire_sweep,
+    )
+    .map_err(|e| StartError::Delivery(format!("cannot start the spool writer: {e}")))?;
     let hooks = Hooks::new(
         Arc::clone(&plugins),
         Arc::clone(&spool),
@@ -263,9 +264,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         live: ArcSwap::from_pointee(live),
         config_path,
         spool,
-        maildir,
-        deliveries,
-        retire_sweep,
+        writer,
         outbound,
         hooks,
         watcher: Mutex::new(None),

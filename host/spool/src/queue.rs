@@ -230,6 +230,23 @@ impl Spool {
         body: &[u8],
         prepare: impl FnOnce(&Entry) -> Result<(), SpoolError>,
     ) -> Result<Entry, SpoolError> {
+        let entry = self.write_with(id, envelope, folder, head, body, prepare)?;
+        self.make_durable()?;
+        Ok(entry)
+    }
+
+    /// [`Spool::store_with`] up to the flush: the file is in `queue/`, durable only after
+    /// [`Spool::flush`] (with per-message sync the file itself is fsync'd already, and the
+    /// flush syncs `queue/`).
+    fn write_with(
+        &self,
+        id: QueueId,
+        envelope: Envelope,
+        folder: Folder,
+        head: &[u8],
+        body: &[u8],
+        prepare: impl FnOnce(&Entry) -> Result<(), SpoolError>,
+    ) -> Result<Entry, SpoolError> {
         let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -258,17 +275,18 @@ impl Spool {
         }
         let dest = self.path(&entry.id);
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
-        self.make_durable()?;
         Ok(entry)
     }
 
-    /// [`Spool::store`] for a message whose Maildir copies can share its flush: when
+    /// Writes a message whose Maildir copies can share its flush, without the flush: the
+    /// message is durable, and may be acknowledged, once a [`Spool::flush`] called after
+    /// this returned has returned (one flush serves every message written before it). When
     /// `maildir` shares the spool's flushes and every recipient is local, each copy is
     /// prepared in its folder's `tmp/` ([`Maildir::prepare`]) before the spool file is
-    /// written, so the one flush before the 250 covers them all. A copy that cannot be
-    /// prepared (a broken folder, a full quota) does not refuse the message: the prepared
-    /// ones are removed, and the message is spooled alone for delivery to retry.
-    pub fn store_with_copies(
+    /// written, so that flush covers them all. A copy that cannot be prepared (a broken
+    /// folder, a full quota) does not refuse the message: the prepared ones are removed,
+    /// and the message is spooled alone for delivery to retry.
+    pub fn write_with_copies(
         &self,
         maildir: &Maildir,
         id: QueueId,
@@ -278,12 +296,12 @@ impl Spool {
         body: &[u8],
     ) -> Result<Entry, SpoolError> {
         if !maildir.shares_spool_flush() || !envelope.recipients.iter().all(|r| r.local) {
-            return self.store(id, envelope, folder, head, body);
+            return self.write_with(id, envelope, folder, head, body, |_| Ok(()));
         }
         let recipients = envelope.recipients.clone();
         let mut prepared: Vec<(usize, u64)> = Vec::new();
         let mut prepare_failed = false;
-        let stored = self.store_with(id.clone(), envelope.clone(), folder, head, body, |entry| {
+        let stored = self.write_with(id.clone(), envelope.clone(), folder, head, body, |entry| {
             for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
                 let unique = crate::maildir::copy_name(&entry.id, index);
                 match maildir.prepare(
@@ -313,7 +331,7 @@ impl Spool {
         match stored {
             Err(e) if prepare_failed => {
                 tracing::warn!(queue_id = %id, error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
-                self.store(id, envelope, folder, head, body)
+                self.write_with(id, envelope, folder, head, body, |_| Ok(()))
             }
             stored => stored,
         }
@@ -368,6 +386,12 @@ impl Spool {
             }
             SyncMode::PerMessage => fsync::sync_dir(&self.queue).map_err(io_err(&self.queue)),
         }
+    }
+
+    /// Makes every message [`Spool::write_with_copies`] wrote before this call durable:
+    /// one flush for all of them.
+    pub fn flush(&self) -> Result<(), SpoolError> {
+        self.make_durable()
     }
 
     /// Retires a delivered message once the next group flush has made its delivery durable,
@@ -456,6 +480,11 @@ impl Spool {
             return None;
         }
         fs::metadata(&self.queue).ok().map(|m| m.dev())
+    }
+
+    /// How this spool makes messages durable.
+    pub fn sync_mode(&self) -> SyncMode {
+        self.sync
     }
 
     /// Group flushes run so far (benchmarks).
