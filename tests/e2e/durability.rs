@@ -94,3 +94,41 @@ fn half_written_spool_files_are_never_delivered() {
     assert_eq!(std::fs::read_dir(&tmp).expect("tmp").count(), 0);
     assert!(new_files(&setup.maildir("alice")).is_empty());
 }
+
+#[test]
+fn large_messages_and_per_message_sync_are_written_beside_the_writer_and_delivered_once() {
+    // A message over 1 MiB is written by a task of its own, next to small ones that go
+    // through the spool writer; with per-message sync every message is.
+    for per_message in [false, true] {
+        let setup = Setup::new("");
+        if per_message {
+            let config = std::fs::read_to_string(setup.config()).expect("config");
+            let config = config.replace(
+                "run-as-root = true",
+                "run-as-root = true\nspool-sync = \"per-message\"",
+            );
+            std::fs::write(setup.config(), config).expect("config");
+        }
+        let daemon = setup.start();
+        let mut c = Raw::connect(daemon.addr("mx"));
+        assert!(c.cmd("EHLO c").starts_with("250"));
+        send_mx(&mut c, "small-1");
+        assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        let line = "x".repeat(998);
+        let body: String = (0..1200).map(|_| format!("{line}\r\n")).collect();
+        let reply = c.cmd(&format!("Subject: large\r\n\r\n{body}."));
+        assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
+        send_mx(&mut c, "small-2");
+        let files = wait_for_mail(&setup.maildir("alice"), 3);
+        wait_spool_empty(&setup.data());
+        assert_eq!(files.len(), 3, "per-message sync: {per_message}");
+        let large = files
+            .iter()
+            .map(|f| std::fs::read(f).expect("read"))
+            .find(|text| text.windows(14).any(|w| w == b"Subject: large"))
+            .expect("the large message");
+        assert!(large.len() > 1_200_000, "{} octets", large.len());
+    }
+}

@@ -90,7 +90,8 @@ impl SpoolWriter {
     pub async fn store(&self, accepted: Accepted) -> Result<Entry, String> {
         const STOPPED: &str = "the spool writer has stopped";
         let (done, answer) = oneshot::channel();
-        let own_task = accepted.message.body.len() > LARGE || self.shared.spool.sync_mode() == SyncMode::PerMessage;
+        let own_task =
+            accepted.message.body.len() > LARGE || self.shared.spool.sync_mode() == SyncMode::PerMessage;
         let request = Request {
             accepted,
             session: tracing::Span::current(),

@@ -38,7 +38,6 @@ pub fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
 pub fn write_new_unsynced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
     write_parts(&mut file, parts)
-
 }
 
 /// Writes `parts` over the existing file `path` from its start and cuts what is left of
