@@ -158,6 +158,51 @@ async fn spam_rules_tags_clean_mail_and_junks_spam() {
 }
 
 #[tokio::test]
+async fn spam_rules_counts_capitals_and_links() {
+    let rt = runtime(None);
+    let plugin = rt
+        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .expect("load");
+    let mx = session(PipelineKind::Mx);
+    let tests = async |body: &str| {
+        let text = format!(
+            "From: Bob <bob@far.example>\nTo: alice@example.org\nSubject: Notes\nDate: Sat, 28 Nov 2026 10:00:00 +0000\nMessage-ID: <2@far.example>\n\n{body}\n"
+        );
+        let outcome = rt.spam(&plugin, &mx, &message(&text)).await.expect("classify");
+        let Verdict::Tag(headers) = outcome.verdict else {
+            panic!("tagged: {outcome:?}");
+        };
+        headers
+            .into_iter()
+            .find(|h| h.name == "X-Spam-Status")
+            .expect("status")
+            .value
+    };
+    // Eleven links ("HTTP://" in capitals is not one), mostly capitals: both rules hit.
+    let links = "http://A/ https://B/ ".repeat(5) + "http://C/ HTTP://D/";
+    let shouting = format!(
+        "{} {links}",
+        "PLEASE READ THESE NOTES BEFORE THE MEETING ON MONDAY MORNING ".repeat(3)
+    );
+    let status = tests(&shouting).await;
+    assert!(
+        status.contains("BODY_SHOUTING") && status.contains("MANY_URLS"),
+        "{status}"
+    );
+    // Ten links, and the same words in small letters: neither does.
+    let links = "http://A/ https://B/ ".repeat(5) + "HTTP://D/";
+    let calm = format!(
+        "{} {links}",
+        "please read these notes before the meeting on monday morning ".repeat(3)
+    );
+    let status = tests(&calm).await;
+    assert!(
+        !status.contains("BODY_SHOUTING") && !status.contains("MANY_URLS"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
 async fn rate_limit_defers_past_the_threshold() {
     let rt = runtime(None);
     let plugin = rt

@@ -134,12 +134,14 @@ fn facts(raw: &[u8], headers: Vec<Header>) -> Facts {
 /// Whether most letters are capitals. ASCII letters only: fast, and shouting in spam is
 /// overwhelmingly ASCII.
 fn shouting(text: &str, min_letters: usize, ratio: f64) -> bool {
-    let (mut letters, mut upper) = (0usize, 0usize);
-    for b in text.bytes().filter(u8::is_ascii_alphabetic) {
-        letters += 1;
-        upper += usize::from(b.is_ascii_uppercase());
+    // Counted without branches, so that the loop is vectorised.
+    let (mut letters, mut upper) = (0u32, 0u32);
+    for b in text.bytes() {
+        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+        letters += u32::from(letter);
+        upper += u32::from(letter & (b & 0x20 == 0));
     }
-    letters >= min_letters && upper as f64 / letters as f64 > ratio
+    letters as usize >= min_letters && f64::from(upper) / f64::from(letters) > ratio
 }
 
 fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envelope) -> (f64, Vec<String>) {
@@ -168,8 +170,11 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
     if shouting(&facts.body, 50, 0.6) {
         hit("BODY_SHOUTING", 1.0);
     }
-    let count = |needle: &str| memchr::memmem::find_iter(facts.body.as_bytes(), needle.as_bytes()).count();
-    let urls = count("http://") + count("https://");
+    // "http://" and "https://", in one pass.
+    let body = facts.body.as_bytes();
+    let urls = memchr::memmem::find_iter(body, b"http")
+        .filter(|&at| body[at + 4..].starts_with(b"://") || body[at + 4..].starts_with(b"s://"))
+        .count();
     if urls > 10 {
         hit("MANY_URLS", 1.5);
     }
