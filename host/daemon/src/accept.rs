@@ -170,5 +170,7 @@ impl Shared {
                 let _ = self.deliveries.send(Job::new(entry.id));
             }
         }
+        // Earlier messages whose delivery this flush made durable give up their files.
+        self.spool.release_flushed();
     }
 }

@@ -389,9 +389,14 @@ impl Spool {
     }
 
     /// Makes every message [`Spool::write_with_copies`] wrote before this call durable:
-    /// one flush for all of them.
+    /// one flush for all of them. The files of delivered messages this flush covers are
+    /// left for [`Spool::release_flushed`], so that the caller can answer its clients
+    /// first.
     pub fn flush(&self) -> Result<(), SpoolError> {
-        self.make_durable()
+        match self.sync {
+            SyncMode::Group => self.committer.commit().map_err(io_err(&self.queue)),
+            SyncMode::PerMessage => fsync::sync_dir(&self.queue).map_err(io_err(&self.queue)),
+        }
     }
 
     /// Retires a delivered message once the next group flush has made its delivery durable,
@@ -423,7 +428,7 @@ impl Spool {
 
     /// Releases the files of [`Spool::retire_after_flush`] a completed flush now covers. A
     /// file that cannot be moved stays in `queue/`; recovery settles it at the next start.
-    fn release_flushed(&self) {
+    pub fn release_flushed(&self) {
         let ready: Vec<QueueId> = {
             let mut retiring = self
                 .retiring
