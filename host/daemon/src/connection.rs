@@ -25,10 +25,13 @@ enum Stream {
 }
 
 impl Stream {
-    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Reads into `buf`'s spare capacity (not zeroed first: an idle session's buffer is
+    /// never touched).
+    async fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        buf.clear();
         match self {
-            Stream::Plain(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
+            Stream::Plain(s) => s.read_buf(buf).await,
+            Stream::Tls(s) => s.read_buf(buf).await,
             Stream::Closed => Ok(0),
         }
     }
@@ -139,8 +142,9 @@ pub async fn run<P: Pipeline>(
         tls,
     );
     let mut out = Vec::with_capacity(1024);
-    // Small enough that thousands of idle sessions stay cheap; content arrives in chunks.
-    let mut buf = vec![0u8; 16 * 1024];
+    // Commands fit in 1 KiB; the buffer grows to 16 KiB chunks at the first DATA, so that
+    // the thousands of sessions of a connection flood that never get there stay small.
+    let mut buf = Vec::with_capacity(1024);
     let mut tally = Tally::default();
     let result: io::Result<()> = async {
         loop {
@@ -155,7 +159,11 @@ pub async fn run<P: Pipeline>(
                     flush(&mut stream, &mut out).await?;
                     let limit = match session.read_timeout() {
                         ReadTimeout::Command => live.config.limits.command_timeout.0,
-                        ReadTimeout::Data => live.config.limits.data_timeout.0,
+                        ReadTimeout::Data => {
+                            buf.clear();
+                            buf.reserve_exact(16 * 1024);
+                            live.config.limits.data_timeout.0
+                        }
                     };
                     let stop_now =
                         |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
