@@ -214,30 +214,18 @@ impl Spool {
         head: &[u8],
         body: &[u8],
     ) -> Result<Entry, SpoolError> {
-        self.store_with(id, envelope, folder, head, body, |_| Ok(()))
-    }
-
-    /// [`Spool::store`], running `prepare` with the entry before the spool file is written:
-    /// whatever it writes without syncing (the Maildir copies, [`crate::Maildir::prepare`])
-    /// is made durable by the same flush as the spool file. When `prepare` fails nothing is
-    /// stored and its error is returned; undoing its partial work is the caller's.
-    fn store_with(
-        &self,
-        id: QueueId,
-        envelope: Envelope,
-        folder: Folder,
-        head: &[u8],
-        body: &[u8],
-        prepare: impl FnOnce(&Entry) -> Result<(), SpoolError>,
-    ) -> Result<Entry, SpoolError> {
-        let entry = self.write_with(id, envelope, folder, head, body, prepare)?;
+        let entry = self.write_with(id, envelope, folder, head, body, |_| Ok(()))?;
         self.make_durable()?;
         Ok(entry)
     }
 
-    /// [`Spool::store_with`] up to the flush: the file is in `queue/`, durable only after
-    /// [`Spool::flush`] (with per-message sync the file itself is fsync'd already, and the
-    /// flush syncs `queue/`).
+    /// [`Spool::store`] up to the flush, running `prepare` with the entry before the spool
+    /// file is written: the file is in `queue/`, durable only after [`Spool::flush`] (with
+    /// per-message sync the file itself is fsync'd already, and the flush syncs `queue/`).
+    /// Whatever `prepare` writes without syncing (the Maildir copies,
+    /// [`crate::Maildir::prepare`]) is made durable by the same flush. When `prepare`
+    /// fails nothing is written and its error is returned; undoing its partial work is the
+    /// caller's.
     fn write_with(
         &self,
         id: QueueId,
@@ -718,7 +706,7 @@ mod tests {
     fn a_failed_prepare_stores_nothing_and_flushes_cover_the_same_file_system() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let failed = spool.store_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |_| {
+        let failed = spool.write_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |_| {
             Err(SpoolError::Io {
                 path: dir.path().to_path_buf(),
                 source: io::Error::other("disk full"),
@@ -728,11 +716,12 @@ mod tests {
         assert!(spool.list().unwrap().is_empty());
         let mut seen = None;
         let entry = spool
-            .store_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |e| {
+            .write_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |e| {
                 seen = Some(e.id.clone());
                 Ok(())
             })
             .unwrap();
+        spool.flush().unwrap();
         assert_eq!(seen.as_ref(), Some(&entry.id));
         let flushes = spool.flushes();
         spool.flush_soon().unwrap();
