@@ -143,9 +143,9 @@ pub fn start(
     (tx, outbound, sweep)
 }
 
-/// Delivers a message the session has just spooled, in the session's own call, when that
-/// needs no flush of its own: its Maildir copies share the spool's flushes and every
-/// recipient is local. The copies prepared before the 250 are published, and the spool file
+/// Delivers a message the spool writer ([`crate::accept`]) has just made durable, right
+/// there, when that needs no flush of its own: its Maildir copies share the spool's flushes
+/// and every recipient is local. The copies prepared before the 250 are published, and the spool file
 /// is released after the next flush anyone runs ([`Spool::retire_after_flush`]; `sweep`
 /// wakes the sweeper in case no session flushes soon). Returns whether the message is
 /// settled; when not (a remote recipient, a copy that failed), it goes to a delivery run,
