@@ -132,3 +132,40 @@ fn large_messages_and_per_message_sync_are_written_beside_the_writer_and_deliver
         assert!(large.len() > 1_200_000, "{} octets", large.len());
     }
 }
+
+#[test]
+fn a_spool_write_that_fails_is_answered_451_and_the_writer_goes_on() {
+    let setup = Setup::new("");
+    let daemon = setup.start();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    // The spool's tmp/ replaced by a file: the next message cannot be written.
+    let tmp = setup.data().join("spool/tmp");
+    std::fs::remove_dir(&tmp).expect("rmdir");
+    std::fs::write(&tmp, b"in the way").expect("block");
+    assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let reply = c.cmd("Subject: refused\r\n\r\nnot stored\r\n.");
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    // Nothing of it is left to be delivered, not even its prepared Maildir copy.
+    std::fs::remove_file(&tmp).expect("unblock");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    assert!(new_files(&setup.maildir("alice")).is_empty());
+    assert_eq!(
+        std::fs::read_dir(setup.maildir("alice").join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0
+    );
+    // The same session, the same writer: the next message is accepted and delivered.
+    send_mx(&mut c, "accepted");
+    wait_spool_empty(&setup.data());
+    let files = wait_for_mail(&setup.maildir("alice"), 1);
+    assert_eq!(files.len(), 1);
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .expect("read")
+            .contains("body of accepted")
+    );
+}
