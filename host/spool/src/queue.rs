@@ -366,14 +366,9 @@ impl Spool {
     /// a share of a group flush (after which the files [`Spool::retire_after_flush`] was
     /// waiting on are released).
     fn make_durable(&self) -> Result<(), SpoolError> {
-        match self.sync {
-            SyncMode::Group => {
-                self.committer.commit().map_err(io_err(&self.queue))?;
-                self.release_flushed();
-                Ok(())
-            }
-            SyncMode::PerMessage => fsync::sync_dir(&self.queue).map_err(io_err(&self.queue)),
-        }
+        self.flush()?;
+        self.release_flushed();
+        Ok(())
     }
 
     /// Makes every message [`Spool::write_with_copies`] wrote before this call durable:
@@ -388,7 +383,7 @@ impl Spool {
     }
 
     /// Retires a delivered message once the next group flush has made its delivery durable,
-    /// without waiting for it: the session that flushes next releases the file (or
+    /// without waiting for it: whoever flushes next releases the file (or
     /// [`Spool::flush_retiring`] when none comes). Only for deliveries written on the
     /// spool's file system without a sync of their own; with per-message sync it waits for
     /// [`Spool::flush_soon`] and retires at once. If a crash comes first, recovery finds
