@@ -37,10 +37,20 @@ pub struct Accepted {
     pub folder: Folder,
 }
 
+/// Where a session waits for its message's fate.
+type Answer = oneshot::Sender<Result<Entry, String>>;
+
 struct Request {
     accepted: Accepted,
     session: tracing::Span,
-    done: oneshot::Sender<Result<Entry, String>>,
+    done: Answer,
+}
+
+/// What the thread is handed: a message, or a barrier answered once everything handed
+/// before it is written, answered and published.
+enum Work {
+    Store(Request),
+    Barrier(oneshot::Sender<()>),
 }
 
 /// What a batch is written with.
@@ -55,7 +65,7 @@ struct Shared {
 
 /// The handle sessions use; the thread ends when it is dropped.
 pub struct SpoolWriter {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Work>,
     shared: Arc<Shared>,
 }
 
@@ -73,14 +83,26 @@ impl SpoolWriter {
             deliveries,
             sweep,
         });
-        let (tx, rx) = mpsc::channel::<Request>();
+        let (tx, rx) = mpsc::channel::<Work>();
         let writer = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("spool-writer".into())
             .spawn(move || {
                 while let Ok(first) = rx.recv() {
-                    let batch: Vec<Request> = std::iter::once(first).chain(rx.try_iter()).collect();
-                    writer.write_batch(batch);
+                    let mut batch = Vec::new();
+                    let mut barriers = Vec::new();
+                    for work in std::iter::once(first).chain(rx.try_iter()) {
+                        match work {
+                            Work::Store(request) => batch.push(request),
+                            Work::Barrier(done) => barriers.push(done),
+                        }
+                    }
+                    if !batch.is_empty() {
+                        writer.write_batch(batch, true);
+                    }
+                    for done in barriers {
+                        let _ = done.send(());
+                    }
                 }
             })?;
         Ok(SpoolWriter { tx, shared })
@@ -98,25 +120,40 @@ impl SpoolWriter {
             done,
         };
         if own_task {
+            // Published before it answers: once the session has its answer, nothing of
+            // this message is still in flight (see `settled`).
             let shared = Arc::clone(&self.shared);
-            tokio::task::spawn_blocking(move || shared.write_batch(vec![request]));
-        } else if self.tx.send(request).is_err() {
+            tokio::task::spawn_blocking(move || shared.write_batch(vec![request], false));
+        } else if self.tx.send(Work::Store(request)).is_err() {
             return Err(STOPPED.into());
         }
         answer.await.unwrap_or_else(|_| Err(STOPPED.into()))
+    }
+
+    /// Returns once every message handed to the thread so far is written, answered and
+    /// its copies published: at shutdown, after the sessions have drained, so that the
+    /// spool files waiting for a flush are all known to [`Spool::flush_retiring`].
+    pub async fn settled(&self) {
+        let (done, answer) = oneshot::channel();
+        if self.tx.send(Work::Barrier(done)).is_ok() {
+            let _ = answer.await;
+        }
     }
 }
 
 impl Shared {
     /// Writes, flushes, answers, publishes. A panic here (a bug) fails this batch's
     /// messages with a 451, not the writer.
-    fn write_batch(&self, batch: Vec<Request>) {
-        if std::panic::catch_unwind(AssertUnwindSafe(|| self.write_batch_inner(batch))).is_err() {
+    /// `answer_first`: answer the sessions before publishing (the thread), or after (a
+    /// task of its own, which nothing else waits behind).
+    fn write_batch(&self, batch: Vec<Request>, answer_first: bool) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| self.write_batch_inner(batch, answer_first))).is_err()
+        {
             tracing::error!("the spool writer failed on a batch; its sessions were answered 451");
         }
     }
 
-    fn write_batch_inner(&self, batch: Vec<Request>) {
+    fn write_batch_inner(&self, batch: Vec<Request>, answer_first: bool) {
         let written: Vec<_> = batch
             .into_iter()
             .map(|request| {
@@ -137,8 +174,10 @@ impl Shared {
             })
             .collect();
         let flushed = self.spool.flush().map_err(|e| e.to_string());
-        // Answer every session first: the 250s go out before the copies are published.
+        // The thread answers every session first: the 250s go out before the copies are
+        // published.
         let mut settled = Vec::with_capacity(written.len());
+        let mut answers = Vec::with_capacity(written.len());
         for (request, entry) in written {
             let session = request.session.clone();
             let _session = session.enter();
@@ -160,9 +199,20 @@ impl Shared {
                 }
                 Err(e) => tracing::error!(error = %e, "spool write failed; answering 451"),
             }
-            // A session that went away meanwhile: its message is spooled all the same.
-            let _ = request.done.send(result);
+            answers.push((request.done, result));
         }
+        let answer = |answers: Vec<(Answer, Result<Entry, String>)>| {
+            for (done, result) in answers {
+                // A session that went away meanwhile: its message is spooled all the same.
+                let _ = done.send(result);
+            }
+        };
+        let answers = if answer_first {
+            answer(answers);
+            Vec::new()
+        } else {
+            answers
+        };
         for (session, entry, accepted) in settled {
             let _session = session.enter();
             let content: [&[u8]; 2] = [accepted.head.as_bytes(), &accepted.message.body];
@@ -172,5 +222,6 @@ impl Shared {
         }
         // Earlier messages whose delivery this flush made durable give up their files.
         self.spool.release_flushed();
+        answer(answers);
     }
 }

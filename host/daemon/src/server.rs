@@ -332,7 +332,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         let _ = tokio::time::timeout(Duration::from_secs(5), alive_rx.recv()).await;
     }
     // Delivered messages whose spool files wait for a flush: release them now rather than
-    // leave them for recovery at the next start.
+    // leave them for recovery at the next start (once the writer has published the last
+    // ones it answered).
+    ctx.writer.settled().await;
     let spool = Arc::clone(&ctx.spool);
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.flush_retiring(Duration::ZERO)).await {
         tracing::warn!(error = %e, "cannot flush the spool at shutdown; recovery will settle delivered messages");
