@@ -417,3 +417,91 @@ async fn wrong_world_is_refused_at_load_and_the_compile_cache_is_used() {
         .expect("call");
     assert!(matches!(outcome.verdict, Verdict::Tag(_)));
 }
+
+/// spam-rules reads plain-text mail without a MIME parse. The same messages, made to need
+/// the parse by a `Content-Transfer-Encoding` that changes nothing here, must score the same.
+#[tokio::test]
+async fn spam_rules_scores_plain_text_as_a_full_parse_does() {
+    let rt = runtime(None);
+    let plugin = rt
+        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .expect("load");
+    let mx = session(PipelineKind::Mx);
+    let status = async |text: String| {
+        let outcome = rt.spam(&plugin, &mx, &message(&text)).await.expect("classify");
+        let (Verdict::Tag(headers) | Verdict::Junk(headers)) = outcome.verdict else {
+            panic!("tagged or junked: {outcome:?}");
+        };
+        let status = headers
+            .into_iter()
+            .find(|h| h.name == "X-Spam-Status")
+            .expect("status");
+        status.value
+    };
+    let shouting = "PLEASE READ THESE NOTES BEFORE THE MEETING ON MONDAY MORNING ".repeat(3);
+    let links = "see http://a.example/ and https://b.example/ ".repeat(6);
+    let cases = [
+        (
+            "From: Bob <bob@far.example>",
+            "Subject: Lunch tomorrow?",
+            "Shall we meet at noon?",
+            "",
+        ),
+        (
+            "From: bob@Far.Example",
+            "Subject: YOU HAVE WON THE LOTTERY!!!",
+            "Click here",
+            "",
+        ),
+        (
+            "From: Alice <alice@example.org>",
+            "Subject: notes",
+            &*shouting,
+            "",
+        ),
+        (
+            "From: Bob <bob@far.example>",
+            "Subject: you have\n won",
+            &*links,
+            "",
+        ),
+        (
+            "From: Bob <bob@far.example>",
+            "Subject: plain",
+            "wire transfer, risk-free",
+            "Date: x\n",
+        ),
+        (
+            "From: Bob <bob@far.example>",
+            "Subject: plain",
+            "nothing",
+            "Message-ID: <1@far.example>\n",
+        ),
+        ("To: alice@example.org", "Subject: no from", "100% FREE", ""),
+        ("From: Bob <bob@far.example>", "X-Note: no subject", "act now", ""),
+        (
+            "From: Bob <bob@far.example>",
+            "Subject: typed",
+            "viagra",
+            "Content-Type: text/plain; charset=\"UTF-8\"; format=flowed\n",
+        ),
+    ];
+    for (from, subject, body, extra) in cases {
+        let plain = format!("{from}\n{subject}\n{extra}\n{body}\n");
+        let parsed =
+            format!("{from}\n{subject}\n{extra}Content-Transfer-Encoding: quoted-printable\n\n{body}\n");
+        let (plain, parsed) = (status(plain).await, status(parsed).await);
+        assert_eq!(plain, parsed, "{from} / {subject} / {body}");
+    }
+    // The rules the table leans on do fire on the plain-text path.
+    assert!(
+        status(format!("Subject: x\n\n{shouting}\n"))
+            .await
+            .contains("BODY_SHOUTING")
+    );
+    assert!(
+        status(format!("Subject: x\n\n{links}\n"))
+            .await
+            .contains("MANY_URLS")
+    );
+}

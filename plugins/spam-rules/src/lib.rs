@@ -6,6 +6,10 @@
 //! tagged (`X-Spam-Flag: YES`); from `junk-threshold` on it goes to the Junk folder; from
 //! `reject-threshold` (off by default) on it is refused with `550 5.7.1`.
 //!
+//! Plain-text mail (one UTF-8 or ASCII part, no transfer encoding, a plain subject and From)
+//! is read as it is; anything else is parsed as MIME first (mail-parser), every text part
+//! decoded.
+//!
 //! ```toml
 //! [plugin.config]
 //! tag-threshold = 3.0
@@ -97,6 +101,104 @@ fn read_all(message: &Message) -> Vec<u8> {
 }
 
 fn facts(raw: &[u8], headers: Vec<Header>) -> Facts {
+    match plain_text(raw, &headers) {
+        Some((body, subject, from_domain)) => Facts {
+            subject,
+            body,
+            from_domain,
+            ..header_facts(headers)
+        },
+        None => parsed_facts(raw, headers),
+    }
+}
+
+/// The facts the host's header list gives directly.
+fn header_facts(headers: Vec<Header>) -> Facts {
+    let header = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    Facts {
+        subject: None,
+        body: String::new(),
+        has_date: header("date"),
+        has_message_id: header("message-id"),
+        from_domain: None,
+        headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
+    }
+}
+
+/// Body, subject and From domain without a MIME parse, for the most common kind of mail:
+/// one part of plain text in UTF-8 or ASCII, not transfer-encoded, with a plain subject
+/// and one plain From address. There a parse would return the body as it is and the
+/// headers as the host already split them; anything else (`None`) is parsed in full.
+fn plain_text(raw: &[u8], headers: &[Header]) -> Option<(String, Option<String>, Option<String>)> {
+    // The header's value when it is there once, `None` inside when absent, `None` when
+    // repeated (which one counts is the parser's call).
+    let one = |name: &str| {
+        let mut found = headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
+        match (found.next(), found.next()) {
+            (first, None) => Some(first.map(|h| h.value.as_str())),
+            _ => None,
+        }
+    };
+    let plain_type = match one("content-type")? {
+        None => true,
+        Some(value) => {
+            let value: String = value
+                .chars()
+                .filter(|c| !c.is_ascii_whitespace() && *c != '"')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            let mut params = value.split(';');
+            params.next() == Some("text/plain")
+                && params.all(|p| {
+                    matches!(
+                        p,
+                        "" | "charset=utf-8" | "charset=us-ascii" | "format=flowed" | "format=fixed"
+                    )
+                })
+        }
+    };
+    let identity = one("content-transfer-encoding")?.is_none_or(|value| {
+        ["7bit", "8bit", "binary"]
+            .iter()
+            .any(|e| value.trim().eq_ignore_ascii_case(e))
+    });
+    if !plain_type || !identity || one("mime-version").is_none() {
+        return None;
+    }
+    // Encoded words, comments, quoting and groups are the parser's job.
+    let plain = |text: &str| !text.contains("=?");
+    let subject = one("subject")?;
+    if !subject.is_none_or(plain) {
+        return None;
+    }
+    let from_domain = match one("from")? {
+        None => None,
+        Some(from) => {
+            if !plain(from) || from.contains(['"', '(', ')', ',', ';', ':', '\\']) {
+                return None;
+            }
+            let address = match (from.rfind('<'), from.ends_with('>')) {
+                (Some(open), true) => &from[open + 1..from.len() - 1],
+                (None, false) => from,
+                _ => return None,
+            };
+            let (local, domain) = address.trim().rsplit_once('@')?;
+            if local.is_empty() || domain.is_empty() || address.trim().contains(char::is_whitespace) {
+                return None;
+            }
+            Some(domain.to_lowercase())
+        }
+    };
+    let start = memchr::memmem::find(raw, b"\r\n\r\n")? + 4;
+    let body = std::str::from_utf8(&raw[start..]).ok()?;
+    let mut text = String::with_capacity(body.len() + 1);
+    text.push_str(body);
+    text.push('\n');
+    Some((text, subject.map(str::to_string), from_domain))
+}
+
+/// The facts of any message, from a MIME parse.
+fn parsed_facts(raw: &[u8], headers: Vec<Header>) -> Facts {
     let parsed = MessageParser::default().parse(raw);
     let mut body = String::new();
     if let Some(m) = &parsed {
@@ -120,14 +222,11 @@ fn facts(raw: &[u8], headers: Vec<Header>) -> Facts {
         .and_then(|f| f.first())
         .and_then(|a| a.address())
         .and_then(|a| a.rsplit_once('@').map(|(_, d)| d.to_lowercase()));
-    let header = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
     Facts {
         subject: parsed.as_ref().and_then(|m| m.subject().map(str::to_string)),
-        has_date: header("date"),
-        has_message_id: header("message-id"),
         from_domain,
-        headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
         body,
+        ..header_facts(headers)
     }
 }
 
