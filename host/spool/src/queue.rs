@@ -493,6 +493,15 @@ impl Spool {
         let meta = metadata_line(entry)?;
         self.write_file(&tmp, &[MAGIC, &meta, body])
             .map_err(io_err(&tmp))?;
+        // The new version replaces the message's only file by rename, so its content must
+        // be on disk before the rename can be: a journal commit carrying the rename but not
+        // the data written over a reused file (nothing orders the two) would leave stale
+        // content under the message's name. Per-message sync has synced the file already.
+        if self.sync == SyncMode::Group {
+            fs::File::open(&tmp)
+                .and_then(|f| f.sync_data())
+                .map_err(io_err(&tmp))?;
+        }
         let dest = self.path(&entry.id);
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         self.make_durable()
