@@ -110,11 +110,11 @@ impl Maildir {
     /// names this copy (queue id and recipient index); with `recovering`, `cur/` is also
     /// searched in case the user already read it.
     ///
-    /// In a folder the spool's flushes cover, nothing is synced here: the copy
-    /// [`Maildir::prepare`] left in `tmp/` is linked into `new/` (with `recovering`, first
-    /// checked against `message` and rewritten if it differs), or one is written now, and
-    /// the caller flushes before it retires the spool file. Elsewhere the copy and `new/`
-    /// are fsync'd before this returns.
+    /// In a folder the spool's flushes cover, the copy [`Maildir::prepare`] left in `tmp/`
+    /// before a flush is linked into `new/` as it is (with `recovering`, first checked
+    /// against `message`, rewritten if it differs, and synced); a copy written here is
+    /// synced before it is linked; the caller flushes before it retires the spool file.
+    /// Elsewhere the copy and `new/` are fsync'd before this returns.
     pub fn deliver(
         &self,
         mailbox: &Mailbox,
@@ -144,12 +144,16 @@ impl Maildir {
         // A prepared copy is whole unless a crash cut its write short (the spool's flush
         // never completed): the spool's own copy, checksummed, is the one to trust.
         if !prepared || (recovering && fs::read(&tmp)? != message.concat()) {
+            // A copy written now is synced before it is linked, even where the spool's
+            // flushes cover the folder: no flush has covered it yet, and a journal commit
+            // (anyone's) could carry the link into `new/` before the data — an empty
+            // message after a crash, which recovery would take as delivered.
             let _ = fs::remove_file(&tmp);
-            if sync {
-                fsync::write_new(&tmp, message)?;
-            } else {
-                fsync::write_new_unsynced(&tmp, message)?;
-            }
+            fsync::write_new(&tmp, message)?;
+        } else if recovering {
+            // After a restart without a machine crash, a prepared copy may still be in the
+            // page cache only.
+            fs::File::open(&tmp)?.sync_data()?;
         }
         let linked = fs::hard_link(&tmp, &new);
         fs::remove_file(&tmp)?;
