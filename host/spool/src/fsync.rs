@@ -40,18 +40,15 @@ pub fn write_new_unsynced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
     write_parts(&mut file, parts)
 }
 
-/// Writes `parts` over the existing file `path` from its start and cuts what is left of
-/// the old content, fsyncing it with `sync`. Reusing a file spares the file system an inode
-/// allocation and a release; writing over its blocks instead of truncating it first spares
-/// freeing them and allocating new ones (and, on a file system mounted with `discard`, a
-/// discard request per freed extent in the next journal commit).
+/// Writes `parts` over the existing file `path` from its start, fsyncing it with `sync`.
+/// What is left of a longer old content stays after it: the caller's format must say
+/// where its own content ends (the spool's does). Reusing a file spares the file system an
+/// inode allocation and a release; writing over its blocks instead of truncating it
+/// spares freeing them and allocating new ones (and, on a file system mounted with
+/// `discard`, a discard request per freed extent in the next journal commit).
 pub fn write_over(path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).open(path)?;
     write_parts(&mut file, parts)?;
-    let len = parts.iter().map(|p| p.len() as u64).sum();
-    if file.metadata()?.len() > len {
-        file.set_len(len)?;
-    }
     if sync {
         file.sync_all()?;
     }

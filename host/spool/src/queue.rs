@@ -1,10 +1,16 @@
 //! The spool: one file per accepted message, durable before the 250.
 //!
-//! File format: a first line `PORTCULLIS-SPOOL 1`, one line of JSON metadata ([`Entry`]),
-//! then exactly `Entry::size` octets of message (trace and hook headers already prepended).
-//! A file whose length or CRC-32 disagrees with its metadata is moved to `corrupt/` at
-//! recovery and never delivered (under group commit, that is a file whose flush a crash
-//! interrupted: no client was told 250 for it).
+//! File format: a first line `PORTCULLIS-SPOOL 2 <length> <crc>` (16 and 8 hex digits: the
+//! octets that follow the line, up to the end of the message, and their CRC-32), one line
+//! of JSON metadata ([`Entry`]), then `Entry::size` octets of message (trace and hook
+//! headers already prepended). Octets after that are what is left of an earlier, longer
+//! message in a reused file, and are ignored. Files of version 1 (first line
+//! `PORTCULLIS-SPOOL 1`, exactly `Entry::size` octets of message, whose CRC-32 is in the
+//! metadata) are read as before.
+//!
+//! A file whose length or CRC-32 disagrees is moved to `corrupt/` at recovery and never
+//! delivered (under group commit, that is a file whose flush a crash interrupted: no client
+//! was told 250 for it).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -21,7 +27,18 @@ use crate::Maildir;
 use crate::commit::{Committer, SyncMode};
 use crate::fsync;
 
-const MAGIC: &[u8] = b"PORTCULLIS-SPOOL 1\n";
+const MAGIC_V1: &[u8] = b"PORTCULLIS-SPOOL 1\n";
+const MAGIC_V2: &[u8] = b"PORTCULLIS-SPOOL 2 ";
+/// `PORTCULLIS-SPOOL 2 ` + 16 hex digits + space + 8 hex digits + newline.
+const HEADER_V2: usize = 19 + 16 + 1 + 8 + 1;
+
+/// The first line of a version 2 file whose metadata line and message are `parts`.
+fn header(parts: &[&[u8]]) -> Vec<u8> {
+    let length: usize = parts.iter().map(|p| p.len()).sum();
+    let line = format!("PORTCULLIS-SPOOL 2 {length:016x} {:08x}\n", checksum(parts));
+    debug_assert_eq!(line.len(), HEADER_V2);
+    line.into_bytes()
+}
 
 /// A queue id: unique, sortable by arrival, safe as a file name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -255,7 +272,7 @@ impl Spool {
         prepare(&entry)?;
         let tmp = self.tmp.join(entry.id.as_str());
         let meta = metadata_line(&entry)?;
-        if let Err(e) = self.write_file(&tmp, &[MAGIC, &meta, head, body]) {
+        if let Err(e) = self.write_file(&tmp, &[&header(&[&meta, head, body]), &meta, head, body]) {
             if e.kind() != io::ErrorKind::AlreadyExists {
                 let _ = fs::remove_file(&tmp);
             }
@@ -491,7 +508,7 @@ impl Spool {
         let tmp = self.tmp.join(format!("{}.update", entry.id));
         let _ = fs::remove_file(&tmp);
         let meta = metadata_line(entry)?;
-        self.write_file(&tmp, &[MAGIC, &meta, body])
+        self.write_file(&tmp, &[&header(&[&meta, body]), &meta, body])
             .map_err(io_err(&tmp))?;
         // The new version replaces the message's only file by rename, so its content must
         // be on disk before the rename can be: a journal commit carrying the rename but not
@@ -530,50 +547,19 @@ impl Spool {
 
     /// Reads a stored message and checks it is whole.
     pub fn load(&self, id: &QueueId) -> Result<(Entry, Vec<u8>), SpoolError> {
-        let (entry, mut reader) = self.open_entry(id)?;
         let path = self.path(id);
-        let corrupt = |reason: &str| SpoolError::Corrupt {
-            path: path.clone(),
-            reason: reason.to_string(),
-        };
-        let mut body = Vec::with_capacity(entry.size as usize);
-        reader.read_to_end(&mut body).map_err(io_err(&path))?;
-        if body.len() as u64 != entry.size {
-            return Err(corrupt("message length differs from its metadata (truncated?)"));
-        }
-        if entry.checksum.is_some_and(|c| c != checksum(&[&body])) {
-            return Err(corrupt("message checksum differs from its metadata"));
-        }
+        let (entry, body) = read_spool_file(&path, true)?;
+        check_id(&path, &entry, id)?;
         Ok((entry, body))
     }
 
     /// Reads only a stored message's metadata (the content is not read or checked): enough
     /// to decide whether it is due.
     pub fn entry(&self, id: &QueueId) -> Result<Entry, SpoolError> {
-        self.open_entry(id).map(|(entry, _)| entry)
-    }
-
-    fn open_entry(&self, id: &QueueId) -> Result<(Entry, BufReader<fs::File>), SpoolError> {
         let path = self.path(id);
-        let corrupt = |reason: &str| SpoolError::Corrupt {
-            path: path.clone(),
-            reason: reason.to_string(),
-        };
-        let file = fs::File::open(&path).map_err(io_err(&path))?;
-        let mut reader = BufReader::new(file);
-        let mut magic = Vec::new();
-        reader.read_until(b'\n', &mut magic).map_err(io_err(&path))?;
-        if magic != MAGIC {
-            return Err(corrupt("not a spool file"));
-        }
-        let mut meta = Vec::new();
-        reader.read_until(b'\n', &mut meta).map_err(io_err(&path))?;
-        let entry: Entry =
-            serde_json::from_slice(&meta).map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
-        if entry.id != *id {
-            return Err(corrupt("metadata names another queue id"));
-        }
-        Ok((entry, reader))
+        let (entry, _) = read_spool_file(&path, false)?;
+        check_id(&path, &entry, id)?;
+        Ok(entry)
     }
 
     /// Removes a message whose every recipient is done.
@@ -612,6 +598,82 @@ impl Spool {
         ids.sort();
         Ok(ids)
     }
+}
+
+/// The metadata of the spool file at `path` and, with `content`, its message, checked
+/// whole (length and CRC-32); without, the message is neither read nor checked.
+fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), SpoolError> {
+    let corrupt = |reason: &str| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    let mut reader = BufReader::new(file);
+    let mut first = Vec::new();
+    reader
+        .by_ref()
+        .take(HEADER_V2 as u64)
+        .read_until(b'\n', &mut first)
+        .map_err(io_err(path))?;
+    let v2 = if first == MAGIC_V1 {
+        None
+    } else {
+        let fields = first
+            .strip_prefix(MAGIC_V2)
+            .and_then(|rest| rest.strip_suffix(b"\n"))
+            .and_then(|rest| std::str::from_utf8(rest).ok())
+            .and_then(|rest| rest.split_once(' '))
+            .and_then(|(length, crc)| {
+                Some((
+                    u64::from_str_radix(length, 16).ok()?,
+                    u32::from_str_radix(crc, 16).ok()?,
+                ))
+            });
+        Some(fields.ok_or_else(|| corrupt("not a spool file"))?)
+    };
+    let mut meta = Vec::new();
+    reader.read_until(b'\n', &mut meta).map_err(io_err(path))?;
+    let entry: Entry = serde_json::from_slice(&meta).map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
+    if !content {
+        return Ok((entry, Vec::new()));
+    }
+    let mut body = Vec::with_capacity(entry.size as usize);
+    match v2 {
+        Some((length, crc)) => {
+            // The metadata line and the message; what follows is an earlier file's rest.
+            let want = length
+                .checked_sub(meta.len() as u64)
+                .ok_or_else(|| corrupt("length shorter than the metadata"))?;
+            reader.take(want).read_to_end(&mut body).map_err(io_err(path))?;
+            if body.len() as u64 != want {
+                return Err(corrupt("file shorter than its length (truncated?)"));
+            }
+            if checksum(&[&meta, &body]) != crc {
+                return Err(corrupt("checksum differs (a write a crash cut short?)"));
+            }
+        }
+        None => {
+            reader.read_to_end(&mut body).map_err(io_err(path))?;
+        }
+    }
+    if body.len() as u64 != entry.size {
+        return Err(corrupt("message length differs from its metadata (truncated?)"));
+    }
+    if entry.checksum.is_some_and(|c| c != checksum(&[&body])) {
+        return Err(corrupt("message checksum differs from its metadata"));
+    }
+    Ok((entry, body))
+}
+
+/// That the file at `path`, read as `id`, names `id`.
+fn check_id(path: &Path, entry: &Entry, id: &QueueId) -> Result<(), SpoolError> {
+    if entry.id == *id {
+        return Ok(());
+    }
+    Err(SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason: "metadata names another queue id".into(),
+    })
 }
 
 fn checksum(parts: &[&[u8]]) -> u32 {
@@ -733,7 +795,7 @@ mod tests {
         spool.retire(&entry.id).unwrap();
         assert!(spool.list().unwrap().is_empty());
 
-        // The retired file is reused, emptied, for the next message.
+        // The retired file is reused for the next message.
         assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 1);
         let long = vec![b'y'; 5000];
         let first = spool
@@ -795,6 +857,41 @@ mod tests {
             .unwrap();
         per_message.retire_after_flush(entry.id).unwrap();
         assert_eq!((queued(&per_message), per_message.retiring()), (0, 0));
+    }
+
+    #[test]
+    fn a_reused_file_keeps_an_old_tail_that_is_ignored_and_version_1_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let long = spool
+            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", &[b'y'; 5000])
+            .unwrap();
+        spool.remove(&long.id).unwrap();
+        let short = spool
+            .store(QueueId::generate(), envelope(), Folder::Inbox, b"h", b"z")
+            .unwrap();
+        let path = dir.path().join("queue").join(short.id.as_str());
+        assert!(fs::metadata(&path).unwrap().len() > 5000, "written over, not cut");
+        assert_eq!(spool.load(&short.id).unwrap().1, b"hz");
+
+        // A file of the previous version: exactly its message after the metadata.
+        let old = Entry {
+            id: QueueId::generate(),
+            ..short.clone()
+        };
+        let old = Entry {
+            size: 4,
+            checksum: Some(checksum(&[b"old\n"])),
+            ..old
+        };
+        let mut file = MAGIC_V1.to_vec();
+        file.extend(metadata_line(&old).unwrap());
+        file.extend(b"old\n");
+        fs::write(dir.path().join("queue").join(old.id.as_str()), &file).unwrap();
+        assert_eq!(spool.load(&old.id).unwrap(), (old.clone(), b"old\n".to_vec()));
+        file.push(b'!');
+        fs::write(dir.path().join("queue").join(old.id.as_str()), &file).unwrap();
+        assert!(matches!(spool.load(&old.id), Err(SpoolError::Corrupt { .. })));
     }
 
     #[test]
