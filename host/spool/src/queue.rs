@@ -608,6 +608,8 @@ fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), Spool
         reason: reason.to_string(),
     };
     let file = fs::File::open(path).map_err(io_err(path))?;
+    // Never reserve more than the file holds, whatever a damaged metadata line claims.
+    let file_length = file.metadata().map_err(io_err(path))?.len();
     let mut reader = BufReader::new(file);
     let mut first = Vec::new();
     reader
@@ -637,7 +639,7 @@ fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), Spool
     if !content {
         return Ok((entry, Vec::new()));
     }
-    let mut body = Vec::with_capacity(entry.size as usize);
+    let mut body = Vec::with_capacity(entry.size.min(file_length) as usize);
     match v2 {
         Some((length, crc)) => {
             // The metadata line and the message; what follows is an earlier file's rest.
@@ -890,6 +892,16 @@ mod tests {
         fs::write(dir.path().join("queue").join(old.id.as_str()), &file).unwrap();
         assert_eq!(spool.load(&old.id).unwrap(), (old.clone(), b"old\n".to_vec()));
         file.push(b'!');
+        fs::write(dir.path().join("queue").join(old.id.as_str()), &file).unwrap();
+        assert!(matches!(spool.load(&old.id), Err(SpoolError::Corrupt { .. })));
+        // A damaged size is an error, not an allocation of what it claims.
+        let huge = Entry {
+            size: u64::MAX / 2,
+            ..old.clone()
+        };
+        let mut file = MAGIC_V1.to_vec();
+        file.extend(metadata_line(&huge).unwrap());
+        file.extend(b"old\n");
         fs::write(dir.path().join("queue").join(old.id.as_str()), &file).unwrap();
         assert!(matches!(spool.load(&old.id), Err(SpoolError::Corrupt { .. })));
     }
