@@ -3,7 +3,9 @@
 //! sessions do. Compares with the single-threaded criterion numbers to show what
 //! concurrency costs (memory-mapping changes are process-wide: TLB shoot-downs).
 //!
-//! Usage: `hookload [--workers W] [--tasks T] [--calls N] [--kib K] [--hooks virus,spam]`.
+//! Usage: `hookload [--workers W] [--tasks T] [--calls N] [--kib K] [--hooks virus,spam]
+//! [--spam FILE]`. `--spam probe.wasm` (a plugin with a fixed verdict) measures what a hook
+//! costs by itself: the fresh instance, the call and the teardown.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +32,7 @@ fn main() {
     let mut calls = 1000;
     let mut kib = 10;
     let (mut run_virus, mut run_spam) = (true, true);
+    let mut spam_plugin = "spam_rules.wasm".to_string();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().expect("a value after each option");
@@ -39,6 +42,7 @@ fn main() {
             "--tasks" => tasks = number(),
             "--calls" => calls = number(),
             "--kib" => kib = number(),
+            "--spam" => spam_plugin = value,
             "--hooks" => {
                 run_virus = value.split(',').any(|h| h == "virus");
                 run_spam = value.split(',').any(|h| h == "spam");
@@ -59,11 +63,7 @@ fn main() {
             .load(spec("virus_signatures.wasm", HookKind::Virus))
             .expect("load"),
     );
-    let spam = Arc::new(
-        runtime
-            .load(spec("spam_rules.wasm", HookKind::Spam))
-            .expect("load"),
-    );
+    let spam = Arc::new(runtime.load(spec(&spam_plugin, HookKind::Spam)).expect("load"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
