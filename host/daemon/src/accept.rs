@@ -183,7 +183,13 @@ impl Shared {
             let _session = session.enter();
             let result = match (entry, &flushed) {
                 (Ok(entry), Ok(())) => Ok(entry),
-                (Ok(_), Err(e)) => Err(e.clone()),
+                (Ok(entry), Err(e)) => {
+                    // Told 451, the client sends it again: this copy must not be delivered.
+                    if let Err(withdraw) = self.spool.withdraw(&self.maildir, &entry) {
+                        tracing::warn!(queue_id = %entry.id, error = %withdraw, "cannot take back a message whose flush failed; it may be delivered twice");
+                    }
+                    Err(e.clone())
+                }
                 (Err(e), _) => Err(e.to_string()),
             };
             match &result {

@@ -568,6 +568,20 @@ impl Spool {
         self.make_durable()
     }
 
+    /// Takes back a message [`Spool::write_with_copies`] wrote whose flush failed (its
+    /// client is answered 451 and will retry): its prepared Maildir copies are removed and
+    /// its file leaves `queue/`, so that neither this run nor the next start delivers a
+    /// copy the client will send again. Best effort, not durable by itself.
+    pub fn withdraw(&self, maildir: &Maildir, entry: &Entry) -> Result<(), SpoolError> {
+        for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
+            if recipient.local {
+                let unique = crate::maildir::copy_name(&entry.id, index);
+                maildir.discard_prepared(&recipient.mailbox, entry.folder, &unique, entry.received_at);
+            }
+        }
+        self.release(&entry.id)
+    }
+
     /// Removes a message whose every recipient is done, without waiting for the removal to
     /// be durable: the next flush of anyone makes it so. For deliveries whose results were
     /// made durable first — if a crash loses the removal, recovery finds every copy
@@ -904,6 +918,34 @@ mod tests {
         file.extend(b"old\n");
         fs::write(dir.path().join("queue").join(old.id.as_str()), &file).unwrap();
         assert!(matches!(spool.load(&old.id), Err(SpoolError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_withdrawn_message_leaves_neither_its_file_nor_its_prepared_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let device = fs::metadata(dir.path()).unwrap().dev();
+        let maildir = Maildir::new(dir.path().join("mail"), "mx").sharing_spool_flush(Some(device));
+        let entry = spool
+            .write_with_copies(
+                &maildir,
+                QueueId::generate(),
+                envelope(),
+                Folder::Inbox,
+                b"",
+                b"body\r\n",
+            )
+            .unwrap();
+        let tmp = dir.path().join("mail/example.org/alice/tmp");
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "a copy was prepared");
+        assert_eq!(spool.list().unwrap(), vec![entry.id.clone()]);
+        spool.withdraw(&maildir, &entry).unwrap();
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0);
+        assert!(spool.list().unwrap().is_empty());
+        // Nothing comes back at the next start.
+        drop(spool);
+        assert!(Spool::open(dir.path()).unwrap().list().unwrap().is_empty());
     }
 
     #[test]
