@@ -272,7 +272,8 @@ impl Spool {
         prepare(&entry)?;
         let tmp = self.tmp.join(entry.id.as_str());
         let meta = metadata_line(&entry)?;
-        if let Err(e) = self.write_file(&tmp, &[&header(&[&meta, head, body]), &meta, head, body]) {
+        let parts: [&[u8]; 4] = [&header(&[&meta, head, body]), &meta, head, body];
+        if let Err(e) = self.write_file(&tmp, &parts, self.sync == SyncMode::PerMessage) {
             if e.kind() != io::ErrorKind::AlreadyExists {
                 let _ = fs::remove_file(&tmp);
             }
@@ -342,8 +343,9 @@ impl Spool {
         }
     }
 
-    /// Writes a new spool file at `path` (in `tmp/`), over a free one when there is one.
-    fn write_file(&self, path: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    /// Writes a new spool file at `path` (in `tmp/`), over a free one when there is one,
+    /// and fsyncs it with `sync`.
+    fn write_file(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
         let reused = self
             .free
             .lock()
@@ -352,11 +354,12 @@ impl Spool {
         if let Some(old) = reused
             && fs::rename(&old, path).is_ok()
         {
-            return fsync::write_over(path, parts, self.sync == SyncMode::PerMessage);
+            return fsync::write_over(path, parts, sync);
         }
-        match self.sync {
-            SyncMode::Group => fsync::write_new_unsynced(path, parts),
-            SyncMode::PerMessage => fsync::write_new(path, parts),
+        if sync {
+            fsync::write_new(path, parts)
+        } else {
+            fsync::write_new_unsynced(path, parts)
         }
     }
 
@@ -508,17 +511,12 @@ impl Spool {
         let tmp = self.tmp.join(format!("{}.update", entry.id));
         let _ = fs::remove_file(&tmp);
         let meta = metadata_line(entry)?;
-        self.write_file(&tmp, &[&header(&[&meta, body]), &meta, body])
-            .map_err(io_err(&tmp))?;
         // The new version replaces the message's only file by rename, so its content must
-        // be on disk before the rename can be: a journal commit carrying the rename but not
-        // the data written over a reused file (nothing orders the two) would leave stale
-        // content under the message's name. Per-message sync has synced the file already.
-        if self.sync == SyncMode::Group {
-            fs::File::open(&tmp)
-                .and_then(|f| f.sync_data())
-                .map_err(io_err(&tmp))?;
-        }
+        // be on disk before the rename can be, whatever the sync mode: a journal commit
+        // carrying the rename but not the data written over a reused file (nothing orders
+        // the two) would leave stale content under the message's name.
+        self.write_file(&tmp, &[&header(&[&meta, body]), &meta, body], true)
+            .map_err(io_err(&tmp))?;
         let dest = self.path(&entry.id);
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         self.make_durable()
