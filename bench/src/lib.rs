@@ -56,6 +56,7 @@ pub fn message(size: usize) -> Arc<Message> {
                 },
                 params: Default::default(),
                 local: true,
+                deliver_to: None,
             }],
         },
         body: sample_message(size, 1).into_bytes(),

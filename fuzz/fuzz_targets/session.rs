@@ -21,8 +21,9 @@ impl Directory for Everyone {
     fn is_local_domain(&self, domain: &str) -> bool {
         domain == "example.org"
     }
-    fn has_mailbox(&self, mailbox: &Mailbox) -> bool {
-        mailbox.local == "alice"
+    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+        let owner = address.without_detail();
+        (owner.local == "alice").then_some(owner)
     }
     fn may_send_as(&self, _: &str, _: &Mailbox) -> bool {
         true

@@ -17,7 +17,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, mpsc};
 
 use portcullis_smtp::{Folder, Message};
-use portcullis_spool::{Entry, Maildir, QueueId, Spool, SyncMode};
+use portcullis_spool::{Entry, Incoming, Maildir, QueueId, Spool, SyncMode};
 use tokio::sync::{Notify, mpsc::UnboundedSender, oneshot};
 
 use crate::delivery::{self, Job};
@@ -35,6 +35,8 @@ pub struct Accepted {
     pub head: String,
     /// Where its local copies go.
     pub folder: Folder,
+    /// Its sender may be told of successful deliveries ([`portcullis_spool::Entry::success_notices`]).
+    pub success_notices: bool,
 }
 
 /// Where a session waits for its message's fate.
@@ -161,14 +163,15 @@ impl Shared {
                     let a = &request.accepted;
                     // A local-only message's Maildir copies are written now, so that the
                     // flush before the 250 covers them too.
-                    self.spool.write_with_copies(
-                        &self.maildir,
-                        a.id.clone(),
-                        a.message.envelope.clone(),
-                        a.folder,
-                        a.head.as_bytes(),
-                        &a.message.body,
-                    )
+                    let incoming = Incoming {
+                        id: &a.id,
+                        envelope: &a.message.envelope,
+                        folder: a.folder,
+                        success_notices: a.success_notices,
+                        head: a.head.as_bytes(),
+                        body: &a.message.body,
+                    };
+                    self.spool.write_with_copies(&self.maildir, incoming)
                 });
                 (request, entry)
             })

@@ -66,6 +66,20 @@ pub struct Accounts {
     domains: Vec<String>,
     /// Lower-case `local@domain` → PHC hash string.
     hashes: BTreeMap<String, String>,
+    /// `[domains] postmaster`: who gets `postmaster@` and `abuse@` mail.
+    postmaster: Option<Mailbox>,
+}
+
+/// The role addresses of every local domain (RFC 2142) that `[domains] postmaster`
+/// receives when no account of that name exists.
+const ROLES: [&str; 2] = ["postmaster", "abuse"];
+
+fn mailbox_of(account: &str) -> Option<Mailbox> {
+    let (local, domain) = account.rsplit_once('@')?;
+    Some(Mailbox {
+        local: local.to_string(),
+        domain: domain.to_string(),
+    })
 }
 
 fn read_users(path: &Path) -> Result<UsersFile, AccountsError> {
@@ -173,7 +187,15 @@ impl Accounts {
         Ok(Accounts {
             domains: domains.to_vec(),
             hashes,
+            postmaster: None,
         })
+    }
+
+    /// Sends `postmaster@` and `abuse@` mail of every local domain to `account` (from
+    /// `[domains] postmaster`, already checked to be in a local domain).
+    pub fn with_postmaster(mut self, account: Option<&str>) -> Self {
+        self.postmaster = account.and_then(mailbox_of);
+        self
     }
 
     /// How many accounts exist.
@@ -233,12 +255,26 @@ impl Directory for Accounts {
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    fn has_mailbox(&self, mailbox: &Mailbox) -> bool {
-        if mailbox.local.eq_ignore_ascii_case("postmaster") {
-            return true;
+    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+        let account = self.account_of(address)?;
+        if self.hashes.contains_key(&account) {
+            return mailbox_of(&account);
         }
-        self.account_of(mailbox)
-            .is_some_and(|a| self.hashes.contains_key(&a))
+        let (local, _) = account.rsplit_once('@')?;
+        if !ROLES.contains(&local) {
+            return None;
+        }
+        match &self.postmaster {
+            Some(postmaster) => Some(postmaster.clone()),
+            // RFC 5321 4.5.1: postmaster must be accepted. With nobody named for it, its
+            // mail is kept in one place, the primary domain's `postmaster` Maildir
+            // (docs/operations.md says how to read it).
+            None if local == "postmaster" => Some(Mailbox {
+                local: "postmaster".into(),
+                domain: self.primary_domain().to_string(),
+            }),
+            None => None,
+        }
     }
 
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
@@ -287,9 +323,14 @@ mod tests {
             local: l.into(),
             domain: "example.org".into(),
         };
-        assert!(accounts.has_mailbox(&mb("alice+lists")));
-        assert!(accounts.has_mailbox(&mb("Postmaster")));
-        assert!(!accounts.has_mailbox(&mb("bob")));
+        assert_eq!(accounts.resolve(&mb("Alice+lists")), Some(mb("alice")));
+        assert_eq!(accounts.resolve(&mb("Postmaster")), Some(mb("postmaster")));
+        assert_eq!(accounts.resolve(&mb("abuse")), None);
+        assert_eq!(accounts.resolve(&mb("bob")), None);
+        // With a postmaster account named, both role addresses go to it.
+        let accounts = accounts.with_postmaster(Some("alice@example.org"));
+        assert_eq!(accounts.resolve(&mb("postmaster")), Some(mb("alice")));
+        assert_eq!(accounts.resolve(&mb("abuse+x")), Some(mb("alice")));
         assert!(accounts.may_send_as("alice@example.org", &mb("ALICE")));
         assert!(!accounts.may_send_as("alice@example.org", &mb("bob")));
     }

@@ -331,6 +331,9 @@ async fn spool(
         message,
         head,
         folder: request.folder,
+        // Only an authenticated sender hears of successful deliveries: on MX the sender is
+        // merely claimed, and a notice to a forged one is backscatter.
+        success_notices: info.pipeline == portcullis_smtp::session::PipelineKind::Submission,
     };
     match ctx.writer.store(accepted).await {
         Ok(entry) => Ok(entry.id.to_string()),

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_outbound::Outbound;
-use portcullis_spool::{Delivery, Entry, Maildir, QueueId, Spool, SpoolError};
+use portcullis_outbound::dsn::{self, RecipientReport};
+use portcullis_smtp::{Enhanced, Reply};
+use portcullis_spool::{Copy, Delivery, Entry, Maildir, QueueId, Spool, SpoolError};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// Deliveries running at once (each is mostly fsync wait).
@@ -114,7 +116,15 @@ pub fn start(
             let runner = runner.clone();
             tokio::spawn(async move {
                 let run = job.clone();
-                let result = tokio::task::spawn_blocking(move || deliver(&spool, &maildir, &run)).await;
+                let (reports, settings) = (requeue.clone(), runner.settings());
+                let result = tokio::task::spawn_blocking(move || {
+                    let notices = Notices {
+                        settings: &settings.settings,
+                        deliveries: &reports,
+                    };
+                    deliver(&spool, &maildir, &run, &notices)
+                })
+                .await;
                 drop(permit);
                 match result {
                     Ok(Ok(Outcome::Finished)) => tracing::info!(queue_id = %job.id, "delivered"),
@@ -160,6 +170,10 @@ pub fn deliver_accepted(
     if !maildir.shares_spool_flush() || !entry.envelope.recipients.iter().all(|r| r.local) {
         return false;
     }
+    if wants_success_notice(entry) {
+        // The report is queued before the recipients leave the spool: a delivery run's job.
+        return false;
+    }
     let (remaining, failure) = deliver_copies(maildir, entry, message, false);
     if let Some(e) = failure {
         tracing::warn!(queue_id = %entry.id, error = %e, "delivery failed; a delivery run will retry");
@@ -180,6 +194,18 @@ pub fn deliver_accepted(
     }
 }
 
+/// Whether a local recipient of `entry` is owed a report of its delivery (RFC 3461
+/// NOTIFY=SUCCESS, on a message whose sender is known: [`Entry::success_notices`]).
+fn wants_success_notice(entry: &Entry) -> bool {
+    entry.success_notices
+        && entry.envelope.mail_from.is_some()
+        && entry
+            .envelope
+            .recipients
+            .iter()
+            .any(|r| r.local && dsn::Action::Deliver.wanted_by(r.params.notify))
+}
+
 /// Writes the copies of `entry`'s pending local recipients; returns the recipients still
 /// pending (remote ones, failed ones) and the first failure.
 fn deliver_copies(
@@ -194,23 +220,15 @@ fn deliver_copies(
         let Some(recipient) = entry.envelope.recipients.get(index) else {
             continue;
         };
-        if !recipient.local {
+        let Some(copy) = Copy::of(entry, index) else {
             remaining.push(index);
             continue;
-        }
-        let unique = portcullis_spool::maildir::copy_name(&entry.id, index);
+        };
         // Sharing the spool's flush, the copy was prepared before the 250 (or is written
         // now) and a flush before the spool file goes makes it durable.
-        match maildir.deliver(
-            &recipient.mailbox,
-            entry.folder,
-            &unique,
-            entry.received_at,
-            message,
-            recovering,
-        ) {
+        match maildir.deliver(&copy, message, recovering) {
             Ok(Delivery::Delivered) => {
-                tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, folder = ?entry.folder, "saved to maildir")
+                tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
             }
             Ok(Delivery::AlreadyDelivered) => {
                 tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, "already in the maildir (delivered before a restart)")
@@ -227,7 +245,56 @@ fn deliver_copies(
     (remaining, failure)
 }
 
-fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, DeliveryError> {
+/// What a delivery run needs to tell senders of successful deliveries.
+struct Notices<'a> {
+    settings: &'a portcullis_outbound::Settings,
+    /// Where a queued report goes to be delivered.
+    deliveries: &'a mpsc::UnboundedSender<Job>,
+}
+
+impl Notices<'_> {
+    /// Queues the "delivered" report for the local recipients of `entry` just delivered
+    /// (`delivered`), those whose NOTIFY asks for one; before they leave the spool, so that
+    /// a crash can repeat a report, never lose one.
+    fn delivered(
+        &self,
+        spool: &Spool,
+        entry: &Entry,
+        message: &[u8],
+        delivered: &[usize],
+    ) -> Result<(), SpoolError> {
+        if !entry.success_notices || delivered.is_empty() {
+            return Ok(());
+        }
+        let recipients = delivered
+            .iter()
+            .map(|&index| RecipientReport {
+                index,
+                remote_mta: None,
+                reply: Reply::new(250, Some(Enhanced(2, 0, 0)), "delivered to mailbox"),
+            })
+            .collect();
+        let report = dsn::Pending {
+            entry,
+            message,
+            action: dsn::Action::Deliver,
+            recipients,
+            retry_until: None,
+        };
+        if let Some(queued) = dsn::queue_report(spool, self.settings, report)? {
+            tracing::info!(queue_id = %entry.id, dsn_id = %queued.id, "delivery report queued for the sender");
+            let _ = self.deliveries.send(Job::new(queued.id));
+        }
+        Ok(())
+    }
+}
+
+fn deliver(
+    spool: &Spool,
+    maildir: &Maildir,
+    job: &Job,
+    notices: &Notices<'_>,
+) -> Result<Outcome, DeliveryError> {
     let (mut entry, message) = match spool.load(&job.id) {
         Ok(loaded) => loaded,
         Err(SpoolError::Corrupt { path, reason }) => {
@@ -239,6 +306,13 @@ fn deliver(spool: &Spool, maildir: &Maildir, job: &Job) -> Result<Outcome, Deliv
     };
     let before = entry.pending.len();
     let (remaining, failure) = deliver_copies(maildir, &entry, &[&message], job.recovering);
+    let delivered: Vec<usize> = entry
+        .pending
+        .iter()
+        .copied()
+        .filter(|i| entry.envelope.recipients.get(*i).is_some_and(|r| r.local) && !remaining.contains(i))
+        .collect();
+    notices.delivered(spool, &entry, &message, &delivered)?;
     if maildir.shares_spool_flush() && remaining.len() != before {
         // The copies are durable before the spool forgets them; no client waits on this
         // flush, so it rides on the next session's when one comes soon.

@@ -282,6 +282,7 @@ impl Hooks {
                 },
                 params: Default::default(),
                 local: true,
+                deliver_to: None,
             }],
         };
         let spool = Arc::clone(&self.spool);

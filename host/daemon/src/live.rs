@@ -38,7 +38,8 @@ impl Live {
             }
             None => None,
         };
-        let accounts = Accounts::load(&config.users_file, &config.local_domains)?;
+        let accounts = Accounts::load(&config.users_file, &config.local_domains)?
+            .with_postmaster(config.postmaster.as_deref());
         let settings = Arc::new(Settings {
             hostname: config.server.hostname.clone(),
             limits: config.session_limits(),

@@ -166,6 +166,7 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
         }
     }
     let accounts = accounts::Accounts::load(&c.users_file, &c.local_domains)
+        .map(|a| a.with_postmaster(c.postmaster.as_deref()))
         .map_err(|e| problems.push(format!("auth.users-file: {e}")))
         .ok();
     if !c.plugins.is_empty() && !c.install_bundled_plugins {
@@ -241,6 +242,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => match check_files(&c) {
                 Ok(a) => {
+                    for warning in c.warnings() {
+                        eprintln!("{}: warning: {warning}", c.origin);
+                    }
                     println!(
                         "{}: OK ({} listener(s), local domains {:?}, {} account(s), {} plugin(s))",
                         c.origin,

@@ -137,6 +137,7 @@ async fn test(args: TestArgs) -> Result<u8, String> {
             mailbox,
             params: Default::default(),
             local: true,
+            deliver_to: None,
         })
         .collect();
     let message = Arc::new(Message {

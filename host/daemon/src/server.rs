@@ -210,6 +210,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     privileges::drop_to(config.server.user.as_deref(), config.server.run_as_root)?;
     let data_dir = &config.server.data_dir;
     privileges::check_data_dir(data_dir)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     if live.accounts.is_empty() {
         tracing::warn!(users_file = %config.users_file.display(), "no accounts yet: add one with `portcullis user add NAME --password-stdin`");
     }

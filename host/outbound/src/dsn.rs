@@ -1,11 +1,15 @@
-//! Delivery status notifications (RFC 3464): the bounce, the delay notice and the
-//! "relayed" report, as `multipart/report` messages from the null sender.
+//! Delivery status notifications (RFC 3464): the bounce, the delay notice, and the
+//! "delivered" and "relayed" reports, as `multipart/report` messages from the null sender.
 //!
 //! Which recipients get one follows RFC 3461 NOTIFY: absent means failures and delays;
-//! NEVER means none; SUCCESS is reported only when the next hop could not report it itself.
+//! NEVER means none; SUCCESS is reported for a local delivery, and for a relay only when the
+//! next hop could not report it itself.
 
-use portcullis_smtp::envelope::{Envelope, Notify, Ret};
-use portcullis_smtp::{Enhanced, Reply};
+use portcullis_smtp::envelope::{Envelope, MailParams, Notify, Recipient, Ret};
+use portcullis_smtp::{Enhanced, Folder, Reply};
+use portcullis_spool::{Entry, QueueId, Spool, SpoolError};
+
+use crate::settings::Settings;
 
 /// Returned message content above this size is cut to its headers (Postfix returns
 /// 50,000 octets; a little more is kind to the sender).
@@ -20,6 +24,8 @@ pub enum Action {
     Delay,
     /// Relayed to a host that will not send DSNs itself.
     Relay,
+    /// Delivered into a local mailbox (the final delivery).
+    Deliver,
 }
 
 impl Action {
@@ -28,6 +34,7 @@ impl Action {
             Action::Fail => "failed",
             Action::Delay => "delayed",
             Action::Relay => "relayed",
+            Action::Deliver => "delivered",
         }
     }
 
@@ -39,7 +46,7 @@ impl Action {
             Some(n) => match self {
                 Action::Fail => n.failure,
                 Action::Delay => n.delay,
-                Action::Relay => n.success,
+                Action::Relay | Action::Deliver => n.success,
             },
         }
     }
@@ -155,6 +162,10 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
             "Successful Mail Delivery Report (relayed)",
             "Your message was relayed to the next server, which does not send\ndelivery reports of its own.",
         ),
+        Action::Deliver => (
+            "Successful Mail Delivery Report",
+            "Your message was delivered to the mailbox of each recipient below.",
+        ),
     };
     let mut human = format!("This is the mail system at {}.\n\n{intro}\n\n", r.hostname);
     for rcpt in &r.recipients {
@@ -195,7 +206,7 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
         status.push_str(&format!("Final-Recipient: rfc822; {}\n", to.mailbox));
         status.push_str(&format!("Action: {}\n", r.action.field()));
         let code = match r.action {
-            Action::Relay => Enhanced(2, 0, 0),
+            Action::Relay | Action::Deliver => Enhanced(2, 0, 0),
             _ => status_of(&rcpt.reply),
         };
         status.push_str(&format!("Status: {code}\n"));
@@ -275,6 +286,80 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
     out
 }
 
+/// Queues a report of `action` about `entry`'s `recipients` to its sender, keeping only
+/// the recipients whose NOTIFY asks for it: composed, stored in the spool durably (a
+/// message from `<>` to the sender, local or remote like any other), and returned for
+/// delivery. `None` when nobody is to hear it, or the message came from the null sender
+/// (a bounce is never bounced).
+pub fn queue_report(
+    spool: &Spool,
+    settings: &Settings,
+    report: Pending<'_>,
+) -> Result<Option<Entry>, SpoolError> {
+    let Pending {
+        entry,
+        message,
+        action,
+        recipients,
+        retry_until,
+    } = report;
+    let recipients: Vec<RecipientReport> = recipients
+        .into_iter()
+        .filter(|r| {
+            entry
+                .envelope
+                .recipients
+                .get(r.index)
+                .is_some_and(|to| action.wanted_by(to.params.notify))
+        })
+        .collect();
+    if recipients.is_empty() {
+        return Ok(None);
+    }
+    let Some(sender) = entry.envelope.mail_from.clone() else {
+        tracing::warn!(queue_id = %entry.id, ?action, "a delivery report about a message from the null sender is dropped (bounces are never bounced)");
+        return Ok(None);
+    };
+    let id = QueueId::generate();
+    let text = compose(&Report {
+        hostname: &settings.hostname,
+        token: id.as_str(),
+        envelope: &entry.envelope,
+        arrival: entry.received_at,
+        message,
+        action,
+        recipients,
+        retry_until,
+    });
+    let local = settings.is_local(&sender.domain_lower());
+    let envelope = Envelope {
+        mail_from: None,
+        params: MailParams::default(),
+        recipients: vec![Recipient {
+            local,
+            mailbox: sender,
+            params: Default::default(),
+            deliver_to: None,
+        }],
+    };
+    spool.store(id, envelope, Folder::Inbox, b"", &text).map(Some)
+}
+
+/// A report to queue: what [`queue_report`] needs besides the spool and the settings.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    /// The original message's spool entry.
+    pub entry: &'a Entry,
+    /// Its content as spooled.
+    pub message: &'a [u8],
+    /// What happened.
+    pub action: Action,
+    /// To whom (filtered by their NOTIFY).
+    pub recipients: Vec<RecipientReport>,
+    /// For a delay: when we give up.
+    pub retry_until: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +387,7 @@ mod tests {
                     orcpt: Some("rfc822;bob+2Bx@example.net".into()),
                 },
                 local: false,
+                deliver_to: None,
             }],
         }
     }
@@ -375,6 +461,37 @@ mod tests {
     }
 
     #[test]
+    fn a_success_report_says_delivered_and_returns_headers() {
+        let env = envelope(Some(Ret::Full), None);
+        let text = String::from_utf8(compose(&Report {
+            hostname: "mx.example.org",
+            token: "T",
+            envelope: &env,
+            arrival: 0,
+            message: b"Subject: hi\r\n\r\nsecret body\r\n",
+            action: Action::Deliver,
+            recipients: vec![RecipientReport {
+                index: 0,
+                remote_mta: None,
+                reply: Reply::new(250, Some(Enhanced(2, 0, 0)), "delivered to mailbox"),
+            }],
+            retry_until: None,
+        }))
+        .unwrap();
+        for needle in [
+            "Subject: Successful Mail Delivery Report",
+            "Action: delivered",
+            "Status: 2.0.0",
+            "Original-Envelope-Id: id+1",
+            "text/rfc822-headers",
+            "Subject: hi",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains("secret body") && !text.contains("Remote-MTA"));
+    }
+
+    #[test]
     fn notify_decides_who_hears() {
         let n = |never, success, failure, delay| {
             Some(Notify {
@@ -388,6 +505,8 @@ mod tests {
         assert!(!Action::Relay.wanted_by(None));
         assert!(!Action::Fail.wanted_by(n(true, false, false, false)));
         assert!(Action::Relay.wanted_by(n(false, true, false, false)));
+        assert!(Action::Deliver.wanted_by(n(false, true, false, false)));
+        assert!(!Action::Deliver.wanted_by(None) && !Action::Deliver.wanted_by(n(false, false, true, true)));
         assert!(!Action::Fail.wanted_by(n(false, true, false, false)));
         assert!(!Action::Delay.wanted_by(n(false, false, true, false)));
     }

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use portcullis_smtp::client::RecipientResult;
-use portcullis_smtp::envelope::{Envelope, MailParams, Recipient};
-use portcullis_smtp::{Enhanced, Folder, Reply};
+use portcullis_smtp::envelope::Envelope;
+use portcullis_smtp::{Enhanced, Reply};
 use portcullis_spool::{Entry, QueueId, Spool, SpoolError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -101,6 +101,11 @@ impl Outbound {
     /// New settings for the attempts that start from now on.
     pub fn reload(&self, context: Context) {
         self.context.store(Arc::new(context));
+    }
+
+    /// The settings in force (for reports written outside the runner).
+    pub fn settings(&self) -> Arc<Context> {
+        self.context.load_full()
     }
 }
 
@@ -458,51 +463,39 @@ impl Attempt {
         recipients: Vec<RecipientReport>,
         retry_until: Option<u64>,
     ) {
-        let recipients: Vec<RecipientReport> = recipients
-            .into_iter()
-            .filter(|r| action.wanted_by(entry.envelope.recipients[r.index].params.notify))
-            .collect();
         if recipients.is_empty() {
             return;
         }
-        let Some(sender) = entry.envelope.mail_from.clone() else {
-            // RFC 5321 6.1 / RFC 3464: a bounce is never bounced.
-            tracing::warn!(queue_id = %entry.id, ?action, "a delivery report about a message from the null sender is dropped (bounces are never bounced)");
-            return;
-        };
-        let settings = &self.context.settings;
-        let id = QueueId::generate();
-        let text = dsn::compose(&dsn::Report {
-            hostname: &settings.hostname,
-            token: id.as_str(),
-            envelope: &entry.envelope,
-            arrival: entry.received_at,
-            message,
-            action,
-            recipients,
-            retry_until,
-        });
-        let envelope = Envelope {
-            mail_from: None,
-            params: MailParams::default(),
-            recipients: vec![Recipient {
-                local: settings.is_local(&sender.domain_lower()),
-                mailbox: sender,
-                params: Default::default(),
-            }],
-        };
-        let spool = Arc::clone(&self.spool);
-        let stored =
-            tokio::task::spawn_blocking(move || spool.store(id, envelope, Folder::Inbox, b"", &text)).await;
-        match stored {
-            Ok(Ok(dsn)) => {
-                tracing::info!(queue_id = %entry.id, dsn_id = %dsn.id, ?action, "delivery report queued for the sender");
+        let (spool, context, entry, message) = (
+            Arc::clone(&self.spool),
+            Arc::clone(&self.context),
+            entry.clone(),
+            Arc::clone(message),
+        );
+        let queued = tokio::task::spawn_blocking(move || {
+            let report = dsn::Pending {
+                entry: &entry,
+                message: &message,
+                action,
+                recipients,
+                retry_until,
+            };
+            (
+                entry.id.clone(),
+                dsn::queue_report(&spool, &context.settings, report),
+            )
+        })
+        .await;
+        match queued {
+            Ok((_, Ok(None))) => {}
+            Ok((id, Ok(Some(dsn)))) => {
+                tracing::info!(queue_id = %id, dsn_id = %dsn.id, ?action, "delivery report queued for the sender");
                 (self.handoff)(dsn.id);
             }
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = %entry.id, error = %e, "cannot queue the delivery report")
+            Ok((id, Err(e))) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot queue the delivery report")
             }
-            Err(e) => tracing::error!(queue_id = %entry.id, error = %e, "delivery report task failed"),
+            Err(e) => tracing::error!(error = %e, "delivery report task failed"),
         }
     }
 

@@ -36,6 +36,7 @@ fn envelope(sender: Option<Mailbox>) -> Envelope {
             },
             params: Default::default(),
             local: false,
+            deliver_to: None,
         }],
     }
 }

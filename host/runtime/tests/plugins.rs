@@ -66,6 +66,7 @@ fn message(body: &str) -> Arc<Message> {
                 },
                 params: Default::default(),
                 local: true,
+                deliver_to: None,
             }],
         },
         body: body.replace('\n', "\r\n").into_bytes(),

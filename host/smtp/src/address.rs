@@ -16,6 +16,22 @@ pub struct Mailbox {
     pub domain: String,
 }
 
+/// How strictly MAIL and RCPT paths (and EHLO names) are read.
+///
+/// Real senders break RFC 5321 in a few harmless ways that Postfix accepts by default
+/// (`strict_rfc821_envelopes = no`): an address without angle brackets, a trailing dot on
+/// a domain, words after the EHLO name. [`Syntax::Lenient`] accepts those; nothing it
+/// accepts changes where mail is routed, and every relay check reads the parsed
+/// [`Mailbox`], never the text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Syntax {
+    /// Accept what Postfix accepts by default. The default.
+    #[default]
+    Lenient,
+    /// RFC 5321 to the letter: `<address>` and nothing else.
+    Strict,
+}
+
 /// A reverse- or forward-path as it appeared in MAIL or RCPT.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Path {
@@ -83,6 +99,18 @@ impl Mailbox {
         !self.local.is_ascii() || !self.domain.is_ascii()
     }
 
+    /// The mailbox without a `+detail` in its local part (`alice+news` → `alice`): the
+    /// account that plus-addressed mail belongs to.
+    pub fn without_detail(&self) -> Mailbox {
+        match self.local.split_once('+') {
+            Some((base, _)) if !base.is_empty() => Mailbox {
+                local: base.to_string(),
+                domain: self.domain.clone(),
+            },
+            _ => self.clone(),
+        }
+    }
+
     /// The first routing hazard in the local part, if any.
     pub fn routing_hazard(&self) -> Option<RoutingHazard> {
         if self.local.contains('@') {
@@ -114,12 +142,33 @@ impl fmt::Display for Mailbox {
     }
 }
 
-/// Splits `<path> rest` into the parsed path and the text after `>` (the parameters).
+/// Splits `<path> rest` into the parsed path and the text after `>` (the parameters),
+/// strictly (RFC 5321).
 ///
 /// `text` starts at the `<` (leading spaces are tolerated, as most servers do).
 pub fn parse_path(text: &str) -> Result<(Path, &str), AddressError> {
+    parse_path_with(text, Syntax::Strict)
+}
+
+/// [`parse_path`] under `syntax`: leniently, an address without brackets runs to the
+/// first space, and one trailing dot on the domain is dropped.
+pub fn parse_path_with(text: &str, syntax: Syntax) -> Result<(Path, &str), AddressError> {
     let text = text.trim_start_matches(' ');
-    let inner_start = text.strip_prefix('<').ok_or(AddressError::MissingBrackets)?;
+    let Some(inner_start) = text.strip_prefix('<') else {
+        if syntax == Syntax::Strict || text.is_empty() || text.starts_with('"') {
+            return Err(AddressError::MissingBrackets);
+        }
+        let end = text.find(' ').unwrap_or(text.len());
+        let mailbox = parse_mailbox_with(&text[..end], syntax)?;
+        if text[..end].len() > 254 {
+            return Err(AddressError::TooLong);
+        }
+        let path = Path {
+            mailbox: Some(mailbox),
+            source_route: false,
+        };
+        return Ok((path, &text[end..]));
+    };
     // Find the closing bracket outside any quoted string.
     let bytes = inner_start.as_bytes();
     let mut i = 0;
@@ -165,7 +214,7 @@ pub fn parse_path(text: &str) -> Result<(Path, &str), AddressError> {
         }
         None => (false, inner),
     };
-    let mailbox = parse_mailbox(mailbox_text)?;
+    let mailbox = parse_mailbox_with(mailbox_text, syntax)?;
     Ok((
         Path {
             mailbox: Some(mailbox),
@@ -175,8 +224,13 @@ pub fn parse_path(text: &str) -> Result<(Path, &str), AddressError> {
     ))
 }
 
-/// Parses `local-part@domain` (no brackets).
+/// Parses `local-part@domain` (no brackets), strictly.
 pub fn parse_mailbox(text: &str) -> Result<Mailbox, AddressError> {
+    parse_mailbox_with(text, Syntax::Strict)
+}
+
+/// [`parse_mailbox`] under `syntax` (leniently, `a@example.org.` is `a@example.org`).
+pub fn parse_mailbox_with(text: &str, syntax: Syntax) -> Result<Mailbox, AddressError> {
     let (local, domain) = if let Some(quoted) = text.strip_prefix('"') {
         let mut local = String::new();
         let mut chars = quoted.char_indices();
@@ -211,6 +265,10 @@ pub fn parse_mailbox(text: &str) -> Result<Mailbox, AddressError> {
     if local.len() > 64 {
         return Err(AddressError::TooLong);
     }
+    let domain = match domain.strip_suffix('.') {
+        Some(rooted) if syntax == Syntax::Lenient && !rooted.starts_with('[') => rooted,
+        _ => domain,
+    };
     check_domain(domain)?;
     Ok(Mailbox {
         local,
@@ -295,6 +353,51 @@ mod tests {
             let got = parse_path(input).map(|(p, rest)| (p.mailbox, p.source_route, rest));
             assert_eq!(got, expected, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn lenient_paths() {
+        type Case = (
+            &'static str,
+            Result<(Option<Mailbox>, &'static str), AddressError>,
+        );
+        let cases: Vec<Case> = vec![
+            ("a@b.example", Ok((Some(mb("a", "b.example")), ""))),
+            (
+                " a@b.example SIZE=10",
+                Ok((Some(mb("a", "b.example")), " SIZE=10")),
+            ),
+            ("<a@b.example.>", Ok((Some(mb("a", "b.example")), ""))),
+            ("a@b.example.", Ok((Some(mb("a", "b.example")), ""))),
+            ("<>", Ok((None, ""))),
+            ("", Err(AddressError::MissingBrackets)),
+            ("a@b..", Err(AddressError::BadDomain)),
+            ("a@[192.0.2.1].", Err(AddressError::BadDomain)),
+            ("a b@c", Err(AddressError::BadDomain)),
+            ("\"a b\"@c", Err(AddressError::MissingBrackets)),
+        ];
+        for (input, expected) in cases {
+            let got = parse_path_with(input, Syntax::Lenient).map(|(p, rest)| (p.mailbox, rest));
+            assert_eq!(got, expected, "input {input:?}");
+        }
+        // Strictly, both are refused as before.
+        assert_eq!(
+            parse_path_with("a@b.example", Syntax::Strict).unwrap_err(),
+            AddressError::MissingBrackets
+        );
+        assert_eq!(
+            parse_path_with("<a@b.example.>", Syntax::Strict).unwrap_err(),
+            AddressError::BadDomain
+        );
+    }
+
+    #[test]
+    fn detail_is_removed() {
+        assert_eq!(mb("alice+news", "x").without_detail(), mb("alice", "x"));
+        assert_eq!(mb("alice+a+b", "x").without_detail(), mb("alice", "x"));
+        assert_eq!(mb("alice", "x").without_detail(), mb("alice", "x"));
+        // A local part that starts with '+' has no account before it: kept whole.
+        assert_eq!(mb("+x", "x").without_detail(), mb("+x", "x"));
     }
 
     #[test]

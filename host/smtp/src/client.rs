@@ -455,6 +455,7 @@ mod tests {
                     orcpt: Some("rfc822;bob@example.net".into()),
                 },
                 local: false,
+                deliver_to: None,
             }],
         }
     }

@@ -2,7 +2,7 @@
 //!
 //! Pure over a byte slice without its CRLF; the session owns line framing.
 
-use crate::address::{AddressError, Mailbox, Path, parse_path};
+use crate::address::{AddressError, Mailbox, Path, Syntax, parse_path_with};
 use crate::envelope::{BodyType, MailParams, Notify, RcptParams, Ret};
 
 /// A SASL mechanism the server implements.
@@ -119,8 +119,9 @@ fn strip_prefix_ci<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     head.eq_ignore_ascii_case(prefix).then(|| &text[prefix.len()..])
 }
 
-/// Parses one command line (without the CRLF).
-pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
+/// Parses one command line (without the CRLF) under `syntax` ([`Syntax::Lenient`] also
+/// takes paths without brackets, a trailing dot on a domain and words after the EHLO name).
+pub fn parse(line: &[u8], syntax: Syntax) -> Result<Command, ParseError> {
     let line = std::str::from_utf8(line).map_err(|_| ParseError::BadCharacters)?;
     if line.chars().any(|c| c.is_control() && c != '\t') {
         return Err(ParseError::BadCharacters);
@@ -136,7 +137,11 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     };
     match verb.as_str() {
         "EHLO" | "HELO" => {
-            let name = args.trim();
+            let mut name = args.trim();
+            if syntax == Syntax::Lenient {
+                // `EHLO name extra words`: the name is the first word (Postfix does the same).
+                name = name.split(' ').next().unwrap_or_default();
+            }
             if name.is_empty() || name.contains(' ') {
                 return Err(ParseError::Syntax(if verb == "EHLO" {
                     "EHLO hostname"
@@ -152,13 +157,13 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         }
         "MAIL" => {
             let rest = strip_prefix_ci(args, "FROM:").ok_or(ParseError::Syntax("MAIL FROM:<address>"))?;
-            let (path, params) = parse_path(rest)?;
+            let (path, params) = parse_path_with(rest, syntax)?;
             let params = mail_params(params)?;
             Ok(Command::Mail { path, params })
         }
         "RCPT" => {
             let rest = strip_prefix_ci(args, "TO:").ok_or(ParseError::Syntax("RCPT TO:<address>"))?;
-            let (path, params) = match parse_path(rest) {
+            let (path, params) = match parse_path_with(rest, syntax) {
                 Ok(parsed) => parsed,
                 // RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
                 Err(e) => match strip_prefix_ci(rest.trim_start(), "<postmaster>") {
@@ -462,8 +467,72 @@ mod tests {
             ("MAIL FROM:<a@b>\0", Err(ParseError::BadCharacters)),
         ];
         for (input, expected) in cases {
-            assert_eq!(parse(input.as_bytes()), expected, "input {input:?}");
+            assert_eq!(
+                parse(input.as_bytes(), Syntax::Strict),
+                expected,
+                "input {input:?}"
+            );
         }
-        assert_eq!(parse(b"NOOP \xff"), Err(ParseError::BadCharacters));
+        assert_eq!(
+            parse(b"NOOP \xff", Syntax::Strict),
+            Err(ParseError::BadCharacters)
+        );
+    }
+
+    #[test]
+    fn lenient_commands() {
+        let plain = |m| Path {
+            mailbox: m,
+            source_route: false,
+        };
+        let cases: Vec<(&str, Result<Command, ParseError>)> = vec![
+            (
+                "EHLO client.example extra words",
+                Ok(Command::Ehlo("client.example".into())),
+            ),
+            ("HELO a b", Ok(Command::Helo("a".into()))),
+            ("EHLO", Err(ParseError::Syntax("EHLO hostname"))),
+            (
+                "MAIL FROM:a@b.example SIZE=10",
+                Ok(Command::Mail {
+                    path: plain(mb("a", "b.example")),
+                    params: MailParams {
+                        size: Some(10),
+                        ..MailParams::default()
+                    },
+                }),
+            ),
+            (
+                "RCPT TO:bob@example.org.",
+                Ok(Command::Rcpt {
+                    path: plain(mb("bob", "example.org")),
+                    params: RcptParams::default(),
+                }),
+            ),
+            (
+                "RCPT TO: <bob@example.org.> NOTIFY=NEVER",
+                Ok(Command::Rcpt {
+                    path: plain(mb("bob", "example.org")),
+                    params: RcptParams {
+                        notify: Some(Notify {
+                            never: true,
+                            ..Notify::default()
+                        }),
+                        orcpt: None,
+                    },
+                }),
+            ),
+            (
+                "MAIL FROM:",
+                Err(ParseError::Address(AddressError::MissingBrackets)),
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                parse(input.as_bytes(), Syntax::Lenient),
+                expected,
+                "input {input:?}"
+            );
+        }
     }
 }

@@ -1,10 +1,26 @@
 //! Message content receivers: DATA (dot-terminated, dot-stuffed) and BDAT (counted chunks).
 //!
-//! Both enforce strict CRLF line endings. A bare CR or LF in DATA is fatal, because it is
+//! A bare CR is always fatal in DATA, and the end of DATA is only ever `<CRLF>.<CRLF>`:
+//! a `.` line ending in a real CRLF whose previous line also ended in a real CRLF. That is
 //! exactly where SMTP smuggling lives (CVE-2023-51764 and its family): `<LF>.<LF>`,
 //! `<CR>.<CR>`, `<LF>.<CR><LF>` and friends must never end a message here, and must never
-//! be passed on to a server that might read them as an end. In BDAT the framing is a byte
-//! count, so a bare line ending only fails the transaction once the chunk is read.
+//! be passed on to a server that might read them as an end.
+//!
+//! A bare LF is what many real senders' line ending is. With [`BareLf::Normalize`] (the
+//! default) a line ending in a bare LF is stored with CRLF, and a `.` line next to a bare
+//! LF is content, so every smuggling variant with a bare LF becomes part of one message;
+//! with [`BareLf::Reject`] a bare LF is fatal too. In BDAT the framing is a byte count, so
+//! a bare CR (or, under `Reject`, a bare LF) only fails the transaction.
+
+/// What to do with a line of content that ends in a bare LF.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BareLf {
+    /// Store the line with CRLF. The default.
+    #[default]
+    Normalize,
+    /// Refuse: fatal in DATA (`554 5.5.2` and close), fails a BDAT transaction.
+    Reject,
+}
 
 /// Why content was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -35,11 +51,13 @@ pub enum Progress {
     Fatal(ContentError),
 }
 
+/// Where the receiver is within a line. `clean` says whether the previous line ended in a
+/// real CRLF (or there was none): only then can a `.` line end DATA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Line {
-    Start,
-    Dot,
-    DotCr,
+    Start { clean: bool },
+    Dot { clean: bool },
+    DotCr { clean: bool },
     Middle,
     Cr,
 }
@@ -51,18 +69,20 @@ pub struct ContentReceiver {
     line_len: usize,
     max_line: usize,
     max_size: usize,
+    bare_lf: BareLf,
     body: Vec<u8>,
     failure: Option<ContentError>,
 }
 
 impl ContentReceiver {
-    /// A receiver for one message. `max_line` counts the CRLF (RFC 5321: 1000).
-    pub fn new(max_size: usize, max_line: usize) -> Self {
+    /// A receiver for one message. `max_line` counts the CRLF (RFC 5321: at least 1000).
+    pub fn new(max_size: usize, max_line: usize, bare_lf: BareLf) -> Self {
         ContentReceiver {
-            line: Line::Start,
+            line: Line::Start { clean: true },
             line_len: 0,
             max_line: max_line.saturating_sub(2),
             max_size,
+            bare_lf,
             body: Vec::new(),
             failure: None,
         }
@@ -111,15 +131,25 @@ impl ContentReceiver {
         self.body.extend_from_slice(bytes);
     }
 
+    /// Ends the current line with CRLF; `clean` says whether it really ended so.
+    fn end_line(&mut self, clean: bool) {
+        self.push_raw(b"\r\n");
+        self.line = Line::Start { clean };
+        self.line_len = 0;
+    }
+
     /// Feeds DATA content. Returns the bytes consumed and the progress; bytes after the
     /// terminating `CRLF.CRLF` are not consumed.
     pub fn ingest_dot(&mut self, input: &[u8]) -> (usize, Progress) {
+        let normalize = self.bare_lf == BareLf::Normalize;
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
             match self.line {
-                Line::Middle | Line::Start
-                    if b != b'\r' && b != b'\n' && !(self.line == Line::Start && b == b'.') =>
+                Line::Middle | Line::Start { .. }
+                    if b != b'\r'
+                        && b != b'\n'
+                        && !(matches!(self.line, Line::Start { .. }) && b == b'.') =>
                 {
                     let run = input[i..]
                         .iter()
@@ -130,24 +160,28 @@ impl ContentReceiver {
                     i += run;
                     continue;
                 }
-                Line::Start if b == b'.' => self.line = Line::Dot,
-                Line::Start | Line::Middle if b == b'\r' => self.line = Line::Cr,
-                Line::Dot if b == b'\r' => self.line = Line::DotCr,
-                Line::Dot => {
+                Line::Start { clean } if b == b'.' => self.line = Line::Dot { clean },
+                Line::Start { .. } | Line::Middle if b == b'\r' => self.line = Line::Cr,
+                Line::Start { .. } | Line::Middle if b == b'\n' && normalize => self.end_line(false),
+                Line::Dot { clean } if b == b'\r' => self.line = Line::DotCr { clean },
+                // A lone `.` next to a bare LF is content, never the end.
+                Line::Dot { .. } if b == b'\n' && normalize => {
+                    self.push_content(b".");
+                    self.end_line(false);
+                }
+                Line::Dot { .. } if b == b'\n' => return (i + 1, Progress::Fatal(ContentError::BareLf)),
+                Line::Dot { .. } => {
                     // A dot-stuffed line: the leading dot is dropped (RFC 5321 4.5.2).
-                    if b == b'\n' {
-                        return (i + 1, Progress::Fatal(ContentError::BareLf));
-                    }
                     self.line = Line::Middle;
                     continue;
                 }
-                Line::DotCr if b == b'\n' => return (i + 1, Progress::Complete),
-                Line::Cr if b == b'\n' => {
-                    self.push_raw(b"\r\n");
-                    self.line = Line::Start;
-                    self.line_len = 0;
+                Line::DotCr { clean: true } if b == b'\n' => return (i + 1, Progress::Complete),
+                Line::DotCr { clean: false } if b == b'\n' => {
+                    self.push_content(b".");
+                    self.end_line(true);
                 }
-                Line::Cr | Line::DotCr => return (i + 1, Progress::Fatal(ContentError::BareCr)),
+                Line::Cr if b == b'\n' => self.end_line(true),
+                Line::Cr | Line::DotCr { .. } => return (i + 1, Progress::Fatal(ContentError::BareCr)),
                 _ => return (i + 1, Progress::Fatal(ContentError::BareLf)),
             }
             i += 1;
@@ -162,17 +196,14 @@ impl ContentReceiver {
         while i < input.len() {
             let b = input[i];
             match (self.line, b) {
-                (Line::Cr, b'\n') => {
-                    self.push_raw(b"\r\n");
-                    self.line = Line::Start;
-                    self.line_len = 0;
-                }
+                (Line::Cr, b'\n') => self.end_line(true),
                 (Line::Cr, _) => {
                     self.fail(ContentError::BareCr);
                     self.line = Line::Middle;
                     continue;
                 }
                 (_, b'\r') => self.line = Line::Cr,
+                (_, b'\n') if self.bare_lf == BareLf::Normalize => self.end_line(false),
                 (_, b'\n') => self.fail(ContentError::BareLf),
                 _ => {
                     let run = input[i..]
@@ -201,11 +232,15 @@ impl ContentReceiver {
 mod tests {
     use super::*;
 
-    fn dot(input: &[u8]) -> (Vec<u8>, usize, Progress, Option<ContentError>) {
-        let mut r = ContentReceiver::new(1 << 20, 1000);
+    fn dot_with(input: &[u8], bare_lf: BareLf) -> (Vec<u8>, usize, Progress, Option<ContentError>) {
+        let mut r = ContentReceiver::new(1 << 20, 1000, bare_lf);
         let (n, p) = r.ingest_dot(input);
         let failure = r.failure();
         (r.into_body(), n, p, failure)
+    }
+
+    fn dot(input: &[u8]) -> (Vec<u8>, usize, Progress, Option<ContentError>) {
+        dot_with(input, BareLf::Normalize)
     }
 
     #[test]
@@ -234,7 +269,8 @@ mod tests {
 
     #[test]
     fn smuggling_variants_never_end_data() {
-        // Every one of these is a known smuggling end-of-data; each must be fatal, never Complete.
+        // Every one of these is a known smuggling end-of-data; none may be Complete. With a
+        // bare CR, or a bare LF under `Reject`, each is fatal.
         let variants: &[(&[u8], ContentError)] = &[
             (b"a\n.\n", ContentError::BareLf),
             (b"a\r\n.\n", ContentError::BareLf),
@@ -242,25 +278,71 @@ mod tests {
             (b"a\r.\r", ContentError::BareCr),
             (b"a\r\n.\rX", ContentError::BareCr),
             (b"a\r.\r\n", ContentError::BareCr),
-            (b"a\n.\r\n", ContentError::BareLf),
             (b"a\r\n\n.\r\n", ContentError::BareLf),
             (b"x\rMAIL FROM:<a@b>\r\n", ContentError::BareCr),
         ];
         for (input, error) in variants {
-            let (_, _, p, _) = dot(input);
+            let (_, _, p, _) = dot_with(input, BareLf::Reject);
             assert_eq!(
                 p,
                 Progress::Fatal(*error),
                 "input {:?}",
                 String::from_utf8_lossy(input)
             );
+            let (_, _, p, _) = dot_with(input, BareLf::Normalize);
+            assert_ne!(
+                p,
+                Progress::Complete,
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+            if *error == ContentError::BareCr {
+                assert_eq!(p, Progress::Fatal(ContentError::BareCr));
+            }
         }
+    }
+
+    #[test]
+    fn bare_lf_is_normalised_and_never_ends_data() {
+        let cases: &[(&[u8], &[u8], Progress)] = &[
+            (b"a\nb\n.\r\n", b"a\r\nb\r\n.\r\n", Progress::NeedMore),
+            (b"a\nb\r\n.\r\n", b"a\r\nb\r\n", Progress::Complete),
+            // The three smuggling ends with a bare LF: content of the same message.
+            (b"a\n.\nX\r\n.\r\n", b"a\r\n.\r\nX\r\n", Progress::Complete),
+            (b"a\n.\r\nX\r\n.\r\n", b"a\r\n.\r\nX\r\n", Progress::Complete),
+            (b"a\r\n.\nX\r\n.\r\n", b"a\r\n.\r\nX\r\n", Progress::Complete),
+            // Dot-stuffing still applies after a bare LF.
+            (b"a\n..x\n.\r\n", b"a\r\n.x\r\n.\r\n", Progress::NeedMore),
+            (b"a\n\n.\r\n.\r\n", b"a\r\n\r\n.\r\n", Progress::Complete),
+            (b".\n.\r\n.\r\n", b".\r\n.\r\n", Progress::Complete),
+        ];
+        for (input, body, progress) in cases {
+            let (got, n, p, failure) = dot(input);
+            assert_eq!(
+                (got.as_slice(), p, failure),
+                (*body, *progress, None),
+                "input {:?}",
+                String::from_utf8_lossy(input)
+            );
+            if p == Progress::Complete {
+                assert_eq!(n, input.len());
+            }
+        }
+        // Byte by byte the same.
+        let input = b"a\n.\nX\r\n.\r\n";
+        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+        let mut last = Progress::NeedMore;
+        for b in input {
+            last = r.ingest_dot(std::slice::from_ref(b)).1;
+        }
+        assert_eq!(last, Progress::Complete);
+        assert_eq!(r.into_body(), b"a\r\n.\r\nX\r\n");
     }
 
     #[test]
     fn byte_by_byte_equals_whole() {
         let input = b"Subject: x\r\n\r\n..dot\r\nline\r\n.\r\nNEXT";
-        let mut r = ContentReceiver::new(1 << 20, 1000);
+        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
         let mut consumed = 0;
         for (i, b) in input.iter().enumerate() {
             let (n, p) = r.ingest_dot(std::slice::from_ref(b));
@@ -276,21 +358,25 @@ mod tests {
 
     #[test]
     fn limits_are_failures_not_fatal() {
-        let mut r = ContentReceiver::new(10, 1000);
+        let mut r = ContentReceiver::new(10, 1000, BareLf::Normalize);
         assert_eq!(r.ingest_dot(b"0123456789ABC\r\n.\r\n").1, Progress::Complete);
         assert_eq!(r.failure(), Some(ContentError::TooBig));
 
-        let mut r = ContentReceiver::new(1 << 20, 10);
+        let mut r = ContentReceiver::new(1 << 20, 10, BareLf::Normalize);
         assert_eq!(r.ingest_dot(b"12345678\r\n.\r\n").1, Progress::Complete);
         assert_eq!(r.failure(), None);
-        let mut r = ContentReceiver::new(1 << 20, 10);
+        let mut r = ContentReceiver::new(1 << 20, 10, BareLf::Normalize);
         assert_eq!(r.ingest_dot(b"123456789\r\n.\r\n").1, Progress::Complete);
+        assert_eq!(r.failure(), Some(ContentError::LineTooLong));
+        // A line ending in a bare LF counts the same.
+        let mut r = ContentReceiver::new(1 << 20, 10, BareLf::Normalize);
+        assert_eq!(r.ingest_dot(b"123456789\n.\r\n.\r\n").1, Progress::Complete);
         assert_eq!(r.failure(), Some(ContentError::LineTooLong));
     }
 
     #[test]
     fn counted_chunks() {
-        let mut r = ContentReceiver::new(1 << 20, 1000);
+        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
         r.ingest_counted(b"a\r");
         r.ingest_counted(b"\nb\r\n");
         r.finish_counted();
@@ -298,10 +384,22 @@ mod tests {
         assert_eq!(r.into_body(), b"a\r\nb\r\n");
 
         for bad in [&b"a\nb"[..], b"a\rb", b"a\r"] {
-            let mut r = ContentReceiver::new(1 << 20, 1000);
+            let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Reject);
             r.ingest_counted(bad);
             r.finish_counted();
             assert!(r.failure().is_some(), "{bad:?}");
+        }
+        // Normalised: a bare LF becomes CRLF; a bare CR still fails.
+        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+        r.ingest_counted(b"a\nb\n.\n");
+        r.finish_counted();
+        assert_eq!(r.failure(), None);
+        assert_eq!(r.into_body(), b"a\r\nb\r\n.\r\n");
+        for bad in [&b"a\rb"[..], b"a\r"] {
+            let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+            r.ingest_counted(bad);
+            r.finish_counted();
+            assert_eq!(r.failure(), Some(ContentError::BareCr), "{bad:?}");
         }
     }
 }

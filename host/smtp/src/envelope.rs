@@ -74,6 +74,32 @@ pub struct Recipient {
     pub params: RcptParams,
     /// Whether the recipient's domain is one of ours (deliver to Maildir) or not (relay).
     pub local: bool,
+    /// For a local recipient, the mailbox whose Maildir its copy goes to, as the directory
+    /// resolved it at RCPT: the account for `account+detail`, the postmaster account for
+    /// `postmaster@`. `None` for remote recipients, and in spool files written before it
+    /// existed (then [`Recipient::maildir_owner`] drops the detail itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deliver_to: Option<Mailbox>,
+}
+
+impl Recipient {
+    /// A recipient in another domain, relayed as it is.
+    pub fn remote(mailbox: Mailbox, params: RcptParams) -> Self {
+        Recipient {
+            mailbox,
+            params,
+            local: false,
+            deliver_to: None,
+        }
+    }
+
+    /// The mailbox whose Maildir a local recipient's copy goes to (never a folder named
+    /// after a `+detail`).
+    pub fn maildir_owner(&self) -> Mailbox {
+        self.deliver_to
+            .clone()
+            .unwrap_or_else(|| self.mailbox.without_detail())
+    }
 }
 
 /// The envelope of one transaction, complete once DATA or the first BDAT is accepted.

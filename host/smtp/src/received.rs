@@ -16,9 +16,11 @@ pub fn received_header(
     let security = &info.security;
     let mut protocol = String::from(match info.greeting {
         Some(Greeting::Helo(_)) => "SMTP",
+        // RFC 6531 3.7.3: a transaction with SMTPUTF8.
+        _ if envelope.params.smtputf8 => "UTF8SMTP",
         _ => "ESMTP",
     });
-    // RFC 3848 protocol types.
+    // RFC 3848 (and RFC 6531) protocol types.
     if matches!(info.greeting, Some(Greeting::Ehlo(_)) | None) {
         if security.tls.is_some() {
             protocol.push('S');
@@ -28,10 +30,16 @@ pub fn received_header(
         }
     }
     let helo = info.greeting.as_ref().map_or("unknown", Greeting::name);
-    let mut header = format!(
-        "Received: from {helo} ([{}])\r\n\tby {hostname} (Portcullis) with {protocol} id {id}",
-        info.peer
-    );
+    // RFC 5321 4.1.3: an IPv6 address literal is tagged.
+    let peer = match info.peer {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => format!("IPv6:{v6}"),
+        },
+    };
+    let mut header =
+        format!("Received: from {helo} ([{peer}])\r\n\tby {hostname} (Portcullis) with {protocol} id {id}");
     if let Some(tls) = &security.tls {
         header.push_str(&format!("\r\n\t(version={} cipher={})", tls.protocol, tls.cipher));
     }
@@ -40,4 +48,74 @@ pub fn received_header(
     }
     header.push_str(&format!(";\r\n\t{date}\r\n"));
     header
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::MailParams;
+    use crate::session::{PipelineKind, Security, TlsInfo};
+
+    fn info(peer: &str, tls: bool, account: bool) -> SessionInfo {
+        SessionInfo {
+            pipeline: PipelineKind::Submission,
+            peer: peer.parse().expect("ip"),
+            greeting: Some(Greeting::Ehlo("client.example".into())),
+            security: Security {
+                tls: tls.then(|| TlsInfo {
+                    protocol: "TLSv1.3".into(),
+                    cipher: "X".into(),
+                }),
+                account: account.then(|| "alice@example.org".into()),
+            },
+        }
+    }
+
+    fn envelope(smtputf8: bool) -> Envelope {
+        Envelope {
+            mail_from: None,
+            params: MailParams {
+                smtputf8,
+                ..MailParams::default()
+            },
+            recipients: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn protocol_and_address_literal() {
+        let cases = [
+            ("192.0.2.1", false, false, false, "([192.0.2.1])", "with ESMTP id"),
+            ("192.0.2.1", true, true, false, "([192.0.2.1])", "with ESMTPSA id"),
+            (
+                "2001:db8::1",
+                false,
+                false,
+                true,
+                "([IPv6:2001:db8::1])",
+                "with UTF8SMTP id",
+            ),
+            (
+                "2001:db8::1",
+                true,
+                false,
+                true,
+                "([IPv6:2001:db8::1])",
+                "with UTF8SMTPS id",
+            ),
+            ("::1", false, true, true, "([IPv6:::1])", "with UTF8SMTPA id"),
+            (
+                "::ffff:192.0.2.9",
+                true,
+                true,
+                true,
+                "([192.0.2.9])",
+                "with UTF8SMTPSA id",
+            ),
+        ];
+        for (peer, tls, account, utf8, from, with) in cases {
+            let header = received_header(&info(peer, tls, account), "mx", "Q", &envelope(utf8), "D");
+            assert!(header.contains(from) && header.contains(with), "{header}");
+        }
+    }
 }

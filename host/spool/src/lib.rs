@@ -21,5 +21,5 @@ pub mod maildir;
 pub mod queue;
 
 pub use commit::SyncMode;
-pub use maildir::{Delivery, Maildir};
-pub use queue::{Entry, QueueId, Spool, SpoolError};
+pub use maildir::{Copy, Delivery, Maildir};
+pub use queue::{Entry, Incoming, QueueId, Spool, SpoolError};

@@ -1,5 +1,12 @@
 //! Local delivery into Maildir: `<root>/<domain>/<local-part>/{tmp,new,cur}`, Junk in `.Junk/`.
 //!
+//! A copy goes to the Maildir of the account the recipient resolved to (`alice+news@` is
+//! alice's INBOX, never a folder named after the detail) and starts with `Return-Path:`
+//! (RFC 5321 4.4: the final delivery adds it) and `Delivered-To:` (the recipient as
+//! given), then the spooled message. `.Junk` is a Maildir++ folder as Dovecot and IMAP
+//! clients expect it: it holds a `maildirfolder` file and is listed in the Maildir's
+//! `subscriptions`.
+//!
 //! A copy is written to `tmp/`, fsync'd, hard-linked into `new/` and `new/` fsync'd. The file
 //! name is derived from the queue id and the recipient's index, so delivering the same copy
 //! again after a crash finds the name taken and does nothing: exactly once.
@@ -19,6 +26,41 @@ use std::path::{Path, PathBuf};
 use portcullis_smtp::{Folder, Mailbox};
 
 use crate::fsync;
+use crate::queue::Entry;
+
+/// One local recipient's copy of a queued message: whose Maildir, which folder, which
+/// file name, and the header lines it starts with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Copy {
+    /// The account whose Maildir receives it.
+    pub owner: Mailbox,
+    /// INBOX or Junk.
+    pub folder: Folder,
+    /// The name part that tells this copy from the others ([`copy_name`]).
+    pub unique: String,
+    /// When the message was accepted (the file name starts with it).
+    pub received_at: u64,
+    /// `Return-Path:` and `Delivered-To:`, CRLF-terminated.
+    pub headers: String,
+}
+
+impl Copy {
+    /// The copy of `entry` for its recipient `index`, if that recipient is local.
+    pub fn of(entry: &Entry, index: usize) -> Option<Copy> {
+        let recipient = entry.envelope.recipients.get(index).filter(|r| r.local)?;
+        Some(Copy {
+            owner: recipient.maildir_owner(),
+            folder: entry.folder,
+            unique: copy_name(&entry.id, index),
+            received_at: entry.received_at,
+            headers: format!(
+                "Return-Path: {}\r\nDelivered-To: {}\r\n",
+                entry.envelope.reverse_path(),
+                recipient.mailbox
+            ),
+        })
+    }
+}
 
 /// The outcome of one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,29 +148,23 @@ impl Maildir {
         }
     }
 
-    /// Delivers one copy of `message` (its parts in order, as the spool has them). `unique`
-    /// names this copy (queue id and recipient index); with `recovering`, `cur/` is also
-    /// searched in case the user already read it.
+    /// Delivers `copy` of `message` (its parts in order, as the spool has them; the copy's
+    /// headers go first); with `recovering`, `cur/` is also searched in case the user
+    /// already read it.
     ///
     /// In a folder the spool's flushes cover, the copy [`Maildir::prepare`] left in `tmp/`
     /// before a flush is linked into `new/` as it is (with `recovering`, first checked
     /// against `message`, rewritten if it differs, and synced); a copy written here is
     /// synced before it is linked; the caller flushes before it retires the spool file.
     /// Elsewhere the copy and `new/` are fsync'd before this returns.
-    pub fn deliver(
-        &self,
-        mailbox: &Mailbox,
-        folder: Folder,
-        unique: &str,
-        received_at: u64,
-        message: &[&[u8]],
-        recovering: bool,
-    ) -> io::Result<Delivery> {
-        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
-        for sub in ["tmp", "new", "cur"] {
-            fsync::create_dir_durable(&dir.join(sub))?;
-        }
+    pub fn deliver(&self, copy: &Copy, message: &[&[u8]], recovering: bool) -> io::Result<Delivery> {
+        let (dir, name) = self.copy_path(copy);
+        self.create_folder(copy, &dir)?;
         let sync = !self.covered(&dir);
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(message.len() + 1);
+        parts.push(copy.headers.as_bytes());
+        parts.extend_from_slice(message);
+        let message = parts.as_slice();
         let tmp = dir.join("tmp").join(&name);
         let new = dir.join("new").join(&name);
         let prepared = !sync && tmp.is_file();
@@ -169,49 +205,83 @@ impl Maildir {
     }
 
     /// The folder and the file name of one copy.
-    fn copy_path(
-        &self,
-        mailbox: &Mailbox,
-        folder: Folder,
-        unique: &str,
-        received_at: u64,
-    ) -> (PathBuf, String) {
+    fn copy_path(&self, copy: &Copy) -> (PathBuf, String) {
         (
-            self.folder_path(mailbox, folder),
-            format!("{received_at}.{unique}.{}", self.hostname),
+            self.folder_path(&copy.owner, copy.folder),
+            format!("{}.{}.{}", copy.received_at, copy.unique, self.hostname),
         )
     }
 
-    /// Writes one copy (the concatenation of `parts`) into `tmp/` without syncing it: the
-    /// spool's flush that follows makes it durable. [`Maildir::deliver`] moves it to `new/`.
-    /// Returns `false`, writing nothing, for a folder the spool's flush does not cover
-    /// (delivery then writes and fsyncs that copy itself).
-    pub(crate) fn prepare(
-        &self,
-        mailbox: &Mailbox,
-        folder: Folder,
-        unique: &str,
-        received_at: u64,
-        parts: &[&[u8]],
-    ) -> io::Result<bool> {
-        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
+    /// Makes sure the copy's folder exists; a new Junk folder is made a Maildir++ folder
+    /// (`maildirfolder`) and subscribed, so that IMAP clients showing only subscribed
+    /// folders see it.
+    fn create_folder(&self, copy: &Copy, dir: &Path) -> io::Result<()> {
         for sub in ["tmp", "new", "cur"] {
             fsync::create_dir_durable(&dir.join(sub))?;
         }
+        if copy.folder == Folder::Junk && !dir.join("maildirfolder").exists() {
+            let inbox = self.folder_path(&copy.owner, Folder::Inbox);
+            for sub in ["tmp", "new", "cur"] {
+                fsync::create_dir_durable(&inbox.join(sub))?;
+            }
+            subscribe(&inbox, "Junk")?;
+            match fsync::write_new(&dir.join("maildirfolder"), &[]) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => fsync::sync_dir(dir)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `copy` (its headers, then `parts`) into `tmp/` without syncing it: the
+    /// spool's flush that follows makes it durable. [`Maildir::deliver`] moves it to `new/`.
+    /// Returns `false`, writing nothing, for a folder the spool's flush does not cover
+    /// (delivery then writes and fsyncs that copy itself).
+    pub(crate) fn prepare(&self, copy: &Copy, parts: &[&[u8]]) -> io::Result<bool> {
+        let (dir, name) = self.copy_path(copy);
+        self.create_folder(copy, &dir)?;
         if !self.covered(&dir) {
             return Ok(false);
         }
         let tmp = dir.join("tmp").join(&name);
         let _ = fs::remove_file(&tmp);
-        fsync::write_new_unsynced(&tmp, parts)?;
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(copy.headers.as_bytes());
+        all.extend_from_slice(parts);
+        fsync::write_new_unsynced(&tmp, &all)?;
         Ok(true)
     }
 
     /// Removes a copy [`Maildir::prepare`] wrote, when the message was not accepted after all.
-    pub(crate) fn discard_prepared(&self, mailbox: &Mailbox, folder: Folder, unique: &str, received_at: u64) {
-        let (dir, name) = self.copy_path(mailbox, folder, unique, received_at);
+    pub(crate) fn discard_prepared(&self, copy: &Copy) {
+        let (dir, name) = self.copy_path(copy);
         let _ = fs::remove_file(dir.join("tmp").join(name));
     }
+}
+
+/// Adds `folder` to the `subscriptions` file of the Maildir at `inbox` (one name a line,
+/// the format Dovecot reads), unless it is listed already. The new list replaces the old
+/// by rename, so a reader never sees half of it.
+fn subscribe(inbox: &Path, folder: &str) -> io::Result<()> {
+    let path = inbox.join("subscriptions");
+    let mut text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    if text.lines().any(|line| line == folder) {
+        return Ok(());
+    }
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(folder);
+    text.push('\n');
+    let tmp = inbox.join("tmp").join(".subscriptions.portcullis");
+    let _ = fs::remove_file(&tmp);
+    fsync::write_new(&tmp, &[text.as_bytes()])?;
+    fs::rename(&tmp, &path)?;
+    fsync::sync_dir(inbox)
 }
 
 /// Whether `cur/` holds `name` with any flags (`name:2,S` and so on).
@@ -235,6 +305,17 @@ fn already_read(cur: &Path, name: &str) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// A copy without headers, so that files hold exactly the message.
+    fn copy(owner: &Mailbox, folder: Folder, unique: &str) -> Copy {
+        Copy {
+            owner: owner.clone(),
+            folder,
+            unique: unique.into(),
+            received_at: 7,
+            headers: String::new(),
+        }
+    }
+
     #[test]
     fn delivers_once_even_when_repeated() {
         let dir = tempfile::tempdir().unwrap();
@@ -244,11 +325,11 @@ mod tests {
             domain: "Example.org".into(),
         };
         let first = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[b"hello"], false)
+            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], false)
             .unwrap();
         assert_eq!(first, Delivery::Delivered);
         let again = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[b"hello"], false)
+            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], false)
             .unwrap();
         assert_eq!(again, Delivery::AlreadyDelivered);
         let inbox = dir.path().join("example.org/alice");
@@ -263,11 +344,11 @@ mod tests {
         )
         .unwrap();
         let repeat = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[b"hello"], true)
+            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], true)
             .unwrap();
         assert_eq!(repeat, Delivery::AlreadyDelivered);
         let junk = maildir
-            .deliver(&alice, Folder::Junk, "Q2_0", 7, &[b"spam"], false)
+            .deliver(&copy(&alice, Folder::Junk, "Q2_0"), &[b"spam"], false)
             .unwrap();
         assert_eq!(junk, Delivery::Delivered);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
@@ -291,32 +372,29 @@ mod tests {
         // Prepared before the flush, published after it.
         let prepared = maildir
             .prepare(
-                &alice,
-                Folder::Inbox,
-                "Q1_0",
-                7,
+                &copy(&alice, Folder::Inbox, "Q1_0"),
                 &[b"Received: x\r\n", b"\r\nhello\r\n"],
             )
             .unwrap();
         assert!(prepared);
         assert_eq!((count("tmp"), count("new")), (1, 0));
         let first = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[message], false)
+            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[message], false)
             .unwrap();
         assert_eq!(first, Delivery::Delivered);
         assert_eq!((count("tmp"), count("new")), (0, 1));
         let again = maildir
-            .deliver(&alice, Folder::Inbox, "Q1_0", 7, &[message], true)
+            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[message], true)
             .unwrap();
         assert_eq!(again, Delivery::AlreadyDelivered);
         assert_eq!(count("new"), 1);
 
         // A crash cut the prepared copy short: recovery publishes the spool's content.
         maildir
-            .prepare(&alice, Folder::Inbox, "Q2_0", 7, &[b"Received: x\r\n"])
+            .prepare(&copy(&alice, Folder::Inbox, "Q2_0"), &[b"Received: x\r\n"])
             .unwrap();
         let repaired = maildir
-            .deliver(&alice, Folder::Inbox, "Q2_0", 7, &[message], true)
+            .deliver(&copy(&alice, Folder::Inbox, "Q2_0"), &[message], true)
             .unwrap();
         assert_eq!(repaired, Delivery::Delivered);
         let name = "7.Q2_0.mx".to_string();
@@ -330,7 +408,7 @@ mod tests {
         .unwrap();
         fs::write(inbox.join("tmp").join(&name), message).unwrap();
         let read = maildir
-            .deliver(&alice, Folder::Inbox, "Q2_0", 7, &[message], true)
+            .deliver(&copy(&alice, Folder::Inbox, "Q2_0"), &[message], true)
             .unwrap();
         assert_eq!(read, Delivery::AlreadyDelivered);
         assert_eq!((count("tmp"), count("new"), count("cur")), (0, 1, 1));
@@ -338,16 +416,16 @@ mod tests {
         // Never prepared (a message with remote recipients, or a crash before the flush):
         // written now.
         let fresh = maildir
-            .deliver(&alice, Folder::Junk, "Q3_0", 7, &[message], true)
+            .deliver(&copy(&alice, Folder::Junk, "Q3_0"), &[message], true)
             .unwrap();
         assert_eq!(fresh, Delivery::Delivered);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
 
         // Not accepted after all: the prepared copy goes.
         maildir
-            .prepare(&alice, Folder::Inbox, "Q4_0", 7, &[message])
+            .prepare(&copy(&alice, Folder::Inbox, "Q4_0"), &[message])
             .unwrap();
-        maildir.discard_prepared(&alice, Folder::Inbox, "Q4_0", 7);
+        maildir.discard_prepared(&copy(&alice, Folder::Inbox, "Q4_0"));
         assert_eq!(count("tmp"), 0);
 
         // A folder on a file system the spool's flush does not cover (here: a device
@@ -355,15 +433,104 @@ mod tests {
         let elsewhere = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(Some(device + 1));
         assert!(
             !elsewhere
-                .prepare(&alice, Folder::Inbox, "Q5_0", 7, &[message])
+                .prepare(&copy(&alice, Folder::Inbox, "Q5_0"), &[message])
                 .unwrap()
         );
         assert_eq!(count("tmp"), 0);
         let synced = elsewhere
-            .deliver(&alice, Folder::Inbox, "Q5_0", 7, &[message], false)
+            .deliver(&copy(&alice, Folder::Inbox, "Q5_0"), &[message], false)
             .unwrap();
         assert_eq!(synced, Delivery::Delivered);
         assert!(inbox.join("new/7.Q5_0.mx").is_file());
+    }
+
+    #[test]
+    fn a_copy_goes_to_the_account_with_delivery_headers_and_junk_is_subscribed() {
+        use portcullis_smtp::envelope::{Envelope, MailParams, Recipient};
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = Maildir::new(dir.path().to_path_buf(), "mx");
+        let mb = |local: &str| Mailbox {
+            local: local.into(),
+            domain: "example.org".into(),
+        };
+        let recipient = |address: &str, owner: Option<&str>| Recipient {
+            mailbox: mb(address),
+            params: Default::default(),
+            local: true,
+            deliver_to: owner.map(mb),
+        };
+        let entry = Entry {
+            id: crate::QueueId::parse("0000000000000A0001").unwrap(),
+            received_at: 7,
+            envelope: Envelope {
+                mail_from: Some(Mailbox {
+                    local: "sender".into(),
+                    domain: "far.example".into(),
+                }),
+                params: MailParams::default(),
+                recipients: vec![
+                    recipient("alice+news", Some("alice")),
+                    recipient("postmaster", Some("bob")),
+                    // A file from before `deliver-to`: the detail is dropped all the same.
+                    recipient("alice+old", None),
+                ],
+            },
+            pending: vec![0, 1, 2],
+            folder: Folder::Junk,
+            size: 0,
+            attempts: 0,
+            next_attempt: 0,
+            last_error: Default::default(),
+            delay_notified: false,
+            checksum: None,
+            success_notices: false,
+        };
+        for index in 0..3 {
+            let copy = Copy::of(&entry, index).unwrap();
+            assert_eq!(
+                maildir
+                    .deliver(&copy, &[b"Received: x\r\n", b"\r\nhi\r\n"], false)
+                    .unwrap(),
+                Delivery::Delivered
+            );
+        }
+        let junk = |owner: &str| dir.path().join("example.org").join(owner).join(".Junk");
+        let alice = crate::maildir::tests::files(&junk("alice").join("new"));
+        assert_eq!(alice.len(), 2);
+        assert_eq!(
+            fs::read_to_string(&alice[0]).unwrap(),
+            "Return-Path: <sender@far.example>\r\nDelivered-To: alice+news@example.org\r\nReceived: x\r\n\r\nhi\r\n"
+        );
+        let bob = crate::maildir::tests::files(&junk("bob").join("new"));
+        assert!(
+            fs::read_to_string(&bob[0])
+                .unwrap()
+                .contains("Delivered-To: postmaster@example.org\r\n")
+        );
+        assert!(!dir.path().join("example.org/alice+news").exists());
+        assert!(!dir.path().join("example.org/postmaster").exists());
+        // Junk is a Maildir++ folder, subscribed once however many copies it gets.
+        assert!(junk("alice").join("maildirfolder").is_file());
+        let subscriptions = dir.path().join("example.org/alice/subscriptions");
+        assert_eq!(fs::read_to_string(&subscriptions).unwrap(), "Junk\n");
+        // A subscriptions file an IMAP server wrote is kept, Junk added once.
+        fs::write(dir.path().join("example.org/bob/subscriptions"), "Archive").unwrap();
+        fs::remove_file(junk("bob").join("maildirfolder")).unwrap();
+        let again = Copy {
+            unique: "other".into(),
+            ..Copy::of(&entry, 1).unwrap()
+        };
+        maildir.deliver(&again, &[b"x\r\n"], false).unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("example.org/bob/subscriptions")).unwrap(),
+            "Archive\nJunk\n"
+        );
+    }
+
+    pub(crate) fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
     }
 
     #[test]

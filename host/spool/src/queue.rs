@@ -108,6 +108,28 @@ pub struct Entry {
     /// CRC-32 of the message octets (absent in files of older versions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<u32>,
+    /// The sender may be told of a successful local delivery (RFC 3461 NOTIFY=SUCCESS):
+    /// it is known, not merely claimed (submission). On MX a success notice to a forged
+    /// sender would be backscatter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub success_notices: bool,
+}
+
+/// A message on its way into the spool.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    /// Its queue id.
+    pub id: &'a QueueId,
+    /// Sender and recipients as accepted.
+    pub envelope: &'a Envelope,
+    /// Where local copies go.
+    pub folder: Folder,
+    /// [`Entry::success_notices`].
+    pub success_notices: bool,
+    /// Header lines written before `body` (the `Received:` header and hook headers).
+    pub head: &'a [u8],
+    /// The message as received.
+    pub body: &'a [u8],
 }
 
 /// Errors of the spool.
@@ -231,7 +253,15 @@ impl Spool {
         head: &[u8],
         body: &[u8],
     ) -> Result<Entry, SpoolError> {
-        let entry = self.write_with(id, envelope, folder, head, body, |_| Ok(()))?;
+        let incoming = Incoming {
+            id: &id,
+            envelope: &envelope,
+            folder,
+            success_notices: false,
+            head,
+            body,
+        };
+        let entry = self.write_with(&incoming, |_| Ok(()))?;
         self.make_durable()?;
         Ok(entry)
     }
@@ -245,29 +275,27 @@ impl Spool {
     /// caller's.
     fn write_with(
         &self,
-        id: QueueId,
-        envelope: Envelope,
-        folder: Folder,
-        head: &[u8],
-        body: &[u8],
+        incoming: &Incoming<'_>,
         prepare: impl FnOnce(&Entry) -> Result<(), SpoolError>,
     ) -> Result<Entry, SpoolError> {
         let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
+        let Incoming { head, body, .. } = *incoming;
         let entry = Entry {
-            pending: (0..envelope.recipients.len()).collect(),
-            id,
+            pending: (0..incoming.envelope.recipients.len()).collect(),
+            id: incoming.id.clone(),
             received_at,
-            envelope,
-            folder,
+            envelope: incoming.envelope.clone(),
+            folder: incoming.folder,
             size: (head.len() + body.len()) as u64,
             attempts: 0,
             next_attempt: 0,
             last_error: BTreeMap::new(),
             delay_notified: false,
             checksum: Some(checksum(&[head, body])),
+            success_notices: incoming.success_notices,
         };
         prepare(&entry)?;
         let tmp = self.tmp.join(entry.id.as_str());
@@ -292,52 +320,38 @@ impl Spool {
     /// written, so that flush covers them all. A copy that cannot be prepared (a broken
     /// folder, a full quota) does not refuse the message: the prepared ones are removed,
     /// and the message is spooled alone for delivery to retry.
-    pub fn write_with_copies(
-        &self,
-        maildir: &Maildir,
-        id: QueueId,
-        envelope: Envelope,
-        folder: Folder,
-        head: &[u8],
-        body: &[u8],
-    ) -> Result<Entry, SpoolError> {
-        if !maildir.shares_spool_flush() || !envelope.recipients.iter().all(|r| r.local) {
-            return self.write_with(id, envelope, folder, head, body, |_| Ok(()));
+    pub fn write_with_copies(&self, maildir: &Maildir, incoming: Incoming<'_>) -> Result<Entry, SpoolError> {
+        if !maildir.shares_spool_flush() || !incoming.envelope.recipients.iter().all(|r| r.local) {
+            return self.write_with(&incoming, |_| Ok(()));
         }
-        let recipients = envelope.recipients.clone();
-        let mut prepared: Vec<(usize, u64)> = Vec::new();
+        let mut prepared: Vec<crate::maildir::Copy> = Vec::new();
         let mut prepare_failed = false;
-        let stored = self.write_with(id.clone(), envelope.clone(), folder, head, body, |entry| {
-            for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
-                let unique = crate::maildir::copy_name(&entry.id, index);
-                match maildir.prepare(
-                    &recipient.mailbox,
-                    folder,
-                    &unique,
-                    entry.received_at,
-                    &[head, body],
-                ) {
-                    Ok(true) => prepared.push((index, entry.received_at)),
+        let stored = self.write_with(&incoming, |entry| {
+            for index in 0..entry.envelope.recipients.len() {
+                let Some(copy) = crate::maildir::Copy::of(entry, index) else {
+                    continue;
+                };
+                match maildir.prepare(&copy, &[incoming.head, incoming.body]) {
+                    Ok(true) => prepared.push(copy),
                     // A folder on another file system: delivery writes and fsyncs it.
                     Ok(false) => {}
                     Err(source) => {
                         prepare_failed = true;
-                        return Err(io_err(&maildir.folder_path(&recipient.mailbox, folder))(source));
+                        return Err(io_err(&maildir.folder_path(&copy.owner, copy.folder))(source));
                     }
                 }
             }
             Ok(())
         });
         if stored.is_err() {
-            for (index, received_at) in prepared {
-                let unique = crate::maildir::copy_name(&id, index);
-                maildir.discard_prepared(&recipients[index].mailbox, folder, &unique, received_at);
+            for copy in &prepared {
+                maildir.discard_prepared(copy);
             }
         }
         match stored {
             Err(e) if prepare_failed => {
-                tracing::warn!(queue_id = %id, error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
-                self.write_with(id, envelope, folder, head, body, |_| Ok(()))
+                tracing::warn!(queue_id = %incoming.id, error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
+                self.write_with(&incoming, |_| Ok(()))
             }
             stored => stored,
         }
@@ -571,10 +585,9 @@ impl Spool {
     /// its file leaves `queue/`, so that neither this run nor the next start delivers a
     /// copy the client will send again. Best effort, not durable by itself.
     pub fn withdraw(&self, maildir: &Maildir, entry: &Entry) -> Result<(), SpoolError> {
-        for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
-            if recipient.local {
-                let unique = crate::maildir::copy_name(&entry.id, index);
-                maildir.discard_prepared(&recipient.mailbox, entry.folder, &unique, entry.received_at);
+        for index in 0..entry.envelope.recipients.len() {
+            if let Some(copy) = crate::maildir::Copy::of(entry, index) {
+                maildir.discard_prepared(&copy);
             }
         }
         self.release(&entry.id)
@@ -724,6 +737,7 @@ mod tests {
                 },
                 params: Default::default(),
                 local: true,
+                deliver_to: None,
             }],
         }
     }
@@ -786,7 +800,16 @@ mod tests {
     fn a_failed_prepare_stores_nothing_and_flushes_cover_the_same_file_system() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let failed = spool.write_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |_| {
+        let (id, sent) = (QueueId::generate(), envelope());
+        let incoming = Incoming {
+            id: &id,
+            envelope: &sent,
+            folder: Folder::Inbox,
+            success_notices: false,
+            head: b"",
+            body: b"x",
+        };
+        let failed = spool.write_with(&incoming, |_| {
             Err(SpoolError::Io {
                 path: dir.path().to_path_buf(),
                 source: io::Error::other("disk full"),
@@ -796,7 +819,7 @@ mod tests {
         assert!(spool.list().unwrap().is_empty());
         let mut seen = None;
         let entry = spool
-            .write_with(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x", |e| {
+            .write_with(&incoming, |e| {
                 seen = Some(e.id.clone());
                 Ok(())
             })
@@ -925,16 +948,16 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let device = fs::metadata(dir.path()).unwrap().dev();
         let maildir = Maildir::new(dir.path().join("mail"), "mx").sharing_spool_flush(Some(device));
-        let entry = spool
-            .write_with_copies(
-                &maildir,
-                QueueId::generate(),
-                envelope(),
-                Folder::Inbox,
-                b"",
-                b"body\r\n",
-            )
-            .unwrap();
+        let (id, envelope) = (QueueId::generate(), envelope());
+        let incoming = Incoming {
+            id: &id,
+            envelope: &envelope,
+            folder: Folder::Inbox,
+            success_notices: false,
+            head: b"",
+            body: b"body\r\n",
+        };
+        let entry = spool.write_with_copies(&maildir, incoming).unwrap();
         let tmp = dir.path().join("mail/example.org/alice/tmp");
         assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "a copy was prepared");
         assert_eq!(spool.list().unwrap(), vec![entry.id.clone()]);

@@ -186,6 +186,11 @@ pub struct ListenerSection {
 pub struct DomainsSection {
     /// Domains delivered here; the first is the primary domain. Required, not empty.
     pub local: Vec<String>,
+    /// The account (`local@domain`, in a local domain) that receives mail for
+    /// `postmaster@` and `abuse@` of every local domain, unless an account of that name
+    /// exists. Default: none — postmaster mail is still accepted (RFC 5321 4.5.1) and kept
+    /// in `<data-dir>/mail/<primary domain>/postmaster/`, and `check-config` warns.
+    pub postmaster: Option<String>,
 }
 
 /// `[auth]`.
@@ -206,16 +211,29 @@ pub struct LimitsSection {
     /// Recipients per message before `452 4.5.3`. Default: `100` (the RFC 5321 minimum).
     #[serde(default = "default_recipients")]
     pub recipients: usize,
-    /// Longest text line in a message, CRLF included. Default: `1000` (RFC 5321).
+    /// Longest text line in a message, CRLF included; longer lines are refused with
+    /// `500 5.5.6`. Default: `65536` (RFC 5321's 1000 is the least a receiver must take;
+    /// newsletters and generated HTML send longer lines, and Postfix accepts them).
     #[serde(default = "default_line_length")]
     pub line_length: usize,
+    /// A content line ending in a bare LF: `"normalize"` (stored with CRLF; only
+    /// `<CRLF>.<CRLF>` ends DATA) or `"reject"` (`554 5.5.2` and close). Default:
+    /// `"normalize"`. A bare CR is always refused, and command lines always need CRLF.
+    #[serde(default)]
+    pub bare_lf: BareLfPolicy,
+    /// Read MAIL, RCPT and EHLO to the letter of RFC 5321. Default: `false` — addresses
+    /// without angle brackets, a trailing dot on a domain and words after the EHLO name are
+    /// accepted, as Postfix does by default.
+    #[serde(default)]
+    pub strict_syntax: bool,
     /// Wait for a command before `421`. Default: `"5m"` (RFC 5321 4.5.3.2).
     #[serde(default = "default_command_timeout")]
     pub command_timeout: Span,
     /// Wait for each block of message content. Default: `"3m"` (RFC 5321 4.5.3.2.6).
     #[serde(default = "default_data_timeout")]
     pub data_timeout: Span,
-    /// Refused commands before a session is closed. Default: `10`.
+    /// Refused commands before a session is closed. Default: `20` (Postfix's
+    /// `smtpd_hard_error_limit`).
     #[serde(default = "default_errors")]
     pub errors: u32,
     /// Failed AUTH attempts before a session is closed. Default: `3`.
@@ -233,7 +251,7 @@ fn default_recipients() -> usize {
     100
 }
 fn default_line_length() -> usize {
-    1000
+    64 * 1024
 }
 fn default_command_timeout() -> Span {
     Span(Duration::from_secs(300))
@@ -242,7 +260,18 @@ fn default_data_timeout() -> Span {
     Span(Duration::from_secs(180))
 }
 fn default_errors() -> u32 {
-    10
+    20
+}
+
+/// `limits.bare-lf`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BareLfPolicy {
+    /// Store such a line with CRLF.
+    #[default]
+    Normalize,
+    /// Refuse the message and close the session.
+    Reject,
 }
 fn default_auth_failures() -> u32 {
     3
@@ -257,6 +286,8 @@ impl Default for LimitsSection {
             message_size: default_message_size(),
             recipients: default_recipients(),
             line_length: default_line_length(),
+            bare_lf: BareLfPolicy::default(),
+            strict_syntax: false,
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
             errors: default_errors(),
@@ -343,6 +374,8 @@ pub struct Config {
     pub listeners: Vec<ListenerSection>,
     /// Local domains, lower-case; the first is primary.
     pub local_domains: Vec<String>,
+    /// `[domains] postmaster`, lower-case and checked to be in a local domain.
+    pub postmaster: Option<String>,
     /// The accounts file, absolute.
     pub users_file: PathBuf,
     /// `[limits]`.
@@ -441,6 +474,18 @@ impl Config {
             .find(|d| d.is_empty() || d.contains(['@', ' ', '/']))
         {
             problems.push(invalid("domains.local", format!("{bad:?} is not a domain name")));
+        }
+        let postmaster = raw.domains.postmaster.map(|p| p.trim().to_ascii_lowercase());
+        if let Some(account) = &postmaster {
+            let in_local_domain = account.rsplit_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && local_domains.iter().any(|d| d == domain)
+            });
+            if !in_local_domain || account.contains(['+', ' ']) {
+                problems.push(invalid(
+                    "domains.postmaster",
+                    format!("{account:?} is not an account (local@domain) in one of the local domains {local_domains:?}"),
+                ));
+            }
         }
         let limits = raw.limits;
         if limits.recipients == 0 {
@@ -551,6 +596,7 @@ impl Config {
             tls,
             listeners: raw.listener,
             local_domains,
+            postmaster,
             users_file,
             limits,
             plugins,
@@ -560,6 +606,20 @@ impl Config {
         })
     }
 
+    /// What works but is probably not what the operator wants: printed by `check-config`
+    /// and logged by `serve` at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.postmaster.is_none() {
+            let primary = self.local_domains.first().map_or("", String::as_str);
+            warnings.push(format!(
+                "domains.postmaster is not set: mail to postmaster@ is kept in {} where no one reads it by logging in (docs/operations.md, \"Postmaster mail\"); name an account with [domains] postmaster = \"you@{primary}\"",
+                self.server.data_dir.join("mail").join(primary).join("postmaster").display()
+            ));
+        }
+        warnings
+    }
+
     /// The session limits of the SMTP core.
     pub fn session_limits(&self) -> portcullis_smtp::Limits {
         let l = &self.limits;
@@ -567,6 +627,15 @@ impl Config {
             message_size: l.message_size.as_u64() as usize,
             recipients: l.recipients,
             line_length: l.line_length,
+            bare_lf: match l.bare_lf {
+                BareLfPolicy::Normalize => portcullis_smtp::data::BareLf::Normalize,
+                BareLfPolicy::Reject => portcullis_smtp::data::BareLf::Reject,
+            },
+            syntax: if l.strict_syntax {
+                portcullis_smtp::address::Syntax::Strict
+            } else {
+                portcullis_smtp::address::Syntax::Lenient
+            },
             errors: l.errors,
             auth_failures: l.auth_failures,
             auth_failure_delay: l.auth_failure_delay.0,

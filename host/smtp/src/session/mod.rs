@@ -21,15 +21,17 @@ pub use pipeline::{Mx, Pipeline, PipelineKind, RoutedRecipient, Submission};
 pub use sasl::Credentials;
 use sasl::SaslError;
 
-use crate::address::{Mailbox, Path};
+use crate::address::{Mailbox, Path, Syntax};
 use crate::command::{self, Command, Mechanism, ParseError};
-use crate::data::{ContentReceiver, Progress};
+use crate::data::{BareLf, ContentReceiver, Progress};
 use crate::envelope::{Envelope, MailParams, RcptParams, Recipient};
 use crate::replies;
 use crate::reply::{Enhanced, Reply};
 
-/// RFC 5321 4.5.3.1.4: a command line is at most 512 octets with its CRLF.
-pub const MAX_COMMAND_LINE: usize = 512;
+/// The longest command line, with its CRLF. RFC 5321 4.5.3.1.4 says 512, but RFC 3461
+/// adds up to 500 octets of DSN parameters to RCPT and 100 to MAIL, and SIZE and AUTH= add
+/// to MAIL too; Postfix's `line_length_limit` is 2048, and so is this.
+pub const MAX_COMMAND_LINE: usize = 2048;
 /// RFC 4954 4: a SASL response line may be up to 12288 octets.
 pub const MAX_SASL_LINE: usize = 12288;
 
@@ -39,8 +41,10 @@ pub trait Directory: Send + Sync {
     fn primary_domain(&self) -> &str;
     /// Whether mail for `domain` is delivered here.
     fn is_local_domain(&self, domain: &str) -> bool;
-    /// Whether `mailbox` (in a local domain) exists.
-    fn has_mailbox(&self, mailbox: &Mailbox) -> bool;
+    /// The mailbox whose Maildir receives mail for `address` (in a local domain), or `None`
+    /// when nobody does (`550 5.1.1`): the account itself for `account+detail`, the
+    /// configured postmaster account for `postmaster@` and `abuse@`.
+    fn resolve(&self, address: &Mailbox) -> Option<Mailbox>;
     /// Whether the authenticated `account` may use `mailbox` as its sender.
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool;
 }
@@ -52,8 +56,12 @@ pub struct Limits {
     pub message_size: usize,
     /// Recipients per message before `452 4.5.3` (RFC 5321 asks for at least 100).
     pub recipients: usize,
-    /// Longest text line in content, with its CRLF (RFC 5321: 1000).
+    /// Longest text line in content, with its CRLF (RFC 5321: at least 1000).
     pub line_length: usize,
+    /// What a content line ending in a bare LF gets.
+    pub bare_lf: BareLf,
+    /// How strictly MAIL, RCPT and EHLO are read.
+    pub syntax: Syntax,
     /// Refused commands before the session is closed.
     pub errors: u32,
     /// Failed AUTH attempts before the session is closed.
@@ -67,8 +75,10 @@ impl Default for Limits {
         Limits {
             message_size: 25 * 1024 * 1024,
             recipients: 100,
-            line_length: 1000,
-            errors: 10,
+            line_length: 64 * 1024,
+            bare_lf: BareLf::Normalize,
+            syntax: Syntax::Lenient,
+            errors: 20,
             auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
         }
@@ -745,7 +755,7 @@ impl<P: Pipeline> Session<P> {
     }
 
     fn command(&mut self, line: &[u8]) {
-        let parsed = command::parse(line);
+        let parsed = command::parse(line, self.settings.limits.syntax);
         self.counts.add(match &parsed {
             Ok(Command::Ehlo(_)) => "ehlo",
             Ok(Command::Helo(_)) => "helo",
@@ -971,6 +981,7 @@ impl<P: Pipeline> Session<P> {
                         mailbox: routed.mailbox,
                         params,
                         local: routed.local,
+                        deliver_to: routed.deliver_to,
                     });
                 }
                 self.reply(replies::RECIPIENT_OK);
@@ -1021,8 +1032,9 @@ impl<P: Pipeline> Session<P> {
     fn enter_chunk(&mut self, size: u64, last: bool) {
         let limits = &self.settings.limits;
         if let Some(txn) = self.txn.as_mut() {
-            txn.chunks
-                .get_or_insert_with(|| ContentReceiver::new(limits.message_size, limits.line_length));
+            txn.chunks.get_or_insert_with(|| {
+                ContentReceiver::new(limits.message_size, limits.line_length, limits.bare_lf)
+            });
         }
         self.state = State::Chunk {
             remaining: size,
@@ -1097,7 +1109,11 @@ impl<P: Pipeline> Session<P> {
             Stage::BeforeData => {
                 txn.checked = true;
                 let limits = &self.settings.limits;
-                self.state = State::Data(ContentReceiver::new(limits.message_size, limits.line_length));
+                self.state = State::Data(ContentReceiver::new(
+                    limits.message_size,
+                    limits.line_length,
+                    limits.bare_lf,
+                ));
                 self.reply(replies::START_DATA);
             }
             Stage::BeforeChunk { size, last } => {

@@ -23,10 +23,12 @@ pub enum PipelineKind {
 /// A recipient that passed the pipeline's checks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoutedRecipient {
-    /// The mailbox to deliver to (the source route dropped, `<postmaster>` completed).
+    /// The recipient as given (the source route dropped, `<postmaster>` completed).
     pub mailbox: crate::address::Mailbox,
     /// Whether it is in one of our domains.
     pub local: bool,
+    /// For a local recipient, the mailbox that receives its copy ([`Directory::resolve`]).
+    pub deliver_to: Option<crate::address::Mailbox>,
 }
 
 /// The policy of one fixed flow. Implemented by [`Mx`] and [`Submission`] only.
@@ -74,10 +76,14 @@ fn local_recipient(path: &Path, directory: &dyn Directory) -> Result<Option<Rout
     if mailbox.routing_hazard().is_some() {
         return Err(replies::RELAY_DENIED);
     }
-    if !directory.has_mailbox(&mailbox) {
+    let Some(owner) = directory.resolve(&mailbox) else {
         return Err(replies::UNKNOWN_USER);
-    }
-    Ok(Some(RoutedRecipient { mailbox, local: true }))
+    };
+    Ok(Some(RoutedRecipient {
+        mailbox,
+        local: true,
+        deliver_to: Some(owner),
+    }))
 }
 
 impl Pipeline for Mx {
@@ -139,6 +145,7 @@ impl Pipeline for Submission {
                 Ok(RoutedRecipient {
                     mailbox,
                     local: false,
+                    deliver_to: None,
                 })
             }
         }

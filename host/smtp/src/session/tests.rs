@@ -16,8 +16,11 @@ impl Directory for TestDirectory {
     fn is_local_domain(&self, domain: &str) -> bool {
         domain.eq_ignore_ascii_case("example.org")
     }
-    fn has_mailbox(&self, mailbox: &Mailbox) -> bool {
-        ["alice", "bob", "postmaster"].contains(&mailbox.local.to_ascii_lowercase().as_str())
+    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+        let owner = address.without_detail();
+        ["alice", "bob", "postmaster"]
+            .contains(&owner.local.to_ascii_lowercase().as_str())
+            .then_some(owner)
     }
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
         account == format!("{}@{}", mailbox.local, mailbox.domain_lower())
@@ -510,12 +513,12 @@ fn bdat_chunks_make_one_message() {
     // BDAT without a transaction still reads its octets.
     assert_eq!(h.send(b"BDAT 12\r\nQUIT\r\nQUIT\r\n"), ["503 5.5.1"]);
     h.script(&[("NOOP", &["250 2.0.0"])]);
-    // DATA after BDAT in one transaction is refused; a bare LF in a chunk fails it.
+    // DATA after BDAT in one transaction is refused; a bare CR in a chunk fails it.
     h.script(&[
         ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
         ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
     ]);
-    assert_eq!(h.send(b"BDAT 3\r\na\nb"), ["550 5.6.0"]);
+    assert_eq!(h.send(b"BDAT 3\r\na\rb"), ["550 5.6.0"]);
     assert_eq!(h.send(b"BDAT 0 LAST\r\n"), ["503 5.5.1"]);
     assert_eq!(h.spooled.len(), 1);
     h.script(&[
@@ -526,18 +529,31 @@ fn bdat_chunks_make_one_message() {
     h.script(&[("DATA", &["503 5.5.1"])]);
 }
 
+fn strict(limits: impl FnOnce(&mut Limits)) -> Arc<Settings> {
+    let mut settings = (*settings(true)).clone();
+    limits(&mut settings.limits);
+    Arc::new(settings)
+}
+
 #[test]
 fn smuggling_in_data_closes_the_session_and_spools_nothing() {
-    let variants: &[&[u8]] = &[
-        b"a\r\n\n.\n\nMAIL FROM:<x@y.example>\r\n",
-        b"a\r\n.\nMAIL FROM:<x@y.example>\r\n",
-        b"a\n.\r\nMAIL FROM:<x@y.example>\r\n",
+    let with_bare_cr: &[&[u8]] = &[
         b"a\r\r.\r\rMAIL FROM:<x@y.example>\r\n",
         b"a\r\n.\rMAIL FROM:<x@y.example>\r\n",
         b"a\r.\r\nMAIL FROM:<x@y.example>\r\n",
     ];
-    for variant in variants {
-        let mut h = mx();
+    let with_bare_lf: &[&[u8]] = &[
+        b"a\r\n\n.\n\nMAIL FROM:<x@y.example>\r\n",
+        b"a\r\n.\nMAIL FROM:<x@y.example>\r\n",
+        b"a\n.\r\nMAIL FROM:<x@y.example>\r\n",
+    ];
+    let reject = strict(|l| l.bare_lf = BareLf::Reject);
+    let cases = with_bare_cr
+        .iter()
+        .map(|v| (v, settings(true)))
+        .chain(with_bare_lf.iter().map(|v| (v, Arc::clone(&reject))));
+    for (variant, settings) in cases {
+        let mut h = Host::<Mx>::new(settings, None);
         h.script(&[
             ("EHLO c", &["250"]),
             ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
@@ -546,6 +562,39 @@ fn smuggling_in_data_closes_the_session_and_spools_nothing() {
         ]);
         assert_eq!(h.send(variant), ["554 5.5.2", "close"], "{variant:?}");
         assert!(h.spooled.is_empty());
+    }
+}
+
+#[test]
+fn bare_lf_smuggling_is_content_of_one_message() {
+    let variants: &[&[u8]] = &[b"\n.\n", b"\n.\r\n", b"\r\n.\n"];
+    for end in variants {
+        let mut h = mx();
+        h.script(&[
+            ("EHLO c", &["250"]),
+            ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+            ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+            ("DATA", &["354"]),
+        ]);
+        let mut input = b"Subject: cover\r\n\r\nhello".to_vec();
+        input.extend_from_slice(end);
+        input.extend_from_slice(
+            b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nevil\r\n.\r\n",
+        );
+        assert_eq!(
+            h.send(&input),
+            ["hook virus", "hook spam", "spool", "250 2.0.0"],
+            "{end:?}"
+        );
+        assert_eq!(h.spooled.len(), 1, "{end:?}");
+        let body = &h.spooled[0].message.body;
+        assert!(body.ends_with(
+            b"hello\r\n.\r\nMAIL FROM:<ceo@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nevil\r\n"
+        ));
+        assert!(
+            !body.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'),
+            "{end:?}: bare LF stored"
+        );
     }
 }
 
@@ -593,11 +642,11 @@ fn limits() {
     ]);
     assert_eq!(h.send(b"1234567\r\n1234567\r\n1234567\r\n.\r\n"), ["552 5.3.4"]);
     assert_eq!(
-        h.send(format!("NOOP {}\r\n", "x".repeat(600)).as_bytes()),
+        h.send(format!("NOOP {}\r\n", "x".repeat(2100)).as_bytes()),
         ["500 5.5.2"]
     );
     // An over-long line split across reads is skipped to its end.
-    assert_eq!(h.send("y".repeat(600).as_bytes()), ["500 5.5.2"]);
+    assert_eq!(h.send("y".repeat(2100).as_bytes()), ["500 5.5.2"]);
     assert_eq!(h.send(b"yyy\r\nNOOP\r\n"), ["250 2.0.0"]);
     assert!(h.spooled.is_empty());
 }
@@ -606,7 +655,7 @@ fn limits() {
 fn garbage_closes_the_session() {
     let mut h = mx();
     let mut last = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..20 {
         last = h.send(b"XYZZY\r\n");
     }
     assert_eq!(last, ["500 5.5.1", "421 4.7.0", "close"]);
@@ -828,4 +877,75 @@ fn random_input_never_panics_and_never_spools_a_bare_line_ending() {
         mx > 50 && submission > 50,
         "spooled: mx {mx}, submission {submission}"
     );
+}
+
+#[test]
+fn real_senders_envelopes_are_accepted() {
+    // Lenient syntax (the default): no brackets, a trailing dot, words after the EHLO name,
+    // and a RCPT line with DSN parameters far past 512 octets.
+    let mut h = mx();
+    let orcpt = format!("rfc822;{}@example.org", "x".repeat(60));
+    let long_rcpt = format!(
+        "RCPT TO:<alice+{}@example.org> NOTIFY=SUCCESS,FAILURE,DELAY ORCPT={orcpt}{}",
+        "l".repeat(40),
+        " ".repeat(380)
+    );
+    assert!(long_rcpt.len() > 512 && long_rcpt.len() < 2046);
+    h.script(&[
+        ("EHLO client.example (some MUA 1.0)", &["250"]),
+        ("MAIL FROM:a@b.example SIZE=100", &["250 2.1.0"]),
+        ("RCPT TO:bob@example.org.", &["250 2.1.5"]),
+        (&long_rcpt, &["250 2.1.5"]),
+        ("DATA", &["354"]),
+        ("hi\r\n.", &["hook virus", "hook spam", "spool", "250 2.0.0"]),
+    ]);
+    let envelope = &h.spooled[0].message.envelope;
+    let recipients: Vec<(String, Option<String>)> = envelope
+        .recipients
+        .iter()
+        .map(|r| {
+            (
+                r.mailbox.to_string(),
+                r.deliver_to.as_ref().map(ToString::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(
+        recipients,
+        [
+            ("bob@example.org".to_string(), Some("bob@example.org".to_string())),
+            (
+                format!("alice+{}@example.org", "l".repeat(40)),
+                Some("alice@example.org".to_string())
+            ),
+        ]
+    );
+
+    // strict-syntax brings RFC 5321 to the letter back.
+    let mut h = Host::<Mx>::new(strict(|l| l.syntax = Syntax::Strict), None);
+    h.script(&[
+        ("EHLO client.example extra", &["501 5.5.4"]),
+        ("EHLO client.example", &["250"]),
+        ("MAIL FROM:a@b.example", &["501 5.1.7"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<bob@example.org.>", &["501 5.1.7"]),
+    ]);
+}
+
+#[test]
+fn one_good_recipient_survives_ten_unknown_ones() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+    ]);
+    for i in 0..10 {
+        h.script(&[(&format!("RCPT TO:<nobody{i}@example.org>"), &["550 5.1.1"])]);
+    }
+    h.script(&[
+        ("DATA", &["354"]),
+        ("hi\r\n.", &["hook virus", "hook spam", "spool", "250 2.0.0"]),
+    ]);
+    assert_eq!(h.spooled.len(), 1);
 }
