@@ -39,5 +39,7 @@ plugins/javascript/build.sh
 need plugins/c "command -v clang-19 && test -f /usr/lib/wasm32-wasi/libc.a" \
   clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc
 plugins/c/build.sh
+# Real mail services the end-to-end tests start on loopback with their own config.
+need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap" dovecot-core dovecot-imapd
 
 cargo test --workspace --locked "$@"

@@ -286,6 +286,53 @@ fn field(line: &str, name: &str) -> Option<String> {
     Some(value.trim_matches('"').to_string())
 }
 
+/// Runs a Python script (`python3 -c`) with `args`, asserts it succeeded, and returns what
+/// it printed: Python's smtplib and imaplib are the real clients many tests need.
+pub fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Setup {
+    /// Rewrites the config file: `from` (which must be there) becomes `to`.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(self.config()).expect("config");
+        assert!(text.contains(from), "{from:?} not in the config");
+        std::fs::write(self.config(), text.replacen(from, to, 1)).expect("config");
+    }
+}
+
+/// A delivered copy without the two lines final delivery puts on top (`Return-Path:`, then
+/// `Delivered-To:`), which it asserts are there.
+pub fn after_delivery_headers(copy: &str) -> &str {
+    let mut lines = copy.splitn(3, "\r\n");
+    let (first, second, rest) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    assert!(
+        first.starts_with("Return-Path: <") && first.ends_with('>'),
+        "Return-Path first: {copy}"
+    );
+    assert!(
+        second.starts_with("Delivered-To: "),
+        "Delivered-To second: {copy}"
+    );
+    rest
+}
+
 /// Files in `dir/new` (empty when the folder does not exist yet).
 pub fn new_files(maildir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(maildir.join("new"))

@@ -5,24 +5,32 @@ use std::sync::Arc;
 
 use crate::harness::*;
 
-/// Ends of DATA that some servers accept and that must never end a message here.
-const SMUGGLED_ENDS: &[&[u8]] = &[b"\n.\n", b"\n.\r\n", b"\r\n.\n", b"\r.\r", b"\r.\r\n", b"\r\n.\r"];
+/// Ends of DATA that some servers accept and that must never end a message here: with a
+/// bare CR the session is refused and closed; with a bare LF (normalised, the default) the
+/// "end" and everything smuggled after it are content of the one message.
+const SMUGGLED_ENDS_CR: &[&[u8]] = &[b"\r.\r", b"\r.\r\n", b"\r\n.\r"];
+const SMUGGLED_ENDS_LF: &[&[u8]] = &[b"\n.\n", b"\n.\r\n", b"\r\n.\n"];
+const SMUGGLED: &[u8] =
+    b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n";
+
+fn open_data(daemon: &Daemon) -> Raw {
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO attacker.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<attacker@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c
+}
 
 #[test]
-fn smuggling_variants_are_refused_and_nothing_extra_is_delivered() {
+fn smuggling_variants_never_make_a_second_message() {
     let setup = Setup::new("");
     let daemon = setup.start();
-    for end in SMUGGLED_ENDS {
-        let mut c = Raw::connect(daemon.addr("mx"));
-        assert!(c.cmd("EHLO attacker.example").starts_with("250"));
-        assert!(c.cmd("MAIL FROM:<attacker@far.example>").starts_with("250"));
-        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
-        assert!(c.cmd("DATA").starts_with("354"));
+    for end in SMUGGLED_ENDS_CR {
+        let mut c = open_data(&daemon);
         let mut payload = b"Subject: cover\r\n\r\nhello".to_vec();
         payload.extend_from_slice(end);
-        payload.extend_from_slice(
-            b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n",
-        );
+        payload.extend_from_slice(SMUGGLED);
         c.send(&payload);
         let reply = c.reply();
         assert!(reply.starts_with("554 5.5.2"), "{end:?}: {reply}");
@@ -35,7 +43,20 @@ fn smuggling_variants_are_refused_and_nothing_extra_is_delivered() {
     assert!(c.reply().starts_with("554 5.5.2"));
     assert!(c.until_closed().is_some());
 
-    // One honest message, then exactly one file: the cover and smuggled messages never appear.
+    // With a bare LF each attempt is exactly one message: the cover, the false end and the
+    // smuggled commands all in its content, answered once.
+    for (i, end) in SMUGGLED_ENDS_LF.iter().enumerate() {
+        let mut c = open_data(&daemon);
+        let mut payload = format!("Subject: cover {i}\r\n\r\nhello").into_bytes();
+        payload.extend_from_slice(end);
+        payload.extend_from_slice(SMUGGLED);
+        c.send(&payload);
+        let reply = c.reply();
+        assert!(reply.starts_with("250 2.0.0"), "{end:?}: {reply}");
+        assert!(c.cmd("QUIT").starts_with("221"), "{end:?}: one reply only");
+    }
+
+    // One honest message; then one file per attempt: never a smuggled message of its own.
     let mut c = Raw::connect(daemon.addr("mx"));
     assert!(c.cmd("EHLO honest.example").starts_with("250"));
     assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
@@ -43,10 +64,32 @@ fn smuggling_variants_are_refused_and_nothing_extra_is_delivered() {
     assert!(c.cmd("DATA").starts_with("354"));
     assert!(c.cmd("Subject: honest\r\n\r\nhi\r\n.").starts_with("250 2.0.0"));
     wait_spool_empty(&setup.data());
-    let files = wait_for_mail(&setup.maildir("alice"), 1);
-    assert_eq!(files.len(), 1);
-    let text = std::fs::read_to_string(&files[0]).expect("read");
-    assert!(text.contains("Subject: honest") && !text.contains("smuggled") && !text.contains("cover"));
+    let files = wait_for_mail(&setup.maildir("alice"), 4);
+    assert_eq!(files.len(), 4);
+    let texts: Vec<String> = files
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read"))
+        .collect();
+    assert_eq!(texts.iter().filter(|t| t.contains("Subject: honest")).count(), 1);
+    for (i, _) in SMUGGLED_ENDS_LF.iter().enumerate() {
+        let cover: Vec<&String> = texts
+            .iter()
+            .filter(|t| t.contains(&format!("Subject: cover {i}\r\n")))
+            .collect();
+        assert_eq!(cover.len(), 1, "attempt {i}");
+        // The smuggled transaction is content of the cover message, CRLF only.
+        assert!(
+            cover[0].contains("hello\r\n.\r\nMAIL FROM:<ceo@example.org>\r\n"),
+            "{}",
+            cover[0]
+        );
+        assert!(!cover[0].replace("\r\n", "").contains('\n'));
+    }
+    // No delivered message has the smuggled one's headers as its own.
+    for t in &texts {
+        let headers = t.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(!headers.contains("Subject: smuggled"), "{t}");
+    }
 }
 
 fn tls_client(setup: &Setup) -> Arc<rustls::ClientConfig> {

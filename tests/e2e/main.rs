@@ -9,6 +9,7 @@ mod durability;
 mod harness;
 mod hostile;
 mod hot_swap;
+mod interop;
 mod languages;
 mod outbound;
 mod pipelines;

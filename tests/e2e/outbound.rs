@@ -64,8 +64,12 @@ fn submission_reaches_a_second_portcullis_over_starttls_with_exact_bytes() {
     let files = wait_for_mail(&far.maildir("bob"), 1);
     let stored = std::fs::read(&files[0]).expect("read");
     let text = String::from_utf8_lossy(&stored);
-    // The next hop's own trace header says the hop was encrypted, then ours follows.
-    assert!(text.starts_with("Received: from mx.example.org"), "{text}");
+    // The next hop's own delivery and trace headers say who it was for and that the hop
+    // was encrypted, then ours follows.
+    assert!(
+        text.starts_with("Return-Path: <alice@example.org>\r\nDelivered-To: bob@far.example\r\nReceived: from mx.example.org"),
+        "{text}"
+    );
     assert!(text.contains("with ESMTPS id"), "{text}");
     assert!(text.contains("with ESMTPSA id"), "{text}");
     assert!(text.ends_with(&format!("{}\r\n", message("leaving"))), "{text}");

@@ -37,13 +37,15 @@ fn message(subject: &str) -> Vec<u8> {
 fn assert_delivered_exactly(file: &std::path::Path, sent: &[u8], protocol: &str) {
     let sent = [sent, b"\r\n"].concat();
     let sent = sent.as_slice();
-    let stored = std::fs::read(file).expect("read delivered message");
+    let copy = std::fs::read(file).expect("read delivered message");
+    let copy = String::from_utf8_lossy(&copy);
+    let stored = after_delivery_headers(&copy).as_bytes();
     assert!(
         stored.starts_with(b"Received: from "),
         "{}",
-        String::from_utf8_lossy(&stored)
+        String::from_utf8_lossy(stored)
     );
-    let text = String::from_utf8_lossy(&stored);
+    let text = String::from_utf8_lossy(stored);
     assert!(text.contains(&format!(" with {protocol} id ")), "{text}");
     assert!(stored.ends_with(sent), "delivered bytes differ:\n{text}");
     let header_end = stored.len() - sent.len();

@@ -34,6 +34,8 @@ pub struct Script {
     pub hold: Duration,
     /// Require AUTH PLAIN with this user and password before MAIL.
     pub auth: Option<(String, String)>,
+    /// Offer the DSN extension (a next hop that reports deliveries itself).
+    pub dsn: bool,
 }
 
 impl Default for Script {
@@ -45,6 +47,7 @@ impl Default for Script {
             rcpt: |_| None,
             hold: Duration::ZERO,
             auth: None,
+            dsn: true,
         }
     }
 }
@@ -127,9 +130,9 @@ fn serve(
     stream.set_read_timeout(Some(PATIENCE))?;
     let raw = stream.try_clone()?;
     let mut reader: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
-    let (starttls, rcpt_reply, hold, auth_needed) = {
+    let (starttls, rcpt_reply, hold, auth_needed, dsn) = {
         let s = script.lock().expect("lock");
-        (s.starttls, s.rcpt, s.hold, s.auth.clone())
+        (s.starttls, s.rcpt, s.hold, s.auth.clone(), s.dsn)
     };
     let mut tls = false;
     let mut helo = String::new();
@@ -157,14 +160,10 @@ fn serve(
         match verb.as_str() {
             "EHLO" => {
                 helo = line.trim_end()[5..].to_string();
-                let mut ext = vec![
-                    "sink.test",
-                    "PIPELINING",
-                    "SIZE 10485760",
-                    "8BITMIME",
-                    "DSN",
-                    "SMTPUTF8",
-                ];
+                let mut ext = vec!["sink.test", "PIPELINING", "SIZE 10485760", "8BITMIME", "SMTPUTF8"];
+                if dsn {
+                    ext.push("DSN");
+                }
                 if starttls && !tls {
                     ext.push("STARTTLS");
                 }
