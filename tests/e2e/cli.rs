@@ -107,3 +107,118 @@ fn check_config_reports_every_problem_at_once() {
         "{err}"
     );
 }
+
+/// Runs `portcullis user ARGS --config CONFIG`, the password (if any) on stdin.
+fn user(config: &std::path::Path, args: &[&str], password: Option<&str>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new(binary())
+        .arg("user")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run user");
+    let mut stdin = child.stdin.take().expect("stdin");
+    if let Some(password) = password {
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("password");
+    }
+    drop(stdin);
+    child.wait_with_output().expect("user")
+}
+
+fn auth_reply(daemon: &Daemon, setup: &Setup, user: &str, password: &str) -> String {
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    c.cmd(&format!("AUTH PLAIN {}", base64_plain(user, password)))
+}
+
+#[test]
+fn a_running_daemon_picks_up_user_changes_at_once_and_keeps_the_file_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let setup = Setup::new("");
+    let users_file = setup.dir.path().join("users.toml");
+    let mut daemon = setup.start();
+
+    // Through the control socket: in force when the command returns.
+    let out = user(
+        &setup.config(),
+        &["add", "bob", "--password-stdin"],
+        Some("bob's pw"),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        said.contains("added bob@example.org")
+            && said.contains("the running daemon picked it up (2 account(s)"),
+        "{said}"
+    );
+    assert!(auth_reply(&daemon, &setup, "bob@example.org", "bob's pw").starts_with("235"));
+
+    // passwd and remove likewise.
+    let out = user(
+        &setup.config(),
+        &["passwd", "bob", "--password-stdin"],
+        Some("new pw"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(auth_reply(&daemon, &setup, "bob@example.org", "bob's pw").starts_with("535"));
+    assert!(auth_reply(&daemon, &setup, "bob@example.org", "new pw").starts_with("235"));
+    let out = user(
+        &setup.config(),
+        &["passwd", "nobody-here", "--password-stdin"],
+        Some("x"),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no account"));
+    let out = user(&setup.config(), &["list"], None);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "alice@example.org\nbob@example.org\n"
+    );
+    let out = user(&setup.config(), &["remove", "bob"], None);
+    assert!(out.status.success());
+    assert!(auth_reply(&daemon, &setup, "bob@example.org", "new pw").starts_with("535"));
+
+    // Another way of changing the file (here: a config for another data directory naming
+    // the same users file, so no daemon is told): the watcher picks it up by itself.
+    let other = setup.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(setup.config()).expect("config");
+    std::fs::write(
+        &other,
+        text.replacen("data-dir = \"data\"", "data-dir = \"other-data\"", 1),
+    )
+    .expect("other");
+    let reloads = daemon
+        .log()
+        .iter()
+        .filter(|l| l.contains("accounts reloaded"))
+        .count();
+    let out = user(&other, &["add", "carol", "--password-stdin"], Some("carol pw"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no daemon is running"));
+    daemon.wait_log_count("accounts reloaded", reloads + 1);
+    assert!(auth_reply(&daemon, &setup, "carol", "carol pw").starts_with("235"));
+
+    // Run as root, an edit keeps the owner, group and mode it found.
+    if nix::unistd::Uid::effective().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")
+            .expect("passwd")
+            .expect("nobody");
+        std::os::unix::fs::chown(&users_file, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw()))
+            .expect("chown");
+        std::fs::set_permissions(&users_file, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        assert!(
+            user(&setup.config(), &["add", "dave", "--password-stdin"], Some("pw"))
+                .status
+                .success()
+        );
+        let meta = std::fs::metadata(&users_file).expect("stat");
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (nobody.uid.as_raw(), nobody.gid.as_raw(), 0o640)
+        );
+    }
+}

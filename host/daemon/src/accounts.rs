@@ -121,40 +121,141 @@ pub fn normalize_name(name: &str, domains: &[String]) -> Result<String, Accounts
     Ok(full)
 }
 
-/// Adds or replaces an account in the users file, atomically.
-pub fn add_user(
-    path: &Path,
-    name: &str,
-    password: &str,
-    domains: &[String],
-) -> Result<String, AccountsError> {
-    let name = normalize_name(name, domains)?;
+/// The users file as `portcullis user` edits it: every change is written whole to a new
+/// file that replaces the old one by rename, with the old file's mode, owner and group (a
+/// new file: mode 0600, owned by `owner` when given — the daemon's user when run as root).
+pub struct UsersEditor {
+    path: PathBuf,
+    domains: Vec<String>,
+    owner: Option<(u32, u32)>,
+}
+
+impl UsersEditor {
+    /// The file at `path`, for accounts in `domains`; `owner` (uid, gid) for a new file.
+    pub fn new(path: &Path, domains: &[String], owner: Option<(u32, u32)>) -> Self {
+        UsersEditor {
+            path: path.to_path_buf(),
+            domains: domains.to_vec(),
+            owner,
+        }
+    }
+
+    /// The accounts, sorted.
+    pub fn list(&self) -> Result<Vec<String>, AccountsError> {
+        Ok(read_users(&self.path)?.accounts.into_keys().collect())
+    }
+
+    /// Adds an account, or sets the password of an existing one; returns its full name.
+    pub fn add(&self, name: &str, password: &str) -> Result<String, AccountsError> {
+        let name = normalize_name(name, &self.domains)?;
+        let hash = hash_password(password)?;
+        self.edit(|users| {
+            users
+                .accounts
+                .insert(name.clone(), AccountEntry { password: hash });
+            Ok(())
+        })?;
+        Ok(name)
+    }
+
+    /// Sets the password of an existing account; returns its full name.
+    pub fn passwd(&self, name: &str, password: &str) -> Result<String, AccountsError> {
+        let name = normalize_name(name, &self.domains)?;
+        let hash = hash_password(password)?;
+        self.edit(|users| match users.accounts.get_mut(&name) {
+            Some(entry) => {
+                entry.password = hash;
+                Ok(())
+            }
+            None => Err(AccountsError::BadName(format!("no account {name:?}"))),
+        })?;
+        Ok(name)
+    }
+
+    /// Removes an account; returns its full name.
+    pub fn remove(&self, name: &str) -> Result<String, AccountsError> {
+        let name = normalize_name(name, &self.domains)?;
+        self.edit(|users| match users.accounts.remove(&name) {
+            Some(_) => Ok(()),
+            None => Err(AccountsError::BadName(format!("no account {name:?}"))),
+        })?;
+        Ok(name)
+    }
+
+    fn edit(
+        &self,
+        change: impl FnOnce(&mut UsersFile) -> Result<(), AccountsError>,
+    ) -> Result<(), AccountsError> {
+        let mut users = read_users(&self.path)?;
+        change(&mut users)?;
+        let text = format!(
+            "# Portcullis accounts, written by `portcullis user`. Hashes are argon2id.\n{}",
+            toml::to_string(&users).map_err(|e| AccountsError::Hash(e.to_string()))?
+        );
+        self.replace(text.as_bytes()).map_err(|source| AccountsError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Writes `text` to a new file beside the old one, gives it the old one's mode, owner
+    /// and group, syncs it, and renames it over the old one.
+    fn replace(&self, text: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+        if let Some(parent) = self.path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let old = match std::fs::metadata(&self.path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let tmp = self.path.with_extension("toml.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        let kept = (|| {
+            file.write_all(text)?;
+            let owner = old.as_ref().map(|m| (m.uid(), m.gid())).or(self.owner);
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot give the new users file owner {uid}:{gid} (run as that user or root): {e}"
+                        ),
+                    )
+                })?;
+            }
+            if let Some(meta) = &old {
+                file.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            }
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        })();
+        if kept.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        kept?;
+        if let Some(parent) = self.path.parent() {
+            portcullis_spool::fsync::sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}
+
+fn hash_password(password: &str) -> Result<String, AccountsError> {
     if password.is_empty() {
         return Err(AccountsError::BadName("the password is empty".into()));
     }
-    let hash = Argon2::default()
+    Argon2::default()
         .hash_password(password.as_bytes())
-        .map_err(|e| AccountsError::Hash(e.to_string()))?
-        .to_string();
-    let mut users = read_users(path)?;
-    users
-        .accounts
-        .insert(name.clone(), AccountEntry { password: hash });
-    let text = format!(
-        "# Portcullis accounts, written by `portcullis user add`. Hashes are argon2id.\n{}",
-        toml::to_string(&users).map_err(|e| AccountsError::Hash(e.to_string()))?
-    );
-    let io = |source| AccountsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(name)
+        .map(|h| h.to_string())
+        .map_err(|e| AccountsError::Hash(e.to_string()))
 }
 
 /// A hash to verify against when the user does not exist, so that timing does not tell.
@@ -292,12 +393,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
         let domains = vec!["example.org".to_string()];
-        assert_eq!(
-            add_user(&path, "Alice", "pw1", &domains).unwrap(),
-            "alice@example.org"
-        );
-        assert!(add_user(&path, "bob@elsewhere.example", "pw", &domains).is_err());
-        assert!(add_user(&path, "a%b", "pw", &domains).is_err());
+        let users = UsersEditor::new(&path, &domains, None);
+        assert_eq!(users.add("Alice", "pw1").unwrap(), "alice@example.org");
+        assert!(users.add("bob@elsewhere.example", "pw").is_err());
+        assert!(users.add("a%b", "pw").is_err());
+        assert!(users.add("carol", "").is_err());
         let accounts = Accounts::load(&path, &domains).unwrap();
         let creds = |user: &str, pw: &str| Credentials {
             mechanism: Mechanism::Plain,
@@ -333,5 +433,40 @@ mod tests {
         assert_eq!(accounts.resolve(&mb("abuse+x")), Some(mb("alice")));
         assert!(accounts.may_send_as("alice@example.org", &mb("ALICE")));
         assert!(!accounts.may_send_as("alice@example.org", &mb("bob")));
+    }
+
+    #[test]
+    fn list_passwd_remove_keep_the_file_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let domains = vec!["example.org".to_string()];
+        let users = UsersEditor::new(&path, &domains, None);
+        users.add("alice", "pw1").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "a new users file is private");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        users.add("bob", "pw2").unwrap();
+        assert_eq!(mode(&path), 0o640, "an edit keeps the mode it found");
+        assert_eq!(users.list().unwrap(), ["alice@example.org", "bob@example.org"]);
+        users.passwd("bob", "pw3").unwrap();
+        assert!(users.passwd("carol", "pw").is_err());
+        let creds = |user: &str, pw: &str| Credentials {
+            mechanism: Mechanism::Plain,
+            authzid: None,
+            username: user.into(),
+            password: pw.into(),
+        };
+        let accounts = Accounts::load(&path, &domains).unwrap();
+        assert_eq!(accounts.verify(&creds("bob", "pw2")), AuthOutcome::Reject);
+        assert!(matches!(
+            accounts.verify(&creds("bob", "pw3")),
+            AuthOutcome::Accept { .. }
+        ));
+        users.remove("alice").unwrap();
+        assert!(users.remove("alice").is_err());
+        assert_eq!(users.list().unwrap(), ["bob@example.org"]);
+        assert_eq!(mode(&path), 0o640);
+        assert!(!path.with_extension("toml.tmp").exists());
     }
 }

@@ -54,6 +54,22 @@ impl Live {
     }
 }
 
+impl Live {
+    /// This generation with the accounts read again from the users file (the file changed;
+    /// nothing else did).
+    pub fn reload_accounts(&self) -> Result<Live, crate::accounts::AccountsError> {
+        let config = &self.config;
+        let accounts = Accounts::load(&config.users_file, &config.local_domains)?
+            .with_postmaster(config.postmaster.as_deref());
+        Ok(Live {
+            config: config.clone(),
+            settings: Arc::clone(&self.settings),
+            tls: self.tls.clone(),
+            accounts: Arc::new(accounts),
+        })
+    }
+}
+
 /// Why a reload was refused (the running configuration stays).
 pub fn unchangeable(old: &Config, new: &Config) -> Option<String> {
     let listeners = |c: &Config| -> Vec<(&'static str, std::net::SocketAddr)> {

@@ -146,6 +146,96 @@ enum UserCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Set the password of an existing account.
+    Passwd {
+        /// `local@domain`, or a bare local part in the primary local domain.
+        name: String,
+        /// Read the password from standard input (its first line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// The configuration file naming the users file (default: the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove an account (its Maildir is left as it is).
+    Remove {
+        /// `local@domain`, or a bare local part in the primary local domain.
+        name: String,
+        /// The configuration file naming the users file (default: the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// List the accounts of the users file.
+    List {
+        /// The configuration file naming the users file (default: the embedded default).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `portcullis user ...`: edits the users file, then tells a running daemon (which also
+/// watches the file) so that the change is in force when this returns.
+fn user_command(command: UserCommand) -> Result<(), String> {
+    let (config, password) = match &command {
+        UserCommand::Add { config, .. } | UserCommand::Passwd { config, .. } => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+            (config, input.lines().next().unwrap_or("").to_string())
+        }
+        UserCommand::Remove { config, .. } | UserCommand::List { config } => (config, String::new()),
+    };
+    let config = load(config.as_ref()).map_err(|e| e.to_string())?;
+    // A new users file made by root belongs to the user the daemon runs as, so that it can
+    // still read it after dropping privileges.
+    let owner = config
+        .server
+        .user
+        .as_deref()
+        .filter(|_| nix::unistd::Uid::effective().is_root())
+        .and_then(|name| {
+            nix::unistd::User::from_name(name)
+                .ok()
+                .flatten()
+                .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+        });
+    let users = accounts::UsersEditor::new(&config.users_file, &config.local_domains, owner);
+    let file = config.users_file.display();
+    let done = match &command {
+        UserCommand::List { .. } => {
+            for name in users.list().map_err(|e| e.to_string())? {
+                println!("{name}");
+            }
+            return Ok(());
+        }
+        UserCommand::Add { name, .. } => format!(
+            "added {} to {file}",
+            users.add(name, &password).map_err(|e| e.to_string())?
+        ),
+        UserCommand::Passwd { name, .. } => format!(
+            "changed the password of {} in {file}",
+            users.passwd(name, &password).map_err(|e| e.to_string())?
+        ),
+        UserCommand::Remove { name, .. } => {
+            format!(
+                "removed {} from {file}",
+                users.remove(name).map_err(|e| e.to_string())?
+            )
+        }
+    };
+    println!("{done}");
+    match control::reload_accounts(&config.server.data_dir) {
+        Ok(Some(count)) => println!("the running daemon picked it up ({count} account(s) in force)"),
+        Ok(None) => println!(
+            "no daemon is running on {}: it reads the file when it starts",
+            config.server.data_dir.display()
+        ),
+        Err(e) => println!(
+            "the running daemon did not confirm ({e}); it watches the file and picks up changes within a second"
+        ),
+    }
+    Ok(())
 }
 
 fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
@@ -314,32 +404,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::User {
-            command: UserCommand::Add { name, config, .. },
-        } => {
-            let config = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("portcullis: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let mut input = String::new();
-            if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-                eprintln!("portcullis: cannot read the password from standard input: {e}");
-                return ExitCode::FAILURE;
+        Command::User { command } => match user_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("portcullis user: {e}");
+                ExitCode::FAILURE
             }
-            let password = input.lines().next().unwrap_or("");
-            match accounts::add_user(&config.users_file, &name, password, &config.local_domains) {
-                Ok(account) => {
-                    println!("added {account} to {}", config.users_file.display());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("portcullis: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        },
     }
 }

@@ -51,6 +51,7 @@ pub struct Context {
     /// Who answers hook points.
     pub hooks: Hooks,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    users_watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
 
 impl Context {
@@ -69,6 +70,55 @@ impl Context {
             }
         };
         match self.watcher.lock() {
+            Ok(mut guard) => *guard = watcher,
+            Err(poisoned) => *poisoned.into_inner() = watcher,
+        }
+    }
+
+    /// Re-reads the users file into the current generation (the rest of it unchanged);
+    /// returns how many accounts are in force. A broken file keeps the accounts there were.
+    async fn reload_accounts(&self) -> Result<usize, String> {
+        let current = self.live();
+        let fresh = tokio::task::spawn_blocking(move || current.reload_accounts())
+            .await
+            .map_err(|e| e.to_string())?;
+        match fresh {
+            Ok(live) => {
+                let count = live.accounts.len();
+                // Swapped into whatever generation is current now (a SIGHUP may have
+                // come meanwhile; its own accounts are as fresh).
+                let accounts = Arc::clone(&live.accounts);
+                self.live.rcu(|now| Live {
+                    config: now.config.clone(),
+                    settings: Arc::clone(&now.settings),
+                    tls: now.tls.clone(),
+                    accounts: Arc::clone(&accounts),
+                });
+                tracing::info!(accounts = count, users_file = %live.config.users_file.display(), "accounts reloaded");
+                Ok(count)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the users file changed but cannot be read; the accounts in force stay");
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// (Re)starts watching the users file: a change (`portcullis user ...`, an edit) is in
+    /// force within a second, without a SIGHUP.
+    fn watch_users(self: &Arc<Self>) {
+        let file = self.live().config.users_file.clone();
+        let watcher = match watch_file(&file, Arc::downgrade(self)) {
+            Ok(w) => {
+                tracing::info!(users_file = %file.display(), "watching the users file");
+                Some(w)
+            }
+            Err(e) => {
+                tracing::warn!(users_file = %file.display(), error = %e, "cannot watch the users file; reload it with SIGHUP");
+                None
+            }
+        };
+        match self.users_watcher.lock() {
             Ok(mut guard) => *guard = watcher,
             Err(poisoned) => *poisoned.into_inner() = watcher,
         }
@@ -110,6 +160,7 @@ impl Context {
             if live.tls.is_some() { "on" } else { "off" }
         );
         self.live.store(Arc::new(live));
+        self.watch_users();
         self.outbound.reload(outbound);
         match plugins {
             Some(set) => {
@@ -271,11 +322,31 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         outbound,
         hooks,
         watcher: Mutex::new(None),
+        users_watcher: Mutex::new(None),
     });
-    // Replacing a plugin file swaps the plugin in, live.
+    // Replacing a plugin file swaps the plugin in, live; so does a change of the users file.
     ctx.watch_plugins();
+    ctx.watch_users();
     let data_dir = ctx.live().config.server.data_dir.clone();
-    crate::control::serve(&data_dir, ctx.outbound.clone()).map_err(|source| StartError::DataDir {
+    let control = Arc::downgrade(&ctx);
+    let handler: crate::control::Handler = Arc::new(move |request| {
+        let ctx = control.upgrade();
+        Box::pin(async move {
+            let ctx = ctx.ok_or_else(|| "the daemon is stopping".to_string())?;
+            match request {
+                crate::control::Request::Flush => {
+                    let n = ctx.outbound.flush().await;
+                    tracing::info!(
+                        messages = n,
+                        "queue flush requested: every queued message is tried now"
+                    );
+                    Ok(n.to_string())
+                }
+                crate::control::Request::Accounts => ctx.reload_accounts().await.map(|n| n.to_string()),
+            }
+        })
+    });
+    crate::control::serve(&data_dir, handler).map_err(|source| StartError::DataDir {
         path: crate::control::path(&data_dir).display().to_string(),
         source,
     })?;
@@ -344,6 +415,40 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Watches `file` (through its directory, since editors and `portcullis user` replace it by
+/// rename) and reloads the accounts of `ctx` when it changes, once a burst of events has
+/// settled. The watch ends when the returned watcher is dropped.
+fn watch_file(
+    file: &std::path::Path,
+    ctx: std::sync::Weak<Context>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let name = file.file_name().map(std::ffi::OsStr::to_os_string);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !matches!(event.kind, notify::EventKind::Access(_))
+            && event.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while rx.try_recv().is_ok() {}
+            let Some(ctx) = ctx.upgrade() else { return };
+            let _ = ctx.reload_accounts().await;
+        }
+    });
+    Ok(watcher)
 }
 
 /// Listening TCP sockets passed by systemd socket activation (`LISTEN_FDS`), by address.
