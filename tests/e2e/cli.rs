@@ -222,3 +222,67 @@ fn a_running_daemon_picks_up_user_changes_at_once_and_keeps_the_file_owner() {
         );
     }
 }
+
+#[test]
+fn the_example_configs_are_what_they_say() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let check = |file: &str| {
+        Command::new(binary())
+            .args(["check-config", "--config"])
+            .arg(examples.join(file))
+            .output()
+            .expect("check-config")
+    };
+    // dev.toml is the embedded default: valid on a fresh checkout, with all four plugins.
+    let dev = check("dev.toml");
+    let said = String::from_utf8_lossy(&dev.stdout);
+    assert!(dev.status.success(), "{}", String::from_utf8_lossy(&dev.stderr));
+    assert!(said.contains("4 plugin(s)"), "{said}");
+    // portcullis.toml fails only for what a real installation provides.
+    let production = check("portcullis.toml");
+    assert_eq!(production.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&production.stderr);
+    let problems: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("problem(s)") && !l.contains("warning:"))
+        .collect();
+    assert_eq!(problems.len(), 6, "{err}");
+    for line in problems {
+        assert!(
+            line.contains("/etc/portcullis/tls/")
+                || line.contains("server.user: no user \"portcullis\"")
+                || line.contains("/usr/local/lib/portcullis/plugins/"),
+            "unexpected: {line}"
+        );
+    }
+}
+
+#[test]
+fn check_config_warns_about_an_mx_without_checks_and_refuses_an_unknown_user() {
+    let setup = Setup::new("");
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for what in ["virus", "spam"] {
+        assert!(
+            err.contains(&format!("warning: the MX pipeline runs with NO {what} check")),
+            "{err}"
+        );
+    }
+    // serve says the same, loudly, at start.
+    let mut daemon = setup.start();
+    daemon.wait_log("the MX pipeline runs with NO virus check");
+
+    setup.edit_config("run-as-root = true", "user = \"no-such-user-here\"");
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("server.user: no user \"no-such-user-here\""));
+}

@@ -259,8 +259,22 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
         .map(|a| a.with_postmaster(c.postmaster.as_deref()))
         .map_err(|e| problems.push(format!("auth.users-file: {e}")))
         .ok();
-    if !c.plugins.is_empty() && !c.install_bundled_plugins {
-        let max_memory = c.plugins.iter().map(|p| p.memory).max().unwrap_or(1 << 20);
+    if let Some(user) = &c.server.user
+        && nix::unistd::User::from_name(user).ok().flatten().is_none()
+    {
+        problems.push(format!(
+            "server.user: no user {user:?} on this system (serve would refuse to start; create it with useradd --system {user})"
+        ));
+    }
+    // An example plugin the start will install is checked once it is there.
+    let plugins: Vec<_> = c
+        .plugins
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.path.exists() || !server::installs_example_plugin(c, &p.path))
+        .collect();
+    if !plugins.is_empty() {
+        let max_memory = plugins.iter().map(|(_, p)| p.memory).max().unwrap_or(1 << 20);
         let config = portcullis_runtime::RuntimeConfig {
             max_memory,
             instances: 4,
@@ -268,7 +282,7 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
         };
         match portcullis_runtime::Runtime::new(&config) {
             Ok(runtime) => {
-                for (i, spec) in c.plugins.iter().enumerate() {
+                for (i, spec) in plugins {
                     if let Err(e) = runtime.load(std::sync::Arc::new(spec.clone())) {
                         problems.push(format!("plugin[{i}] ({}): {e}", spec.name));
                     }

@@ -131,12 +131,11 @@ impl Context {
         let old = self.live();
         type Fresh = (Live, Option<PluginSet>, portcullis_outbound::Context);
         let fresh = tokio::task::spawn_blocking(move || -> Result<Fresh, String> {
-            let mut config = match &path {
+            let config = match &path {
                 Some(p) => Config::load(p),
                 None => Config::embedded(),
             }
             .map_err(|e| e.to_string())?;
-            config.install_bundled_plugins = false;
             if let Some(why) = live::unchangeable(&old.config, &config) {
                 return Err(why);
             }
@@ -473,7 +472,7 @@ fn inherited_sockets() -> Vec<(SocketAddr, std::net::TcpListener)> {
 /// Builds the Wasm engine and loads every configured plugin (installing the bundled
 /// examples first for the embedded default). Any failure stops the start.
 pub fn load_plugins(config: &Config) -> Result<PluginSet, StartError> {
-    if config.install_bundled_plugins {
+    if config.server.install_example_plugins {
         let dir = config.server.data_dir.join("plugins");
         std::fs::create_dir_all(&dir).map_err(|source| StartError::DataDir {
             path: dir.display().to_string(),
@@ -497,6 +496,16 @@ pub fn load_plugins(config: &Config) -> Result<PluginSet, StartError> {
         cache_dir: Some(config.server.data_dir.join("plugin-cache")),
     })?);
     Ok(PluginSet::load(runtime, config.plugins.clone())?)
+}
+
+/// Whether `path` is an example plugin that `[server] install-example-plugins` writes into
+/// `<data-dir>/plugins/` at start when it is missing.
+pub fn installs_example_plugin(config: &Config, path: &std::path::Path) -> bool {
+    config.server.install_example_plugins
+        && path.parent() == Some(config.server.data_dir.join("plugins").as_path())
+        && portcullis_runtime::builtin::ALL
+            .iter()
+            .any(|(file, _)| path.file_name() == Some(std::ffi::OsStr::new(file)))
 }
 
 /// Plugin instances that may exist at once: concurrent hook calls beyond this wait for

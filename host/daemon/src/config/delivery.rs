@@ -53,13 +53,34 @@ pub struct DeliverySection {
 }
 
 /// One `[delivery.routes]` value: `"host:port"`, or a table with options.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Clone, Debug)]
 pub enum RouteEntry {
     /// `"host:port"`, opportunistic TLS.
     Address(String),
     /// `{ host = "host:port", tls = "required", username = "...", password-file = "..." }`.
     Table(RouteTable),
+}
+
+impl<'de> Deserialize<'de> for RouteEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RouteEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a route: \"host:port\", or a table like { host = \"host:port\", tls = \"required\" }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RouteEntry, E> {
+                Ok(RouteEntry::Address(text.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RouteEntry, A::Error> {
+                RouteTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RouteEntry::Table)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// The table form of a route.
@@ -119,7 +140,7 @@ pub fn settings(
             problems.push((key.to_string(), "a username needs a password file".into()));
             return None;
         };
-        let path = base.join(file);
+        let path = super::resolve(base, file);
         match std::fs::read_to_string(&path) {
             Ok(text) => Some(Credentials {
                 username: user,

@@ -64,6 +64,73 @@ impl<'de> Deserialize<'de> for Span {
     }
 }
 
+/// A size written like `"25MiB"`, `"512KiB"` or `"1GB"` (or a number of octets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// Octets.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    const fn mib(n: u64) -> Size {
+        Size(n << 20)
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size like \"25MiB\", \"512KiB\" or \"1GB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Size, E> {
+                Ok(Size(n))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Size, E> {
+                u64::try_from(n)
+                    .map(Size)
+                    .map_err(|_| E::custom(format!("{n} is not a size like \"25MiB\"")))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Size, E> {
+                text.parse::<bytesize::ByteSize>()
+                    .map(|b| Size(b.as_u64()))
+                    .map_err(|_| {
+                        E::custom(format!(
+                            "{text:?} is not a size like \"25MiB\", \"512KiB\" or \"1GB\""
+                        ))
+                    })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `base` joined with `path`, with `.` and `..` resolved lexically, so that a config file's
+/// relative paths read the same wherever the file sits (`../data` from `examples/`).
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in base.join(path).components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                // Above the root is the root.
+                Some(Component::RootDir) => {}
+                _ => out.push(".."),
+            },
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// The kind of a listener, which fixes its pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -109,6 +176,11 @@ pub struct ServerSection {
     /// Keep running as root after binding when no `user` is set. Default: `false` (refuse).
     #[serde(default)]
     pub run_as_root: bool,
+    /// Write the four example plugins built into the binary into `<data-dir>/plugins/`
+    /// when they are missing there (the embedded default does, so that a fresh checkout
+    /// runs with every check on). Default: `false`.
+    #[serde(default)]
+    pub install_example_plugins: bool,
     /// How an accepted message is made durable before the 250: `"group"` (messages that
     /// arrive together share one flush of the spool's file system) or `"per-message"` (an
     /// fsync of each file and of the directory). Default: `"group"`.
@@ -207,7 +279,7 @@ pub struct AuthSection {
 pub struct LimitsSection {
     /// Largest message accepted. Default: `"25MiB"`.
     #[serde(default = "default_message_size")]
-    pub message_size: bytesize::ByteSize,
+    pub message_size: Size,
     /// Recipients per message before `452 4.5.3`. Default: `100` (the RFC 5321 minimum).
     #[serde(default = "default_recipients")]
     pub recipients: usize,
@@ -244,8 +316,8 @@ pub struct LimitsSection {
     pub auth_failure_delay: Span,
 }
 
-fn default_message_size() -> bytesize::ByteSize {
-    bytesize::ByteSize::mib(25)
+fn default_message_size() -> Size {
+    Size::mib(25)
 }
 fn default_recipients() -> usize {
     100
@@ -312,7 +384,7 @@ pub struct PluginSection {
     pub timeout: Span,
     /// Cap of each of its linear memories. Default: `"128MiB"`.
     #[serde(default = "default_plugin_memory")]
-    pub memory: bytesize::ByteSize,
+    pub memory: Size,
     /// `"defer"` (451 4.3.0), `"accept"` or `"reject"` when it fails. Default: `"defer"`.
     #[serde(default = "default_on_error")]
     pub on_error: String,
@@ -326,8 +398,8 @@ pub struct PluginSection {
 fn default_plugin_timeout() -> Span {
     Span(Duration::from_secs(2))
 }
-fn default_plugin_memory() -> bytesize::ByteSize {
-    bytesize::ByteSize::mib(128)
+fn default_plugin_memory() -> Size {
+    Size::mib(128)
 }
 fn default_on_error() -> String {
     "defer".into()
@@ -386,9 +458,6 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// `[delivery]`, validated, with the host name and local domains filled in.
     pub delivery: portcullis_outbound::Settings,
-    /// Write the bundled example plugins into `<data-dir>/plugins` when missing (the
-    /// embedded default does; a config file never does).
-    pub install_bundled_plugins: bool,
 }
 
 impl Config {
@@ -406,14 +475,11 @@ impl Config {
         Config::parse(&text, &path.display().to_string(), &base)
     }
 
-    /// The embedded default, relative to the working directory.
+    /// The embedded default, relative to the working directory (`examples/dev.toml` is the
+    /// same configuration as a file).
     pub fn embedded() -> Result<Config, ConfigError> {
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let mut config = Config::parse(EMBEDDED_DEFAULT, "embedded default", &cwd)?;
-        config.install_bundled_plugins = true;
-        // For trying Portcullis out, also as root in a container.
-        config.server.run_as_root = true;
-        Ok(config)
+        Config::parse(EMBEDDED_DEFAULT, "embedded default", &cwd)
     }
 
     /// Parses and validates `text`; relative paths are joined to `base`.
@@ -430,7 +496,7 @@ impl Config {
         // Every problem is collected, so that one check-config run reports them all.
         let mut problems: Vec<ConfigError> = Vec::new();
         let mut server = raw.server;
-        server.data_dir = base.join(&server.data_dir);
+        server.data_dir = resolve(base, &server.data_dir);
         if server.hostname.is_empty() || server.hostname.contains(char::is_whitespace) {
             problems.push(invalid(
                 "server.hostname",
@@ -438,8 +504,8 @@ impl Config {
             ));
         }
         let tls = raw.tls.map(|mut t| {
-            t.cert = base.join(&t.cert);
-            t.key = base.join(&t.key);
+            t.cert = resolve(base, &t.cert);
+            t.key = resolve(base, &t.key);
             t
         });
         if raw.listener.is_empty() {
@@ -513,7 +579,7 @@ impl Config {
             ));
         }
         let users_file = match raw.auth.and_then(|a| a.users_file) {
-            Some(p) => base.join(p),
+            Some(p) => resolve(base, &p),
             None => server.data_dir.join("users.toml"),
         };
         let mut plugins = Vec::new();
@@ -562,7 +628,7 @@ impl Config {
             if problems.len() > before {
                 continue;
             }
-            let path = base.join(&p.path);
+            let path = resolve(base, &p.path);
             let name = p.name.unwrap_or_else(|| {
                 path.file_stem()
                     .map_or_else(|| format!("plugin{i}"), |s| s.to_string_lossy().into_owned())
@@ -575,7 +641,7 @@ impl Config {
                 memory: p.memory.as_u64() as usize,
                 on_error,
                 config,
-                grant_dir: p.grant_dir.map(|d| base.join(d)),
+                grant_dir: p.grant_dir.map(|d| resolve(base, &d)),
             });
         }
         let delivery = match delivery::settings(raw.delivery, &server.hostname, &local_domains, base) {
@@ -602,7 +668,6 @@ impl Config {
             plugins,
             metrics: raw.metrics,
             delivery: delivery.unwrap_or_else(|| portcullis_outbound::Settings::new("localhost")),
-            install_bundled_plugins: false,
         })
     }
 
@@ -610,6 +675,15 @@ impl Config {
     /// and logged by `serve` at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        if self.listeners.iter().any(|l| l.kind == ListenerKind::Mx) {
+            for (hook, what) in [(HookKind::Virus, "virus"), (HookKind::Spam, "spam")] {
+                if !self.plugins.iter().any(|p| p.hook == hook) {
+                    warnings.push(format!(
+                        "the MX pipeline runs with NO {what} check: no [[plugin]] with hook = \"{what}\" is configured, so inbound mail is accepted without one (docs/plugins.md lists the bundled ones)"
+                    ));
+                }
+            }
+        }
         if self.postmaster.is_none() {
             let primary = self.local_domains.first().map_or("", String::as_str);
             warnings.push(format!(
@@ -654,6 +728,62 @@ mod tests {
         assert_eq!(c.server.data_dir, Path::new("/x/portcullis-data"));
         assert_eq!(c.limits.message_size.as_u64(), 25 * 1024 * 1024);
         assert_eq!(c.session_limits().auth_failure_delay, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn dev_toml_is_the_embedded_default_as_resolved() {
+        let embedded = Config::parse(EMBEDDED_DEFAULT, "origin", Path::new("/checkout")).unwrap();
+        let dev = Config::parse(
+            include_str!("../../../../examples/dev.toml"),
+            "origin",
+            Path::new("/checkout/examples"),
+        )
+        .unwrap();
+        assert_eq!(format!("{embedded:#?}"), format!("{dev:#?}"));
+        assert_eq!(dev.server.data_dir, Path::new("/checkout/portcullis-data"));
+        assert_eq!(dev.plugins.len(), 4);
+        assert!(dev.server.install_example_plugins && dev.server.run_as_root);
+    }
+
+    #[test]
+    fn paths_resolve_lexically() {
+        assert_eq!(
+            resolve(Path::new("/a/b"), Path::new("../c/./d")),
+            Path::new("/a/c/d")
+        );
+        assert_eq!(resolve(Path::new("/a"), Path::new("/abs/x")), Path::new("/abs/x"));
+        assert_eq!(resolve(Path::new("/"), Path::new("../x")), Path::new("/x"));
+    }
+
+    #[test]
+    fn errors_name_the_accepted_forms() {
+        let base = "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"example.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n";
+        let cases = [
+            (
+                "[limits]\nmessage-size = \"lots\"\n",
+                "\"lots\" is not a size like \"25MiB\"",
+            ),
+            ("[limits]\ncommand-timeout = \"soon\"\n", "like \"30s\""),
+            (
+                "[delivery.routes]\n\"x.example\" = 25\n",
+                "a route: \"host:port\", or a table like { host = \"host:port\", tls = \"required\" }",
+            ),
+            (
+                "[delivery.routes]\n\"x.example\" = { hots = \"a:1\" }\n",
+                "unknown field `hots`",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let err = Config::parse(&format!("{base}{extra}"), "t.toml", Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err:?} should say {needle:?}");
+            assert!(!err.contains("untagged"), "{err}");
+        }
+        let ok =
+            format!("{base}[limits]\nmessage-size = 1000000\n[delivery.routes]\n\"x.example\" = \"h:25\"\n");
+        let c = Config::parse(&ok, "t.toml", Path::new("/")).unwrap();
+        assert_eq!(c.limits.message_size, Size(1_000_000));
     }
 
     #[test]
