@@ -422,3 +422,78 @@ fn a_copied_template_builds_and_plugin_new_refuses_what_it_does_not_know() {
         assert!(!dir.path().join("nope").exists());
     }
 }
+
+/// A PATH holding only the shell tools the build scripts use before their checks, so that
+/// each language's own toolchain is missing.
+fn bare_path(dir: &std::path::Path) -> PathBuf {
+    let bin = dir.join("bare-bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    for tool in [
+        "sh", "dirname", "basename", "sed", "grep", "cat", "mkdir", "tr", "head",
+    ] {
+        let found = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).expect("symlink");
+    }
+    bin
+}
+
+#[test]
+fn starters_check_their_toolchain_first_and_name_the_install_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = bare_path(dir.path());
+    for (lang, needle) in [
+        ("c", "apt-get install -y --no-install-recommends clang-19 lld-19"),
+        (
+            "python",
+            "apt-get install -y --no-install-recommends python3 python3-venv",
+        ),
+        (
+            "javascript",
+            "apt-get install -y --no-install-recommends nodejs npm",
+        ),
+        ("rust", "rustup target add wasm32-wasip2"),
+    ] {
+        let name = format!("fast-{lang}");
+        let new = std::process::Command::new(binary())
+            .args(["plugin", "new", "--lang", lang, "--hook", "auth", &name])
+            .current_dir(dir.path())
+            .output()
+            .expect("plugin new");
+        let said = String::from_utf8_lossy(&new.stdout);
+        assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+        // plugin new names the prerequisites and the auth hook's own test options.
+        assert!(
+            said.contains("needs ") && said.contains("--user alice@example.org --password"),
+            "{said}"
+        );
+        assert!(!said.contains("MESSAGE.eml"), "{said}");
+        let started = std::time::Instant::now();
+        let build = std::process::Command::new(dir.path().join(&name).join("build.sh"))
+            .env("PATH", &bin)
+            .output()
+            .expect("build.sh");
+        let err = String::from_utf8_lossy(&build.stderr);
+        assert!(!build.status.success(), "{lang}: built without its toolchain?");
+        assert!(err.contains(needle), "{lang}: {err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{lang}: not fast"
+        );
+        // The starter's comments name the plugin's own file.
+        let read_all = |d: PathBuf| -> String {
+            std::fs::read_dir(d)
+                .map(|rd| {
+                    rd.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let sources = read_all(dir.path().join(&name)) + &read_all(dir.path().join(&name).join("src"));
+        assert!(sources.contains(&format!("{name}.wasm")), "{lang}");
+        assert!(!sources.contains("starter.wasm"), "{lang}");
+    }
+}

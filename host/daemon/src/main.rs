@@ -387,13 +387,12 @@ fn main() -> ExitCode {
         Command::Plugin {
             command: PluginCommand::New { lang, hook, name },
         } => match plugin_new::run(&lang, &hook, &name) {
-            Ok(dir) => {
-                println!(
-                    "wrote {}: build it with {}/build.sh, then try it with\n  portcullis plugin test {}/{name}.wasm --hook {hook} MESSAGE.eml",
-                    dir.display(),
-                    dir.display(),
-                    dir.display()
-                );
+            Ok(written) => {
+                let dir = written.dir.display();
+                println!("wrote {dir}");
+                println!("needs  {}", written.needs);
+                println!("build  {dir}/build.sh");
+                println!("try    {}", written.try_it);
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -26,6 +26,8 @@ struct Starter {
     main: &'static str,
     /// auth, rate, virus, spam.
     sources: [&'static str; 4],
+    /// What its build needs, and how to get it (build.sh checks the same first).
+    needs: &'static str,
 }
 
 /// The hooks, in the order of [`Starter::sources`].
@@ -49,6 +51,7 @@ const RUST: Starter = Starter {
         template!("rust/hooks/virus.rs"),
         template!("rust/src/lib.rs"),
     ],
+    needs: "Rust (https://rustup.rs) with the wasm32-wasip2 target: rustup target add wasm32-wasip2",
 };
 const PYTHON: Starter = Starter {
     files: &[("build.sh", template!("python/build.sh"), true)],
@@ -59,6 +62,7 @@ const PYTHON: Starter = Starter {
         template!("python/hooks/virus.py"),
         template!("python/app.py"),
     ],
+    needs: "python3 with venv: apt-get install python3 python3-venv (build.sh installs componentize-py 0.25.1 into .venv; the first build downloads it)",
 };
 const JAVASCRIPT: Starter = Starter {
     files: &[
@@ -78,6 +82,7 @@ const JAVASCRIPT: Starter = Starter {
         template!("javascript/hooks/virus.js"),
         template!("javascript/plugin.js"),
     ],
+    needs: "Node.js 18 or later and npm: apt-get install nodejs npm (build.sh runs npm ci for componentize-js)",
 };
 const C: Starter = Starter {
     files: &[("build.sh", template!("c/build.sh"), true)],
@@ -88,6 +93,7 @@ const C: Starter = Starter {
         template!("c/hooks/virus.c"),
         template!("c/plugin.c"),
     ],
+    needs: "apt-get install clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc python3-venv, and cargo (build.sh installs wit-bindgen and wasm-tools into .tools; the first build takes a few minutes)",
 };
 
 /// `portcullis plugin wit DIR`: writes the WIT contract into `dir` (what a copied template
@@ -102,8 +108,29 @@ pub fn write_wit(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the starter for `lang` and `hook` into a new folder `name`; returns its path.
-pub fn run(lang: &str, hook: &str, name: &str) -> Result<PathBuf, String> {
+/// What to do once a starter is written.
+pub struct Written {
+    /// The new folder.
+    pub dir: PathBuf,
+    /// The build's prerequisites and how to install them.
+    pub needs: &'static str,
+    /// The `plugin test` command that fits the hook.
+    pub try_it: String,
+}
+
+/// The `plugin test` command line for a starter of `hook` built as `wasm`.
+fn try_command(wasm: &str, hook: &str) -> String {
+    match hook {
+        "auth" => {
+            format!("portcullis plugin test {wasm} --hook auth --user alice@example.org --password secret")
+        }
+        "rate" => format!("portcullis plugin test {wasm} --hook rate --usage 12 MESSAGE.eml"),
+        _ => format!("portcullis plugin test {wasm} --hook {hook} MESSAGE.eml"),
+    }
+}
+
+/// Writes the starter for `lang` and `hook` into a new folder `name`.
+pub fn run(lang: &str, hook: &str, name: &str) -> Result<Written, String> {
     let starter = match lang {
         "rust" => RUST,
         "python" => PYTHON,
@@ -142,10 +169,12 @@ pub fn run(lang: &str, hook: &str, name: &str) -> Result<PathBuf, String> {
         if let Some(parent) = dest.parent() {
             std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
         }
+        // The templates call their output starter.wasm; the copy is named after the plugin.
+        let text = text.replace("starter.wasm", &format!("{name}.wasm"));
         let text = if path == "Cargo.toml" {
             text.replacen("name = \"starter\"", &format!("name = \"{name}\""), 1)
         } else {
-            text.to_string()
+            text
         };
         std::fs::write(&dest, text).map_err(|e| format!("{}: {e}", dest.display()))?;
         if executable {
@@ -154,5 +183,24 @@ pub fn run(lang: &str, hook: &str, name: &str) -> Result<PathBuf, String> {
                 .map_err(|e| format!("{}: {e}", dest.display()))?;
         }
     }
-    Ok(dir)
+    Ok(Written {
+        try_it: try_command(&format!("{}/{name}.wasm", dir.display()), hook),
+        dir,
+        needs: starter.needs,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_fit_the_hook() {
+        assert!(
+            try_command("x.wasm", "auth").contains("--user")
+                && !try_command("x.wasm", "auth").contains("MESSAGE")
+        );
+        assert!(try_command("x.wasm", "rate").contains("--usage"));
+        assert!(try_command("x.wasm", "spam").ends_with("--hook spam MESSAGE.eml"));
+    }
 }

@@ -1,6 +1,10 @@
 //! `portcullis plugin test PLUGIN.wasm --hook HOOK MESSAGE.eml`: runs one plugin on one
 //! message, in the same sandbox and with the same limits as the server, and prints its
 //! verdict and how long it took. The filter author's inner loop.
+//!
+//! Exit code: 0 when the plugin gave a verdict (whatever it is), 1 when the plugin failed
+//! (trap, timeout, memory, malformed answer), 2 when the input was wrong (no such file, not
+//! a component, a bad option).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -17,6 +21,11 @@ use portcullis_smtp::{Envelope, Mailbox, Message, Verdict};
 
 /// What `plugin test` was asked to do.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit code: 0 when the plugin gave a verdict (any verdict), 1 when the plugin failed \
+(trap, timeout, memory, malformed answer), 2 when the input was wrong (a missing file, not a component, \
+a bad option)."
+)]
 pub struct TestArgs {
     /// The plugin component (.wasm).
     pub plugin: PathBuf,
@@ -25,7 +34,8 @@ pub struct TestArgs {
     pub hook: String,
     /// The message (.eml); required for virus and spam.
     pub message: Option<PathBuf>,
-    /// A TOML file holding the plugin's own config (its [plugin.config] table).
+    /// A TOML file holding the plugin's own config: the keys of its [plugin.config]
+    /// table, with or without that header.
     #[arg(long)]
     pub plugin_config: Option<PathBuf>,
     /// Envelope sender (default: the message's From:).
@@ -101,6 +111,32 @@ fn load_message(path: Option<&Path>) -> Result<Vec<u8>, String> {
     Ok(crlf)
 }
 
+/// Reads `--plugin-config`: the keys of a `[plugin.config]` table, written bare or under
+/// that header (as copied from a server config); a file holding anything else besides
+/// the header is refused rather than nested where the plugin would not look.
+fn plugin_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(toml::Value::Table(plugin)) = table.get("plugin") {
+        let only_config = plugin.len() == 1 && matches!(plugin.get("config"), Some(toml::Value::Table(_)));
+        if table.len() != 1 || !only_config {
+            return Err(format!(
+                "{}: holds a [plugin] table with more than [plugin.config]; give the plugin's own keys, bare or under [plugin.config]",
+                path.display()
+            ));
+        }
+        if let Some(toml::Value::Table(plugin)) = table.remove("plugin")
+            && let Some(toml::Value::Table(config)) = plugin.get("config")
+        {
+            table = config.clone();
+        }
+    }
+    match serde_json::to_value(table) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err("the plugin config must be a table".into()),
+    }
+}
+
 async fn test(args: TestArgs) -> Result<u8, String> {
     let hook = HookKind::parse(&args.hook)
         .ok_or_else(|| format!("--hook {:?}: use auth, rate, virus or spam", args.hook))?;
@@ -108,14 +144,7 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         return Err(format!("the {} hook needs a MESSAGE.eml", hook.name()));
     }
     let config = match &args.plugin_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            match serde_json::to_value(table) {
-                Ok(serde_json::Value::Object(map)) => map,
-                _ => return Err("the plugin config must be a table".into()),
-            }
-        }
+        Some(path) => plugin_config(path)?,
         None => serde_json::Map::new(),
     };
     let body = load_message(args.message.as_deref())?;
@@ -190,6 +219,13 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         cache_dir: args.cache_dir.clone().or_else(default_cache_dir),
     })
     .map_err(|e| e.to_string())?;
+    if runtime.probe(&spec.path).is_ok_and(|p| !p.cached) {
+        // Python and JavaScript components take tens of seconds here, once.
+        eprintln!(
+            "compiling {} for the first time (a Python or JavaScript plugin takes a while); later runs use the compiled cache",
+            spec.path.display()
+        );
+    }
     let plugin = runtime.load(Arc::clone(&spec)).map_err(|e| e.to_string())?;
     println!(
         "plugin   {} (sha256 {}), {} hook",
@@ -249,7 +285,8 @@ async fn test(args: TestArgs) -> Result<u8, String> {
             ScanOutcome::Infected(name) => vec![format!("infected: {name} (reject 554 5.7.1)")],
         }),
         HookKind::Spam => runtime.spam(&plugin, &info, &message).await.map(|o| {
-            let mut lines = vec![format!("score {:.2}", o.score)];
+            // `+ 0.0` turns a negative zero into zero: no "score -0.00".
+            let mut lines = vec![format!("score {:.2}", o.score + 0.0)];
             lines.extend(describe(&o.verdict));
             lines
         }),
@@ -296,5 +333,27 @@ fn describe(verdict: &Verdict) -> Vec<String> {
         Verdict::Reject(r) => vec![format!("reject: {}", r.to_string().trim_end())],
         Verdict::Defer(r) => vec![format!("defer: {}", r.to_string().trim_end())],
         Verdict::Discard => vec!["discard (answer 250, deliver nothing)".into()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_config_is_read_bare_or_under_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |text: &str| {
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, text).unwrap();
+            plugin_config(&path)
+        };
+        let bare = read("tag-threshold = 2.0\n[accounts]\na = \"b\"\n").unwrap();
+        let under =
+            read("[plugin.config]\ntag-threshold = 2.0\n[plugin.config.accounts]\na = \"b\"\n").unwrap();
+        assert_eq!(bare, under);
+        assert_eq!(bare["tag-threshold"], serde_json::json!(2.0));
+        assert!(read("[plugin]\nhook = \"spam\"\n[plugin.config]\nx = 1\n").is_err());
+        assert!(read("[plugin.config]\nx = 1\n[other]\ny = 2\n").is_err());
     }
 }

@@ -44,11 +44,13 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// Not a valid WebAssembly component.
-    #[error("{path}: not a valid WebAssembly component: {message}")]
+    #[error("{path} (sha256 {hash}): not a valid WebAssembly component: {message}")]
     Compile {
         /// The file.
         path: PathBuf,
-        /// What wasmtime said.
+        /// The first 12 hex digits of its SHA-256, to tell versions apart in logs.
+        hash: String,
+        /// What wasmtime said, on one line.
         message: String,
     },
     /// It imports something the host does not provide, or does not export the hook's
@@ -136,6 +138,26 @@ impl HostMonotonicClock for ZeroClock {
     }
 }
 
+/// What [`Runtime::probe`] finds in a plugin file before loading it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The first 12 hex digits of its SHA-256 (as [`PluginMeta::hash`]).
+    pub hash: String,
+    /// Whether its compiled code is in the cache (no compile needed).
+    pub cached: bool,
+}
+
+/// Folds a multi-line error (wasmtime's parser prints byte arrays one per line) into one
+/// line, so that one failure is one log line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The SHA-256 of `bytes` in hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The Wasm engine and everything shared by all plugins.
 pub struct Runtime {
     engine: Engine,
@@ -206,6 +228,25 @@ impl Runtime {
         })
     }
 
+    /// Reads a plugin file's hash and whether it is compiled already, without loading it:
+    /// so that a caller can tell an operator "new version, compiling" before a compile that
+    /// may take many seconds (Python and JavaScript components).
+    pub fn probe(&self, path: &Path) -> Result<Probe, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let hash = sha256_hex(&bytes);
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .is_some_and(|dir| dir.join(format!("{hash}-{}.cwasm", self.cache_key)).is_file());
+        Ok(Probe {
+            hash: hash[..12].to_string(),
+            cached,
+        })
+    }
+
     /// Loads a plugin: reads, compiles (or loads from the cache) and type-checks it against
     /// its hook's world. CPU-heavy on a cache miss: call it off the async threads.
     pub fn load(&self, spec: Arc<PluginSpec>) -> Result<LoadedPlugin, LoadError> {
@@ -215,13 +256,12 @@ impl Runtime {
             path: path.clone(),
             source,
         })?;
-        let digest = Sha256::digest(&bytes);
-        let hash: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hash = sha256_hex(&bytes);
         let (component, cached) = self.compile(path, &bytes, &hash)?;
         let world = |e: wasmtime::Error| LoadError::World {
             path: path.clone(),
             world: spec.hook.world(),
-            message: format!("{e:#}"),
+            message: one_line(&format!("{e:#}")),
         };
         let instance_pre: InstancePre<State> = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = match spec.hook {
@@ -248,7 +288,16 @@ impl Runtime {
     fn compile(&self, path: &Path, bytes: &[u8], hash: &str) -> Result<(Component, bool), LoadError> {
         let compile_err = |e: wasmtime::Error| LoadError::Compile {
             path: path.to_path_buf(),
-            message: format!("{e:#}"),
+            hash: hash[..12].to_string(),
+            message: if bytes.starts_with(b"\0asm") {
+                one_line(&format!("{e:#}"))
+            } else {
+                let start: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+                format!(
+                    "not a WebAssembly file at all (it starts with {}, not the magic 00 61 73 6d)",
+                    start.join(" ")
+                )
+            },
         };
         let Some(dir) = &self.cache_dir else {
             return Ok((Component::new(&self.engine, bytes).map_err(compile_err)?, false));

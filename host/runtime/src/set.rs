@@ -87,6 +87,20 @@ impl PluginSet {
                 continue;
             }
             let old = slot.current();
+            match self.runtime.probe(&slot.spec.path) {
+                Ok(probe) if probe.hash == old.meta.hash => continue,
+                Ok(probe) => tracing::info!(
+                    plugin = %old.meta.name,
+                    old_hash = %old.meta.hash,
+                    new_hash = %probe.hash,
+                    "new plugin version seen; {} (the old version serves meanwhile)",
+                    if probe.cached { "loading it from the compile cache" } else { "compiling it" }
+                ),
+                Err(e) => {
+                    tracing::error!(plugin = %old.meta.name, hash = %old.meta.hash, error = %e, "new plugin version refused; the old version stays in service");
+                    continue;
+                }
+            }
             match self.runtime.load(Arc::clone(&slot.spec)) {
                 Ok(new) if new.meta.hash == old.meta.hash => {}
                 Ok(new) => {
@@ -134,8 +148,17 @@ impl PluginSet {
         for dir in &dirs {
             watcher.watch(dir, RecursiveMode::NonRecursive)?;
         }
+        let files: Vec<String> = self
+            .slots
+            .iter()
+            .map(|s| s.spec.path.display().to_string())
+            .collect();
+        if !files.is_empty() {
+            tracing::info!(files = %files.join(", "), "watching plugin files: replacing one swaps it in live");
+        }
         let set = Arc::clone(self);
         tokio::spawn(async move {
+            let mut unconfigured = std::collections::HashSet::new();
             while let Some(first) = rx.recv().await {
                 // Let a burst of events (write, then rename) settle, then reload once.
                 tokio::time::sleep(SETTLE).await;
@@ -144,10 +167,21 @@ impl PluginSet {
                 while let Ok(more) = rx.try_recv() {
                     changed.insert(more, ());
                 }
-                let relevant: Vec<PathBuf> = changed
+                let (relevant, others): (Vec<PathBuf>, Vec<PathBuf>) = changed
                     .into_keys()
-                    .filter(|p| set.slots.iter().any(|s| same_file(p, &s.spec.path)))
-                    .collect();
+                    .partition(|p| set.slots.iter().any(|s| same_file(p, &s.spec.path)));
+                for path in others {
+                    // Only the files the config names are plugins: say so once for a new one.
+                    if path.extension().is_some_and(|e| e == "wasm")
+                        && path.is_file()
+                        && unconfigured.insert(path.clone())
+                    {
+                        tracing::info!(
+                            path = %path.display(),
+                            "a .wasm file appeared beside the plugins, but no [[plugin]] names it, so it is not used; add a [[plugin]] with this path and send SIGHUP"
+                        );
+                    }
+                }
                 if relevant.is_empty() {
                     continue;
                 }

@@ -7,6 +7,22 @@
 # PORTCULLIS_C_TOOLS): wit-bindgen-cli 0.63.0 (cargo), wasm-tools 1.262.0 (PyPI) and the
 # WASI preview 1 reactor adapter of wasmtime 48.0.8 (crates.io).
 set -eu
+# Prerequisites first: a build must not run for minutes before finding one missing.
+missing=""
+command -v clang-19 >/dev/null 2>&1 || missing="$missing clang-19"
+command -v wasm-ld-19 >/dev/null 2>&1 || missing="$missing lld-19"
+[ -f /usr/lib/llvm-19/lib/clang/19/lib/wasi/libclang_rt.builtins-wasm32.a ] || missing="$missing libclang-rt-19-dev-wasm32"
+[ -f /usr/lib/wasm32-wasi/libc.a ] || missing="$missing wasi-libc"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
+if [ -n "$missing" ]; then
+    echo "build.sh: missing Debian packages; install them with:" >&2
+    echo "  apt-get install -y --no-install-recommends$missing" >&2
+    exit 1
+fi
+command -v cargo >/dev/null 2>&1 || {
+    echo "build.sh: cargo is needed (for wit-bindgen-cli); install Rust from https://rustup.rs" >&2
+    exit 1
+}
 cd "${1:-$(dirname "$0")}"
 # The WIT contract: this folder's own wit/, else the repository's (building in place),
 # else the one the portcullis binary carries.

@@ -3,6 +3,12 @@
 # package-lock.json, installed with `npm ci` here (or in PORTCULLIS_JS_TOOLS, a directory
 # whose node_modules already holds it).
 set -eu
+# Prerequisites first: a build must not run for minutes before finding one missing.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "build.sh: Node.js (18 or later) and npm are needed; install them with:" >&2
+    echo "  apt-get install -y --no-install-recommends nodejs npm" >&2
+    exit 1
+fi
 cd "$(dirname "$0")"
 # The WIT contract: this folder's own wit/, else the repository's (building in place),
 # else the one the portcullis binary carries.

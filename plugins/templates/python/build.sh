@@ -5,6 +5,12 @@
 # and <folder name>.wasm in it; plugins/python/build.sh uses it for every Python plugin of
 # the repository.
 set -eu
+# Prerequisites first: a build must not run for minutes before finding one missing.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    echo "build.sh: python3 with its venv module is needed; install it with:" >&2
+    echo "  apt-get install -y --no-install-recommends python3 python3-venv" >&2
+    exit 1
+fi
 cd "${1:-$(dirname "$0")}"
 # The WIT contract: this folder's own wit/, else the repository's (building in place),
 # else the one the portcullis binary carries.

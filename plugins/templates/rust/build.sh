@@ -1,6 +1,18 @@
 #!/bin/sh
-# Builds starter.wasm from this folder (Rust with the wasm32-wasip2 target).
+# Builds <package name>.wasm (the name in Cargo.toml) from this folder (Rust with the
+# wasm32-wasip2 target).
 set -eu
+# Prerequisites first: a build must not run for minutes before finding one missing.
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "build.sh: Rust is needed; install it from https://rustup.rs, then:" >&2
+    echo "  rustup target add wasm32-wasip2" >&2
+    exit 1
+fi
+if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -q '^wasm32-wasip2$'; then
+    echo "build.sh: the wasm32-wasip2 target is missing; add it with:" >&2
+    echo "  rustup target add wasm32-wasip2" >&2
+    exit 1
+fi
 cd "$(dirname "$0")"
 # The WIT contract: this folder's own wit/, else the repository's (building in place),
 # else the one the portcullis binary carries.
