@@ -100,3 +100,43 @@ fn swapping_the_spam_plugin_under_load_drops_nothing() {
     daemon.wait_log_count("plugin swapped", 10);
     eprintln!("{total} messages during 10 swaps; slowest swap seen after {worst:?}");
 }
+
+#[test]
+fn a_swap_is_announced_before_it_compiles_and_stray_files_are_named() {
+    let setup = Setup::new("");
+    let live = setup.plugin("probe.wasm");
+    let extra = format!("\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\n", live.display());
+    let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
+    std::fs::write(setup.config(), config).expect("config");
+    let mut daemon = setup.start();
+    let watched = daemon.wait_log("watching plugin files");
+    assert!(watched.contains("probe.wasm"), "{watched}");
+
+    // A new version: announced at once, then swapped.
+    let staged = live.with_extension("staged");
+    std::fs::copy(built_plugin("probe_b.wasm"), &staged).expect("stage");
+    std::fs::rename(&staged, &live).expect("swap");
+    daemon.wait_log("plugin swapped");
+    let log = daemon.log();
+    let seen = log.iter().position(|l| l.contains("new plugin version seen")).expect("announced");
+    let swapped = log.iter().position(|l| l.contains("plugin swapped")).expect("swapped");
+    assert!(seen < swapped, "announced before the swap");
+
+    // A garbage file: refused in one line that names its hash; the old version serves on.
+    std::fs::write(&staged, b"not wasm at all").expect("garbage");
+    std::fs::rename(&staged, &live).expect("swap");
+    let refused = daemon.wait_log("new plugin version refused");
+    assert!(refused.contains("sha256") && refused.contains("not a WebAssembly file"), "{refused}");
+    let after = daemon.log();
+    let at = after.iter().position(|l| l.contains("new plugin version refused")).expect("refused");
+    assert!(
+        after.get(at + 1).is_none_or(|next| next.contains(" INFO ") || next.contains(" WARN ") || next.contains(" ERROR ")),
+        "the refusal is one line: {:?}",
+        &after[at..]
+    );
+
+    // A .wasm that no [[plugin]] names: said once, not used.
+    std::fs::copy(built_plugin("probe.wasm"), live.with_file_name("my-filter.wasm")).expect("copy");
+    let stray = daemon.wait_log("no [[plugin]] names it");
+    assert!(stray.contains("my-filter.wasm"), "{stray}");
+}
