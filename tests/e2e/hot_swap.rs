@@ -118,19 +118,33 @@ fn a_swap_is_announced_before_it_compiles_and_stray_files_are_named() {
     std::fs::rename(&staged, &live).expect("swap");
     daemon.wait_log("plugin swapped");
     let log = daemon.log();
-    let seen = log.iter().position(|l| l.contains("new plugin version seen")).expect("announced");
-    let swapped = log.iter().position(|l| l.contains("plugin swapped")).expect("swapped");
+    let seen = log
+        .iter()
+        .position(|l| l.contains("new plugin version seen"))
+        .expect("announced");
+    let swapped = log
+        .iter()
+        .position(|l| l.contains("plugin swapped"))
+        .expect("swapped");
     assert!(seen < swapped, "announced before the swap");
 
     // A garbage file: refused in one line that names its hash; the old version serves on.
     std::fs::write(&staged, b"not wasm at all").expect("garbage");
     std::fs::rename(&staged, &live).expect("swap");
     let refused = daemon.wait_log("new plugin version refused");
-    assert!(refused.contains("sha256") && refused.contains("not a WebAssembly file"), "{refused}");
-    let after = daemon.log();
-    let at = after.iter().position(|l| l.contains("new plugin version refused")).expect("refused");
     assert!(
-        after.get(at + 1).is_none_or(|next| next.contains(" INFO ") || next.contains(" WARN ") || next.contains(" ERROR ")),
+        refused.contains("sha256") && refused.contains("not a WebAssembly file"),
+        "{refused}"
+    );
+    let after = daemon.log();
+    let at = after
+        .iter()
+        .position(|l| l.contains("new plugin version refused"))
+        .expect("refused");
+    assert!(
+        after.get(at + 1).is_none_or(|next| next.contains(" INFO ")
+            || next.contains(" WARN ")
+            || next.contains(" ERROR ")),
         "the refusal is one line: {:?}",
         &after[at..]
     );
