@@ -286,3 +286,89 @@ fn check_config_warns_about_an_mx_without_checks_and_refuses_an_unknown_user() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.user: no user \"no-such-user-here\""));
 }
+
+#[test]
+fn queue_commands_under_load_never_hurt_the_running_daemon() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let setup = Setup::new("");
+    let daemon = setup.start();
+    let mx = daemon.addr("mx");
+    let body = format!("Subject: load\r\n\r\n{}\r\n", "x".repeat(76)).repeat(52); // ~4 KiB
+    let (sessions, per_session) = (10, 60);
+    let clients: Vec<_> = (0..sessions)
+        .map(|s| {
+            let body = body.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                let mut c = Raw::connect(mx);
+                if !c.cmd("EHLO load.example").starts_with("250") {
+                    return Err("EHLO".into());
+                }
+                for n in 0..per_session {
+                    for (cmd, want) in [
+                        ("MAIL FROM:<load@far.example>".to_string(), "250"),
+                        ("RCPT TO:<alice@example.org>".to_string(), "250"),
+                        ("DATA".to_string(), "354"),
+                        (format!("Message-ID: <{s}.{n}@far.example>\r\n{body}."), "250"),
+                    ] {
+                        let reply = c.cmd(&cmd);
+                        if !reply.starts_with(want) {
+                            return Err(format!("session {s} message {n}: {cmd:.40?} got {reply:?}"));
+                        }
+                    }
+                }
+                Ok(per_session)
+            })
+        })
+        .collect();
+    // The operator's routine look at the queue, in a loop beside the load.
+    let stop = Arc::new(AtomicBool::new(false));
+    let looker = {
+        let (stop, config) = (Arc::clone(&stop), setup.config());
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let out = Command::new(binary())
+                    .args(["queue", "list", "--config"])
+                    .arg(&config)
+                    .output()
+                    .expect("queue list");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut sent = 0;
+    for client in clients {
+        sent += client.join().expect("client").expect("every message got its 250");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let runs = looker.join().expect("looker");
+    assert!(runs > 3, "queue list ran {runs} times during the load");
+    wait_spool_empty(&setup.data());
+    let files = wait_for_mail(&setup.maildir("alice"), sent);
+    assert_eq!(files.len(), sent, "every message delivered exactly once");
+    let mut ids: Vec<String> = files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).expect("read");
+            text.lines()
+                .find(|l| l.starts_with("Message-ID:"))
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), sent, "no message twice");
+    let log = daemon.log();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("ERROR") || l.contains("spool I/O error")),
+        "{:#?}",
+        log.iter()
+            .filter(|l| l.contains("ERROR") || l.contains("I/O"))
+            .collect::<Vec<_>>()
+    );
+}

@@ -4,6 +4,8 @@
 //! - `flush`: try every queued message now (`portcullis queue flush`); answers `ok N`.
 //! - `accounts`: re-read the users file now (`portcullis user ...`); answers `ok N`, the
 //!   accounts in force.
+//! - `remove ID`: remove a queued message for good (`portcullis queue remove`), under the
+//!   same lock as delivery; answers `ok removed` or an error.
 //!
 //! The socket is mode 0600 in the data directory, so only the daemon's user (and root)
 //! may use it.
@@ -18,12 +20,14 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 /// What a client may ask.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Try every queued message now.
     Flush,
     /// Re-read the users file.
     Accounts,
+    /// Remove this queued message.
+    Remove(portcullis_spool::QueueId),
 }
 
 /// The daemon's side: answers a request with the text after `ok `, or an error.
@@ -59,9 +63,10 @@ pub fn serve(data_dir: &Path, handler: Handler) -> std::io::Result<()> {
                 if reader.read_line(&mut line).await.is_err() {
                     return;
                 }
-                let request = match line.trim() {
-                    "flush" => Some(Request::Flush),
-                    "accounts" => Some(Request::Accounts),
+                let request = match line.trim().split_once(' ') {
+                    None if line.trim() == "flush" => Some(Request::Flush),
+                    None if line.trim() == "accounts" => Some(Request::Accounts),
+                    Some(("remove", id)) => portcullis_spool::QueueId::parse(id).map(Request::Remove),
                     _ => None,
                 };
                 let answer = match request {
@@ -122,6 +127,12 @@ pub fn flush(data_dir: &Path) -> Result<usize, String> {
         )
     })?;
     answer.parse().map_err(|_| format!("the daemon said {answer:?}"))
+}
+
+/// `portcullis queue remove ID` with a daemon running: asks it to remove the message.
+/// `Ok(None)` when no daemon runs on this data directory.
+pub fn remove(data_dir: &Path, id: &portcullis_spool::QueueId) -> Result<Option<()>, String> {
+    Ok(ask(data_dir, &format!("remove {id}"))?.map(|_| ()))
 }
 
 /// After `portcullis user ...`: asks a running daemon to re-read the users file now.

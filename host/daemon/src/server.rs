@@ -342,6 +342,19 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
                     Ok(n.to_string())
                 }
                 crate::control::Request::Accounts => ctx.reload_accounts().await.map(|n| n.to_string()),
+                crate::control::Request::Remove(id) => {
+                    let spool = Arc::clone(&ctx.spool);
+                    let target = id.clone();
+                    match tokio::task::spawn_blocking(move || spool.discard(&target)).await {
+                        Ok(Ok(true)) => {
+                            tracing::warn!(queue_id = %id, "removed from the queue by the operator");
+                            Ok("removed".into())
+                        }
+                        Ok(Ok(false)) => Err(format!("no message {id} in the queue")),
+                        Ok(Err(e)) => Err(e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
             }
         })
     });

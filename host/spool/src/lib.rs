@@ -10,6 +10,8 @@
 //! - [`maildir`]: local delivery (`tmp/` → `new/`, fsync'd, or prepared before the spool's
 //!   flush and published after it), with names derived from the queue id so that a
 //!   delivery repeated after a crash is recognised and not duplicated.
+//! - [`view`]: a read-only view of the queue, for looking at it while a daemon owns it
+//!   (the daemon holds `spool/lock`).
 //! - [`commit`]: group commit — concurrent writers share one `syncfs` of the spool.
 //! - [`fsync`]: the small helpers both use.
 
@@ -19,7 +21,9 @@ pub mod commit;
 pub mod fsync;
 pub mod maildir;
 pub mod queue;
+pub mod view;
 
 pub use commit::SyncMode;
 pub use maildir::{Copy, Delivery, Maildir};
 pub use queue::{Entry, Incoming, QueueId, Spool, SpoolError};
+pub use view::SpoolView;

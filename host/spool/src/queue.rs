@@ -185,6 +185,31 @@ pub struct Spool {
     /// Delivered messages whose files wait for a flush that started after their copies
     /// were published (a committer ticket each) before they are released.
     retiring: std::sync::Mutex<Vec<(u64, QueueId)>>,
+    /// `spool/lock`, locked exclusively for as long as this value lives: one process owns
+    /// a spool's files at a time (the daemon, or a queue command acting while none runs).
+    _lock: fs::File,
+}
+
+/// Takes the spool's lock: waits for it with `wait`, else `Ok(None)` when another process
+/// holds it.
+fn lock_spool(dir: &Path, wait: bool) -> Result<Option<fs::File>, SpoolError> {
+    let path = dir.join("lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) if wait => {
+            tracing::warn!(path = %path.display(), "waiting for the spool lock: another process (a portcullis queue command?) is working on the spool");
+            file.lock().map_err(io_err(&path))?;
+            Ok(Some(file))
+        }
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
 }
 
 impl Spool {
@@ -194,8 +219,27 @@ impl Spool {
         Spool::open_with(dir, SyncMode::Group)
     }
 
-    /// Opens the spool with the given way of making messages durable.
+    /// Opens the spool with the given way of making messages durable, waiting for its lock
+    /// while another process holds it.
     pub fn open_with(dir: &Path, sync: SyncMode) -> Result<Self, SpoolError> {
+        // Waiting, the lock is always taken in the end: `None` cannot come back.
+        Spool::open_locked(dir, sync, true)?.ok_or_else(|| SpoolError::Io {
+            path: dir.join("lock"),
+            source: io::Error::other("the spool lock was not taken"),
+        })
+    }
+
+    /// Opens the spool only if no other process holds it (a daemon): `Ok(None)` when one
+    /// does. For the queue commands, which act on the files themselves only then.
+    pub fn open_if_unlocked(dir: &Path) -> Result<Option<Self>, SpoolError> {
+        Spool::open_locked(dir, SyncMode::Group, false)
+    }
+
+    fn open_locked(dir: &Path, sync: SyncMode, wait: bool) -> Result<Option<Self>, SpoolError> {
+        fsync::create_dir_durable(dir).map_err(io_err(dir))?;
+        let Some(lock) = lock_spool(dir, wait)? else {
+            return Ok(None);
+        };
         let queue = dir.join("queue");
         for d in [
             dir.join("tmp"),
@@ -215,6 +259,7 @@ impl Spool {
             modifying: std::sync::Mutex::new(()),
             sync,
             retiring: std::sync::Mutex::new(Vec::new()),
+            _lock: lock,
         };
         for item in fs::read_dir(&spool.tmp).map_err(io_err(&spool.tmp))? {
             let path = item.map_err(io_err(&spool.tmp))?.path();
@@ -235,7 +280,7 @@ impl Spool {
                 }
             }
         }
-        Ok(spool)
+        Ok(Some(spool))
     }
 
     fn path(&self, id: &QueueId) -> PathBuf {
@@ -574,6 +619,21 @@ impl Spool {
         Ok(entry)
     }
 
+    /// Removes a message for good, whatever is still pending (the operator's `queue
+    /// remove`), serialised with [`Spool::modify`] so that a delivery's change never brings
+    /// it back. `Ok(false)` when there is no such message.
+    pub fn discard(&self, id: &QueueId) -> Result<bool, SpoolError> {
+        let _guard = self
+            .modifying
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.path(id).is_file() {
+            return Ok(false);
+        }
+        self.remove(id)?;
+        Ok(true)
+    }
+
     /// Removes a message whose every recipient is done.
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.release(id)?;
@@ -611,23 +671,28 @@ impl Spool {
 
     /// Every queued message id, oldest first.
     pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
-        let mut ids = Vec::new();
-        for item in fs::read_dir(&self.queue).map_err(io_err(&self.queue))? {
-            let item = item.map_err(io_err(&self.queue))?;
-            let name = item.file_name();
-            match name.to_str().and_then(QueueId::parse) {
-                Some(id) => ids.push(id),
-                None => tracing::warn!(file = ?name, "ignoring a foreign file in the spool queue"),
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        list_queue(&self.queue)
     }
+}
+
+/// The ids of the files in `queue`, oldest first.
+pub(crate) fn list_queue(queue: &Path) -> Result<Vec<QueueId>, SpoolError> {
+    let mut ids = Vec::new();
+    for item in fs::read_dir(queue).map_err(io_err(queue))? {
+        let item = item.map_err(io_err(queue))?;
+        let name = item.file_name();
+        match name.to_str().and_then(QueueId::parse) {
+            Some(id) => ids.push(id),
+            None => tracing::warn!(file = ?name, "ignoring a foreign file in the spool queue"),
+        }
+    }
+    ids.sort();
+    Ok(ids)
 }
 
 /// The metadata of the spool file at `path` and, with `content`, its message, checked
 /// whole (length and CRC-32); without, the message is neither read nor checked.
-fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), SpoolError> {
+pub(crate) fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), SpoolError> {
     let corrupt = |reason: &str| SpoolError::Corrupt {
         path: path.to_path_buf(),
         reason: reason.to_string(),
@@ -693,7 +758,7 @@ fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), Spool
 }
 
 /// That the file at `path`, read as `id`, names `id`.
-fn check_id(path: &Path, entry: &Entry, id: &QueueId) -> Result<(), SpoolError> {
+pub(crate) fn check_id(path: &Path, entry: &Entry, id: &QueueId) -> Result<(), SpoolError> {
     if entry.id == *id {
         return Ok(());
     }
@@ -970,6 +1035,26 @@ mod tests {
     }
 
     #[test]
+    fn one_process_owns_the_spool_and_a_view_never_touches_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let entry = spool
+            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x")
+            .unwrap();
+        fs::write(dir.path().join("tmp/being-written"), b"half").unwrap();
+        // Held (here by this value; in real life by the daemon): nobody else opens it.
+        assert!(Spool::open_if_unlocked(dir.path()).unwrap().is_none());
+        // The read-only view lists and reads, and leaves tmp/ and free/ alone.
+        let view = crate::SpoolView::open(dir.path()).unwrap();
+        assert_eq!(view.list().unwrap(), vec![entry.id.clone()]);
+        assert_eq!(view.load(&entry.id).unwrap().1, b"x");
+        assert!(dir.path().join("tmp/being-written").exists());
+        drop(spool);
+        let taken = Spool::open_if_unlocked(dir.path()).unwrap();
+        assert!(taken.is_some());
+    }
+
+    #[test]
     fn half_written_and_truncated_files_are_never_delivered() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
@@ -986,6 +1071,7 @@ mod tests {
         let data = fs::read(&path).unwrap();
         fs::write(&path, &data[..data.len() - 3]).unwrap();
 
+        drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(matches!(spool.load(&entry.id), Err(SpoolError::Corrupt { .. })));
