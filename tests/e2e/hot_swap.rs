@@ -11,13 +11,19 @@ fn count(dir: &std::path::Path) -> usize {
     new_files(dir).len()
 }
 
-#[test]
-fn swapping_the_spam_plugin_under_load_drops_nothing() {
+/// A setup whose spam hook is the probe plugin; returns it and the plugin's live path.
+fn with_probe_on_spam() -> (Setup, std::path::PathBuf) {
     let setup = Setup::new("");
     let live = setup.plugin("probe.wasm");
     let extra = format!("\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\n", live.display());
     let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
     std::fs::write(setup.config(), config).expect("config");
+    (setup, live)
+}
+
+#[test]
+fn swapping_the_spam_plugin_under_load_drops_nothing() {
+    let (setup, live) = with_probe_on_spam();
     let mut daemon = setup.start();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -103,11 +109,7 @@ fn swapping_the_spam_plugin_under_load_drops_nothing() {
 
 #[test]
 fn a_swap_is_announced_before_it_compiles_and_stray_files_are_named() {
-    let setup = Setup::new("");
-    let live = setup.plugin("probe.wasm");
-    let extra = format!("\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\n", live.display());
-    let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
-    std::fs::write(setup.config(), config).expect("config");
+    let (setup, live) = with_probe_on_spam();
     let mut daemon = setup.start();
     let watched = daemon.wait_log("watching plugin files");
     assert!(watched.contains("probe.wasm"), "{watched}");
