@@ -175,6 +175,12 @@ pub const SHUTTING_DOWN: Reply = Reply::fixed(421, e(4, 3, 2), "Service shutting
 /// 554 an HTTP request: close without further ado.
 pub const NOT_HTTP: Reply = Reply::fixed(554, e(5, 7, 0), "This is an SMTP server, not HTTP");
 
+/// 554 for a hook's `Reject` whose reply is not 5xx: a hook can refuse, never make the
+/// server lie about how.
+pub const REJECTED_BY_HOOK: Reply = Reply::fixed(554, e(5, 7, 1), "Message rejected");
+/// 451 for a hook's `Defer` whose reply is not 4xx.
+pub const DEFERRED_BY_HOOK: Reply = Reply::fixed(451, e(4, 7, 1), "Message deferred, try again later");
+
 /// 451 a hook failed and its policy is to defer. The default `on-error` reply.
 pub const HOOK_DEFERRED: Reply = Reply::fixed(451, e(4, 3, 0), "Temporary local problem, try again later");
 

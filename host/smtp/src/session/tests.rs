@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::address::{Mailbox, Syntax};
+use crate::data::BareLf;
 use crate::envelope::Notify;
+use crate::reply::Enhanced;
 
 struct TestDirectory;
 
@@ -680,7 +683,7 @@ fn command_counts_read_like_postfix() {
         counts.to_string(),
         "ehlo=1 mail=1 rcpt=2 quit=1 unknown=1 commands=6"
     );
-    assert_eq!(counts.get("rcpt"), 2);
+    assert_eq!(counts.get(Verb::Rcpt), 2);
 }
 
 #[test]

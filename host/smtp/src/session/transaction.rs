@@ -1,0 +1,248 @@
+//! One mail transaction: MAIL, RCPT, then content by DATA or BDAT. Its phases are a type,
+//! so that a transaction cannot, say, hold BDAT chunks and a finished message at once.
+
+use std::sync::Arc;
+
+use crate::address::{Mailbox, Path};
+use crate::data::ContentReceiver;
+use crate::envelope::{Envelope, MailParams, RcptParams, Recipient};
+use crate::replies;
+use crate::reply::Reply;
+
+use super::verdicts::Stage;
+use super::{Folder, Header, Message, Pipeline, Session, State};
+
+/// Where a transaction is.
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// MAIL accepted; recipients are being given.
+    Envelope,
+    /// The hooks before content passed at DATA; the content is arriving (its receiver is
+    /// the session's state, as no command comes in between).
+    Data,
+    /// The hooks before content passed at the first BDAT; chunks are arriving, commands
+    /// come in between.
+    Chunks(ContentReceiver),
+    /// The content is complete; the hooks after content decide.
+    Received(Arc<Message>),
+}
+
+/// What the hooks decided so far about where the message goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Disposition {
+    /// Into this folder of each local recipient.
+    Deliver(Folder),
+    /// Answer 250 and drop it.
+    Discard,
+}
+
+#[derive(Debug)]
+pub(super) struct Transaction {
+    mail_from: Option<Mailbox>,
+    params: MailParams,
+    recipients: Vec<Recipient>,
+    pub(super) phase: Phase,
+    /// Headers the hooks asked to add, in order.
+    pub(super) headers: Vec<Header>,
+    pub(super) disposition: Disposition,
+}
+
+impl Transaction {
+    pub(super) fn envelope(&self) -> Envelope {
+        Envelope {
+            mail_from: self.mail_from.clone(),
+            params: self.params.clone(),
+            recipients: self.recipients.clone(),
+        }
+    }
+
+    /// The message, once its content is complete.
+    pub(super) fn message(&self) -> Option<&Arc<Message>> {
+        match &self.phase {
+            Phase::Received(message) => Some(message),
+            _ => None,
+        }
+    }
+
+    /// The receiver of BDAT chunks, while they arrive.
+    pub(super) fn chunks_mut(&mut self) -> Option<&mut ContentReceiver> {
+        match &mut self.phase {
+            Phase::Chunks(receiver) => Some(receiver),
+            _ => None,
+        }
+    }
+}
+
+impl<P: Pipeline> Session<P> {
+    pub(super) fn mail(&mut self, path: Path, params: MailParams) {
+        let refusal = if self.info.greeting.is_none() {
+            Some(replies::HELLO_FIRST)
+        } else if self.txn.is_some() {
+            Some(replies::NESTED_MAIL)
+        } else if params
+            .size
+            .is_some_and(|s| s > self.settings.limits.message_size as u64)
+        {
+            Some(replies::SIZE_DECLARED_TOO_BIG)
+        } else if path.mailbox.as_ref().is_some_and(Mailbox::is_utf8) && !params.smtputf8 {
+            Some(replies::UTF8_REQUIRED)
+        } else {
+            P::check_sender(&path, &self.info.security, self.directory.as_ref()).err()
+        };
+        if let Some(reply) = refusal {
+            return self.refuse_command(reply);
+        }
+        self.txn = Some(Transaction {
+            mail_from: path.mailbox,
+            params,
+            recipients: Vec::new(),
+            phase: Phase::Envelope,
+            headers: Vec::new(),
+            disposition: Disposition::Deliver(Folder::Inbox),
+        });
+        self.reply(replies::SENDER_OK);
+    }
+
+    pub(super) fn rcpt(&mut self, path: Path, params: RcptParams) {
+        let Some(txn) = self.txn.as_ref() else {
+            return self.refuse_command(replies::MAIL_FIRST);
+        };
+        if !matches!(txn.phase, Phase::Envelope) {
+            return self.refuse_command(replies::MAIL_FIRST);
+        }
+        if txn.recipients.len() >= self.settings.limits.recipients {
+            return self.reply(replies::TOO_MANY_RECIPIENTS);
+        }
+        if path.mailbox.as_ref().is_some_and(Mailbox::is_utf8) && !txn.params.smtputf8 {
+            return self.refuse_command(replies::UTF8_REQUIRED);
+        }
+        match P::check_recipient(&path, self.directory.as_ref()) {
+            Ok(routed) => {
+                if let Some(txn) = self.txn.as_mut()
+                    && !txn.recipients.iter().any(|r| r.mailbox == routed.mailbox)
+                {
+                    txn.recipients.push(Recipient {
+                        mailbox: routed.mailbox,
+                        params,
+                        local: routed.local,
+                        deliver_to: routed.deliver_to,
+                    });
+                }
+                self.reply(replies::RECIPIENT_OK);
+            }
+            Err(reply) => self.refuse_command(reply),
+        }
+    }
+
+    /// Whether the open transaction may receive content; the refusal otherwise.
+    fn content_refusal(&self) -> Option<Reply> {
+        match &self.txn {
+            None => Some(replies::MAIL_FIRST),
+            Some(t) if t.recipients.is_empty() => Some(replies::NO_RECIPIENTS),
+            Some(_) => None,
+        }
+    }
+
+    pub(super) fn data(&mut self) {
+        if let Some(reply) = self.content_refusal() {
+            return self.refuse_command(reply);
+        }
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| matches!(t.phase, Phase::Chunks(_)))
+        {
+            return self.refuse_command(replies::DATA_AFTER_BDAT);
+        }
+        self.run_hooks(Stage::BeforeData, 0);
+    }
+
+    pub(super) fn bdat(&mut self, size: u64, last: bool) {
+        // The chunk's octets follow whatever we answer, so they are always read.
+        if let Some(reply) = self.content_refusal() {
+            self.errors += 1;
+            self.state = State::Chunk {
+                remaining: size,
+                size,
+                last,
+                refusal: Some(reply),
+            };
+            return;
+        }
+        let cleared = self
+            .txn
+            .as_ref()
+            .is_some_and(|t| matches!(t.phase, Phase::Chunks(_)));
+        if cleared {
+            self.enter_chunk(size, last);
+        } else {
+            self.run_hooks(Stage::BeforeChunk { size, last }, 0);
+        }
+    }
+
+    /// Starts reading a chunk of `size` octets (the first one opens the receiver).
+    pub(super) fn enter_chunk(&mut self, size: u64, last: bool) {
+        let limits = &self.settings.limits;
+        if let Some(txn) = self.txn.as_mut()
+            && matches!(txn.phase, Phase::Envelope)
+        {
+            txn.phase = Phase::Chunks(ContentReceiver::new(
+                limits.message_size,
+                limits.line_length,
+                limits.bare_lf,
+            ));
+        }
+        self.state = State::Chunk {
+            remaining: size,
+            size,
+            last,
+            refusal: None,
+        };
+    }
+
+    pub(super) fn chunk_complete(&mut self) {
+        let State::Chunk {
+            size, last, refusal, ..
+        } = std::mem::replace(&mut self.state, State::Command)
+        else {
+            return;
+        };
+        if let Some(reply) = refusal {
+            return self.reply(reply);
+        }
+        let Some(receiver) = self.txn.as_mut().and_then(Transaction::chunks_mut) else {
+            return self.reply(replies::MAIL_FIRST);
+        };
+        if last {
+            receiver.finish_counted();
+        }
+        if let Some(e) = receiver.failure() {
+            self.txn = None;
+            return self.reply(replies::content_error(e));
+        }
+        if !last {
+            return self.reply(replies::chunk_ok(size));
+        }
+        let body = match self
+            .txn
+            .as_mut()
+            .map(|t| std::mem::replace(&mut t.phase, Phase::Envelope))
+        {
+            Some(Phase::Chunks(receiver)) => receiver.into_body(),
+            _ => Vec::new(),
+        };
+        self.content_complete(body);
+    }
+
+    /// The content is complete: the message exists, and the hooks after content decide.
+    pub(super) fn content_complete(&mut self, body: Vec<u8>) {
+        let Some(txn) = self.txn.as_mut() else {
+            return self.reply(replies::MAIL_FIRST);
+        };
+        txn.phase = Phase::Received(Arc::new(Message {
+            envelope: txn.envelope(),
+            body,
+        }));
+        self.run_hooks(Stage::AfterContent, 0);
+    }
+}

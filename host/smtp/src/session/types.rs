@@ -1,0 +1,257 @@
+//! The values that cross the session's boundary: what the host tells it (limits, the
+//! directory, verdicts) and what it asks of the host (actions).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::address::{Mailbox, Syntax};
+use crate::data::BareLf;
+use crate::envelope::Envelope;
+use crate::reply::Reply;
+
+use super::{Credentials, PipelineKind};
+
+/// What the host knows about mailboxes: pure lookups, no I/O.
+pub trait Directory: Send + Sync {
+    /// The domain that `<postmaster>` and bare account names belong to.
+    fn primary_domain(&self) -> &str;
+    /// Whether mail for `domain` is delivered here.
+    fn is_local_domain(&self, domain: &str) -> bool;
+    /// The mailbox whose Maildir receives mail for `address` (in a local domain), or `None`
+    /// when nobody does (`550 5.1.1`): the account itself for `account+detail`, the
+    /// configured postmaster account for `postmaster@` and `abuse@`.
+    fn resolve(&self, address: &Mailbox) -> Option<Mailbox>;
+    /// Whether the authenticated `account` may use `mailbox` as its sender.
+    fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool;
+}
+
+/// Per-session limits, all from the operator's config.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest message accepted, in octets.
+    pub message_size: usize,
+    /// Recipients per message before `452 4.5.3` (RFC 5321 asks for at least 100).
+    pub recipients: usize,
+    /// Longest text line in content, with its CRLF (RFC 5321: at least 1000).
+    pub line_length: usize,
+    /// What a content line ending in a bare LF gets.
+    pub bare_lf: BareLf,
+    /// How strictly MAIL, RCPT and EHLO are read.
+    pub syntax: Syntax,
+    /// Refused commands before the session is closed.
+    pub errors: u32,
+    /// Failed AUTH attempts before the session is closed.
+    pub auth_failures: u32,
+    /// Pause before answering the n-th failed AUTH: n times this.
+    pub auth_failure_delay: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            message_size: 25 * 1024 * 1024,
+            recipients: 100,
+            line_length: 64 * 1024,
+            bare_lf: BareLf::Normalize,
+            syntax: Syntax::Lenient,
+            errors: 20,
+            auth_failures: 3,
+            auth_failure_delay: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What every session of a listener shares.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Our name, in the greeting, EHLO reply and trace headers.
+    pub hostname: String,
+    /// The limits.
+    pub limits: Limits,
+    /// Whether a certificate is loaded, so STARTTLS can be offered.
+    pub tls_available: bool,
+}
+
+/// The negotiated TLS parameters, for trace headers and hooks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// For example `TLSv1.3`.
+    pub protocol: String,
+    /// For example `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// How far the client has proven itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    /// Set once TLS is up (STARTTLS or implicit).
+    pub tls: Option<TlsInfo>,
+    /// The authenticated account, once AUTH succeeded.
+    pub account: Option<String>,
+}
+
+/// How the client greeted us.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Greeting {
+    /// EHLO name.
+    Ehlo(String),
+    /// HELO name.
+    Helo(String),
+}
+
+impl Greeting {
+    /// The name the client claimed.
+    pub fn name(&self) -> &str {
+        match self {
+            Greeting::Ehlo(n) | Greeting::Helo(n) => n,
+        }
+    }
+}
+
+/// What the host and hooks may know about the session.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    /// Which pipeline runs.
+    pub pipeline: PipelineKind,
+    /// The client's address.
+    pub peer: IpAddr,
+    /// The current EHLO/HELO, if any.
+    pub greeting: Option<Greeting>,
+    /// TLS and AUTH state.
+    pub security: Security,
+}
+
+/// A per-message decision point.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// Rate limits, once the envelope is complete (submission).
+    Rate,
+    /// Virus scan of the content (both pipelines).
+    Virus,
+    /// Spam classification of the content (MX).
+    Spam,
+}
+
+impl Hook {
+    /// The hook's name in config and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Rate => "rate",
+            Hook::Virus => "virus",
+            Hook::Spam => "spam",
+        }
+    }
+}
+
+/// A header field a hook asks to add.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Field name, for example `X-Spam-Score`.
+    pub name: String,
+    /// Field value.
+    pub value: String,
+}
+
+/// A hook's decision about one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Go on to the next hook.
+    Accept,
+    /// Go on, adding these headers.
+    Tag(Vec<Header>),
+    /// Deliver into the Junk folder, adding these headers.
+    Junk(Vec<Header>),
+    /// Refuse permanently (a 5xx reply; anything else becomes `554 5.7.1`).
+    Reject(Reply),
+    /// Refuse temporarily (a 4xx reply; anything else becomes `451 4.7.1`).
+    Defer(Reply),
+    /// Answer 250 and drop the message.
+    Discard,
+}
+
+/// Where a local recipient's copy goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Folder {
+    /// The inbox.
+    #[default]
+    Inbox,
+    /// The `.Junk` Maildir folder.
+    Junk,
+}
+
+/// A received message with its envelope, shared with hooks and the spool without copies.
+#[derive(Debug)]
+pub struct Message {
+    /// Sender and recipients.
+    pub envelope: Envelope,
+    /// The content as received (CRLF lines, dot-unstuffed).
+    pub body: Vec<u8>,
+}
+
+/// What the host must make durable before the session may say 250.
+#[derive(Clone, Debug)]
+pub struct SpoolRequest {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Headers the hooks asked to add.
+    pub headers: Vec<Header>,
+    /// Where local copies go.
+    pub folder: Folder,
+}
+
+/// The host's answer to [`Action::Authenticate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The credentials are good; the session acts as `account` from now on.
+    Accept {
+        /// The account name the credentials belong to.
+        account: String,
+    },
+    /// The credentials are wrong.
+    Reject,
+    /// The credential store could not answer.
+    TempFail,
+}
+
+/// Which RFC 5321 timeout applies to the next read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadTimeout {
+    /// Waiting for a command (RFC 5321 4.5.3.2: 5 minutes).
+    Command,
+    /// Waiting for content (RFC 5321 4.5.3.2.6: 3 minutes per block).
+    Data,
+}
+
+/// What the host must do next.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Send this reply (buffer it; flush before reading or blocking).
+    Reply(Reply),
+    /// Wait this long before going on (the tarpit after failed AUTH).
+    Pause(Duration),
+    /// Flush, then run the TLS handshake and call [`Session::tls_established`].
+    StartTls,
+    /// Verify these credentials and call [`Session::resolve_auth`].
+    Authenticate(Credentials),
+    /// Run this hook on [`Session::info`], [`Session::envelope`] and [`Session::message`],
+    /// then call [`Session::resolve_hook`].
+    CallHook(Hook),
+    /// Make this durable and call [`Session::resolve_spool`].
+    Spool(SpoolRequest),
+    /// Flush replies, then read more bytes and pass them to [`Session::feed`].
+    Read,
+    /// Flush replies, then close the connection.
+    Close,
+}
+
+/// The host called a `resolve_*` method the machine was not waiting for: a host bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the session is not waiting for {0}")]
+pub struct UsageError(pub(super) &'static str);
+
+/// Why the spool could not store a message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("spool failure: {0}")]
+pub struct SpoolFailure(pub String);
