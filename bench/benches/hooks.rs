@@ -5,11 +5,11 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_bench::{message, session};
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
-use portcullis_runtime::{HookKind, LoadedPlugin, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_runtime::{Hook, LoadedPlugin, PluginSpec, Runtime, RuntimeConfig};
 use portcullis_smtp::command::Mechanism;
 use portcullis_smtp::session::{Credentials, PipelineKind};
 
-fn spec(file: &str, hook: HookKind, config: serde_json::Value) -> Arc<PluginSpec> {
+fn spec(file: &str, hook: Hook, config: serde_json::Value) -> Arc<PluginSpec> {
     let serde_json::Value::Object(config) = config else {
         unreachable!("the configs below are objects");
     };
@@ -22,7 +22,7 @@ fn language_plugin(
     runtime: &Runtime,
     lang: &str,
     file: &str,
-    hook: HookKind,
+    hook: Hook,
     config: serde_json::Value,
 ) -> Option<LoadedPlugin> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,11 +58,7 @@ fn hooks(c: &mut Criterion) {
     let msg = message(10 * 1024);
 
     let virus = runtime
-        .load(spec(
-            "virus_signatures.wasm",
-            HookKind::Virus,
-            serde_json::json!({}),
-        ))
+        .load(spec("virus_signatures.wasm", Hook::Virus, serde_json::json!({})))
         .expect("load");
     c.bench_function("virus-signatures 10KiB", |b| {
         b.to_async(&rt)
@@ -70,7 +66,7 @@ fn hooks(c: &mut Criterion) {
     });
 
     let spam = runtime
-        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .load(spec("spam_rules.wasm", Hook::Spam, serde_json::json!({})))
         .expect("load");
     c.bench_function("spam-rules 10KiB", |b| {
         b.to_async(&rt)
@@ -80,7 +76,7 @@ fn hooks(c: &mut Criterion) {
     let rate = runtime
         .load(spec(
             "rate_limit.wasm",
-            HookKind::Rate,
+            Hook::Rate,
             serde_json::json!({ "account": { "messages-per-minute": 100 } }),
         ))
         .expect("load");
@@ -108,20 +104,20 @@ fn hooks(c: &mut Criterion) {
 
     // Plugins in other languages, built by their own scripts (scripts/test.sh runs them).
     let bayes = serde_json::json!({ "tokens": { "viagra": 3.0, "report": -1.0, "quarterly": -0.5 } });
-    if let Some(bayes) = language_plugin(&runtime, "python", "spam_bayes.wasm", HookKind::Spam, bayes) {
+    if let Some(bayes) = language_plugin(&runtime, "python", "spam_bayes.wasm", Hook::Spam, bayes) {
         c.bench_function("spam-bayes (Python) 10KiB", |b| {
             b.to_async(&rt)
                 .iter(|| async { runtime.spam(&bayes, &mx, &msg).await.expect("classify") })
         });
     }
     let none = serde_json::json!({});
-    if let Some(scan) = language_plugin(&runtime, "c", "virus_scan.wasm", HookKind::Virus, none.clone()) {
+    if let Some(scan) = language_plugin(&runtime, "c", "virus_scan.wasm", Hook::Virus, none.clone()) {
         c.bench_function("virus-scan (C) 10KiB", |b| {
             b.to_async(&rt)
                 .iter(|| async { runtime.virus(&scan, &mx, &msg).await.expect("scan") })
         });
     }
-    if let Some(haraka) = language_plugin(&runtime, "javascript", "rate_haraka.wasm", HookKind::Rate, none) {
+    if let Some(haraka) = language_plugin(&runtime, "javascript", "rate_haraka.wasm", Hook::Rate, none) {
         c.bench_function("rate-haraka (JavaScript)", |b| {
             b.to_async(&rt).iter(|| async {
                 runtime
@@ -138,7 +134,7 @@ fn hooks(c: &mut Criterion) {
     let auth = runtime
         .load(spec(
             "auth_table.wasm",
-            HookKind::Auth,
+            Hook::Auth,
             serde_json::json!({ "accounts": { "alice@example.org": hash } }),
         ))
         .expect("load");

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use portcullis_bench::{message, session};
-use portcullis_runtime::{HookKind, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_runtime::{Hook, PluginSpec, Runtime, RuntimeConfig};
 use portcullis_smtp::session::PipelineKind;
 
-fn spec(file: &str, hook: HookKind) -> Arc<PluginSpec> {
+fn spec(file: &str, hook: Hook) -> Arc<PluginSpec> {
     portcullis_bench::spec(file, hook, serde_json::Map::new())
 }
 
@@ -60,10 +60,10 @@ fn main() {
     );
     let virus = Arc::new(
         runtime
-            .load(spec("virus_signatures.wasm", HookKind::Virus))
+            .load(spec("virus_signatures.wasm", Hook::Virus))
             .expect("load"),
     );
-    let spam = Arc::new(runtime.load(spec(&spam_plugin, HookKind::Spam)).expect("load"));
+    let spam = Arc::new(runtime.load(spec(&spam_plugin, Hook::Spam)).expect("load"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_runtime::builtin::BUILD_DIR;
-use portcullis_runtime::{HookKind, OnError, PluginSpec};
+use portcullis_runtime::{Hook, OnError, PluginSpec};
 
 use portcullis_smtp::envelope::{MailParams, Recipient};
 use portcullis_smtp::session::{Greeting, PipelineKind, Security, SessionInfo};
@@ -77,11 +77,7 @@ pub fn session(pipeline: PipelineKind) -> SessionInfo {
 }
 
 /// A spec for one of the plugins the build script built, with the daemon's defaults.
-pub fn spec(
-    file: &str,
-    hook: HookKind,
-    config: serde_json::Map<String, serde_json::Value>,
-) -> Arc<PluginSpec> {
+pub fn spec(file: &str, hook: Hook, config: serde_json::Map<String, serde_json::Value>) -> Arc<PluginSpec> {
     Arc::new(PluginSpec {
         name: file.into(),
         hook,

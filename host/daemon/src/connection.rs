@@ -6,13 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use portcullis_smtp::session::{Action, ReadTimeout, SessionInfo, SpoolFailure};
-use portcullis_smtp::{Pipeline, Session, SpoolRequest};
+use portcullis_smtp::{Pipeline, Session, SpoolRequest, Verdict};
 use portcullis_spool::QueueId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
+use crate::hooks::Event;
 use crate::live::Live;
 use crate::server::{Context, Phase};
 use crate::tls;
@@ -77,19 +78,6 @@ impl Stream {
     }
 }
 
-/// Runs `f` when dropped: keeps a gauge right however the session ends.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
 /// What a session did, for its closing log line.
 #[derive(Debug, Default)]
 struct Tally {
@@ -111,10 +99,7 @@ pub async fn run<P: Pipeline>(
         (_, false) => "submission",
         (_, true) => "submissions",
     };
-    metrics::counter!("portcullis_sessions_total", "listener" => listener).increment(1);
-    let active = metrics::gauge!("portcullis_sessions_active", "listener" => listener);
-    active.increment(1.0);
-    let _active = scopeguard(move || active.decrement(1.0));
+    let _active = crate::metrics::session_opened(listener);
     // This session's rules and certificate, fixed for its whole life (a reload only
     // affects sessions accepted after it).
     let live = ctx.live();
@@ -122,11 +107,11 @@ pub async fn run<P: Pipeline>(
     let tls = if implicit_tls {
         match stream.upgrade(&live).await {
             Ok(info) => {
-                metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "ok").increment(1);
+                crate::metrics::tls_handshake(listener, "ok");
                 Some(info)
             }
             Err(e) => {
-                metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "failed").increment(1);
+                crate::metrics::tls_handshake(listener, "failed");
                 tracing::info!(error = %e, "TLS handshake failed");
                 return;
             }
@@ -199,11 +184,11 @@ pub async fn run<P: Pipeline>(
                     }
                     let info = match stream.upgrade(&live).await {
                         Ok(info) => {
-                            metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "ok").increment(1);
+                            crate::metrics::tls_handshake(listener, "ok");
                             info
                         }
                         Err(e) => {
-                            metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => "failed").increment(1);
+                            crate::metrics::tls_handshake(listener, "failed");
                             return Err(e);
                         }
                     };
@@ -230,16 +215,37 @@ pub async fn run<P: Pipeline>(
                             "tempfail"
                         }
                     };
-                    metrics::counter!("portcullis_auth_total", "result" => result).increment(1);
+                    crate::metrics::auth(result);
                     session.resolve_auth(outcome).map_err(io::Error::other)?;
                 }
-                Action::CallHook(hook) => {
-                    let envelope = session.envelope();
-                    let verdict = ctx
-                        .hooks
-                        .call(hook, session.info(), envelope.as_ref(), session.message())
-                        .await;
-                    session.resolve_hook(verdict).map_err(io::Error::other)?;
+                Action::CallHook(call) => {
+                    let decision = ctx.hooks.call(&call, session.info()).await;
+                    if let Some(outcome) = match &decision.verdict {
+                        Verdict::Reject(_) => Some("refused"),
+                        Verdict::Defer(_) => Some("deferred"),
+                        Verdict::Discard => Some("discarded"),
+                        _ => None,
+                    } {
+                        crate::metrics::message(listener, outcome, call.hook().name());
+                    }
+                    if let Some(Event::VirusFromAccount {
+                        account,
+                        virus,
+                        message,
+                    }) = decision.event
+                    {
+                        let client = peer.ip().to_string();
+                        ctx.notices
+                            .virus_from_account(
+                                &live.config.server.hostname,
+                                &account,
+                                &virus,
+                                &client,
+                                &message,
+                            )
+                            .await;
+                    }
+                    session.resolve_hook(decision.verdict).map_err(io::Error::other)?;
                 }
                 Action::Spool(request) => {
                     let result = spool(&ctx, &live, session.info(), request).await;
@@ -253,8 +259,7 @@ pub async fn run<P: Pipeline>(
                             ("deferred", "spool")
                         }
                     };
-                    metrics::counter!("portcullis_messages_total", "listener" => listener, "outcome" => outcome, "reason" => reason)
-                        .increment(1);
+                    crate::metrics::message(listener, outcome, reason);
                     session.resolve_spool(result).map_err(io::Error::other)?;
                 }
                 Action::Close => {
@@ -291,16 +296,6 @@ async fn flush(stream: &mut Stream, out: &mut Vec<u8>) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes a header safe to write: no line breaks can be smuggled in by a hook.
-fn header_line(name: &str, value: &str) -> Option<String> {
-    let name_ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-    let value: String = value
-        .chars()
-        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
-        .collect();
-    name_ok.then(|| format!("{name}: {value}\r\n"))
-}
-
 /// Hands the message to the spool writer ([`crate::accept`]); answers once it is durable.
 async fn spool(
     ctx: &Arc<Context>,
@@ -321,8 +316,8 @@ async fn spool(
         &date,
     );
     for header in &request.headers {
-        match header_line(&header.name, &header.value) {
-            Some(line) => head.push_str(&line),
+        match portcullis_smtp::session::Header::sanitized(&header.name, &header.value) {
+            Some(header) => head.push_str(&header.line()),
             None => tracing::warn!(name = %header.name, "dropped a hook header with an invalid name"),
         }
     }

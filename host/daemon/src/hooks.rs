@@ -1,78 +1,76 @@
 //! The host side of the hook points: who answers when the session stops in
-//! `AwaitingVerdict(hook)` or `AwaitingAuth`.
+//! `AwaitingVerdict` or `AwaitingAuth`.
 //!
-//! Plugins on a hook run in config order; the first verdict that is not accept decides (for
-//! auth: the first that accepts or defers). A plugin failure yields its `on-error` policy,
-//! logged with the plugin's name and content hash. State stays here, in the host: the rate
-//! counters, and the notice an account gets when it sent a virus.
+//! Plugins on a hook run in config order through one loop; how their verdicts make one is
+//! the hook's [`Combine`] rule (for auth: the first that accepts or defers). A plugin
+//! failure yields its `on-error` policy, logged with the plugin's name and content hash.
+//! State stays here, in the host: the rate counters. What the daemon must do besides
+//! answering the session (the notice to an account that sent a virus) comes back as an
+//! [`Event`].
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use portcullis_runtime::{HookKind, LoadedPlugin, PluginError, PluginSet, ScanOutcome};
-use portcullis_smtp::session::{AuthOutcome, Credentials, Header, PipelineKind, SessionInfo};
-use portcullis_smtp::{Enhanced, Envelope, Hook, Message, Reply, Verdict};
-use portcullis_spool::{QueueId, Spool};
-use tokio::sync::mpsc;
+use portcullis_runtime::{LoadedPlugin, PluginError, PluginSet, ScanOutcome};
+use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, SessionInfo};
+use portcullis_smtp::{Envelope, Hook, HookCall, Message, Verdict, replies};
 
 use crate::accounts::Accounts;
-use crate::delivery::Job;
 use crate::rate::RateCounters;
 
 /// Answers hook calls for every session.
 pub struct Hooks {
     plugins: ArcSwap<PluginSet>,
     counters: RateCounters,
-    spool: Arc<Spool>,
-    deliveries: mpsc::UnboundedSender<Job>,
-    hostname: String,
 }
 
-fn describe(verdict: &Verdict) -> String {
-    match verdict {
-        Verdict::Accept => "accept".into(),
-        Verdict::Tag(h) => format!("tag ({} headers)", h.len()),
-        Verdict::Junk(_) => "junk".into(),
-        Verdict::Reject(r) => format!("reject {}", r.code),
-        Verdict::Defer(r) => format!("defer {}", r.code),
-        Verdict::Discard => "discard".into(),
+/// What a hook decided, and what the daemon must do about it besides.
+pub struct Decision {
+    /// For the session.
+    pub verdict: Verdict,
+    /// For the daemon.
+    pub event: Option<Event>,
+}
+
+/// Something a hook found that the daemon acts on.
+#[derive(Debug)]
+pub enum Event {
+    /// An authenticated account sent malware: its machine or password is compromised, and
+    /// it is told so in its own mailbox.
+    VirusFromAccount {
+        /// The account.
+        account: String,
+        /// The malware's name.
+        virus: String,
+        /// The message that carried it.
+        message: Arc<Message>,
+    },
+}
+
+/// How the verdicts of the plugins on one hook make one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Combine {
+    /// The first verdict that is not an accept decides; headers of accepts are dropped.
+    FirstDecision,
+    /// Headers of every plugin add up; a junk verdict files with all of them, any other
+    /// decision ends the loop.
+    AddHeaders,
+}
+
+fn combine(hook: Hook) -> Combine {
+    match hook {
+        Hook::Spam => Combine::AddHeaders,
+        Hook::Auth | Hook::Rate | Hook::Virus => Combine::FirstDecision,
     }
 }
 
-fn failed(plugin: &LoadedPlugin, hook: HookKind, error: &PluginError) {
-    metrics::counter!(
-        "portcullis_plugin_errors_total",
-        "plugin" => plugin.meta.name.clone(),
-        "hook" => hook.name(),
-        "kind" => error.kind()
-    )
-    .increment(1);
-    tracing::warn!(
-        plugin = %plugin.meta.name,
-        hash = %plugin.meta.hash,
-        hook = hook.name(),
-        kind = error.kind(),
-        error = %error,
-        on_error = ?plugin.spec.on_error,
-        "plugin failed; applying its on-error policy"
-    );
-}
-
 impl Hooks {
-    /// Hooks answered by `plugins`, with the host state they need.
-    pub fn new(
-        plugins: Arc<PluginSet>,
-        spool: Arc<Spool>,
-        deliveries: mpsc::UnboundedSender<Job>,
-        hostname: String,
-    ) -> Self {
+    /// Hooks answered by `plugins`.
+    pub fn new(plugins: Arc<PluginSet>) -> Self {
         Hooks {
             plugins: ArcSwap::new(plugins),
             counters: RateCounters::default(),
-            spool,
-            deliveries,
-            hostname,
         }
     }
 
@@ -94,7 +92,7 @@ impl Hooks {
         credentials: Credentials,
     ) -> AuthOutcome {
         let plugins = self.plugins();
-        if accounts.knows(&credentials.username) || !plugins.has(HookKind::Auth) {
+        if accounts.knows(&credentials.username) || !plugins.has(Hook::Auth) {
             // The users file decides for its own accounts (and, with no auth plugin, for
             // everyone: unknown names are checked against a decoy hash, in constant time).
             let checked = credentials.clone();
@@ -103,13 +101,13 @@ impl Hooks {
                 .unwrap_or(AuthOutcome::TempFail);
         }
         let runtime = plugins.runtime();
-        for slot in plugins.on(HookKind::Auth) {
+        for slot in plugins.on(Hook::Auth) {
             let plugin = slot.current();
             let started = Instant::now();
             let outcome = match runtime.authenticate(&plugin, info, &credentials).await {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    failed(&plugin, HookKind::Auth, &e);
+                    failed(&plugin, Hook::Auth, &e);
                     match plugin.spec.on_error {
                         portcullis_runtime::OnError::Defer => AuthOutcome::TempFail,
                         _ => AuthOutcome::Reject,
@@ -124,31 +122,40 @@ impl Hooks {
         AuthOutcome::Reject
     }
 
-    /// The verdict of every plugin configured on `hook`, in order; `Accept` when none is.
-    pub async fn call(
-        &self,
-        hook: Hook,
-        info: &SessionInfo,
-        envelope: Option<&Envelope>,
-        message: Option<&Arc<Message>>,
-    ) -> Verdict {
-        let verdict = match (hook, envelope, message) {
-            (Hook::Rate, Some(envelope), _) => self.rate(info, envelope).await,
-            (Hook::Virus, _, Some(message)) => self.virus(info, message).await,
-            (Hook::Spam, _, Some(message)) => self.spam(info, message).await,
-            _ => Verdict::Accept,
+    /// The verdict of every plugin configured on the call's hook, in order; `Accept` when
+    /// none is.
+    pub async fn call(&self, call: &HookCall, info: &SessionInfo) -> Decision {
+        let hook = call.hook();
+        let mut event = None;
+        let verdict = match call {
+            HookCall::Rate(envelope) => self.rate(info, envelope).await,
+            HookCall::Virus(message) => {
+                let found = self.virus(info, message).await;
+                if let (Some(virus), PipelineKind::Submission) = (&found.1, info.pipeline)
+                    && let Some(account) = &info.security.account
+                {
+                    // DESIGN: on submission the account is told its machine or password is
+                    // compromised; on MX the refusal is in-session and nothing is bounced.
+                    event = Some(Event::VirusFromAccount {
+                        account: account.clone(),
+                        virus: virus.clone(),
+                        message: Arc::clone(message),
+                    });
+                }
+                found.0
+            }
+            HookCall::Spam(message) => {
+                let plugins = self.plugins();
+                let runtime = plugins.runtime();
+                self.run(&plugins, hook, |plugin| async move {
+                    let outcome = runtime.spam(&plugin, info, message).await?;
+                    tracing::info!(plugin = %plugin.meta.name, score = outcome.score, "spam score");
+                    Ok(outcome.verdict)
+                })
+                .await
+            }
         };
-        let outcome = match &verdict {
-            Verdict::Reject(_) => Some("refused"),
-            Verdict::Defer(_) => Some("deferred"),
-            Verdict::Discard => Some("discarded"),
-            _ => None,
-        };
-        if let Some(outcome) = outcome {
-            metrics::counter!("portcullis_messages_total", "outcome" => outcome, "reason" => hook.name())
-                .increment(1);
-        }
-        verdict
+        Decision { verdict, event }
     }
 
     async fn rate(&self, info: &SessionInfo, envelope: &Envelope) -> Verdict {
@@ -157,81 +164,69 @@ impl Hooks {
         let usage = self.counters.usage(&account, &ip);
         let plugins = self.plugins();
         let runtime = plugins.runtime();
-        for slot in plugins.on(HookKind::Rate) {
-            let plugin = slot.current();
-            let started = Instant::now();
-            let verdict = match runtime.rate(&plugin, info, envelope, &usage).await {
-                Ok(v) => v,
-                Err(e) => {
-                    failed(&plugin, HookKind::Rate, &e);
-                    plugin.spec.on_error.verdict()
-                }
-            };
-            log_verdict(&plugin, "rate", &verdict, started);
-            if !matches!(verdict, Verdict::Accept | Verdict::Tag(_)) {
-                return verdict;
-            }
+        let usage = &usage;
+        let verdict = self
+            .run(&plugins, Hook::Rate, |plugin| async move {
+                runtime.rate(&plugin, info, envelope, usage).await
+            })
+            .await;
+        if matches!(verdict, Verdict::Accept | Verdict::Tag(_)) {
+            self.counters
+                .record(&account, &ip, envelope.recipients.len() as u32);
         }
-        self.counters
-            .record(&account, &ip, envelope.recipients.len() as u32);
-        Verdict::Accept
+        verdict
     }
 
-    async fn virus(&self, info: &SessionInfo, message: &Arc<Message>) -> Verdict {
+    /// The virus hook's verdict, and the malware's name when one was found.
+    async fn virus(&self, info: &SessionInfo, message: &Arc<Message>) -> (Verdict, Option<String>) {
         let plugins = self.plugins();
         let runtime = plugins.runtime();
-        for slot in plugins.on(HookKind::Virus) {
-            let plugin = slot.current();
-            let started = Instant::now();
-            let verdict = match runtime.virus(&plugin, info, message).await {
-                Ok(ScanOutcome::Clean) => Verdict::Accept,
-                Ok(ScanOutcome::Infected(name)) => {
-                    tracing::warn!(plugin = %plugin.meta.name, virus = %name, from = %message.envelope.reverse_path(), "virus found; refusing the message");
-                    // DESIGN: on submission the account is told its machine or password is
-                    // compromised; on MX the refusal is in-session and nothing is bounced.
-                    if info.pipeline == PipelineKind::Submission {
-                        self.notify_infected(info, message, &name).await;
+        let found = std::sync::Mutex::new(None);
+        let seen = &found;
+        let verdict = self
+            .run(&plugins, Hook::Virus, |plugin| async move {
+                Ok(match runtime.virus(&plugin, info, message).await? {
+                    ScanOutcome::Clean => Verdict::Accept,
+                    ScanOutcome::Infected(name) => {
+                        tracing::warn!(plugin = %plugin.meta.name, virus = %name, from = %message.envelope.reverse_path(), "virus found; refusing the message");
+                        let reply = replies::virus_found(&name);
+                        *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(name);
+                        Verdict::Reject(reply)
                     }
-                    Verdict::Reject(Reply::new(
-                        554,
-                        Some(Enhanced(5, 7, 1)),
-                        format!("Message refused: virus found ({name})"),
-                    ))
-                }
-                Err(e) => {
-                    failed(&plugin, HookKind::Virus, &e);
-                    plugin.spec.on_error.verdict()
-                }
-            };
-            log_verdict(&plugin, "virus", &verdict, started);
-            if !matches!(verdict, Verdict::Accept | Verdict::Tag(_)) {
-                return verdict;
-            }
-        }
-        Verdict::Accept
+                })
+            })
+            .await;
+        let found = found
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (verdict, found)
     }
 
-    async fn spam(&self, info: &SessionInfo, message: &Arc<Message>) -> Verdict {
-        let plugins = self.plugins();
-        let runtime = plugins.runtime();
-        let mut headers: Vec<Header> = Vec::new();
-        for slot in plugins.on(HookKind::Spam) {
+    /// The one loop over the plugins of `hook`: calls each with `call`, applies its
+    /// `on-error` policy when it fails, logs and counts each verdict, and combines them
+    /// by the hook's rule.
+    async fn run<F, Fut>(&self, plugins: &PluginSet, hook: Hook, mut call: F) -> Verdict
+    where
+        F: FnMut(Arc<LoadedPlugin>) -> Fut,
+        Fut: std::future::Future<Output = Result<Verdict, PluginError>> + Send,
+    {
+        let rule = combine(hook);
+        let mut headers = Vec::new();
+        for slot in plugins.on(hook) {
             let plugin = slot.current();
             let started = Instant::now();
-            let verdict = match runtime.spam(&plugin, info, message).await {
-                Ok(outcome) => {
-                    tracing::info!(plugin = %plugin.meta.name, score = outcome.score, "spam score");
-                    outcome.verdict
-                }
+            let verdict = match call(Arc::clone(&plugin)).await {
+                Ok(verdict) => verdict,
                 Err(e) => {
-                    failed(&plugin, HookKind::Spam, &e);
+                    failed(&plugin, hook, &e);
                     plugin.spec.on_error.verdict()
                 }
             };
-            log_verdict(&plugin, "spam", &verdict, started);
+            log_verdict(&plugin, hook, &verdict, started);
             match verdict {
                 Verdict::Accept => {}
-                Verdict::Tag(more) => headers.extend(more),
+                Verdict::Tag(more) if rule == Combine::AddHeaders => headers.extend(more),
+                Verdict::Tag(_) => {}
                 Verdict::Junk(more) => {
                     headers.extend(more);
                     return Verdict::Junk(headers);
@@ -245,60 +240,19 @@ impl Hooks {
             Verdict::Tag(headers)
         }
     }
+}
 
-    /// Puts a notice into the account's own mailbox: a message it sent carried malware.
-    async fn notify_infected(&self, info: &SessionInfo, message: &Arc<Message>, virus: &str) {
-        let Some(account) = info.security.account.clone() else {
-            return;
-        };
-        let Some((local, domain)) = account.rsplit_once('@') else {
-            return;
-        };
-        let recipients: Vec<String> = message
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| r.mailbox.to_string())
-            .collect();
-        let subject = crate::notice::header_value(&message.body, "subject").unwrap_or_default();
-        let id = QueueId::generate();
-        let text = crate::notice::virus_notice(&crate::notice::VirusNotice {
-            hostname: &self.hostname,
-            account: &account,
-            virus,
-            client_ip: &info.peer.to_string(),
-            mail_from: &message.envelope.reverse_path(),
-            recipients: &recipients,
-            subject: &subject,
-            id: id.as_str(),
-        });
-        let envelope = Envelope {
-            mail_from: None,
-            params: Default::default(),
-            recipients: vec![portcullis_smtp::envelope::Recipient {
-                mailbox: portcullis_smtp::Mailbox {
-                    local: local.to_string(),
-                    domain: domain.to_string(),
-                },
-                params: Default::default(),
-                local: true,
-                deliver_to: None,
-            }],
-        };
-        let spool = Arc::clone(&self.spool);
-        let stored = tokio::task::spawn_blocking(move || {
-            spool.store(id, envelope, portcullis_smtp::Folder::Inbox, b"", text.as_bytes())
-        })
-        .await;
-        match stored {
-            Ok(Ok(entry)) => {
-                tracing::info!(queue_id = %entry.id, %account, "virus notice queued for the account");
-                let _ = self.deliveries.send(Job::new(entry.id));
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, %account, "cannot queue the virus notice"),
-            Err(e) => tracing::error!(error = %e, "virus notice task failed"),
-        }
-    }
+fn failed(plugin: &LoadedPlugin, hook: Hook, error: &PluginError) {
+    crate::metrics::plugin_failed(&plugin.meta.name, hook, error.kind());
+    tracing::warn!(
+        plugin = %plugin.meta.name,
+        hash = %plugin.meta.hash,
+        hook = hook.name(),
+        kind = error.kind(),
+        error = %error,
+        on_error = ?plugin.spec.on_error,
+        "plugin failed; applying its on-error policy"
+    );
 }
 
 fn outcome_name(outcome: &AuthOutcome) -> &'static str {
@@ -309,24 +263,33 @@ fn outcome_name(outcome: &AuthOutcome) -> &'static str {
     }
 }
 
-fn log_verdict(plugin: &LoadedPlugin, hook: &'static str, verdict: &Verdict, started: Instant) {
-    let kind = match verdict {
+/// The verdict's kind, for logs and metrics.
+pub fn verdict_kind(verdict: &Verdict) -> &'static str {
+    match verdict {
         Verdict::Accept => "accept",
         Verdict::Tag(_) => "tag",
         Verdict::Junk(_) => "junk",
         Verdict::Reject(_) => "reject",
         Verdict::Defer(_) => "defer",
         Verdict::Discard => "discard",
-    };
-    let name = plugin.meta.name.clone();
-    metrics::counter!("portcullis_hook_verdicts_total", "hook" => hook, "plugin" => name.clone(), "verdict" => kind)
-        .increment(1);
-    metrics::histogram!("portcullis_plugin_call_seconds", "hook" => hook, "plugin" => name)
-        .record(started.elapsed().as_secs_f64());
+    }
+}
+
+fn describe(verdict: &Verdict) -> String {
+    match verdict {
+        Verdict::Tag(h) => format!("tag ({} headers)", h.len()),
+        Verdict::Reject(r) => format!("reject {}", r.code),
+        Verdict::Defer(r) => format!("defer {}", r.code),
+        other => verdict_kind(other).into(),
+    }
+}
+
+fn log_verdict(plugin: &LoadedPlugin, hook: Hook, verdict: &Verdict, started: Instant) {
+    crate::metrics::hook_verdict(&plugin.meta.name, hook, verdict_kind(verdict), started.elapsed());
     tracing::info!(
         plugin = %plugin.meta.name,
         hash = %plugin.meta.hash,
-        hook,
+        hook = hook.name(),
         verdict = %describe(verdict),
         micros = started.elapsed().as_micros() as u64,
         "hook verdict"

@@ -1,5 +1,6 @@
 //! The Prometheus endpoint (`[metrics] address`, off by default): counters and gauges the
-//! daemon records through the `metrics` facade, rendered on `GET /metrics`.
+//! daemon records through the `metrics` facade, rendered on `GET /metrics`. Every series is
+//! written by one typed function here, so each family has one set of labels.
 //!
 //! Families: `portcullis_sessions_total` and `portcullis_sessions_active` by listener,
 //! `portcullis_messages_total` by outcome and reason, `portcullis_hook_verdicts_total` and
@@ -13,9 +14,62 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use portcullis_smtp::Hook;
 use portcullis_spool::Spool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+
+/// A session opened on `listener`; the active gauge goes down when the guard is dropped.
+pub fn session_opened(listener: &'static str) -> impl Drop {
+    metrics::counter!("portcullis_sessions_total", "listener" => listener).increment(1);
+    let active = metrics::gauge!("portcullis_sessions_active", "listener" => listener);
+    active.increment(1.0);
+    struct Active(metrics::Gauge);
+    impl Drop for Active {
+        fn drop(&mut self) {
+            self.0.decrement(1.0);
+        }
+    }
+    Active(active)
+}
+
+/// A TLS handshake on `listener`: `result` is `"ok"` or `"failed"`.
+pub fn tls_handshake(listener: &'static str, result: &'static str) {
+    metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => result)
+        .increment(1);
+}
+
+/// An AUTH: `result` is `"accepted"`, `"rejected"` or `"tempfail"`.
+pub fn auth(result: &'static str) {
+    metrics::counter!("portcullis_auth_total", "result" => result).increment(1);
+}
+
+/// A message's fate on `listener`: `outcome` (`accepted`, `refused`, `deferred`,
+/// `discarded`) and why (`""`, `spool`, or the hook that decided).
+pub fn message(listener: &'static str, outcome: &'static str, reason: &'static str) {
+    metrics::counter!("portcullis_messages_total", "listener" => listener, "outcome" => outcome, "reason" => reason)
+        .increment(1);
+}
+
+/// One plugin's verdict (its kind) and how long the call took.
+pub fn hook_verdict(plugin: &str, hook: Hook, kind: &'static str, took: std::time::Duration) {
+    let hook = hook.name();
+    metrics::counter!("portcullis_hook_verdicts_total", "hook" => hook, "plugin" => plugin.to_string(), "verdict" => kind)
+        .increment(1);
+    metrics::histogram!("portcullis_plugin_call_seconds", "hook" => hook, "plugin" => plugin.to_string())
+        .record(took.as_secs_f64());
+}
+
+/// A plugin failure of `kind` (trap, timeout, ...).
+pub fn plugin_failed(plugin: &str, hook: Hook, kind: &'static str) {
+    metrics::counter!("portcullis_plugin_errors_total", "plugin" => plugin.to_string(), "hook" => hook.name(), "kind" => kind)
+        .increment(1);
+}
+
+/// A SIGHUP reload: `result` is `"ok"` or `"refused"`.
+pub fn reload(result: &'static str) {
+    metrics::counter!("portcullis_reloads_total", "result" => result).increment(1);
+}
 
 /// Installs the recorder and serves it; returns the bound address.
 pub async fn serve(address: SocketAddr, spool: Arc<Spool>) -> std::io::Result<SocketAddr> {
@@ -72,7 +126,7 @@ async fn render(handle: &PrometheusHandle, spool: &Arc<Spool>) -> String {
         .unwrap_or(0);
     let oldest = ids
         .iter()
-        .filter_map(|id| u128::from_str_radix(&id.as_str()[..14], 16).ok())
+        .map(portcullis_spool::QueueId::micros)
         .min()
         .map_or(0.0, |micros| now.saturating_sub(micros) as f64 / 1e6);
     metrics::gauge!("portcullis_queue_messages").set(ids.len() as f64);

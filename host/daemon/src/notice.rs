@@ -1,5 +1,86 @@
 //! Messages the server writes itself: the notice to an account that sent malware.
 
+use std::sync::Arc;
+
+use portcullis_smtp::envelope::{Envelope, Recipient};
+use portcullis_smtp::{Folder, Mailbox, Message};
+use portcullis_spool::{QueueId, Spool};
+use tokio::sync::mpsc;
+
+use crate::delivery::Job;
+
+/// Writes notices into the spool and hands them to local delivery.
+pub struct Notices {
+    spool: Arc<Spool>,
+    deliveries: mpsc::UnboundedSender<Job>,
+}
+
+impl Notices {
+    /// Notices stored in `spool`, delivered through `deliveries`.
+    pub fn new(spool: Arc<Spool>, deliveries: mpsc::UnboundedSender<Job>) -> Self {
+        Notices { spool, deliveries }
+    }
+
+    /// Puts a notice into `account`'s own mailbox: `message`, which it sent from
+    /// `client_ip`, carried `virus`. Logged, never fatal: the message itself was refused.
+    pub async fn virus_from_account(
+        &self,
+        hostname: &str,
+        account: &str,
+        virus: &str,
+        client_ip: &str,
+        message: &Message,
+    ) {
+        let Some((local, domain)) = account.rsplit_once('@') else {
+            return;
+        };
+        let recipients: Vec<String> = message
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.mailbox.to_string())
+            .collect();
+        let subject = header_value(&message.body, "subject").unwrap_or_default();
+        let id = QueueId::generate();
+        let text = virus_notice(&VirusNotice {
+            hostname,
+            account,
+            virus,
+            client_ip,
+            mail_from: &message.envelope.reverse_path(),
+            recipients: &recipients,
+            subject: &subject,
+            id: id.as_str(),
+        });
+        let envelope = Envelope {
+            mail_from: None,
+            params: Default::default(),
+            recipients: vec![Recipient {
+                mailbox: Mailbox {
+                    local: local.to_string(),
+                    domain: domain.to_string(),
+                },
+                params: Default::default(),
+                local: true,
+                deliver_to: None,
+            }],
+        };
+        let spool = Arc::clone(&self.spool);
+        let stored = tokio::task::spawn_blocking(move || {
+            spool.store(id, envelope, Folder::Inbox, b"", text.as_bytes())
+        })
+        .await;
+        match stored {
+            Ok(Ok(entry)) => {
+                tracing::info!(queue_id = %entry.id, %account, "virus notice queued for the account");
+                let _ = self.deliveries.send(Job::new(entry.id));
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, %account, "cannot queue the virus notice"),
+            Err(e) => tracing::error!(error = %e, "virus notice task failed"),
+        }
+    }
+}
+
 /// What goes into a virus notice.
 pub struct VirusNotice<'a> {
     /// Our host name.

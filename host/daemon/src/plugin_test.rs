@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
-use portcullis_runtime::{HookKind, OnError, PluginSpec, Runtime, RuntimeConfig, ScanOutcome};
+use portcullis_runtime::{Hook, OnError, PluginSpec, Runtime, RuntimeConfig, ScanOutcome};
 use portcullis_smtp::envelope::{MailParams, Recipient};
 use portcullis_smtp::session::{
     AuthOutcome, Credentials, Greeting, PipelineKind, Security, SessionInfo, TlsInfo,
 };
-use portcullis_smtp::{Envelope, Mailbox, Message, Verdict};
+use portcullis_smtp::{Envelope, Mailbox, Message, Verdict, replies};
 
 /// What `plugin test` was asked to do.
 #[derive(Debug, clap::Args)]
@@ -138,9 +138,9 @@ fn plugin_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Valu
 }
 
 async fn test(args: TestArgs) -> Result<u8, String> {
-    let hook = HookKind::parse(&args.hook)
+    let hook = Hook::parse(&args.hook)
         .ok_or_else(|| format!("--hook {:?}: use auth, rate, virus or spam", args.hook))?;
-    if matches!(hook, HookKind::Virus | HookKind::Spam) && args.message.is_none() {
+    if matches!(hook, Hook::Virus | Hook::Spam) && args.message.is_none() {
         return Err(format!("the {} hook needs a MESSAGE.eml", hook.name()));
     }
     let config = match &args.plugin_config {
@@ -178,8 +178,8 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         body,
     });
     let pipeline = match hook {
-        HookKind::Auth | HookKind::Rate => PipelineKind::Submission,
-        HookKind::Virus | HookKind::Spam => PipelineKind::Mx,
+        Hook::Auth | Hook::Rate => PipelineKind::Submission,
+        Hook::Virus | Hook::Spam => PipelineKind::Mx,
     };
     let info = SessionInfo {
         pipeline,
@@ -241,12 +241,12 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         } else {
             "compiled"
         },
-        hook.world()
+        portcullis_runtime::world(hook)
     );
 
     let started = Instant::now();
     let outcome: Result<Vec<String>, portcullis_runtime::PluginError> = match hook {
-        HookKind::Auth => {
+        Hook::Auth => {
             let credentials = Credentials {
                 mechanism: portcullis_smtp::command::Mechanism::Plain,
                 authzid: None,
@@ -255,13 +255,15 @@ async fn test(args: TestArgs) -> Result<u8, String> {
             };
             runtime.authenticate(&plugin, &info, &credentials).await.map(|o| {
                 vec![match o {
-                    AuthOutcome::Accept { account } => format!("accept as {account} (235 2.7.0)"),
-                    AuthOutcome::Reject => "reject (535 5.7.8)".into(),
-                    AuthOutcome::TempFail => "defer (454 4.7.0)".into(),
+                    AuthOutcome::Accept { account } => {
+                        format!("accept as {account} ({})", code(&replies::AUTH_OK))
+                    }
+                    AuthOutcome::Reject => format!("reject ({})", code(&replies::AUTH_FAILED)),
+                    AuthOutcome::TempFail => format!("defer ({})", code(&replies::AUTH_TEMPFAIL)),
                 }]
             })
         }
-        HookKind::Rate => {
+        Hook::Rate => {
             let w = Window {
                 messages: args.usage,
                 recipients: args.usage,
@@ -280,11 +282,16 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 .await
                 .map(|v| describe(&v))
         }
-        HookKind::Virus => runtime.virus(&plugin, &info, &message).await.map(|o| match o {
+        Hook::Virus => runtime.virus(&plugin, &info, &message).await.map(|o| match o {
             ScanOutcome::Clean => vec!["clean (accept)".into()],
-            ScanOutcome::Infected(name) => vec![format!("infected: {name} (reject 554 5.7.1)")],
+            ScanOutcome::Infected(name) => {
+                vec![format!(
+                    "infected: {name} (reject {})",
+                    code(&replies::virus_found(&name))
+                )]
+            }
         }),
-        HookKind::Spam => runtime.spam(&plugin, &info, &message).await.map(|o| {
+        Hook::Spam => runtime.spam(&plugin, &info, &message).await.map(|o| {
             // `+ 0.0` turns a negative zero into zero: no "score -0.00".
             let mut lines = vec![format!("score {:.2}", o.score + 0.0)];
             lines.extend(describe(&o.verdict));
@@ -310,9 +317,20 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 e.kind(),
                 took.as_secs_f64() * 1e3
             );
-            println!("policy   with on-error = \"defer\" the server would answer 451 4.3.0");
+            println!(
+                "policy   with on-error = \"defer\" the server would answer {}",
+                code(&replies::HOOK_DEFERRED)
+            );
             Ok(1)
         }
+    }
+}
+
+/// A reply's code and enhanced code, as the server would send them.
+fn code(reply: &portcullis_smtp::Reply) -> String {
+    match reply.enhanced {
+        Some(enhanced) => format!("{} {enhanced}", reply.code),
+        None => reply.code.to_string(),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Context {
     pub outbound: portcullis_outbound::Outbound,
     /// Who answers hook points.
     pub hooks: Hooks,
+    /// Writes the messages the server sends itself (the virus notice).
+    pub notices: crate::notice::Notices,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     users_watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
@@ -293,12 +295,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         retire_sweep,
     )
     .map_err(|e| StartError::Delivery(format!("cannot start the spool writer: {e}")))?;
-    let hooks = Hooks::new(
-        Arc::clone(&plugins),
-        Arc::clone(&spool),
-        deliveries.clone(),
-        config.server.hostname.clone(),
-    );
+    let hooks = Hooks::new(Arc::clone(&plugins));
+    let notices = crate::notice::Notices::new(Arc::clone(&spool), deliveries.clone());
     if !recovered.is_empty() {
         tracing::info!(
             messages = recovered.len(),
@@ -320,6 +318,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         writer,
         outbound,
         hooks,
+        notices,
         watcher: Mutex::new(None),
         users_watcher: Mutex::new(None),
     });
@@ -554,13 +553,13 @@ async fn wait_for_stop(ctx: &Arc<Context>, mut signals: Signals) {
                 crate::sd_notify::reloading();
                 match ctx.reload().await {
                     Ok(summary) => {
-                        metrics::counter!("portcullis_reloads_total", "result" => "ok").increment(1);
+                        crate::metrics::reload("ok");
                         tracing::info!(%summary, "configuration reloaded")
                     }
                     Err(e) => {
                         // One log line per event: fold the parser's multi-line report.
                         let e = e.split('\n').map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" | ");
-                        metrics::counter!("portcullis_reloads_total", "result" => "refused").increment(1);
+                        crate::metrics::reload("refused");
                         tracing::error!(error = %e, "reload refused; the running configuration stays")
                     }
                 }

@@ -23,6 +23,7 @@ pub mod plugin;
 pub mod runtime;
 pub mod set;
 
-pub use plugin::{HookKind, OnError, PluginError, PluginSpec};
+pub use plugin::{OnError, PluginError, PluginSpec, world};
+pub use portcullis_smtp::Hook;
 pub use runtime::{LoadError, LoadedPlugin, Runtime, RuntimeConfig, ScanOutcome, SpamOutcome};
 pub use set::{PluginSet, Slot};

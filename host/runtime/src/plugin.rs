@@ -4,53 +4,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use portcullis_smtp::{Enhanced, Reply, Verdict, replies};
+use portcullis_smtp::{Enhanced, Hook, Reply, Verdict, replies};
 
 use crate::bindings::types;
 
-/// Which hook a plugin serves; fixes the world it must implement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HookKind {
-    /// `auth-plugin`.
-    Auth,
-    /// `rate-plugin`.
-    Rate,
-    /// `virus-plugin`.
-    Virus,
-    /// `spam-plugin`.
-    Spam,
-}
-
-impl HookKind {
-    /// Parses the config name.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "auth" => Some(HookKind::Auth),
-            "rate" => Some(HookKind::Rate),
-            "virus" => Some(HookKind::Virus),
-            "spam" => Some(HookKind::Spam),
-            _ => None,
-        }
-    }
-
-    /// The config name.
-    pub fn name(self) -> &'static str {
-        match self {
-            HookKind::Auth => "auth",
-            HookKind::Rate => "rate",
-            HookKind::Virus => "virus",
-            HookKind::Spam => "spam",
-        }
-    }
-
-    /// The WIT world a plugin for this hook must target.
-    pub fn world(self) -> &'static str {
-        match self {
-            HookKind::Auth => "auth-plugin",
-            HookKind::Rate => "rate-plugin",
-            HookKind::Virus => "virus-plugin",
-            HookKind::Spam => "spam-plugin",
-        }
+/// The WIT world a plugin for `hook` must target.
+pub fn world(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Auth => "auth-plugin",
+        Hook::Rate => "rate-plugin",
+        Hook::Virus => "virus-plugin",
+        Hook::Spam => "spam-plugin",
     }
 }
 
@@ -82,11 +46,7 @@ impl OnError {
         match self {
             OnError::Defer => Verdict::Defer(replies::HOOK_DEFERRED),
             OnError::Accept => Verdict::Accept,
-            OnError::Reject => Verdict::Reject(Reply::fixed(
-                554,
-                Some(Enhanced(5, 7, 0)),
-                "Message refused by a content filter",
-            )),
+            OnError::Reject => Verdict::Reject(replies::REFUSED_BY_FILTER),
         }
     }
 }
@@ -97,7 +57,7 @@ pub struct PluginSpec {
     /// A name for logs (default: the file's stem).
     pub name: String,
     /// The hook it serves.
-    pub hook: HookKind,
+    pub hook: Hook,
     /// The component file.
     pub path: PathBuf,
     /// Wall-clock limit of one call, instantiation included.
@@ -165,27 +125,14 @@ pub fn headers(list: Vec<types::Header>) -> Result<Vec<portcullis_smtp::session:
     }
     list.into_iter()
         .map(|h| {
-            let name_ok = !h.name.is_empty()
-                && h.name.len() <= 64
-                && h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-            if !name_ok {
-                return Err(PluginError::Malformed(format!(
-                    "bad header name {:?}",
-                    truncate(&h.name, 80)
-                )));
-            }
             if h.value.len() > MAX_HEADER_VALUE {
                 return Err(PluginError::Malformed(format!(
                     "header {} longer than {MAX_HEADER_VALUE}",
-                    h.name
+                    truncate(&h.name, 80)
                 )));
             }
-            let value = h
-                .value
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
-            Ok(portcullis_smtp::session::Header { name: h.name, value })
+            portcullis_smtp::session::Header::sanitized(&h.name, &h.value)
+                .ok_or_else(|| PluginError::Malformed(format!("bad header name {:?}", truncate(&h.name, 80))))
         })
         .collect()
 }

@@ -15,7 +15,8 @@ use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
 use crate::bindings::{auth, rate, spam, types, virus};
 use crate::host::{MessageHandle, PluginMeta, State};
-use crate::plugin::{self, HookKind, PluginError, PluginSpec};
+use crate::plugin::{self, PluginError, PluginSpec};
+use portcullis_smtp::Hook;
 
 /// How often the epoch ticks; a running plugin yields to other tasks at each tick.
 const TICK: Duration = Duration::from_millis(5);
@@ -260,15 +261,15 @@ impl Runtime {
         let (component, cached) = self.compile(path, &bytes, &hash)?;
         let world = |e: wasmtime::Error| LoadError::World {
             path: path.clone(),
-            world: spec.hook.world(),
+            world: plugin::world(spec.hook),
             message: one_line(&format!("{e:#}")),
         };
         let instance_pre: InstancePre<State> = self.linker.instantiate_pre(&component).map_err(world)?;
         let pre = match spec.hook {
-            HookKind::Auth => Pre::Auth(auth::AuthPluginPre::new(instance_pre).map_err(world)?),
-            HookKind::Rate => Pre::Rate(rate::RatePluginPre::new(instance_pre).map_err(world)?),
-            HookKind::Virus => Pre::Virus(virus::VirusPluginPre::new(instance_pre).map_err(world)?),
-            HookKind::Spam => Pre::Spam(spam::SpamPluginPre::new(instance_pre).map_err(world)?),
+            Hook::Auth => Pre::Auth(auth::AuthPluginPre::new(instance_pre).map_err(world)?),
+            Hook::Rate => Pre::Rate(rate::RatePluginPre::new(instance_pre).map_err(world)?),
+            Hook::Virus => Pre::Virus(virus::VirusPluginPre::new(instance_pre).map_err(world)?),
+            Hook::Spam => Pre::Spam(spam::SpamPluginPre::new(instance_pre).map_err(world)?),
         };
         let meta = Arc::new(PluginMeta {
             name: spec.name.clone(),

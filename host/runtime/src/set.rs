@@ -10,8 +10,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 
-use crate::plugin::{HookKind, PluginSpec};
+use crate::plugin::PluginSpec;
 use crate::runtime::{LoadError, LoadedPlugin, Runtime};
+use portcullis_smtp::Hook;
 
 /// Changes to plugin files closer together than this are handled as one.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -73,7 +74,7 @@ impl PluginSet {
     }
 
     /// The plugins on `hook`, in config order.
-    pub fn on(&self, hook: HookKind) -> impl Iterator<Item = &Arc<Slot>> {
+    pub fn on(&self, hook: Hook) -> impl Iterator<Item = &Arc<Slot>> {
         self.slots.iter().filter(move |s| s.spec.hook == hook)
     }
 
@@ -198,7 +199,7 @@ impl PluginSet {
     }
 
     /// Whether any plugin serves `hook`.
-    pub fn has(&self, hook: HookKind) -> bool {
+    pub fn has(&self, hook: Hook) -> bool {
         self.on(hook).next().is_some()
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
 use portcullis_runtime::builtin::BUILD_DIR;
-use portcullis_runtime::{HookKind, OnError, PluginError, PluginSpec, Runtime, RuntimeConfig, ScanOutcome};
+use portcullis_runtime::{Hook, OnError, PluginError, PluginSpec, Runtime, RuntimeConfig, ScanOutcome};
 use portcullis_smtp::envelope::{MailParams, Recipient};
 use portcullis_smtp::session::{AuthOutcome, Credentials, Greeting, PipelineKind, Security, SessionInfo};
 use portcullis_smtp::{Envelope, Mailbox, Message, Verdict};
@@ -23,7 +23,7 @@ fn runtime(cache: Option<PathBuf>) -> Runtime {
     .expect("runtime")
 }
 
-fn spec(file: &str, hook: HookKind, config: serde_json::Value) -> Arc<PluginSpec> {
+fn spec(file: &str, hook: Hook, config: serde_json::Value) -> Arc<PluginSpec> {
     let serde_json::Value::Object(config) = config else {
         panic!("config must be an object");
     };
@@ -92,7 +92,7 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
     let rt = runtime(None);
     let config = serde_json::json!({ "signatures": [{ "name": "Test-Hex", "hex": "deadbeef" }, { "name": "Test-Text", "text": "evil macro" }] });
     let plugin = rt
-        .load(spec("virus_signatures.wasm", HookKind::Virus, config))
+        .load(spec("virus_signatures.wasm", Hook::Virus, config))
         .expect("load");
     let mx = session(PipelineKind::Mx);
     let infected = rt
@@ -130,7 +130,7 @@ async fn spam_rules_tags_clean_mail_and_junks_spam() {
     let plugin = rt
         .load(spec(
             "spam_rules.wasm",
-            HookKind::Spam,
+            Hook::Spam,
             serde_json::json!({ "tag-threshold": 3.0, "junk-threshold": 6.0 }),
         ))
         .expect("load");
@@ -162,7 +162,7 @@ async fn spam_rules_tags_clean_mail_and_junks_spam() {
 async fn spam_rules_counts_capitals_and_links() {
     let rt = runtime(None);
     let plugin = rt
-        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .load(spec("spam_rules.wasm", Hook::Spam, serde_json::json!({})))
         .expect("load");
     let mx = session(PipelineKind::Mx);
     let tests = async |body: &str| {
@@ -199,7 +199,7 @@ async fn rate_limit_defers_past_the_threshold() {
     let plugin = rt
         .load(spec(
             "rate_limit.wasm",
-            HookKind::Rate,
+            Hook::Rate,
             serde_json::json!({ "account": { "messages-per-minute": 3 } }),
         ))
         .expect("load");
@@ -251,7 +251,7 @@ async fn auth_table_checks_argon2_hashes() {
     let config =
         serde_json::json!({ "default-domain": "example.org", "accounts": { "carol@example.org": hash } });
     let plugin = rt
-        .load(spec("auth_table.wasm", HookKind::Auth, config))
+        .load(spec("auth_table.wasm", Hook::Auth, config))
         .expect("load");
     let s = session(PipelineKind::Submission);
     let creds = |user: &str, password: &str| Credentials {
@@ -296,7 +296,7 @@ async fn hostile_plugins_fail_within_their_limits_and_the_runtime_carries_on() {
     let fine = rt
         .load(spec(
             "hostile.wasm",
-            HookKind::Spam,
+            Hook::Spam,
             serde_json::json!({ "mode": "fine" }),
         ))
         .expect("load");
@@ -304,7 +304,7 @@ async fn hostile_plugins_fail_within_their_limits_and_the_runtime_carries_on() {
         let plugin = rt
             .load(spec(
                 "hostile.wasm",
-                HookKind::Spam,
+                Hook::Spam,
                 serde_json::json!({ "mode": mode }),
             ))
             .expect("load");
@@ -338,7 +338,7 @@ async fn the_sandbox_grants_nothing_but_what_the_operator_gave() {
     let plugin = rt
         .load(spec(
             "hostile.wasm",
-            HookKind::Spam,
+            Hook::Spam,
             serde_json::json!({ "mode": "escape" }),
         ))
         .expect("load");
@@ -373,7 +373,7 @@ async fn the_sandbox_grants_nothing_but_what_the_operator_gave() {
     std::fs::write(dir.path().join("hello.txt"), "granted data\n").expect("write");
     let mut granted = (*spec(
         "hostile.wasm",
-        HookKind::Spam,
+        Hook::Spam,
         serde_json::json!({ "mode": "read-granted" }),
     ))
     .clone();
@@ -393,23 +393,23 @@ async fn the_sandbox_grants_nothing_but_what_the_operator_gave() {
 async fn wrong_world_is_refused_at_load_and_the_compile_cache_is_used() {
     let rt = runtime(None);
     let error = rt
-        .load(spec("spam_rules.wasm", HookKind::Virus, serde_json::json!({})))
+        .load(spec("spam_rules.wasm", Hook::Virus, serde_json::json!({})))
         .expect_err("a spam plugin is not a virus plugin");
     assert!(error.to_string().contains("virus-plugin"), "{error}");
     let garbage = tempfile::NamedTempFile::new().expect("tmp");
     std::fs::write(garbage.path(), b"not wasm").expect("write");
-    let mut bad = (*spec("x.wasm", HookKind::Spam, serde_json::json!({}))).clone();
+    let mut bad = (*spec("x.wasm", Hook::Spam, serde_json::json!({}))).clone();
     bad.path = garbage.path().to_path_buf();
     assert!(rt.load(Arc::new(bad)).is_err());
 
     let cache = tempfile::tempdir().expect("cache");
     let first = runtime(Some(cache.path().to_path_buf()))
-        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .load(spec("spam_rules.wasm", Hook::Spam, serde_json::json!({})))
         .expect("load");
     assert!(!first.cached);
     let rt2 = runtime(Some(cache.path().to_path_buf()));
     let second = rt2
-        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .load(spec("spam_rules.wasm", Hook::Spam, serde_json::json!({})))
         .expect("load");
     assert!(second.cached, "a restart does not recompile");
     let outcome = rt2
@@ -425,7 +425,7 @@ async fn wrong_world_is_refused_at_load_and_the_compile_cache_is_used() {
 async fn spam_rules_scores_plain_text_as_a_full_parse_does() {
     let rt = runtime(None);
     let plugin = rt
-        .load(spec("spam_rules.wasm", HookKind::Spam, serde_json::json!({})))
+        .load(spec("spam_rules.wasm", Hook::Spam, serde_json::json!({})))
         .expect("load");
     let mx = session(PipelineKind::Mx);
     let status = async |text: String| {

@@ -35,6 +35,6 @@ pub use command::Command;
 pub use envelope::Envelope;
 pub use reply::{Enhanced, Reply};
 pub use session::{
-    Action, AuthOutcome, Directory, Folder, Hook, Limits, Message, Mx, Pipeline, Session, Settings,
+    Action, AuthOutcome, Directory, Folder, Hook, HookCall, Limits, Message, Mx, Pipeline, Session, Settings,
     SpoolRequest, Submission, Verdict,
 };

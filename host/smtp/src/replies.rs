@@ -181,6 +181,14 @@ pub const REJECTED_BY_HOOK: Reply = Reply::fixed(554, e(5, 7, 1), "Message rejec
 /// 451 for a hook's `Defer` whose reply is not 4xx.
 pub const DEFERRED_BY_HOOK: Reply = Reply::fixed(451, e(4, 7, 1), "Message deferred, try again later");
 
+/// 554 a plugin failed and its `on-error` policy is to reject.
+pub const REFUSED_BY_FILTER: Reply = Reply::fixed(554, e(5, 7, 0), "Message refused by a content filter");
+
+/// 554 the virus hook found malware (nothing is bounced: the refusal is in-session).
+pub fn virus_found(name: &str) -> Reply {
+    Reply::new(554, e(5, 7, 1), format!("Message refused: virus found ({name})"))
+}
+
 /// 451 a hook failed and its policy is to defer. The default `on-error` reply.
 pub const HOOK_DEFERRED: Reply = Reply::fixed(451, e(4, 3, 0), "Temporary local problem, try again later");
 

@@ -69,6 +69,14 @@ impl QueueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// When the id was made: microseconds since the epoch (its first 14 hex digits).
+    pub fn micros(&self) -> u128 {
+        self.0
+            .get(..14)
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok())
+            .unwrap_or(0)
+    }
 }
 
 impl std::fmt::Display for QueueId {

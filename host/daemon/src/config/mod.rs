@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portcullis_runtime::{HookKind, OnError, PluginSpec};
+use portcullis_runtime::{Hook, OnError, PluginSpec};
 use serde::Deserialize;
 
 pub mod delivery;
@@ -586,7 +586,7 @@ impl Config {
         for (i, p) in raw.plugin.into_iter().enumerate() {
             let key = |k: &str| format!("plugin[{i}].{k}");
             let before = problems.len();
-            let hook = HookKind::parse(&p.hook);
+            let hook = Hook::parse(&p.hook);
             if hook.is_none() {
                 problems.push(invalid(
                     &key("hook"),
@@ -603,7 +603,7 @@ impl Config {
                     format!("{:?} is not one of \"defer\", \"accept\", \"reject\"", p.on_error),
                 ));
             }
-            if hook == Some(HookKind::Auth) && on_error == Some(OnError::Accept) {
+            if hook == Some(Hook::Auth) && on_error == Some(OnError::Accept) {
                 problems.push(invalid(
                     &key("on-error"),
                     "an auth plugin that fails must never let a client in".into(),
@@ -676,7 +676,7 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         if self.listeners.iter().any(|l| l.kind == ListenerKind::Mx) {
-            for (hook, what) in [(HookKind::Virus, "virus"), (HookKind::Spam, "spam")] {
+            for (hook, what) in [(Hook::Virus, "virus"), (Hook::Spam, "spam")] {
                 if !self.plugins.iter().any(|p| p.hook == hook) {
                     warnings.push(format!(
                         "the MX pipeline runs with NO {what} check: no [[plugin]] with hook = \"{what}\" is configured, so inbound mail is accepted without one (docs/plugins.md lists the bundled ones)"

@@ -37,8 +37,8 @@ pub use counts::{CommandCounts, Verb};
 pub use pipeline::{Mx, Pipeline, PipelineKind, RoutedRecipient, Submission};
 pub use sasl::Credentials;
 pub use types::{
-    Action, AuthOutcome, Directory, Folder, Greeting, Header, Hook, Limits, Message, ReadTimeout, Security,
-    SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
+    Action, AuthOutcome, Directory, Folder, Greeting, Header, Hook, HookCall, Limits, Message, ReadTimeout,
+    Security, SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
 };
 
 use crate::data::ContentReceiver;
@@ -80,7 +80,7 @@ enum State {
     AwaitingTls,
     AwaitingAuth(Credentials),
     AwaitingVerdict {
-        hook: Hook,
+        call: HookCall,
         stage: Stage,
         index: usize,
     },
@@ -190,7 +190,7 @@ impl<P: Pipeline> Session<P> {
             match &self.state {
                 State::AwaitingTls => return Action::StartTls,
                 State::AwaitingAuth(c) => return Action::Authenticate(c.clone()),
-                State::AwaitingVerdict { hook, .. } => return Action::CallHook(*hook),
+                State::AwaitingVerdict { call, .. } => return Action::CallHook(call.clone()),
                 State::AwaitingSpool(request) => return Action::Spool(request.clone()),
                 State::Closed => return Action::Close,
                 _ => {}
@@ -259,9 +259,10 @@ impl<P: Pipeline> Session<P> {
 
     /// A hook's verdict for [`Action::CallHook`].
     pub fn resolve_hook(&mut self, verdict: Verdict) -> Result<(), UsageError> {
-        let State::AwaitingVerdict { stage, index, .. } = self.state else {
+        let State::AwaitingVerdict { stage, index, .. } = &self.state else {
             return Err(UsageError("a hook verdict"));
         };
+        let (stage, index) = (*stage, *index);
         if self.txn.is_none() {
             return Err(UsageError("a hook verdict"));
         }

@@ -96,9 +96,17 @@ impl<P: Pipeline> Host<P> {
                     };
                     self.session.resolve_auth(outcome).unwrap();
                 }
-                Action::CallHook(hook) => {
+                Action::CallHook(call) => {
+                    let hook = call.hook();
                     out.push(format!("hook {}", hook.name()));
                     assert!(self.session.envelope().is_some());
+                    // A content hook carries the message; the rate hook the envelope.
+                    match &call {
+                        HookCall::Rate(envelope) => assert!(!envelope.recipients.is_empty()),
+                        HookCall::Virus(m) | HookCall::Spam(m) => {
+                            assert!(self.session.message().is_some_and(|own| Arc::ptr_eq(own, m)))
+                        }
+                    }
                     let verdict = match self.verdicts.iter().position(|(h, _)| *h == hook) {
                         Some(i) => self.verdicts.remove(i).1,
                         None => Verdict::Accept,

@@ -122,9 +122,12 @@ pub struct SessionInfo {
     pub security: Security,
 }
 
-/// A per-message decision point.
+/// A decision point a plugin answers: the one vocabulary of the session, the config
+/// (`[[plugin]] hook`), the plugin runtime and the logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Hook {
+    /// Credentials, at each AUTH (submission); asked through [`Action::Authenticate`].
+    Auth,
     /// Rate limits, once the envelope is complete (submission).
     Rate,
     /// Virus scan of the content (both pipelines).
@@ -134,12 +137,44 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in the order of the config's documentation.
+    pub const ALL: [Hook; 4] = [Hook::Auth, Hook::Rate, Hook::Virus, Hook::Spam];
+
     /// The hook's name in config and logs.
     pub fn name(self) -> &'static str {
         match self {
+            Hook::Auth => "auth",
             Hook::Rate => "rate",
             Hook::Virus => "virus",
             Hook::Spam => "spam",
+        }
+    }
+
+    /// The hook a config name means.
+    pub fn parse(name: &str) -> Option<Hook> {
+        Hook::ALL.into_iter().find(|h| h.name() == name)
+    }
+}
+
+/// A hook to run and what it runs on: the host cannot call a content hook without the
+/// content, because the call carries it.
+#[derive(Clone, Debug)]
+pub enum HookCall {
+    /// The rate hook, on the complete envelope.
+    Rate(Envelope),
+    /// The virus hook, on the received message.
+    Virus(Arc<Message>),
+    /// The spam hook, on the received message.
+    Spam(Arc<Message>),
+}
+
+impl HookCall {
+    /// Which hook this is.
+    pub fn hook(&self) -> Hook {
+        match self {
+            HookCall::Rate(_) => Hook::Rate,
+            HookCall::Virus(_) => Hook::Virus,
+            HookCall::Spam(_) => Hook::Spam,
         }
     }
 }
@@ -151,6 +186,29 @@ pub struct Header {
     pub name: String,
     /// Field value.
     pub value: String,
+}
+
+impl Header {
+    /// The one way a header from outside (a plugin) becomes one the host writes: the name
+    /// must be a field name (printable ASCII without `:`, at most 64 octets), and every
+    /// control character of the value (CR and LF above all: no header can smuggle another
+    /// line in) becomes a space. `None` for a name that is not one.
+    pub fn sanitized(name: &str, value: &str) -> Option<Header> {
+        let name_ok =
+            !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        name_ok.then(|| Header {
+            name: name.to_string(),
+            value: value
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect(),
+        })
+    }
+
+    /// The header as one line with its CRLF.
+    pub fn line(&self) -> String {
+        format!("{}: {}\r\n", self.name, self.value)
+    }
 }
 
 /// A hook's decision about one message.
@@ -235,9 +293,8 @@ pub enum Action {
     StartTls,
     /// Verify these credentials and call [`Session::resolve_auth`].
     Authenticate(Credentials),
-    /// Run this hook on [`Session::info`], [`Session::envelope`] and [`Session::message`],
-    /// then call [`Session::resolve_hook`].
-    CallHook(Hook),
+    /// Run this hook (with [`Session::info`]), then call [`Session::resolve_hook`].
+    CallHook(HookCall),
     /// Make this durable and call [`Session::resolve_spool`].
     Spool(SpoolRequest),
     /// Flush replies, then read more bytes and pass them to [`Session::feed`].

@@ -9,7 +9,7 @@ use crate::replies;
 use crate::reply::Reply;
 
 use super::transaction::{Disposition, Phase};
-use super::{Folder, Pipeline, Session, SpoolRequest, State, Verdict};
+use super::{Folder, Hook, HookCall, Pipeline, Session, SpoolRequest, State, Verdict};
 
 /// Which hooks run: those before content (at DATA, or at the first BDAT with its chunk
 /// still to read), or those after.
@@ -64,11 +64,24 @@ impl<P: Pipeline> Session<P> {
             Stage::BeforeData | Stage::BeforeChunk { .. } => P::BEFORE_CONTENT,
         };
         if let Some(hook) = hooks.get(from) {
-            self.state = State::AwaitingVerdict {
-                hook: *hook,
-                stage,
-                index: from,
-            };
+            // What the hook runs on goes with it; a content hook without content (a bug)
+            // fails closed, as a deferral, never as an accept.
+            let call = self.txn.as_ref().and_then(|txn| match hook {
+                Hook::Rate => Some(HookCall::Rate(txn.envelope())),
+                Hook::Virus => txn.message().map(|m| HookCall::Virus(Arc::clone(m))),
+                Hook::Spam => txn.message().map(|m| HookCall::Spam(Arc::clone(m))),
+                Hook::Auth => None,
+            });
+            match call {
+                Some(call) => {
+                    self.state = State::AwaitingVerdict {
+                        call,
+                        stage,
+                        index: from,
+                    }
+                }
+                None => self.refuse(stage, replies::HOOK_DEFERRED),
+            }
             return;
         }
         let Some(txn) = self.txn.as_mut() else {
