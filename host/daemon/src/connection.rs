@@ -13,9 +13,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
+use crate::context::{Context, Phase};
 use crate::hooks::Event;
 use crate::live::Live;
-use crate::server::{Context, Phase};
 use crate::tls;
 
 /// The socket, before and after TLS.
@@ -85,13 +85,38 @@ struct Tally {
     refused: u32,
 }
 
+/// What the driver does next, after an action.
+enum Step {
+    Continue,
+    /// The client went away, or the session was closed.
+    End,
+}
+
+/// One session's driver: the socket, the session, and one method per action it asks for.
+struct Driver<P: Pipeline> {
+    ctx: Arc<Context>,
+    /// This session's rules and certificate, fixed for its whole life (a reload only
+    /// affects sessions accepted after it).
+    live: Arc<Live>,
+    listener: &'static str,
+    peer: SocketAddr,
+    phase: watch::Receiver<Phase>,
+    stream: Stream,
+    session: Session<P>,
+    /// Replies not yet written.
+    out: Vec<u8>,
+    /// What the next read goes into.
+    buf: Vec<u8>,
+    tally: Tally,
+}
+
 /// Runs one session of pipeline `P` to its end. `implicit_tls` is the submissions (465) case.
 pub async fn run<P: Pipeline>(
     ctx: Arc<Context>,
     tcp: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
 ) {
     let _ = tcp.set_nodelay(true);
     let listener: &'static str = match (P::KIND, implicit_tls) {
@@ -100,8 +125,6 @@ pub async fn run<P: Pipeline>(
         (_, true) => "submissions",
     };
     let _active = crate::metrics::session_opened(listener);
-    // This session's rules and certificate, fixed for its whole life (a reload only
-    // affects sessions accepted after it).
     let live = ctx.live();
     let mut stream = Stream::Plain(tcp);
     let tls = if implicit_tls {
@@ -120,183 +143,224 @@ pub async fn run<P: Pipeline>(
         None
     };
     tracing::info!(peer = %peer, tls = tls.is_some(), "connect");
-    let mut session = Session::<P>::new(
+    let session = Session::<P>::new(
         Arc::clone(&live.settings),
         Arc::clone(&live.accounts) as Arc<dyn portcullis_smtp::Directory>,
         peer.ip(),
         tls,
     );
-    let mut out = Vec::with_capacity(1024);
-    // Commands fit in 1 KiB; the buffer grows to 16 KiB chunks at the first DATA, so that
-    // the thousands of sessions of a connection flood that never get there stay small.
-    let mut buf = Vec::with_capacity(1024);
-    let mut tally = Tally::default();
-    let result: io::Result<()> = async {
+    let mut driver = Driver {
+        ctx,
+        live,
+        listener,
+        peer,
+        phase,
+        stream,
+        session,
+        out: Vec::with_capacity(1024),
+        // Commands fit in 1 KiB; the buffer grows to 16 KiB chunks at the first DATA, so
+        // that the thousands of sessions of a connection flood that never get there stay
+        // small.
+        buf: Vec::with_capacity(1024),
+        tally: Tally::default(),
+    };
+    let result = driver.drive().await;
+    driver.log_end(result);
+}
+
+impl<P: Pipeline> Driver<P> {
+    async fn drive(&mut self) -> io::Result<()> {
         loop {
-            match session.poll() {
-                Action::Reply(reply) => {
-                    if reply.code >= 400 {
-                        tracing::debug!(reply = %reply.to_string().trim_end(), "refused");
-                    }
-                    reply.write_to(&mut out);
-                }
-                Action::Read => {
-                    flush(&mut stream, &mut out).await?;
-                    let limit = match session.read_timeout() {
-                        ReadTimeout::Command => live.config.limits.command_timeout.0,
-                        ReadTimeout::Data => {
-                            buf.clear();
-                            buf.reserve_exact(16 * 1024);
-                            live.config.limits.data_timeout.0
-                        }
-                    };
-                    let stop_now =
-                        |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
-                    if stop_now(&phase.borrow(), session.is_idle()) {
-                        session.shut_down();
-                        continue;
-                    }
-                    tokio::select! {
-                        read = tokio::time::timeout(limit, stream.read(&mut buf)) => match read {
-                            Err(_) => session.timed_out(),
-                            Ok(Ok(0)) => return Ok(()),
-                            Ok(Ok(n)) => session.feed(&buf[..n]),
-                            Ok(Err(e)) => return Err(e),
-                        },
-                        changed = phase.changed() => {
-                            if changed.is_err() || stop_now(&phase.borrow(), session.is_idle()) {
-                                session.shut_down();
-                            }
-                        }
-                    }
-                }
+            let step = match self.session.poll() {
+                Action::Reply(reply) => self.reply(&reply),
+                Action::Read => self.read().await?,
                 Action::Pause(delay) => {
-                    flush(&mut stream, &mut out).await?;
+                    self.flush().await?;
                     tokio::time::sleep(delay).await;
+                    Step::Continue
                 }
-                Action::StartTls => {
-                    flush(&mut stream, &mut out).await?;
-                    if session.discarded_after_starttls() > 0 {
-                        tracing::warn!(
-                            octets = session.discarded_after_starttls(),
-                            "discarded cleartext pipelined after STARTTLS (CVE-2011-0411 pattern)"
-                        );
-                    }
-                    let info = match stream.upgrade(&live).await {
-                        Ok(info) => {
-                            crate::metrics::tls_handshake(listener, "ok");
-                            info
-                        }
-                        Err(e) => {
-                            crate::metrics::tls_handshake(listener, "failed");
-                            return Err(e);
-                        }
-                    };
-                    tracing::info!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
-                    session.tls_established(info).map_err(io::Error::other)?;
-                }
-                Action::Authenticate(credentials) => {
-                    let username = credentials.username.clone();
-                    let outcome = ctx
-                        .hooks
-                        .authenticate(Arc::clone(&live.accounts), session.info(), credentials)
-                        .await;
-                    let result = match &outcome {
-                        portcullis_smtp::AuthOutcome::Accept { account } => {
-                            tracing::info!(%account, "authenticated");
-                            "accepted"
-                        }
-                        portcullis_smtp::AuthOutcome::Reject => {
-                            tracing::warn!(%username, "authentication failed");
-                            "rejected"
-                        }
-                        portcullis_smtp::AuthOutcome::TempFail => {
-                            tracing::warn!(%username, "authentication could not be checked");
-                            "tempfail"
-                        }
-                    };
-                    crate::metrics::auth(result);
-                    session.resolve_auth(outcome).map_err(io::Error::other)?;
-                }
-                Action::CallHook(call) => {
-                    let decision = ctx.hooks.call(&call, session.info()).await;
-                    if let Some(outcome) = match &decision.verdict {
-                        Verdict::Reject(_) => Some("refused"),
-                        Verdict::Defer(_) => Some("deferred"),
-                        Verdict::Discard => Some("discarded"),
-                        _ => None,
-                    } {
-                        crate::metrics::message(listener, outcome, call.hook().name());
-                    }
-                    if let Some(Event::VirusFromAccount {
-                        account,
-                        virus,
-                        message,
-                    }) = decision.event
-                    {
-                        let client = peer.ip().to_string();
-                        ctx.notices
-                            .virus_from_account(
-                                &live.config.server.hostname,
-                                &account,
-                                &virus,
-                                &client,
-                                &message,
-                            )
-                            .await;
-                    }
-                    session.resolve_hook(decision.verdict).map_err(io::Error::other)?;
-                }
-                Action::Spool(request) => {
-                    let result = spool(&ctx, &live, session.info(), request).await;
-                    let (outcome, reason) = match &result {
-                        Ok(_) => {
-                            tally.accepted += 1;
-                            ("accepted", "")
-                        }
-                        Err(_) => {
-                            tally.refused += 1;
-                            ("deferred", "spool")
-                        }
-                    };
-                    crate::metrics::message(listener, outcome, reason);
-                    session.resolve_spool(result).map_err(io::Error::other)?;
-                }
+                Action::StartTls => self.start_tls().await?,
+                Action::Authenticate(credentials) => self.authenticate(credentials).await?,
+                Action::CallHook(call) => self.call_hook(call).await?,
+                Action::Spool(request) => self.spool(request).await?,
                 Action::Close => {
-                    flush(&mut stream, &mut out).await?;
-                    stream.shutdown().await;
-                    return Ok(());
+                    self.flush().await?;
+                    self.stream.shutdown().await;
+                    Step::End
                 }
+            };
+            if let Step::End = step {
+                return Ok(());
             }
         }
     }
-    .await;
-    let summary = session.command_counts();
-    match result {
-        Ok(()) => tracing::info!(
-            accepted = tally.accepted,
-            spool_failures = tally.refused,
-            "disconnect from [{}] {summary}",
-            peer.ip()
-        ),
-        Err(e) => tracing::info!(
-            error = %e,
-            accepted = tally.accepted,
-            "disconnect from [{}] after an I/O error {summary}",
-            peer.ip()
-        ),
+
+    fn reply(&mut self, reply: &portcullis_smtp::Reply) -> Step {
+        if reply.code >= 400 {
+            tracing::debug!(reply = %reply.to_string().trim_end(), "refused");
+        }
+        reply.write_to(&mut self.out);
+        Step::Continue
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads what the client sends next, within the timeout the session names; a drain
+    /// closes an idle session (or, once closing, any).
+    async fn read(&mut self) -> io::Result<Step> {
+        self.flush().await?;
+        let limits = &self.live.config.limits;
+        let limit = match self.session.read_timeout() {
+            ReadTimeout::Command => limits.command_timeout.0,
+            ReadTimeout::Data => {
+                self.buf.clear();
+                self.buf.reserve_exact(16 * 1024);
+                limits.data_timeout.0
+            }
+        };
+        let stop_now = |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
+        if stop_now(&self.phase.borrow(), self.session.is_idle()) {
+            self.session.shut_down();
+            return Ok(Step::Continue);
+        }
+        tokio::select! {
+            read = tokio::time::timeout(limit, self.stream.read(&mut self.buf)) => match read {
+                Err(_) => self.session.timed_out(),
+                Ok(Ok(0)) => return Ok(Step::End),
+                Ok(Ok(n)) => self.session.feed(&self.buf[..n]),
+                Ok(Err(e)) => return Err(e),
+            },
+            changed = self.phase.changed() => {
+                if changed.is_err() || stop_now(&self.phase.borrow(), self.session.is_idle()) {
+                    self.session.shut_down();
+                }
+            }
+        }
+        Ok(Step::Continue)
+    }
+
+    async fn start_tls(&mut self) -> io::Result<Step> {
+        self.flush().await?;
+        if self.session.discarded_after_starttls() > 0 {
+            tracing::warn!(
+                octets = self.session.discarded_after_starttls(),
+                "discarded cleartext pipelined after STARTTLS (CVE-2011-0411 pattern)"
+            );
+        }
+        let info = match self.stream.upgrade(&self.live).await {
+            Ok(info) => {
+                crate::metrics::tls_handshake(self.listener, "ok");
+                info
+            }
+            Err(e) => {
+                crate::metrics::tls_handshake(self.listener, "failed");
+                return Err(e);
+            }
+        };
+        tracing::info!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
+        self.session.tls_established(info).map_err(io::Error::other)?;
+        Ok(Step::Continue)
+    }
+
+    async fn authenticate(&mut self, credentials: portcullis_smtp::session::Credentials) -> io::Result<Step> {
+        let username = credentials.username.clone();
+        let outcome = self
+            .ctx
+            .hooks
+            .authenticate(Arc::clone(&self.live.accounts), self.session.info(), credentials)
+            .await;
+        let result = match &outcome {
+            portcullis_smtp::AuthOutcome::Accept { account } => {
+                tracing::info!(%account, "authenticated");
+                "accepted"
+            }
+            portcullis_smtp::AuthOutcome::Reject => {
+                tracing::warn!(%username, "authentication failed");
+                "rejected"
+            }
+            portcullis_smtp::AuthOutcome::TempFail => {
+                tracing::warn!(%username, "authentication could not be checked");
+                "tempfail"
+            }
+        };
+        crate::metrics::auth(result);
+        self.session.resolve_auth(outcome).map_err(io::Error::other)?;
+        Ok(Step::Continue)
+    }
+
+    async fn call_hook(&mut self, call: portcullis_smtp::HookCall) -> io::Result<Step> {
+        let decision = self.ctx.hooks.call(&call, self.session.info()).await;
+        let outcome = match &decision.verdict {
+            Verdict::Reject(_) => Some("refused"),
+            Verdict::Defer(_) => Some("deferred"),
+            Verdict::Discard => Some("discarded"),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            crate::metrics::message(self.listener, outcome, call.hook().name());
+        }
+        if let Some(Event::VirusFromAccount {
+            account,
+            virus,
+            message,
+        }) = decision.event
+        {
+            let client = self.peer.ip().to_string();
+            let hostname = &self.live.config.server.hostname;
+            self.ctx
+                .notices
+                .virus_from_account(hostname, &account, &virus, &client, &message)
+                .await;
+        }
+        self.session
+            .resolve_hook(decision.verdict)
+            .map_err(io::Error::other)?;
+        Ok(Step::Continue)
+    }
+
+    async fn spool(&mut self, request: SpoolRequest) -> io::Result<Step> {
+        let result = spool(&self.ctx, &self.live, self.session.info(), request).await;
+        let (outcome, reason) = match &result {
+            Ok(_) => {
+                self.tally.accepted += 1;
+                ("accepted", "")
+            }
+            Err(_) => {
+                self.tally.refused += 1;
+                ("deferred", "spool")
+            }
+        };
+        crate::metrics::message(self.listener, outcome, reason);
+        self.session.resolve_spool(result).map_err(io::Error::other)?;
+        Ok(Step::Continue)
+    }
+
+    /// The closing log line, in the style of Postfix's.
+    fn log_end(&self, result: io::Result<()>) {
+        let summary = self.session.command_counts();
+        let ip = self.peer.ip();
+        match result {
+            Ok(()) => tracing::info!(
+                accepted = self.tally.accepted,
+                spool_failures = self.tally.refused,
+                "disconnect from [{ip}] {summary}"
+            ),
+            Err(e) => tracing::info!(
+                error = %e,
+                accepted = self.tally.accepted,
+                "disconnect from [{ip}] after an I/O error {summary}"
+            ),
+        }
     }
 }
 
-async fn flush(stream: &mut Stream, out: &mut Vec<u8>) -> io::Result<()> {
-    if !out.is_empty() {
-        stream.write_all(out).await?;
-        out.clear();
-    }
-    Ok(())
-}
-
-/// Hands the message to the spool writer ([`crate::accept`]); answers once it is durable.
+/// Hands the message to the spool writer ([`crate::spool_writer`]); answers once it is durable.
 async fn spool(
     ctx: &Arc<Context>,
     live: &Live,
@@ -321,7 +385,7 @@ async fn spool(
             None => tracing::warn!(name = %header.name, "dropped a hook header with an invalid name"),
         }
     }
-    let accepted = crate::accept::Accepted {
+    let accepted = portcullis_spool::Accepted {
         id,
         message,
         head,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use portcullis_outbound::Outbound;
 use portcullis_outbound::dsn::{self, RecipientReport};
 use portcullis_smtp::{Enhanced, Reply};
-use portcullis_spool::{Copy, Delivery, Entry, Maildir, QueueId, Spool, SpoolError};
+use portcullis_spool::{Entry, Maildir, QueueId, Spool, SpoolError};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 /// Deliveries running at once (each is mostly fsync wait).
@@ -73,7 +73,8 @@ enum DeliveryError {
 /// Starts local delivery and the outbound queue runner behind it; send jobs through the
 /// returned channel. A message goes to local delivery first; what is left for other domains
 /// is handed to the runner, and the reports the runner queues come back here first. The
-/// returned `Notify` wakes the sweeper after [`deliver_accepted`] (see there).
+/// returned `Notify` wakes the sweeper when the spool writer has published a message whose
+/// spool file waits for a flush (`portcullis_spool::writer`).
 pub fn start(
     spool: Arc<Spool>,
     maildir: Maildir,
@@ -153,98 +154,6 @@ pub fn start(
     (tx, outbound, sweep)
 }
 
-/// Delivers a message the spool writer ([`crate::accept`]) has just made durable, right
-/// there, when that needs no flush of its own: its Maildir copies share the spool's flushes
-/// and every recipient is local. The copies prepared before the 250 are published, and the spool file
-/// is released after the next flush anyone runs ([`Spool::retire_after_flush`]; `sweep`
-/// wakes the sweeper in case no session flushes soon). Returns whether the message is
-/// settled; when not (a remote recipient, a copy that failed), it goes to a delivery run,
-/// which finds the published copies delivered already.
-pub fn deliver_accepted(
-    spool: &Spool,
-    maildir: &Maildir,
-    entry: &Entry,
-    message: &[&[u8]],
-    sweep: &Notify,
-) -> bool {
-    if !maildir.shares_spool_flush() || !entry.envelope.recipients.iter().all(|r| r.local) {
-        return false;
-    }
-    if wants_success_notice(entry) {
-        // The report is queued before the recipients leave the spool: a delivery run's job.
-        return false;
-    }
-    let (remaining, failure) = deliver_copies(maildir, entry, message, false);
-    if let Some(e) = failure {
-        tracing::warn!(queue_id = %entry.id, error = %e, "delivery failed; a delivery run will retry");
-    }
-    if !remaining.is_empty() {
-        return false;
-    }
-    match spool.retire_after_flush(entry.id.clone()) {
-        Ok(()) => {
-            sweep.notify_one();
-            tracing::info!(queue_id = %entry.id, "delivered");
-            true
-        }
-        Err(e) => {
-            tracing::warn!(queue_id = %entry.id, error = %e, "cannot retire a delivered message; a delivery run will");
-            false
-        }
-    }
-}
-
-/// Whether a local recipient of `entry` is owed a report of its delivery (RFC 3461
-/// NOTIFY=SUCCESS, on a message whose sender is known: [`Entry::success_notices`]).
-fn wants_success_notice(entry: &Entry) -> bool {
-    entry.success_notices
-        && entry.envelope.mail_from.is_some()
-        && entry
-            .envelope
-            .recipients
-            .iter()
-            .any(|r| r.local && dsn::Action::Deliver.wanted_by(r.params.notify))
-}
-
-/// Writes the copies of `entry`'s pending local recipients; returns the recipients still
-/// pending (remote ones, failed ones) and the first failure.
-fn deliver_copies(
-    maildir: &Maildir,
-    entry: &Entry,
-    message: &[&[u8]],
-    recovering: bool,
-) -> (Vec<usize>, Option<DeliveryError>) {
-    let mut failure = None;
-    let mut remaining = Vec::new();
-    for &index in &entry.pending {
-        let Some(recipient) = entry.envelope.recipients.get(index) else {
-            continue;
-        };
-        let Some(copy) = Copy::of(entry, index) else {
-            remaining.push(index);
-            continue;
-        };
-        // Sharing the spool's flush, the copy was prepared before the 250 (or is written
-        // now) and a flush before the spool file goes makes it durable.
-        match maildir.deliver(&copy, message, recovering) {
-            Ok(Delivery::Delivered) => {
-                tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
-            }
-            Ok(Delivery::AlreadyDelivered) => {
-                tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, "already in the maildir (delivered before a restart)")
-            }
-            Err(source) => {
-                remaining.push(index);
-                failure.get_or_insert(DeliveryError::Maildir {
-                    recipient: recipient.mailbox.to_string(),
-                    source,
-                });
-            }
-        }
-    }
-    (remaining, failure)
-}
-
 /// What a delivery run needs to tell senders of successful deliveries.
 struct Notices<'a> {
     settings: &'a portcullis_outbound::Settings,
@@ -305,7 +214,9 @@ fn deliver(
         Err(e) => return Err(e.into()),
     };
     let before = entry.pending.len();
-    let (remaining, failure) = deliver_copies(maildir, &entry, &[&message], job.recovering);
+    let portcullis_spool::Pending { remaining, failure } =
+        maildir.deliver_pending(&entry, &[&message], job.recovering);
+    let failure = failure.map(|(recipient, source)| DeliveryError::Maildir { recipient, source });
     let delivered: Vec<usize> = entry
         .pending
         .iter()

@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
-use crate::server::StartError;
+use crate::start_error::StartError;
 use crate::tls;
 
 /// One generation of the reloadable state.

@@ -3,9 +3,13 @@
 //! # Layout
 //!
 //! - [`config`]: the TOML configuration, validated at start; the embedded default.
-//! - [`server`]: binds listeners, runs sessions, drains on SIGTERM.
+//! - [`server`]: start-up in named steps (bind, storage, workers, accept), drain on SIGTERM.
+//! - [`context`]: what every connection shares, and its reloads (SIGHUP, plugin files, the
+//!   users file).
+//! - [`start_error`]: why the daemon stops before it serves.
+//! - [`plugins`]: the Wasm engine and the configured plugins, loaded at start.
 //! - [`connection`]: the driver between a socket and the sans-IO `Session<P>`.
-//! - [`accept`]: the spool writer: accepted messages written, flushed together, published.
+//! - [`spool_writer`]: the spool writer: accepted messages written, flushed together, published.
 //! - [`tls`]: certificates (loaded or self-signed) and the rustls configuration.
 //! - [`accounts`]: the users file, argon2id checks, the mailbox directory.
 //! - [`live`]: the reloadable state (config, TLS, accounts) as one swappable snapshot.
@@ -28,10 +32,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod accept;
 mod accounts;
 mod config;
 mod connection;
+mod context;
 mod control;
 mod delivery;
 mod hooks;
@@ -40,11 +44,14 @@ mod metrics;
 mod notice;
 mod plugin_new;
 mod plugin_test;
+mod plugins;
 mod privileges;
 mod queue_cmd;
 mod rate;
 mod sd_notify;
 mod server;
+mod spool_writer;
+mod start_error;
 mod tls;
 
 use config::Config;
@@ -271,7 +278,7 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
         .plugins
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.path.exists() || !server::installs_example_plugin(c, &p.path))
+        .filter(|(_, p)| p.path.exists() || !plugins::installs_example_plugin(c, &p.path))
         .collect();
     if !plugins.is_empty() {
         let max_memory = plugins.iter().map(|(_, p)| p.memory).max().unwrap_or(1 << 20);

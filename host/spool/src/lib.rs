@@ -10,20 +10,28 @@
 //! - [`maildir`]: local delivery (`tmp/` → `new/`, fsync'd, or prepared before the spool's
 //!   flush and published after it), with names derived from the queue id so that a
 //!   delivery repeated after a crash is recognised and not duplicated.
+//! - [`writer`]: the spool writer thread: the life of an accepted message up to its 250
+//!   and just after (written, durable, answered, published, released).
 //! - [`view`]: a read-only view of the queue, for looking at it while a daemon owns it
 //!   (the daemon holds `spool/lock`).
+//! - [`entry`]: the queue id and what the spool knows of a message besides its content.
+//! - [`file`]: the spool file format (length and CRC-32 first, metadata, message).
 //! - [`commit`]: group commit — concurrent writers share one `syncfs` of the spool.
 //! - [`fsync`]: the small helpers both use.
 
 #![forbid(unsafe_code)]
 
 pub mod commit;
+pub mod entry;
+pub mod file;
 pub mod fsync;
 pub mod maildir;
 pub mod queue;
 pub mod view;
+pub mod writer;
 
 pub use commit::SyncMode;
-pub use maildir::{Copy, Delivery, Maildir};
+pub use maildir::{Copy, Delivery, Maildir, Pending};
 pub use queue::{Entry, Incoming, QueueId, Spool, SpoolError};
 pub use view::SpoolView;
+pub use writer::{Accepted, Handoff, Writer};

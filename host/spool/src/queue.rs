@@ -1,144 +1,23 @@
 //! The spool: one file per accepted message, durable before the 250.
 //!
-//! File format: a first line `PORTCULLIS-SPOOL 2 <length> <crc>` (16 and 8 hex digits: the
-//! octets that follow the line, up to the end of the message, and their CRC-32), one line
-//! of JSON metadata ([`Entry`]), then `Entry::size` octets of message (trace and hook
-//! headers already prepended). Octets after that are what is left of an earlier, longer
-//! message in a reused file, and are ignored. Files of version 1 (first line
-//! `PORTCULLIS-SPOOL 1`, exactly `Entry::size` octets of message, whose CRC-32 is in the
-//! metadata) are read as before.
-//!
-//! A file whose length or CRC-32 disagrees is moved to `corrupt/` at recovery and never
-//! delivered (under group commit, that is a file whose flush a crash interrupted: no client
-//! was told 250 for it).
+//! A message's file is written to `tmp/` (over a reused file from `free/` when there is
+//! one), renamed into `queue/` and made durable before the 250; delivery rewrites it as
+//! recipients are done and releases it at the end. The format is [`crate::file`]'s.
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_smtp::Folder;
 use portcullis_smtp::envelope::Envelope;
-use serde::{Deserialize, Serialize};
 
 use crate::Maildir;
 use crate::commit::{Committer, SyncMode};
+pub use crate::entry::{Entry, Incoming, QueueId};
+use crate::file::{check_id, checksum, header, metadata_line, read_spool_file};
 use crate::fsync;
-
-const MAGIC_V1: &[u8] = b"PORTCULLIS-SPOOL 1\n";
-const MAGIC_V2: &[u8] = b"PORTCULLIS-SPOOL 2 ";
-/// `PORTCULLIS-SPOOL 2 ` + 16 hex digits + space + 8 hex digits + newline.
-const HEADER_V2: usize = 19 + 16 + 1 + 8 + 1;
-
-/// The first line of a version 2 file whose metadata line and message are `parts`.
-fn header(parts: &[&[u8]]) -> Vec<u8> {
-    let length: usize = parts.iter().map(|p| p.len()).sum();
-    let line = format!("PORTCULLIS-SPOOL 2 {length:016x} {:08x}\n", checksum(parts));
-    debug_assert_eq!(line.len(), HEADER_V2);
-    line.into_bytes()
-}
-
-/// A queue id: unique, sortable by arrival, safe as a file name.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct QueueId(String);
-
-impl QueueId {
-    /// A fresh id: microseconds since the epoch and a counter, in upper-case hex.
-    pub fn generate() -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
-        QueueId(format!("{micros:014X}{n:04X}"))
-    }
-
-    /// Parses a file name back into an id, refusing anything that is not one.
-    pub fn parse(name: &str) -> Option<Self> {
-        let ok = name.len() == 18
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase());
-        ok.then(|| QueueId(name.to_string()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// When the id was made: microseconds since the epoch (its first 14 hex digits).
-    pub fn micros(&self) -> u128 {
-        self.0
-            .get(..14)
-            .and_then(|hex| u128::from_str_radix(hex, 16).ok())
-            .unwrap_or(0)
-    }
-}
-
-impl std::fmt::Display for QueueId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// What the spool knows about one message besides its content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Entry {
-    /// The queue id.
-    pub id: QueueId,
-    /// When it was accepted, seconds since the epoch.
-    pub received_at: u64,
-    /// Sender and recipients as accepted.
-    pub envelope: Envelope,
-    /// Indices into `envelope.recipients` still to be delivered.
-    pub pending: Vec<usize>,
-    /// Where local copies go.
-    pub folder: Folder,
-    /// Octets of message after the metadata line.
-    pub size: u64,
-    /// Outbound: delivery attempts made so far for the remote recipients.
-    #[serde(default)]
-    pub attempts: u32,
-    /// Outbound: the earliest time of the next attempt, seconds since the epoch (0: now).
-    #[serde(default)]
-    pub next_attempt: u64,
-    /// Outbound: the last temporary failure of each pending recipient (index → reply).
-    #[serde(default)]
-    pub last_error: BTreeMap<usize, String>,
-    /// Outbound: the sender has been told that delivery is late.
-    #[serde(default)]
-    pub delay_notified: bool,
-    /// CRC-32 of the message octets (absent in files of older versions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checksum: Option<u32>,
-    /// The sender may be told of a successful local delivery (RFC 3461 NOTIFY=SUCCESS):
-    /// it is known, not merely claimed (submission). On MX a success notice to a forged
-    /// sender would be backscatter.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub success_notices: bool,
-}
-
-/// A message on its way into the spool.
-#[derive(Clone, Copy, Debug)]
-pub struct Incoming<'a> {
-    /// Its queue id.
-    pub id: &'a QueueId,
-    /// Sender and recipients as accepted.
-    pub envelope: &'a Envelope,
-    /// Where local copies go.
-    pub folder: Folder,
-    /// [`Entry::success_notices`].
-    pub success_notices: bool,
-    /// Header lines written before `body` (the `Received:` header and hook headers).
-    pub head: &'a [u8],
-    /// The message as received.
-    pub body: &'a [u8],
-}
 
 /// Errors of the spool.
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +41,7 @@ pub enum SpoolError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -373,7 +252,11 @@ impl Spool {
     /// written, so that flush covers them all. A copy that cannot be prepared (a broken
     /// folder, a full quota) does not refuse the message: the prepared ones are removed,
     /// and the message is spooled alone for delivery to retry.
-    pub fn write_with_copies(&self, maildir: &Maildir, incoming: Incoming<'_>) -> Result<Entry, SpoolError> {
+    pub(crate) fn write_with_copies(
+        &self,
+        maildir: &Maildir,
+        incoming: Incoming<'_>,
+    ) -> Result<Entry, SpoolError> {
         if !maildir.shares_spool_flush() || !incoming.envelope.recipients.iter().all(|r| r.local) {
             return self.write_with(&incoming, |_| Ok(()));
         }
@@ -462,7 +345,7 @@ impl Spool {
     /// one flush for all of them. The files of delivered messages this flush covers are
     /// left for [`Spool::release_flushed`], so that the caller can answer its clients
     /// first.
-    pub fn flush(&self) -> Result<(), SpoolError> {
+    pub(crate) fn flush(&self) -> Result<(), SpoolError> {
         match self.sync {
             SyncMode::Group => self.committer.commit().map_err(io_err(&self.queue)),
             SyncMode::PerMessage => fsync::sync_dir(&self.queue).map_err(io_err(&self.queue)),
@@ -475,7 +358,7 @@ impl Spool {
     /// spool's file system without a sync of their own; with per-message sync it waits for
     /// [`Spool::flush_soon`] and retires at once. If a crash comes first, recovery finds
     /// every copy delivered already.
-    pub fn retire_after_flush(&self, id: QueueId) -> Result<(), SpoolError> {
+    pub(crate) fn retire_after_flush(&self, id: QueueId) -> Result<(), SpoolError> {
         if self.sync != SyncMode::Group {
             self.flush_soon()?;
             return self.retire(&id);
@@ -489,7 +372,7 @@ impl Spool {
     }
 
     /// Messages waiting for a flush before their files are released.
-    pub fn retiring(&self) -> usize {
+    pub(crate) fn retiring(&self) -> usize {
         self.retiring
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -498,7 +381,7 @@ impl Spool {
 
     /// Releases the files of [`Spool::retire_after_flush`] a completed flush now covers. A
     /// file that cannot be moved stays in `queue/`; recovery settles it at the next start.
-    pub fn release_flushed(&self) {
+    pub(crate) fn release_flushed(&self) {
         let ready: Vec<QueueId> = {
             let mut retiring = self
                 .retiring
@@ -558,20 +441,14 @@ impl Spool {
     }
 
     /// How this spool makes messages durable.
-    pub fn sync_mode(&self) -> SyncMode {
+    pub(crate) fn sync_mode(&self) -> SyncMode {
         self.sync
     }
 
-    /// Group flushes run so far (benchmarks).
-    pub fn flushes(&self) -> u64 {
+    /// Group flushes run so far (tests).
+    #[cfg(test)]
+    fn flushes(&self) -> u64 {
         self.committer.flushes()
-    }
-
-    /// Replaces the metadata of a stored message (after some recipients were delivered),
-    /// atomically: the old file stays until the new one is durable.
-    pub fn update(&self, entry: &Entry) -> Result<(), SpoolError> {
-        let (_, body) = self.load(&entry.id)?;
-        self.rewrite(entry, &body)
     }
 
     fn rewrite(&self, entry: &Entry, body: &[u8]) -> Result<(), SpoolError> {
@@ -652,7 +529,7 @@ impl Spool {
     /// client is answered 451 and will retry): its prepared Maildir copies are removed and
     /// its file leaves `queue/`, so that neither this run nor the next start delivers a
     /// copy the client will send again. Best effort, not durable by itself.
-    pub fn withdraw(&self, maildir: &Maildir, entry: &Entry) -> Result<(), SpoolError> {
+    pub(crate) fn withdraw(&self, maildir: &Maildir, entry: &Entry) -> Result<(), SpoolError> {
         for index in 0..entry.envelope.recipients.len() {
             if let Some(copy) = crate::maildir::Copy::of(entry, index) {
                 maildir.discard_prepared(&copy);
@@ -698,104 +575,10 @@ pub(crate) fn list_queue(queue: &Path) -> Result<Vec<QueueId>, SpoolError> {
     Ok(ids)
 }
 
-/// The metadata of the spool file at `path` and, with `content`, its message, checked
-/// whole (length and CRC-32); without, the message is neither read nor checked.
-pub(crate) fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), SpoolError> {
-    let corrupt = |reason: &str| SpoolError::Corrupt {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
-    let file = fs::File::open(path).map_err(io_err(path))?;
-    // Never reserve more than the file holds, whatever a damaged metadata line claims.
-    let file_length = file.metadata().map_err(io_err(path))?.len();
-    let mut reader = BufReader::new(file);
-    let mut first = Vec::new();
-    reader
-        .by_ref()
-        .take(HEADER_V2 as u64)
-        .read_until(b'\n', &mut first)
-        .map_err(io_err(path))?;
-    let v2 = if first == MAGIC_V1 {
-        None
-    } else {
-        let fields = first
-            .strip_prefix(MAGIC_V2)
-            .and_then(|rest| rest.strip_suffix(b"\n"))
-            .and_then(|rest| std::str::from_utf8(rest).ok())
-            .and_then(|rest| rest.split_once(' '))
-            .and_then(|(length, crc)| {
-                Some((
-                    u64::from_str_radix(length, 16).ok()?,
-                    u32::from_str_radix(crc, 16).ok()?,
-                ))
-            });
-        Some(fields.ok_or_else(|| corrupt("not a spool file"))?)
-    };
-    let mut meta = Vec::new();
-    reader.read_until(b'\n', &mut meta).map_err(io_err(path))?;
-    let entry: Entry = serde_json::from_slice(&meta).map_err(|e| corrupt(&format!("bad metadata: {e}")))?;
-    if !content {
-        return Ok((entry, Vec::new()));
-    }
-    let mut body = Vec::with_capacity(entry.size.min(file_length) as usize);
-    match v2 {
-        Some((length, crc)) => {
-            // The metadata line and the message; what follows is an earlier file's rest.
-            let want = length
-                .checked_sub(meta.len() as u64)
-                .ok_or_else(|| corrupt("length shorter than the metadata"))?;
-            reader.take(want).read_to_end(&mut body).map_err(io_err(path))?;
-            if body.len() as u64 != want {
-                return Err(corrupt("file shorter than its length (truncated?)"));
-            }
-            if checksum(&[&meta, &body]) != crc {
-                return Err(corrupt("checksum differs (a write a crash cut short?)"));
-            }
-        }
-        None => {
-            reader.read_to_end(&mut body).map_err(io_err(path))?;
-        }
-    }
-    if body.len() as u64 != entry.size {
-        return Err(corrupt("message length differs from its metadata (truncated?)"));
-    }
-    if entry.checksum.is_some_and(|c| c != checksum(&[&body])) {
-        return Err(corrupt("message checksum differs from its metadata"));
-    }
-    Ok((entry, body))
-}
-
-/// That the file at `path`, read as `id`, names `id`.
-pub(crate) fn check_id(path: &Path, entry: &Entry, id: &QueueId) -> Result<(), SpoolError> {
-    if entry.id == *id {
-        return Ok(());
-    }
-    Err(SpoolError::Corrupt {
-        path: path.to_path_buf(),
-        reason: "metadata names another queue id".into(),
-    })
-}
-
-fn checksum(parts: &[&[u8]]) -> u32 {
-    let mut hasher = crc32fast::Hasher::new();
-    for part in parts {
-        hasher.update(part);
-    }
-    hasher.finalize()
-}
-
-fn metadata_line(entry: &Entry) -> Result<Vec<u8>, SpoolError> {
-    let mut meta = serde_json::to_vec(entry).map_err(|e| SpoolError::Corrupt {
-        path: PathBuf::from(entry.id.as_str()),
-        reason: format!("cannot encode metadata: {e}"),
-    })?;
-    meta.push(b'\n');
-    Ok(meta)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::file::MAGIC_V1;
     use portcullis_smtp::Mailbox;
     use portcullis_smtp::envelope::{MailParams, Recipient};
 
@@ -832,11 +615,9 @@ mod tests {
         let (loaded, body) = spool.load(&entry.id).unwrap();
         assert_eq!(loaded, entry);
         assert_eq!(body, b"Received: x\r\nbody\r\n");
-        let mut updated = entry.clone();
-        updated.pending.clear();
-        spool.update(&updated).unwrap();
-        assert_eq!(spool.load(&entry.id).unwrap().0.pending, Vec::<usize>::new());
-        spool.remove(&entry.id).unwrap();
+        let updated = spool.modify(&entry.id, |e| e.pending.truncate(0)).unwrap();
+        assert_eq!(updated.pending, Vec::<usize>::new());
+        assert!(spool.list().unwrap().is_empty(), "nothing pending: removed");
         assert!(spool.list().unwrap().is_empty());
     }
 

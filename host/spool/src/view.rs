@@ -33,8 +33,8 @@ impl SpoolView {
     /// A queued message, checked whole.
     pub fn load(&self, id: &QueueId) -> Result<(Entry, Vec<u8>), SpoolError> {
         let path = self.queue.join(id.as_str());
-        let (entry, body) = queue::read_spool_file(&path, true)?;
-        queue::check_id(&path, &entry, id)?;
+        let (entry, body) = crate::file::read_spool_file(&path, true)?;
+        crate::file::check_id(&path, &entry, id)?;
         Ok((entry, body))
     }
 }

@@ -1,0 +1,126 @@
+//! What the spool knows about a message besides its content: its queue id and its
+//! [`Entry`] (envelope, pending recipients, retry state), and a message on its way in.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use portcullis_smtp::Folder;
+use portcullis_smtp::envelope::Envelope;
+use serde::{Deserialize, Serialize};
+
+/// A queue id: unique, sortable by arrival, safe as a file name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QueueId(String);
+
+impl QueueId {
+    /// A fresh id: microseconds since the epoch and a counter, in upper-case hex.
+    pub fn generate() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF;
+        QueueId(format!("{micros:014X}{n:04X}"))
+    }
+
+    /// Parses a file name back into an id, refusing anything that is not one.
+    pub fn parse(name: &str) -> Option<Self> {
+        let ok = name.len() == 18
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_lowercase());
+        ok.then(|| QueueId(name.to_string()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// When the id was made: microseconds since the epoch (its first 14 hex digits).
+    pub fn micros(&self) -> u128 {
+        self.0
+            .get(..14)
+            .and_then(|hex| u128::from_str_radix(hex, 16).ok())
+            .unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for QueueId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the spool knows about one message besides its content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Entry {
+    /// The queue id.
+    pub id: QueueId,
+    /// When it was accepted, seconds since the epoch.
+    pub received_at: u64,
+    /// Sender and recipients as accepted.
+    pub envelope: Envelope,
+    /// Indices into `envelope.recipients` still to be delivered.
+    pub pending: Vec<usize>,
+    /// Where local copies go.
+    pub folder: Folder,
+    /// Octets of message after the metadata line.
+    pub size: u64,
+    /// Outbound: delivery attempts made so far for the remote recipients.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Outbound: the earliest time of the next attempt, seconds since the epoch (0: now).
+    #[serde(default)]
+    pub next_attempt: u64,
+    /// Outbound: the last temporary failure of each pending recipient (index → reply).
+    #[serde(default)]
+    pub last_error: BTreeMap<usize, String>,
+    /// Outbound: the sender has been told that delivery is late.
+    #[serde(default)]
+    pub delay_notified: bool,
+    /// CRC-32 of the message octets (absent in files of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<u32>,
+    /// The sender may be told of a successful local delivery (RFC 3461 NOTIFY=SUCCESS):
+    /// it is known, not merely claimed (submission). On MX a success notice to a forged
+    /// sender would be backscatter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub success_notices: bool,
+}
+
+impl Entry {
+    /// Whether a local recipient is owed a report of its delivery: RFC 3461
+    /// NOTIFY=SUCCESS, on a message whose sender is known ([`Entry::success_notices`]) and
+    /// not the null sender.
+    pub fn wants_success_notice(&self) -> bool {
+        self.success_notices
+            && self.envelope.mail_from.is_some()
+            && self.envelope.recipients.iter().any(|r| {
+                r.local
+                    && r.params
+                        .notify
+                        .is_some_and(|notify| notify.success && !notify.never)
+            })
+    }
+}
+
+/// A message on its way into the spool.
+#[derive(Clone, Copy, Debug)]
+pub struct Incoming<'a> {
+    /// Its queue id.
+    pub id: &'a QueueId,
+    /// Sender and recipients as accepted.
+    pub envelope: &'a Envelope,
+    /// Where local copies go.
+    pub folder: Folder,
+    /// [`Entry::success_notices`].
+    pub success_notices: bool,
+    /// Header lines written before `body` (the `Received:` header and hook headers).
+    pub head: &'a [u8],
+    /// The message as received.
+    pub body: &'a [u8],
+}
