@@ -154,7 +154,7 @@ impl Context {
     pub async fn reload(self: &Arc<Self>) -> Result<String, String> {
         let path = self.config_path.clone();
         let old = self.live();
-        type Fresh = (Live, Option<PluginSet>, portcullis_outbound::Context);
+        type Fresh = (Live, Option<PluginSet>, portcullis_outbound::Routing);
         let fresh = tokio::task::spawn_blocking(move || -> Result<Fresh, String> {
             let config = match &path {
                 Some(p) => Config::load(p),
@@ -170,7 +170,7 @@ impl Context {
                 Some(load_plugins(&config).map_err(|e| e.to_string())?)
             };
             let outbound =
-                portcullis_outbound::Context::new(config.delivery.clone()).map_err(|e| e.to_string())?;
+                portcullis_outbound::Routing::new(config.delivery.clone()).map_err(|e| e.to_string())?;
             let live = Live::build(config).map_err(|e| e.to_string())?;
             Ok((live, plugins, outbound))
         })

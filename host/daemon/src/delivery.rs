@@ -78,7 +78,7 @@ enum DeliveryError {
 pub fn start(
     spool: Arc<Spool>,
     maildir: Maildir,
-    outbound: portcullis_outbound::Context,
+    outbound: portcullis_outbound::Routing,
 ) -> (mpsc::UnboundedSender<Job>, Outbound, Arc<Notify>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     let requeue = tx.clone();
@@ -123,7 +123,7 @@ pub fn start(
                         settings: &settings.settings,
                         deliveries: &reports,
                     };
-                    deliver(&spool, &maildir, &run, &notices)
+                    run_local(&spool, &maildir, &run, &notices)
                 })
                 .await;
                 drop(permit);
@@ -156,7 +156,7 @@ pub fn start(
 
 /// What a delivery run needs to tell senders of successful deliveries.
 struct Notices<'a> {
-    settings: &'a portcullis_outbound::Settings,
+    settings: &'a portcullis_outbound::DeliverySettings,
     /// Where a queued report goes to be delivered.
     deliveries: &'a mpsc::UnboundedSender<Job>,
 }
@@ -186,7 +186,7 @@ impl Notices<'_> {
         let report = dsn::Pending {
             entry,
             message,
-            action: dsn::Action::Deliver,
+            action: dsn::ReportAction::Deliver,
             recipients,
             retry_until: None,
         };
@@ -198,7 +198,7 @@ impl Notices<'_> {
     }
 }
 
-fn deliver(
+fn run_local(
     spool: &Spool,
     maildir: &Maildir,
     job: &Job,

@@ -67,11 +67,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "portcullis", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Task,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+enum Task {
     /// Run the server (on the embedded default config when --config is not given).
     Serve {
         /// The configuration file.
@@ -323,7 +323,7 @@ fn init_logging(format: config::LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => {
+        Task::Serve { config } => {
             let path = config.clone();
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
@@ -350,7 +350,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => match Config::load(&config) {
+        Task::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => match check_files(&c) {
                 Ok(a) => {
                     for warning in c.warnings() {
@@ -379,10 +379,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Plugin {
+        Task::Plugin {
             command: PluginCommand::Test(args),
         } => ExitCode::from(plugin_test::run(args)),
-        Command::Plugin {
+        Task::Plugin {
             command: PluginCommand::Wit { dir },
         } => match plugin_new::write_wit(&dir) {
             Ok(()) => ExitCode::SUCCESS,
@@ -391,7 +391,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Plugin {
+        Task::Plugin {
             command: PluginCommand::New { lang, hook, name },
         } => match plugin_new::run(&lang, &hook, &name) {
             Ok(written) => {
@@ -407,7 +407,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Queue { command, config } => {
+        Task::Queue { command, config } => {
             let result = load(config.as_ref())
                 .map_err(|e| e.to_string())
                 .and_then(|c| match command {
@@ -424,7 +424,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::User { command } => match user_command(command) {
+        Task::User { command } => match user_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("portcullis user: {e}");

@@ -137,7 +137,7 @@ fn start_workers(
         recovered,
     } = storage;
     let plugins = Arc::new(load_plugins(config)?);
-    let outbound_context = portcullis_outbound::Context::new(config.delivery.clone())
+    let outbound_context = portcullis_outbound::Routing::new(config.delivery.clone())
         .map_err(|e| StartError::Delivery(e.to_string()))?;
     let (deliveries, outbound, retire_sweep) =
         delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);

@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::settings::{Credentials, Settings, TlsPolicy};
+use crate::settings::{DeliverySettings, RelayLogin, TlsPolicy};
 
 /// Something we can read SMTP from and write SMTP to: TCP, or TLS over TCP.
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -95,7 +95,7 @@ pub struct Peer<'a> {
     /// STARTTLS policy.
     pub tls: TlsPolicy,
     /// AUTH to do after STARTTLS.
-    pub auth: Option<&'a Credentials>,
+    pub auth: Option<&'a RelayLogin>,
 }
 
 struct Conn {
@@ -185,8 +185,8 @@ async fn connect(peer: &Peer<'_>, timeout: Duration) -> Result<TcpStream, Sessio
 ///
 /// The message is sent once the peer accepted at least one recipient; the result of each
 /// recipient is decided by the replies, never guessed.
-pub async fn deliver(
-    settings: &Settings,
+pub async fn transact(
+    settings: &DeliverySettings,
     peer: &Peer<'_>,
     envelope: &Envelope,
     message: &[u8],
@@ -203,7 +203,7 @@ pub async fn deliver(
 }
 
 async fn session(
-    settings: &Settings,
+    settings: &DeliverySettings,
     peer: &Peer<'_>,
     envelope: &Envelope,
     message: &[u8],
@@ -331,7 +331,7 @@ async fn hello(conn: &mut Conn, hostname: &str) -> Result<Extensions, SessionErr
     }
 }
 
-async fn authenticate(conn: &mut Conn, ext: &Extensions, creds: &Credentials) -> Result<(), SessionError> {
+async fn authenticate(conn: &mut Conn, ext: &Extensions, creds: &RelayLogin) -> Result<(), SessionError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let has = |m: &str| ext.auth.iter().any(|a| a == m);
     let reply = if has("PLAIN") {

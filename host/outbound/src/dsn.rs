@@ -9,7 +9,7 @@ use portcullis_smtp::envelope::{Envelope, MailParams, Notify, Recipient, Ret};
 use portcullis_smtp::{Enhanced, Folder, Reply};
 use portcullis_spool::{Entry, QueueId, Spool, SpoolError};
 
-use crate::settings::Settings;
+use crate::settings::DeliverySettings;
 
 /// Returned message content above this size is cut to its headers (Postfix returns
 /// 50,000 octets; a little more is kind to the sender).
@@ -17,7 +17,7 @@ pub const RETURN_LIMIT: usize = 128 * 1024;
 
 /// What the report says happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum ReportAction {
     /// Delivery failed for good.
     Fail,
     /// Delivery is late and will be retried.
@@ -28,25 +28,25 @@ pub enum Action {
     Deliver,
 }
 
-impl Action {
+impl ReportAction {
     fn field(self) -> &'static str {
         match self {
-            Action::Fail => "failed",
-            Action::Delay => "delayed",
-            Action::Relay => "relayed",
-            Action::Deliver => "delivered",
+            ReportAction::Fail => "failed",
+            ReportAction::Delay => "delayed",
+            ReportAction::Relay => "relayed",
+            ReportAction::Deliver => "delivered",
         }
     }
 
     /// Whether a recipient's NOTIFY asks for this kind of report.
     pub fn wanted_by(self, notify: Option<Notify>) -> bool {
         match notify {
-            None => matches!(self, Action::Fail | Action::Delay),
+            None => matches!(self, ReportAction::Fail | ReportAction::Delay),
             Some(n) if n.never => false,
             Some(n) => match self {
-                Action::Fail => n.failure,
-                Action::Delay => n.delay,
-                Action::Relay | Action::Deliver => n.success,
+                ReportAction::Fail => n.failure,
+                ReportAction::Delay => n.delay,
+                ReportAction::Relay | ReportAction::Deliver => n.success,
             },
         }
     }
@@ -77,7 +77,7 @@ pub struct Report<'a> {
     /// The original message as spooled.
     pub message: &'a [u8],
     /// What happened.
-    pub action: Action,
+    pub action: ReportAction,
     /// To whom.
     pub recipients: Vec<RecipientReport>,
     /// For a delay: when we give up, seconds since the epoch.
@@ -150,19 +150,19 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
         .map(ToString::to_string)
         .unwrap_or_default();
     let (subject, intro) = match r.action {
-        Action::Fail => (
+        ReportAction::Fail => (
             "Undelivered Mail Returned to Sender",
             "Your message could not be delivered to one or more recipients.\nIt is attached below; the reasons follow.",
         ),
-        Action::Delay => (
+        ReportAction::Delay => (
             "Delayed Mail (still being retried)",
             "Your message has not been delivered yet to one or more recipients.\nNo action is needed: delivery will be retried.",
         ),
-        Action::Relay => (
+        ReportAction::Relay => (
             "Successful Mail Delivery Report (relayed)",
             "Your message was relayed to the next server, which does not send\ndelivery reports of its own.",
         ),
-        Action::Deliver => (
+        ReportAction::Deliver => (
             "Successful Mail Delivery Report",
             "Your message was delivered to the mailbox of each recipient below.",
         ),
@@ -204,9 +204,9 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
             status.push_str(&format!("Original-Recipient: {}\n", field(&xtext_decode(orcpt))));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\n", to.mailbox));
-        status.push_str(&format!("Action: {}\n", r.action.field()));
+        status.push_str(&format!("ReportAction: {}\n", r.action.field()));
         let code = match r.action {
-            Action::Relay | Action::Deliver => Enhanced(2, 0, 0),
+            ReportAction::Relay | ReportAction::Deliver => Enhanced(2, 0, 0),
             _ => status_of(&rcpt.reply),
         };
         status.push_str(&format!("Status: {code}\n"));
@@ -221,7 +221,7 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
         }
     }
 
-    let headers_only = r.action != Action::Fail
+    let headers_only = r.action != ReportAction::Fail
         || r.envelope.params.ret == Some(Ret::Hdrs)
         || r.message.len() > RETURN_LIMIT;
     let returned: &[u8] = if headers_only {
@@ -293,7 +293,7 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
 /// (a bounce is never bounced).
 pub fn queue_report(
     spool: &Spool,
-    settings: &Settings,
+    settings: &DeliverySettings,
     report: Pending<'_>,
 ) -> Result<Option<Entry>, SpoolError> {
     let Pending {
@@ -353,7 +353,7 @@ pub struct Pending<'a> {
     /// Its content as spooled.
     pub message: &'a [u8],
     /// What happened.
-    pub action: Action,
+    pub action: ReportAction,
     /// To whom (filtered by their NOTIFY).
     pub recipients: Vec<RecipientReport>,
     /// For a delay: when we give up.
@@ -402,7 +402,7 @@ mod tests {
             envelope: &env,
             arrival: 1_700_000_000,
             message,
-            action: Action::Fail,
+            action: ReportAction::Fail,
             recipients: vec![RecipientReport {
                 index: 0,
                 remote_mta: Some("mx.example.net".into()),
@@ -418,7 +418,7 @@ mod tests {
             "Original-Envelope-Id: id+1",
             "Original-Recipient: rfc822;bob+x@example.net",
             "Final-Recipient: rfc822; bob@example.net",
-            "Action: failed",
+            "ReportAction: failed",
             "Status: 5.1.1",
             "Remote-MTA: dns; mx.example.net",
             "Diagnostic-Code: smtp; 550 5.1.1 no such user",
@@ -450,14 +450,14 @@ mod tests {
             }],
             retry_until: Some(86_400),
         };
-        for action in [Action::Fail, Action::Delay] {
+        for action in [ReportAction::Fail, ReportAction::Delay] {
             let text = String::from_utf8(compose(&report(action))).unwrap();
             assert!(text.contains("text/rfc822-headers"));
             assert!(text.contains("Subject: hi"));
             assert!(!text.contains("secret body"));
         }
-        let delay = String::from_utf8(compose(&report(Action::Delay))).unwrap();
-        assert!(delay.contains("Action: delayed") && delay.contains("Will-Retry-Until:"));
+        let delay = String::from_utf8(compose(&report(ReportAction::Delay))).unwrap();
+        assert!(delay.contains("ReportAction: delayed") && delay.contains("Will-Retry-Until:"));
     }
 
     #[test]
@@ -469,7 +469,7 @@ mod tests {
             envelope: &env,
             arrival: 0,
             message: b"Subject: hi\r\n\r\nsecret body\r\n",
-            action: Action::Deliver,
+            action: ReportAction::Deliver,
             recipients: vec![RecipientReport {
                 index: 0,
                 remote_mta: None,
@@ -480,7 +480,7 @@ mod tests {
         .unwrap();
         for needle in [
             "Subject: Successful Mail Delivery Report",
-            "Action: delivered",
+            "ReportAction: delivered",
             "Status: 2.0.0",
             "Original-Envelope-Id: id+1",
             "text/rfc822-headers",
@@ -501,13 +501,16 @@ mod tests {
                 delay,
             })
         };
-        assert!(Action::Fail.wanted_by(None) && Action::Delay.wanted_by(None));
-        assert!(!Action::Relay.wanted_by(None));
-        assert!(!Action::Fail.wanted_by(n(true, false, false, false)));
-        assert!(Action::Relay.wanted_by(n(false, true, false, false)));
-        assert!(Action::Deliver.wanted_by(n(false, true, false, false)));
-        assert!(!Action::Deliver.wanted_by(None) && !Action::Deliver.wanted_by(n(false, false, true, true)));
-        assert!(!Action::Fail.wanted_by(n(false, true, false, false)));
-        assert!(!Action::Delay.wanted_by(n(false, false, true, false)));
+        assert!(ReportAction::Fail.wanted_by(None) && ReportAction::Delay.wanted_by(None));
+        assert!(!ReportAction::Relay.wanted_by(None));
+        assert!(!ReportAction::Fail.wanted_by(n(true, false, false, false)));
+        assert!(ReportAction::Relay.wanted_by(n(false, true, false, false)));
+        assert!(ReportAction::Deliver.wanted_by(n(false, true, false, false)));
+        assert!(
+            !ReportAction::Deliver.wanted_by(None)
+                && !ReportAction::Deliver.wanted_by(n(false, false, true, true))
+        );
+        assert!(!ReportAction::Fail.wanted_by(n(false, true, false, false)));
+        assert!(!ReportAction::Delay.wanted_by(n(false, false, true, false)));
     }
 }

@@ -20,5 +20,5 @@ pub mod route;
 pub mod runner;
 pub mod settings;
 
-pub use runner::{Context, Handoff, Outbound};
-pub use settings::{Credentials, Route, Settings, TlsPolicy};
+pub use runner::{Handoff, Outbound, Routing};
+pub use settings::{DeliverySettings, RelayLogin, Route, TlsPolicy};

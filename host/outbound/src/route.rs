@@ -17,7 +17,7 @@ use hickory_resolver::proto::rr::{Name, RData};
 use portcullis_smtp::{Enhanced, Reply};
 use rand::seq::SliceRandom;
 
-use crate::settings::{Credentials, Route, Settings, TlsPolicy};
+use crate::settings::{DeliverySettings, RelayLogin, Route, TlsPolicy};
 
 /// One host to try, with every address it resolved to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Plan {
     /// STARTTLS policy.
     pub tls: TlsPolicy,
     /// AUTH, for a smarthost.
-    pub auth: Option<Credentials>,
+    pub auth: Option<RelayLogin>,
     /// The key that per-destination connection limits count against.
     pub destination: String,
 }
@@ -133,7 +133,7 @@ impl Router {
     }
 
     /// How to reach `domain` (lower-case) under `settings`.
-    pub async fn plan(&self, settings: &Settings, domain: &str) -> Result<Plan, RouteError> {
+    pub async fn plan(&self, settings: &DeliverySettings, domain: &str) -> Result<Plan, RouteError> {
         if let Some(route) = settings.routes.get(domain) {
             return self.fixed(route, format!("route:{domain}")).await;
         }

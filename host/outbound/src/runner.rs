@@ -20,24 +20,24 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::client::{self, Peer};
-use crate::dsn::{self, Action, RecipientReport};
+use crate::dsn::{self, RecipientReport, ReportAction};
 use crate::route::{RouteError, Router};
-use crate::settings::Settings;
+use crate::settings::DeliverySettings;
 
-/// Settings with the router built for them; swapped whole on reload.
+/// DeliverySettings with the router built for them; swapped whole on reload.
 #[derive(Debug)]
-pub struct Context {
+pub struct Routing {
     /// The settings.
-    pub settings: Settings,
+    pub settings: DeliverySettings,
     /// The resolver and routes they imply.
     pub router: Router,
 }
 
-impl Context {
+impl Routing {
     /// Builds the router for `settings`.
-    pub fn new(settings: Settings) -> Result<Self, crate::route::ResolverError> {
+    pub fn new(settings: DeliverySettings) -> Result<Self, crate::route::ResolverError> {
         let router = Router::new(settings.resolver)?;
-        Ok(Context { settings, router })
+        Ok(Routing { settings, router })
     }
 }
 
@@ -45,7 +45,7 @@ impl Context {
 /// delivery sees them first.
 pub type Handoff = Arc<dyn Fn(QueueId) + Send + Sync>;
 
-enum Command {
+enum Request {
     Submit(QueueId),
     Flush(oneshot::Sender<usize>),
     Finished(QueueId, Option<u64>),
@@ -54,8 +54,8 @@ enum Command {
 /// The handle the daemon keeps: submit messages, flush the queue, reload settings.
 #[derive(Clone)]
 pub struct Outbound {
-    tx: mpsc::UnboundedSender<Command>,
-    context: Arc<ArcSwap<Context>>,
+    tx: mpsc::UnboundedSender<Request>,
+    context: Arc<ArcSwap<Routing>>,
 }
 
 impl std::fmt::Debug for Outbound {
@@ -66,7 +66,7 @@ impl std::fmt::Debug for Outbound {
 
 impl Outbound {
     /// Starts the runner on the current tokio runtime.
-    pub fn start(spool: Arc<Spool>, context: Context, handoff: Handoff) -> Self {
+    pub fn start(spool: Arc<Spool>, context: Routing, handoff: Handoff) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let context = Arc::new(ArcSwap::from_pointee(context));
         let runner = Runner {
@@ -86,34 +86,34 @@ impl Outbound {
 
     /// A message whose local recipients are done and whose remote ones wait.
     pub fn submit(&self, id: QueueId) {
-        let _ = self.tx.send(Command::Submit(id));
+        let _ = self.tx.send(Request::Submit(id));
     }
 
     /// Tries every queued message now, ignoring the schedule; returns how many.
     pub async fn flush(&self) -> usize {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Flush(tx)).is_err() {
+        if self.tx.send(Request::Flush(tx)).is_err() {
             return 0;
         }
         rx.await.unwrap_or(0)
     }
 
     /// New settings for the attempts that start from now on.
-    pub fn reload(&self, context: Context) {
+    pub fn reload(&self, context: Routing) {
         self.context.store(Arc::new(context));
     }
 
     /// The settings in force (for reports written outside the runner).
-    pub fn settings(&self) -> Arc<Context> {
+    pub fn settings(&self) -> Arc<Routing> {
         self.context.load_full()
     }
 }
 
 struct Runner {
     spool: Arc<Spool>,
-    context: Arc<ArcSwap<Context>>,
+    context: Arc<ArcSwap<Routing>>,
     handoff: Handoff,
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::UnboundedSender<Request>,
     /// (due time, id), earliest first; entries whose time no longer matches `due` are stale.
     timetable: BinaryHeap<Reverse<(u64, QueueId)>>,
     due: HashMap<QueueId, u64>,
@@ -130,7 +130,7 @@ fn now() -> u64 {
 }
 
 impl Runner {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Request>) {
         let slots = Arc::new(Semaphore::new(
             self.context.load().settings.max_connections.max(1),
         ));
@@ -150,8 +150,8 @@ impl Runner {
                 },
             };
             match command {
-                Some(Command::Submit(id)) => self.schedule(id, 0),
-                Some(Command::Flush(reply)) => {
+                Some(Request::Submit(id)) => self.schedule(id, 0),
+                Some(Request::Flush(reply)) => {
                     let ids: Vec<QueueId> = match self.spool.list() {
                         Ok(ids) => ids,
                         Err(e) => {
@@ -166,7 +166,7 @@ impl Runner {
                     }
                     let _ = reply.send(count);
                 }
-                Some(Command::Finished(id, next)) => {
+                Some(Request::Finished(id, next)) => {
                     self.running.remove(&id);
                     if let Some(at) = next {
                         self.schedule(id, at);
@@ -216,7 +216,7 @@ impl Runner {
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 let next = attempt.run(&id, force).await;
-                let _ = tx.send(Command::Finished(id, next));
+                let _ = tx.send(Request::Finished(id, next));
             });
         }
     }
@@ -230,7 +230,7 @@ struct GroupResult {
 
 struct Attempt {
     spool: Arc<Spool>,
-    context: Arc<Context>,
+    context: Arc<Routing>,
     handoff: Handoff,
     slots: Arc<Semaphore>,
     destinations: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
@@ -306,7 +306,7 @@ impl Attempt {
                 indices,
                 message: Arc::clone(&message),
             };
-            tasks.spawn(async move { group.deliver(&domain).await });
+            tasks.spawn(async move { group.attempt(&domain).await });
         }
         while let Some(done) = tasks.join_next().await {
             let Ok(group) = done else { continue };
@@ -320,7 +320,7 @@ impl Attempt {
                             .increment(1);
                         entry.pending.retain(|&p| p != index);
                         entry.last_error.remove(&index);
-                        if !peer_dsn && Action::Relay.wanted_by(to.params.notify) {
+                        if !peer_dsn && ReportAction::Relay.wanted_by(to.params.notify) {
                             relays.push(RecipientReport {
                                 index,
                                 remote_mta: host,
@@ -352,8 +352,10 @@ impl Attempt {
             }
             // The report is queued before the recipients leave the spool: a crash in
             // between can repeat a report, never lose one.
-            self.report(&entry, &message, Action::Fail, failed, None).await;
-            self.report(&entry, &message, Action::Relay, relays, None).await;
+            self.report(&entry, &message, ReportAction::Fail, failed, None)
+                .await;
+            self.report(&entry, &message, ReportAction::Relay, relays, None)
+                .await;
             if entry.pending.is_empty() {
                 break;
             }
@@ -389,9 +391,11 @@ impl Attempt {
                             .map(|text| reply_from_text(text))
                             .unwrap_or_else(|| Reply::new(451, Some(Enhanced(4, 4, 1)), "not delivered yet")),
                     })
-                    .filter(|r| Action::Delay.wanted_by(entry.envelope.recipients[r.index].params.notify))
+                    .filter(|r| {
+                        ReportAction::Delay.wanted_by(entry.envelope.recipients[r.index].params.notify)
+                    })
                     .collect();
-                self.report(&entry, &message, Action::Delay, late, Some(expires_at))
+                self.report(&entry, &message, ReportAction::Delay, late, Some(expires_at))
                     .await;
                 entry.delay_notified = true;
             }
@@ -447,7 +451,8 @@ impl Attempt {
             tracing::warn!(queue_id = %entry.id, to = %entry.envelope.recipients[r.index].mailbox, "delivery time expired; returning to the sender");
             metrics::counter!("portcullis_outbound_recipients_total", "result" => "expired").increment(1);
         }
-        self.report(entry, message, Action::Fail, reports, None).await;
+        self.report(entry, message, ReportAction::Fail, reports, None)
+            .await;
         entry.pending.retain(|i| !remote.contains(i));
         for i in remote {
             entry.last_error.remove(i);
@@ -459,7 +464,7 @@ impl Attempt {
         &self,
         entry: &Entry,
         message: &Arc<Vec<u8>>,
-        action: Action,
+        action: ReportAction,
         recipients: Vec<RecipientReport>,
         retry_until: Option<u64>,
     ) {
@@ -565,7 +570,7 @@ fn reply_from_text(text: &str) -> Reply {
 
 /// The recipients of one domain in one attempt.
 struct Group {
-    context: Arc<Context>,
+    context: Arc<Routing>,
     slots: Arc<Semaphore>,
     destinations: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     id: QueueId,
@@ -585,7 +590,7 @@ impl Group {
         }
     }
 
-    async fn deliver(&self, domain: &str) -> GroupResult {
+    async fn attempt(&self, domain: &str) -> GroupResult {
         let settings = &self.context.settings;
         let plan = match self.context.router.plan(settings, domain).await {
             Ok(plan) => plan,
@@ -624,7 +629,7 @@ impl Group {
                 auth: plan.auth.as_ref(),
             };
             tracing::debug!(queue_id = %self.id, host = %host.name, "connecting");
-            match client::deliver(settings, &peer, &self.envelope, &self.message).await {
+            match client::transact(settings, &peer, &self.envelope, &self.message).await {
                 Ok(done) => {
                     let all_deferred = done
                         .results

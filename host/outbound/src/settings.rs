@@ -33,16 +33,16 @@ impl TlsPolicy {
 
 /// A user name and password for AUTH at a smarthost.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub struct RelayLogin {
     /// The account name at the smarthost.
     pub username: String,
     /// Its password (read from a file named in the config, never logged).
     pub password: String,
 }
 
-impl std::fmt::Debug for Credentials {
+impl std::fmt::Debug for RelayLogin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
+        f.debug_struct("RelayLogin")
             .field("username", &self.username)
             .finish_non_exhaustive()
     }
@@ -58,12 +58,12 @@ pub struct Route {
     /// STARTTLS policy.
     pub tls: TlsPolicy,
     /// AUTH at this hop, if any (only ever sent over TLS).
-    pub auth: Option<Credentials>,
+    pub auth: Option<RelayLogin>,
 }
 
 /// Everything the queue runner and the client need.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct DeliverySettings {
     /// Our name in EHLO, in DSNs and in their Message-IDs.
     pub hostname: String,
     /// Our own domains: a DSN to an address in one of them is delivered locally.
@@ -96,10 +96,10 @@ pub struct Settings {
     pub data_timeout: Duration,
 }
 
-impl Settings {
+impl DeliverySettings {
     /// Sensible defaults for `hostname`, as the config's documentation states them.
     pub fn new(hostname: &str) -> Self {
-        Settings {
+        DeliverySettings {
             hostname: hostname.to_string(),
             local_domains: Vec::new(),
             routes: HashMap::new(),
@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn retry_schedule_repeats_its_last_step() {
-        let s = Settings::new("mx.example");
+        let s = DeliverySettings::new("mx.example");
         let got: Vec<u64> = (1..=7).map(|n| s.retry_after(n).as_secs()).collect();
         assert_eq!(got, [60, 300, 900, 1800, 3600, 3600, 3600]);
         assert_eq!(TlsPolicy::parse("none"), Some(TlsPolicy::Disabled));

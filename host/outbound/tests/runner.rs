@@ -4,13 +4,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use portcullis_outbound::{Context, Outbound, Route, Settings, TlsPolicy};
+use portcullis_outbound::{DeliverySettings, Outbound, Route, Routing, TlsPolicy};
 use portcullis_smtp::envelope::{Envelope, MailParams, Recipient};
 use portcullis_smtp::{Folder, Mailbox};
 use portcullis_spool::{QueueId, Spool};
 
-fn settings() -> Settings {
-    let mut s = Settings::new("mx.example.org");
+fn settings() -> DeliverySettings {
+    let mut s = DeliverySettings::new("mx.example.org");
     s.local_domains = vec!["example.org".into()];
     s.expire = Duration::ZERO;
     s.routes.insert(
@@ -57,7 +57,7 @@ async fn run(sender: Option<Mailbox>) -> (tempfile::TempDir, Arc<Spool>, Vec<Que
     let seen = Arc::clone(&handed);
     let outbound = Outbound::start(
         Arc::clone(&spool),
-        Context::new(settings()).expect("context"),
+        Routing::new(settings()).expect("context"),
         Arc::new(move |id| seen.lock().expect("lock").push(id)),
     );
     outbound.submit(entry.id.clone());

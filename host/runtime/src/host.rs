@@ -46,23 +46,23 @@ impl MessageHandle {
 /// Per-instance memory and table caps, and whether one was hit (to tell a memory failure
 /// from any other trap).
 #[derive(Debug)]
-pub struct Limits {
+pub struct MemoryLimit {
     memory: usize,
     /// Set when the plugin asked for more memory than allowed.
     pub memory_denied: bool,
 }
 
-impl Limits {
+impl MemoryLimit {
     /// A cap of `memory` bytes per linear memory.
     pub fn new(memory: usize) -> Self {
-        Limits {
+        MemoryLimit {
             memory,
             memory_denied: false,
         }
     }
 }
 
-impl ResourceLimiter for Limits {
+impl ResourceLimiter for MemoryLimit {
     fn memory_growing(
         &mut self,
         _current: usize,
@@ -92,7 +92,7 @@ pub struct State {
     /// Host resources handed to the guest (the message).
     pub table: ResourceTable,
     /// Memory caps.
-    pub limits: Limits,
+    pub limits: MemoryLimit,
     meta: Arc<PluginMeta>,
     log_lines: u32,
 }
@@ -104,7 +104,7 @@ impl State {
         State {
             wasi,
             table: ResourceTable::new(),
-            limits: Limits::new(memory),
+            limits: MemoryLimit::new(memory),
             meta,
             log_lines: 0,
         }

@@ -185,7 +185,7 @@ impl Runtime {
             // Reset a used memory by scanning which pages were touched (PAGEMAP_SCAN, Linux
             // 6.7+) and zeroing those in place, up to 4 MiB, and batch what must still be
             // decommitted: fewer madvise calls, so fewer page faults and TLB shoot-downs
-            // per message (hookload, 10 tasks: 447 µs CPU per message before, 343–430 after).
+            // per message (docs/benchmarks.md).
             .linear_memory_keep_resident(4 << 20)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto)

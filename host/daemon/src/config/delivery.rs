@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use portcullis_outbound::{Credentials, Route, Settings, TlsPolicy};
+use portcullis_outbound::{DeliverySettings, RelayLogin, Route, TlsPolicy};
 use serde::Deserialize;
 
 use super::Span;
@@ -111,9 +111,9 @@ pub fn settings(
     hostname: &str,
     local_domains: &[String],
     base: &Path,
-) -> Result<Settings, Vec<(String, String)>> {
+) -> Result<DeliverySettings, Vec<(String, String)>> {
     let mut problems = Vec::new();
-    let mut s = Settings::new(hostname);
+    let mut s = DeliverySettings::new(hostname);
     s.local_domains = local_domains.to_vec();
     let tls_policy = |key: &str,
                       text: Option<&str>,
@@ -134,7 +134,7 @@ pub fn settings(
                        user: Option<String>,
                        file: Option<&Path>,
                        problems: &mut Vec<(String, String)>|
-     -> Option<Credentials> {
+     -> Option<RelayLogin> {
         let user = user?;
         let Some(file) = file else {
             problems.push((key.to_string(), "a username needs a password file".into()));
@@ -142,7 +142,7 @@ pub fn settings(
         };
         let path = super::resolve(base, file);
         match std::fs::read_to_string(&path) {
-            Ok(text) => Some(Credentials {
+            Ok(text) => Some(RelayLogin {
                 username: user,
                 password: text.lines().next().unwrap_or("").to_string(),
             }),
@@ -155,7 +155,7 @@ pub fn settings(
     let route = |key: &str,
                  host: &str,
                  tls: Option<&str>,
-                 auth: Option<Credentials>,
+                 auth: Option<RelayLogin>,
                  problems: &mut Vec<(String, String)>| {
         let default = if auth.is_some() {
             TlsPolicy::Required
@@ -312,7 +312,7 @@ mod tests {
         assert_eq!(host_port(":25"), None);
     }
 
-    fn parse(text: &str) -> Result<Settings, Vec<(String, String)>> {
+    fn parse(text: &str) -> Result<DeliverySettings, Vec<(String, String)>> {
         let section: DeliverySection = toml::from_str(text).expect("toml");
         settings(
             section,

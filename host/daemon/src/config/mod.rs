@@ -457,7 +457,7 @@ pub struct Config {
     /// `[metrics]`.
     pub metrics: MetricsSection,
     /// `[delivery]`, validated, with the host name and local domains filled in.
-    pub delivery: portcullis_outbound::Settings,
+    pub delivery: portcullis_outbound::DeliverySettings,
 }
 
 impl Config {
@@ -667,7 +667,7 @@ impl Config {
             limits,
             plugins,
             metrics: raw.metrics,
-            delivery: delivery.unwrap_or_else(|| portcullis_outbound::Settings::new("localhost")),
+            delivery: delivery.unwrap_or_else(|| portcullis_outbound::DeliverySettings::new("localhost")),
         })
     }
 
