@@ -3,6 +3,7 @@
 //! Each test starts its own daemon on `127.0.0.1:0` ports in a fresh data directory and
 //! learns the bound addresses from the daemon's own log.
 
+mod abuse;
 mod cli;
 mod dns;
 mod durability;

@@ -4,6 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use portcullis_smtp::session::{Action, ReadTimeout, SessionInfo, SpoolFailure};
 use portcullis_smtp::{Pipeline, Session, SpoolRequest, Verdict};
@@ -13,10 +14,12 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
+use crate::abuse::AuthGate;
 use crate::context::{Context, Phase};
 use crate::hooks::Event;
 use crate::live::Live;
 use crate::tls;
+use portcullis_smtp::escape::Escaped;
 
 /// The socket, before and after TLS.
 enum Stream {
@@ -108,6 +111,10 @@ struct Driver<P: Pipeline> {
     /// What the next read goes into.
     buf: Vec<u8>,
     tally: Tally,
+    /// When the command line begun by the octets the session holds must be complete.
+    command_deadline: Option<Instant>,
+    /// Content under way: when it began, and the octets received since.
+    content: Option<(Instant, u64)>,
 }
 
 /// Runs one session of pipeline `P` to its end. `implicit_tls` is the submissions (465) case.
@@ -163,6 +170,8 @@ pub async fn run<P: Pipeline>(
         // small.
         buf: Vec::with_capacity(1024),
         tally: Tally::default(),
+        command_deadline: None,
+        content: None,
     };
     let result = driver.drive().await;
     driver.log_end(result);
@@ -211,29 +220,33 @@ impl<P: Pipeline> Driver<P> {
         Ok(())
     }
 
-    /// Reads what the client sends next, within the timeout the session names; a drain
-    /// closes an idle session (or, once closing, any).
+    /// Reads what the client sends next, within the time it has; a drain closes an idle
+    /// session (or, once closing, any).
     async fn read(&mut self) -> io::Result<Step> {
         self.flush().await?;
-        let limits = &self.live.config.limits;
-        let limit = match self.session.read_timeout() {
-            ReadTimeout::Command => limits.command_timeout.0,
-            ReadTimeout::Data => {
-                self.buf.clear();
-                self.buf.reserve_exact(16 * 1024);
-                limits.data_timeout.0
-            }
-        };
         let stop_now = |p: &Phase, idle: bool| *p == Phase::Closing || (*p == Phase::Draining && idle);
         if stop_now(&self.phase.borrow(), self.session.is_idle()) {
             self.session.shut_down();
             return Ok(Step::Continue);
         }
+        let (deadline, what) = self.deadline();
         tokio::select! {
-            read = tokio::time::timeout(limit, self.stream.read(&mut self.buf)) => match read {
-                Err(_) => self.session.timed_out(),
+            read = tokio::time::timeout_at(deadline.into(), self.stream.read(&mut self.buf)) => match read {
+                Err(_) => {
+                    crate::metrics::timed_out(self.listener, what);
+                    tracing::info!(what, "client too slow; closing");
+                    self.session.timed_out();
+                }
                 Ok(Ok(0)) => return Ok(Step::End),
-                Ok(Ok(n)) => self.session.feed(&self.buf[..n]),
+                Ok(Ok(n)) => {
+                    if let Some((_, received)) = &mut self.content {
+                        *received += n as u64;
+                    } else if self.command_deadline.is_none() {
+                        // The first octets of a command line: it must be complete in time.
+                        self.command_deadline = Some(Instant::now() + self.live.config.limits.command_timeout.0);
+                    }
+                    self.session.feed(&self.buf[..n]);
+                }
                 Ok(Err(e)) => return Err(e),
             },
             changed = self.phase.changed() => {
@@ -243,6 +256,42 @@ impl<P: Pipeline> Driver<P> {
             }
         }
         Ok(Step::Continue)
+    }
+
+    /// When the read about to start must have returned, and what is being waited for.
+    ///
+    /// A command line must be complete within `command-timeout` of its first octet (a
+    /// client dripping one octet at a time gains nothing); with nothing pending, the wait
+    /// for the next command is `command-timeout`. Content must keep arriving within
+    /// `data-timeout` per read, and, once `data-timeout` has passed since it began, at
+    /// `min-data-rate` octets a second on average (Postfix's `smtpd_min_data_rate`).
+    fn deadline(&mut self) -> (Instant, &'static str) {
+        let limits = &self.live.config.limits;
+        let now = Instant::now();
+        match self.session.read_timeout() {
+            ReadTimeout::Command => {
+                self.content = None;
+                if self.session.pending_input() == 0 {
+                    self.command_deadline = None;
+                }
+                let deadline = self.command_deadline.unwrap_or(now + limits.command_timeout.0);
+                (deadline, "command")
+            }
+            ReadTimeout::Data => {
+                self.command_deadline = None;
+                let (started, received) = *self.content.get_or_insert_with(|| {
+                    // Commands fit in 1 KiB; the buffer grows to 16 KiB chunks only here,
+                    // so that the sessions of a connection flood stay small.
+                    self.buf.reserve_exact(16 * 1024);
+                    (now, 0)
+                });
+                let rate = limits.min_data_rate.max(1);
+                let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+                let by_rate = started + limits.data_timeout.0 + earned;
+                let per_read = now + limits.data_timeout.0;
+                (by_rate.min(per_read), "content")
+            }
+        }
     }
 
     async fn start_tls(&mut self) -> io::Result<Step> {
@@ -270,28 +319,62 @@ impl<P: Pipeline> Driver<P> {
 
     async fn authenticate(&mut self, credentials: portcullis_smtp::session::Credentials) -> io::Result<Step> {
         let username = credentials.username.clone();
-        let outcome = self
-            .ctx
-            .hooks
-            .authenticate(Arc::clone(&self.live.accounts), self.session.info(), credentials)
-            .await;
+        let limits = &self.live.config.limits;
+        let ip = self.peer.ip();
+        let outcome = match self.ctx.auth_failures.gate(ip, &username, limits) {
+            AuthGate::Closed => {
+                tracing::warn!(user = %Escaped(&username), "authentication refused unchecked: too many failures from this address recently");
+                crate::metrics::auth_throttled();
+                self.session
+                    .resolve_auth(portcullis_smtp::AuthOutcome::Throttled)
+                    .map_err(io::Error::other)?;
+                return Ok(Step::Continue);
+            }
+            AuthGate::Slow(delay) => {
+                tracing::info!(user = %Escaped(&username), delay = ?delay, "slowing down authentication for a name that keeps failing");
+                tokio::time::sleep(delay).await;
+                self.check(credentials).await
+            }
+            AuthGate::Open => self.check(credentials).await,
+        };
         let result = match &outcome {
             portcullis_smtp::AuthOutcome::Accept { account } => {
-                tracing::info!(%account, "authenticated");
+                tracing::info!(account = %Escaped(account), "authenticated");
                 "accepted"
             }
             portcullis_smtp::AuthOutcome::Reject => {
-                tracing::warn!(%username, "authentication failed");
+                tracing::warn!(user = %Escaped(&username), "authentication failed");
+                self.ctx
+                    .auth_failures
+                    .record(ip, &username, &self.live.config.limits);
                 "rejected"
             }
-            portcullis_smtp::AuthOutcome::TempFail => {
-                tracing::warn!(%username, "authentication could not be checked");
+            portcullis_smtp::AuthOutcome::TempFail | portcullis_smtp::AuthOutcome::Throttled => {
+                tracing::warn!(user = %Escaped(&username), "authentication could not be checked");
                 "tempfail"
             }
         };
         crate::metrics::auth(result);
         self.session.resolve_auth(outcome).map_err(io::Error::other)?;
         Ok(Step::Continue)
+    }
+
+    /// The credential check itself (users file, auth plugins), waiting its turn at most a
+    /// command timeout.
+    async fn check(
+        &self,
+        credentials: portcullis_smtp::session::Credentials,
+    ) -> portcullis_smtp::AuthOutcome {
+        let wait = self.live.config.limits.command_timeout.0;
+        self.ctx
+            .hooks
+            .authenticate(
+                Arc::clone(&self.live.accounts),
+                self.session.info(),
+                credentials,
+                wait,
+            )
+            .await
     }
 
     async fn call_hook(&mut self, call: portcullis_smtp::HookCall) -> io::Result<Step> {

@@ -43,6 +43,8 @@ pub struct Parts {
     pub hooks: Hooks,
     /// The messages the server writes itself.
     pub notices: crate::notice::Notices,
+    /// Open connections, per listener and per client address.
+    pub connections: Arc<crate::abuse::Connections>,
 }
 
 /// What every connection shares.
@@ -60,6 +62,10 @@ pub struct Context {
     pub hooks: Hooks,
     /// Writes the messages the server sends itself (the virus notice).
     pub notices: crate::notice::Notices,
+    /// Open connections, per listener and per client address.
+    pub connections: Arc<crate::abuse::Connections>,
+    /// Failed AUTHs per client address and per account name.
+    pub auth_failures: crate::abuse::AuthFailures,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     users_watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
@@ -75,6 +81,8 @@ impl Context {
             outbound: parts.outbound,
             hooks: parts.hooks,
             notices: parts.notices,
+            connections: parts.connections,
+            auth_failures: crate::abuse::AuthFailures::default(),
             watcher: Mutex::new(None),
             users_watcher: Mutex::new(None),
         })

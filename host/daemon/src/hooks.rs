@@ -23,6 +23,10 @@ use crate::rate::RateCounters;
 pub struct Hooks {
     plugins: ArcSwap<PluginSet>,
     counters: RateCounters,
+    /// Credential checks running at once: one per core. An argon2id verification holds
+    /// ~19 MiB while it runs, so without a bound a burst of AUTHs from anyone is a burst
+    /// of memory.
+    checks: tokio::sync::Semaphore,
 }
 
 /// What a hook decided, and what the daemon must do about it besides.
@@ -68,9 +72,11 @@ fn combine(hook: Hook) -> Combine {
 impl Hooks {
     /// Hooks answered by `plugins`.
     pub fn new(plugins: Arc<PluginSet>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Hooks {
             plugins: ArcSwap::new(plugins),
             counters: RateCounters::default(),
+            checks: tokio::sync::Semaphore::new(cores),
         }
     }
 
@@ -84,13 +90,21 @@ impl Hooks {
         self.plugins.store(plugins);
     }
 
-    /// Checks credentials: the users file first, then the auth plugins in order.
+    /// Checks credentials: the users file first, then the auth plugins in order; at most
+    /// one check per core at a time, an AUTH waiting longer than `wait` for its turn gets
+    /// a temporary failure.
     pub async fn authenticate(
         &self,
         accounts: Arc<Accounts>,
         info: &SessionInfo,
         credentials: Credentials,
+        wait: std::time::Duration,
     ) -> AuthOutcome {
+        // The semaphore lives as long as the hooks and is never closed.
+        let Ok(Ok(_turn)) = tokio::time::timeout(wait, self.checks.acquire()).await else {
+            tracing::warn!("no credential check could start in time; answering a temporary failure");
+            return AuthOutcome::TempFail;
+        };
         let plugins = self.plugins();
         if accounts.knows(&credentials.username) || !plugins.has(Hook::Auth) {
             // The users file decides for its own accounts (and, with no auth plugin, for
@@ -260,6 +274,7 @@ fn outcome_name(outcome: &AuthOutcome) -> &'static str {
         AuthOutcome::Accept { .. } => "accept",
         AuthOutcome::Reject => "reject",
         AuthOutcome::TempFail => "defer",
+        AuthOutcome::Throttled => "throttled",
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //!
+//! - [`abuse`]: connection caps and AUTH failure counts, across sessions.
 //! - [`config`]: the TOML configuration, validated at start; the embedded default.
 //! - [`server`]: start-up in named steps (bind, storage, workers, accept), drain on SIGTERM.
 //! - [`context`]: what every connection shares, and its reloads (SIGHUP, plugin files, the
@@ -32,6 +33,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod abuse;
 mod accounts;
 mod config;
 mod connection;
@@ -353,7 +355,9 @@ fn main() -> ExitCode {
         Task::CheckConfig { config } => match Config::load(&config) {
             Ok(c) => match check_files(&c) {
                 Ok(a) => {
-                    for warning in c.warnings() {
+                    let open_files = abuse::raise_open_files();
+                    let descriptors = abuse::descriptor_warning(&c.limits, c.listeners.len(), open_files);
+                    for warning in c.warnings().into_iter().chain(descriptors) {
                         eprintln!("{}: warning: {warning}", c.origin);
                     }
                     println!(

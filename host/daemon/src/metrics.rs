@@ -7,7 +7,9 @@
 //! `portcullis_plugin_call_seconds` by hook and plugin, `portcullis_plugin_errors_total` by
 //! plugin and kind, `portcullis_queue_messages` and `portcullis_queue_oldest_seconds`,
 //! `portcullis_tls_handshakes_total` by listener and result, `portcullis_auth_total` by
-//! result, `portcullis_reloads_total` by result.
+//! result (accepted, rejected, tempfail, throttled), `portcullis_reloads_total` by result,
+//! `portcullis_connections_refused_total` by listener and reason (listener, address),
+//! `portcullis_sessions_timed_out_total` by listener and what was slow.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,6 +33,17 @@ pub fn session_opened(listener: &'static str) -> impl Drop {
         }
     }
     Active(active)
+}
+
+/// A connection turned away on `listener` because of a cap (`listener` or `address`).
+pub fn connection_refused(listener: &'static str, reason: &'static str) {
+    metrics::counter!("portcullis_connections_refused_total", "listener" => listener, "reason" => reason)
+        .increment(1);
+}
+
+/// An AUTH answered without a check, because its client address failed too often.
+pub fn auth_throttled() {
+    metrics::counter!("portcullis_auth_total", "result" => "throttled").increment(1);
 }
 
 /// A TLS handshake on `listener`: `result` is `"ok"` or `"failed"`.
@@ -63,6 +76,12 @@ pub fn hook_verdict(plugin: &str, hook: Hook, kind: &'static str, took: std::tim
 /// A plugin failure of `kind` (trap, timeout, ...).
 pub fn plugin_failed(plugin: &str, hook: Hook, kind: &'static str) {
     metrics::counter!("portcullis_plugin_errors_total", "plugin" => plugin.to_string(), "hook" => hook.name(), "kind" => kind)
+        .increment(1);
+}
+
+/// A session closed for being too slow: `what` is `command` or `content`.
+pub fn timed_out(listener: &'static str, what: &'static str) {
+    metrics::counter!("portcullis_sessions_timed_out_total", "listener" => listener, "what" => what)
         .increment(1);
 }
 

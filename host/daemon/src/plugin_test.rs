@@ -259,7 +259,9 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                         format!("accept as {account} ({})", code(&replies::AUTH_OK))
                     }
                     AuthOutcome::Reject => format!("reject ({})", code(&replies::AUTH_FAILED)),
-                    AuthOutcome::TempFail => format!("defer ({})", code(&replies::AUTH_TEMPFAIL)),
+                    AuthOutcome::TempFail | AuthOutcome::Throttled => {
+                        format!("defer ({})", code(&replies::AUTH_TEMPFAIL))
+                    }
                 }]
             })
         }

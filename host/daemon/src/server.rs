@@ -33,6 +33,11 @@ use crate::start_error::StartError;
 /// connection is accepted.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), StartError> {
     let signals = Signals::install().map_err(StartError::Signals)?;
+    // Every connection is a descriptor: take all the system allows.
+    let open_files = crate::abuse::raise_open_files();
+    if let Some(limit) = open_files {
+        tracing::info!(open_files = limit, "open-file limit");
+    }
     // As root (if started so): read the certificate and accounts, bind the ports...
     let live = Live::build(config)?;
     let bound = bind_listeners(&live.config).await?;
@@ -40,7 +45,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     let config = &live.config;
     privileges::drop_to(config.server.user.as_deref(), config.server.run_as_root)?;
     privileges::check_data_dir(&config.server.data_dir)?;
-    for warning in config.warnings() {
+    let descriptors = crate::abuse::descriptor_warning(&config.limits, config.listeners.len(), open_files);
+    for warning in config.warnings().into_iter().chain(descriptors) {
         tracing::warn!("{warning}");
     }
     if live.accounts.is_empty() {
@@ -162,6 +168,7 @@ fn start_workers(
             attempts: 0,
         });
     }
+    let connections = crate::abuse::Connections::new(config.listeners.len());
     let ctx = Context::new(crate::context::Parts {
         live,
         config_path,
@@ -170,6 +177,7 @@ fn start_workers(
         outbound,
         hooks: Hooks::new(plugins),
         notices,
+        connections,
     });
     // Replacing a plugin file swaps the plugin in, live; so does a change of the users file.
     ctx.watch_plugins();
@@ -217,7 +225,7 @@ fn accept_connections(
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let (alive_tx, alive_rx) = mpsc::channel::<()>(1);
     let mut acceptors = Vec::new();
-    for (kind, socket) in bound {
+    for (index, (kind, socket)) in bound.into_iter().enumerate() {
         let address = socket.local_addr().map_err(|source| StartError::Bind {
             address: SocketAddr::from(([0, 0, 0, 0], 0)),
             kind: kind.name(),
@@ -226,7 +234,7 @@ fn accept_connections(
         tracing::info!(kind = kind.name(), %address, "listening");
         acceptors.push(tokio::spawn(accept_loop(
             Arc::clone(ctx),
-            kind,
+            (index, kind),
             socket,
             phase_rx.clone(),
             alive_tx.clone(),
@@ -332,7 +340,7 @@ async fn wait_for_stop(ctx: &Arc<Context>, mut signals: Signals) {
 
 async fn accept_loop(
     ctx: Arc<Context>,
-    kind: ListenerKind,
+    (index, kind): (usize, ListenerKind),
     socket: TcpListener,
     mut phase: watch::Receiver<Phase>,
     alive: mpsc::Sender<()>,
@@ -352,6 +360,13 @@ async fn accept_loop(
                 continue;
             }
         };
+        let admitted = match ctx.connections.admit(index, peer.ip(), &ctx.live().config.limits) {
+            Ok(admitted) => admitted,
+            Err(crowded) => {
+                turn_away(tcp, peer, kind, crowded);
+                continue;
+            }
+        };
         let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("session", id = %format_args!("{id:x}"), kind = kind.name());
         let guard = alive.clone();
@@ -359,11 +374,33 @@ async fn accept_loop(
         tokio::spawn(
             async move {
                 task.await;
+                drop(admitted);
                 drop(guard);
             }
             .instrument(span),
         );
     }
+}
+
+/// Answers a connection beyond a cap with `421 4.7.0` and closes it, off the accepting
+/// task (a client that does not read cannot hold it up).
+fn turn_away(mut tcp: TcpStream, peer: SocketAddr, kind: ListenerKind, crowded: crate::abuse::Crowded) {
+    use tokio::io::AsyncWriteExt;
+    crate::metrics::connection_refused(kind.name(), crowded.name());
+    tracing::debug!(kind = kind.name(), %peer, reason = crowded.name(), "connection refused: too many");
+    let reply = match crowded {
+        crate::abuse::Crowded::Listener => portcullis_smtp::replies::TOO_MANY_CONNECTIONS,
+        crate::abuse::Crowded::Address => portcullis_smtp::replies::TOO_MANY_CONNECTIONS_FROM_YOU,
+    };
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        reply.write_to(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = tcp.write_all(&out).await;
+            let _ = tcp.shutdown().await;
+        })
+        .await;
+    });
 }
 
 /// The one place where a listener's kind becomes a pipeline type.

@@ -185,11 +185,10 @@ impl log::Host for State {
         if self.log_lines > MAX_LOG_LINES {
             return;
         }
-        let mut message: String = message
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(MAX_LOG_LINE)
-            .collect();
+        let cut: String = message.chars().take(MAX_LOG_LINE).collect();
+        // A plugin's line may carry what a client sent: control characters are shown as
+        // escapes, never written raw.
+        let mut message = portcullis_smtp::escape::Escaped(&cut).to_string();
         if self.log_lines == MAX_LOG_LINES {
             message.push_str(" (further lines of this call dropped)");
         }

@@ -15,6 +15,7 @@
 //! - [`session`]: the state machine, generic over the two fixed pipelines
 //!   ([`Mx`] and [`Submission`]), stopping at named states for the host.
 //! - [`received`]: the `Received:` trace header.
+//! - [`escape`]: client-supplied text made safe for log lines.
 //! - [`client`]: the other side: reply parser, EHLO extensions, our commands and
 //!   dot-stuffing for outbound delivery.
 
@@ -25,6 +26,7 @@ pub mod client;
 pub mod command;
 pub mod data;
 pub mod envelope;
+pub mod escape;
 pub mod received;
 pub mod replies;
 pub mod reply;

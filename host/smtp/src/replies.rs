@@ -168,6 +168,22 @@ pub const UNRECOGNIZED: Reply = Reply::fixed(500, e(5, 5, 1), "Command unrecogni
 pub const NOT_IMPLEMENTED: Reply = Reply::fixed(502, e(5, 5, 1), "Command not implemented");
 /// 421 too many errors in one session.
 pub const TOO_MANY_ERRORS: Reply = Reply::fixed(421, e(4, 7, 0), "Too many errors, closing connection");
+/// 421 instead of a greeting: the listener is full.
+pub const TOO_MANY_CONNECTIONS: Reply =
+    Reply::fixed(421, e(4, 7, 0), "Too many connections, try again later");
+/// 421 instead of a greeting: this client address holds too many connections.
+pub const TOO_MANY_CONNECTIONS_FROM_YOU: Reply = Reply::fixed(
+    421,
+    e(4, 7, 0),
+    "Too many connections from your address, try again later",
+);
+/// 454 to AUTH from an address that failed too often recently (not checked at all).
+pub const AUTH_TOO_MANY_RECENTLY: Reply = Reply::fixed(
+    454,
+    e(4, 7, 0),
+    "Too many failed authentications from your address, try again later",
+);
+
 /// 421 idle or slow client. RFC 5321 4.5.3.2.
 pub const TIMEOUT: Reply = Reply::fixed(421, e(4, 4, 2), "Timeout, closing connection");
 /// 421 the server is shutting down.

@@ -12,6 +12,9 @@ use portcullis_runtime::{Hook, OnError, PluginSpec};
 use serde::Deserialize;
 
 pub mod delivery;
+pub mod limits;
+
+pub use limits::{BareLfPolicy, LimitsSection, Network, Threshold};
 
 /// The configuration `portcullis serve` runs on when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -271,102 +274,6 @@ pub struct DomainsSection {
 pub struct AuthSection {
     /// The accounts file written by `portcullis user add`. Default: `<data-dir>/users.toml`.
     pub users_file: Option<PathBuf>,
-}
-
-/// `[limits]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LimitsSection {
-    /// Largest message accepted. Default: `"25MiB"`.
-    #[serde(default = "default_message_size")]
-    pub message_size: Size,
-    /// Recipients per message before `452 4.5.3`. Default: `100` (the RFC 5321 minimum).
-    #[serde(default = "default_recipients")]
-    pub recipients: usize,
-    /// Longest text line in a message, CRLF included; longer lines are refused with
-    /// `500 5.5.6`. Default: `65536` (RFC 5321's 1000 is the least a receiver must take;
-    /// newsletters and generated HTML send longer lines, and Postfix accepts them).
-    #[serde(default = "default_line_length")]
-    pub line_length: usize,
-    /// A content line ending in a bare LF: `"normalize"` (stored with CRLF; only
-    /// `<CRLF>.<CRLF>` ends DATA) or `"reject"` (`554 5.5.2` and close). Default:
-    /// `"normalize"`. A bare CR is always refused, and command lines always need CRLF.
-    #[serde(default)]
-    pub bare_lf: BareLfPolicy,
-    /// Read MAIL, RCPT and EHLO to the letter of RFC 5321. Default: `false` — addresses
-    /// without angle brackets, a trailing dot on a domain and words after the EHLO name are
-    /// accepted, as Postfix does by default.
-    #[serde(default)]
-    pub strict_syntax: bool,
-    /// Wait for a command before `421`. Default: `"5m"` (RFC 5321 4.5.3.2).
-    #[serde(default = "default_command_timeout")]
-    pub command_timeout: Span,
-    /// Wait for each block of message content. Default: `"3m"` (RFC 5321 4.5.3.2.6).
-    #[serde(default = "default_data_timeout")]
-    pub data_timeout: Span,
-    /// Refused commands before a session is closed. Default: `20` (Postfix's
-    /// `smtpd_hard_error_limit`).
-    #[serde(default = "default_errors")]
-    pub errors: u32,
-    /// Failed AUTH attempts before a session is closed. Default: `3`.
-    #[serde(default = "default_auth_failures")]
-    pub auth_failures: u32,
-    /// Pause before answering the n-th failed AUTH, times n. Default: `"1s"`.
-    #[serde(default = "default_auth_failure_delay")]
-    pub auth_failure_delay: Span,
-}
-
-fn default_message_size() -> Size {
-    Size::mib(25)
-}
-fn default_recipients() -> usize {
-    100
-}
-fn default_line_length() -> usize {
-    64 * 1024
-}
-fn default_command_timeout() -> Span {
-    Span(Duration::from_secs(300))
-}
-fn default_data_timeout() -> Span {
-    Span(Duration::from_secs(180))
-}
-fn default_errors() -> u32 {
-    20
-}
-
-/// `limits.bare-lf`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BareLfPolicy {
-    /// Store such a line with CRLF.
-    #[default]
-    Normalize,
-    /// Refuse the message and close the session.
-    Reject,
-}
-fn default_auth_failures() -> u32 {
-    3
-}
-fn default_auth_failure_delay() -> Span {
-    Span(Duration::from_secs(1))
-}
-
-impl Default for LimitsSection {
-    fn default() -> Self {
-        LimitsSection {
-            message_size: default_message_size(),
-            recipients: default_recipients(),
-            line_length: default_line_length(),
-            bare_lf: BareLfPolicy::default(),
-            strict_syntax: false,
-            command_timeout: default_command_timeout(),
-            data_timeout: default_data_timeout(),
-            errors: default_errors(),
-            auth_failures: default_auth_failures(),
-            auth_failure_delay: default_auth_failure_delay(),
-        }
-    }
 }
 
 /// One `[[plugin]]`.

@@ -174,6 +174,13 @@ impl<P: Pipeline> Session<P> {
         }
     }
 
+    /// Octets received and not yet used: when the session asks for a read, the start of a
+    /// command line (or of content) it has not seen the end of. The host's deadlines use
+    /// it: a line must be complete within the command timeout from its first octet.
+    pub fn pending_input(&self) -> usize {
+        self.input.len()
+    }
+
     /// Bytes read from the client.
     pub fn feed(&mut self, bytes: &[u8]) {
         if !matches!(self.state, State::Closed) {
@@ -253,6 +260,7 @@ impl<P: Pipeline> Session<P> {
                 }
             }
             AuthOutcome::TempFail => self.reply(replies::AUTH_TEMPFAIL),
+            AuthOutcome::Throttled => self.reply(replies::AUTH_TOO_MANY_RECENTLY),
         }
         Ok(())
     }

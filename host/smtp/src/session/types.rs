@@ -271,6 +271,8 @@ pub enum AuthOutcome {
     Reject,
     /// The credential store could not answer.
     TempFail,
+    /// Not checked: the client failed too often recently (the host's limit).
+    Throttled,
 }
 
 /// Which RFC 5321 timeout applies to the next read.

@@ -1,0 +1,257 @@
+//! One hostile client must not take the server down or hide from it: connection caps,
+//! deadlines that a dripping client cannot stretch, bounded password hashing, guessing
+//! throttled across sessions, and log lines it cannot forge. Loopback is exempt from the
+//! per-address limits by default, so these tests set `exempt = []` where that matters.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// The daemon's peak resident memory so far, in MiB (`VmHWM`).
+fn peak_rss_mib(daemon: &Daemon) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).expect("status");
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("kB");
+    kib / 1024
+}
+
+/// Connects from `source` (a loopback address) with Python, and prints the greeting.
+const GREETING_FROM: &str = r#"
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10, source_address=(sys.argv[2], 0))
+print(s.recv(200).decode().strip())
+"#;
+
+#[test]
+fn connection_caps_answer_421_and_a_capped_client_locks_nobody_else_out() {
+    let setup = Setup::new("[limits]\nconnections-per-ip = 3\nexempt = []\n");
+    let daemon = setup.start();
+    let mx = daemon.addr("mx");
+    let held: Vec<Raw> = (0..3).map(|_| Raw::connect(mx)).collect();
+    // The fourth from the same address: 421 at once, and closed.
+    let mut fourth = TcpStream::connect(mx).expect("connect");
+    fourth.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut said = String::new();
+    fourth.read_to_string(&mut said).expect("read until closed");
+    assert!(
+        said.starts_with("421 4.7.0 Too many connections from your address"),
+        "{said}"
+    );
+    // Another address is served at once.
+    let started = Instant::now();
+    let greeting = python(GREETING_FROM, &[&mx.port().to_string(), "127.0.0.2"]);
+    assert!(greeting.starts_with("220 "), "{greeting}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served in {:?}",
+        started.elapsed()
+    );
+    // A slot freed is a slot again.
+    drop(held);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut again = TcpStream::connect(mx).expect("connect");
+        again.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut buf = [0u8; 4];
+        again.read_exact(&mut buf).expect("greeting");
+        if &buf == b"220 " {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the freed connections were never counted out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The listener's own cap holds for everyone, exempt or not.
+    let setup = Setup::new("[limits]\nconnections = 2\n");
+    let daemon = setup.start();
+    let held: Vec<Raw> = (0..2).map(|_| Raw::connect(daemon.addr("mx"))).collect();
+    let mut third = TcpStream::connect(daemon.addr("mx")).expect("connect");
+    third.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut said = String::new();
+    third.read_to_string(&mut said).expect("read until closed");
+    assert!(
+        said.starts_with("421 4.7.0 Too many connections, try again later"),
+        "{said}"
+    );
+    // The submission listener has its own count.
+    let mut other = Raw::connect(daemon.addr("submission"));
+    assert!(other.cmd("QUIT").starts_with("221"));
+    drop(held);
+}
+
+/// Sends `bytes` one at a time, `gap` apart, until the server closes; returns what it
+/// said and how long after the first byte it closed.
+fn drip(stream: &mut TcpStream, bytes: &[u8], gap: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    for b in bytes {
+        if stream.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+        std::thread::sleep(gap);
+        if started.elapsed() > Duration::from_secs(15) {
+            break;
+        }
+    }
+    let mut said = String::new();
+    let _ = stream.read_to_string(&mut said);
+    (said, started.elapsed())
+}
+
+#[test]
+fn a_dripping_client_cannot_stretch_the_timeouts() {
+    let setup =
+        Setup::new("[limits]\ncommand-timeout = \"2s\"\ndata-timeout = \"2s\"\nmin-data-rate = 500\n");
+    let daemon = setup.start();
+    // A command line one octet every 0.4 s: each read is quick, the line never completes.
+    let mut c = TcpStream::connect(daemon.addr("mx")).expect("connect");
+    c.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut greeting = [0u8; 4];
+    c.read_exact(&mut greeting).expect("greeting");
+    let mut rest = [0u8; 256];
+    let _ = c.read(&mut rest);
+    let (said, took) = drip(&mut c, &[b'N'; 60], Duration::from_millis(400));
+    assert!(said.contains("421 4.4.2"), "{said}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+
+    // Content one octet every 0.3 s: after data-timeout, below 500 octets a second.
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO drip.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<drip@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let (said, took) = drip(&mut c.stream, &[b'x'; 60], Duration::from_millis(300));
+    assert!(said.contains("421 4.4.2"), "{said}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert!(new_files(&setup.maildir("alice")).is_empty());
+    let mut daemon = daemon;
+    daemon.wait_log("client too slow");
+
+    // An honest client on the same settings is unaffected.
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO honest.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(c.cmd("Subject: hi\r\n\r\nhello\r\n.").starts_with("250"));
+}
+
+/// `n` concurrent AUTH PLAIN attempts on 465 as `user`; prints each reply's code.
+const AUTH_BURST: &str = r#"
+import base64, smtplib, ssl, sys, threading
+port, n, user, password = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+source = sys.argv[5] if len(sys.argv) > 5 else "127.0.0.1"
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+codes = []
+def one():
+    try:
+        s = smtplib.SMTP_SSL("127.0.0.1", port, context=ctx, timeout=120, source_address=(source, 0))
+        s.ehlo("burst.example")
+        token = base64.b64encode(("\0" + user + "\0" + password).encode()).decode()
+        codes.append(s.docmd("AUTH", "PLAIN " + token)[0])
+        s.close()
+    except Exception as e:
+        codes.append(repr(e))
+threads = [threading.Thread(target=one) for _ in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(" ".join(str(c) for c in codes))
+"#;
+
+#[test]
+fn two_hundred_concurrent_failed_auths_stay_in_bounded_memory() {
+    // The per-address limit is lifted, so that every attempt is really checked.
+    let setup = Setup::new(
+        "[limits]\nconnections-per-ip = 1000\nauth-failures-per-ip = { max = 100000, window = \"10m\" }\nauth-failures-per-account = { max = 100000, window = \"10m\" }\n",
+    );
+    let daemon = setup.start();
+    let port = daemon.addr("submissions").port().to_string();
+    let out = python(AUTH_BURST, &[&port, "200", "alice@example.org", "wrong"]);
+    let codes: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(codes.len(), 200, "{out}");
+    assert!(codes.iter().all(|c| *c == "535" || *c == "454"), "{out}");
+    let peak = peak_rss_mib(&daemon);
+    assert!(peak < 300, "the daemon's peak RSS was {peak} MiB");
+    // It still answers.
+    let ok = python(AUTH_BURST, &[&port, "1", "alice@example.org", PASSWORD]);
+    assert_eq!(ok.trim(), "235");
+}
+
+#[test]
+fn guessing_is_throttled_per_address_and_slowed_per_name() {
+    let setup = Setup::new(
+        "[limits]\nexempt = []\nauth-failures-per-ip = { max = 3, window = \"10m\" }\nauth-failures-per-account = { max = 5, window = \"10m\" }\n",
+    );
+    setup.add_user("bob", PASSWORD);
+    let mut daemon = setup.start();
+    let port = daemon.addr("submissions").port().to_string();
+    // Three wrong passwords over fresh connections, then the right one: not even checked.
+    let out = python(
+        AUTH_BURST,
+        &[&port, "3", "alice@example.org", "wrong", "127.0.0.1"],
+    );
+    assert_eq!(out.trim(), "535 535 535");
+    let out = python(
+        AUTH_BURST,
+        &[&port, "1", "alice@example.org", PASSWORD, "127.0.0.1"],
+    );
+    assert_eq!(
+        out.trim(),
+        "454",
+        "the right password from a guessing address is not checked"
+    );
+    daemon.wait_log("authentication refused unchecked");
+    // Another address is not locked out, for alice or anyone.
+    let out = python(
+        AUTH_BURST,
+        &[&port, "1", "alice@example.org", PASSWORD, "127.0.0.2"],
+    );
+    assert_eq!(out.trim(), "235");
+    // Guessing against bob's name from many addresses slows bob's logins down, and never
+    // refuses the right password.
+    for source in ["127.0.0.3", "127.0.0.4"] {
+        let out = python(AUTH_BURST, &[&port, "3", "bob@example.org", "wrong", source]);
+        assert_eq!(out.trim(), "535 535 535", "{source}");
+    }
+    let started = Instant::now();
+    let out = python(
+        AUTH_BURST,
+        &[&port, "1", "bob@example.org", PASSWORD, "127.0.0.5"],
+    );
+    assert_eq!(out.trim(), "235");
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not slowed: {:?}",
+        started.elapsed()
+    );
+    daemon.wait_log("slowing down authentication");
+}
+
+#[test]
+fn client_supplied_text_cannot_forge_log_lines() {
+    let setup = Setup::new("");
+    let mut daemon = setup.start();
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    let evil = "evil\r\n2026-12-01T00:00:00Z  INFO forged: root logged in\x1b[31m";
+    let reply = c.cmd(&format!("AUTH PLAIN {}", base64_plain(evil, "x")));
+    assert!(reply.starts_with("535"), "{reply}");
+    let line = daemon.wait_log("authentication failed");
+    assert!(
+        line.contains(r"evil\r\n2026-12-01T00:00:00Z  INFO forged: root logged in\x1b[31m"),
+        "{line}"
+    );
+    assert!(
+        !daemon
+            .log()
+            .iter()
+            .any(|l| l.starts_with("2026-12-01T00:00:00Z") || l.contains('\x1b'))
+    );
+}
