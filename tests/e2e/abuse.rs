@@ -255,3 +255,71 @@ fn client_supplied_text_cannot_forge_log_lines() {
             .any(|l| l.starts_with("2026-12-01T00:00:00Z") || l.contains('\x1b'))
     );
 }
+
+/// Mode bits and group of `path`.
+fn mode_and_group(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).expect("stat");
+    (meta.mode() & 0o7777, meta.gid())
+}
+
+fn deliver_one(daemon: &Daemon, subject: &str) {
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO files.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    assert!(
+        c.cmd(&format!("Subject: {subject}\r\n\r\nhi\r\n."))
+            .starts_with("250")
+    );
+}
+
+#[test]
+fn files_are_private_or_shared_with_the_mail_readers_group_only() {
+    // The test process's umask is the usual 022: the daemon sets its own.
+    let setup = Setup::new("");
+    let daemon = setup.start();
+    deliver_one(&daemon, "private");
+    let files = wait_for_mail(&setup.maildir("alice"), 1);
+    wait_spool_empty(&setup.data());
+    assert_eq!(mode_and_group(&files[0]).0, 0o600);
+    assert_eq!(mode_and_group(&setup.maildir("alice").join("new")).0, 0o700);
+    assert_eq!(mode_and_group(&setup.dir.path().join("users.toml")).0, 0o600);
+    for dir in ["spool/queue", "spool/free"] {
+        let dir = setup.data().join(dir);
+        assert_eq!(mode_and_group(&dir).0, 0o700, "{dir:?}");
+        for file in std::fs::read_dir(&dir).expect("dir") {
+            let file = file.expect("entry").path();
+            assert_eq!(mode_and_group(&file).0, 0o600, "{file:?}");
+        }
+    }
+    drop(daemon);
+
+    // With a mail reader's group: the Maildirs are the group's (2770, 0660), nothing else.
+    let Some(group) = nix::unistd::Group::from_name("mail").ok().flatten() else {
+        eprintln!("no group \"mail\" on this system: the shared half was not run");
+        return;
+    };
+    let setup = Setup::new("");
+    setup.edit_config("run-as-root = true", "run-as-root = true\ngroup = \"mail\"");
+    let daemon = setup.start();
+    deliver_one(&daemon, "shared");
+    let files = wait_for_mail(&setup.maildir("alice"), 1);
+    wait_spool_empty(&setup.data());
+    let gid = group.gid.as_raw();
+    assert_eq!(mode_and_group(&files[0]), (0o660, gid));
+    for dir in [
+        setup.data().join("mail"),
+        setup.data().join("mail/example.org"),
+        setup.maildir("alice"),
+        setup.maildir("alice").join("new"),
+    ] {
+        assert_eq!(mode_and_group(&dir), (0o2770, gid), "{dir:?}");
+    }
+    for file in std::fs::read_dir(setup.data().join("spool/free")).expect("free") {
+        let file = file.expect("entry").path();
+        assert_eq!(mode_and_group(&file).0, 0o600, "{file:?}");
+    }
+    assert_eq!(mode_and_group(&setup.data().join("spool/queue")).0, 0o700);
+}

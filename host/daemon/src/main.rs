@@ -275,6 +275,11 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
             "server.user: no user {user:?} on this system (serve would refuse to start; create it with useradd --system {user})"
         ));
     }
+    if let Some(group) = &c.server.group
+        && nix::unistd::Group::from_name(group).ok().flatten().is_none()
+    {
+        problems.push(format!("server.group: no group {group:?} on this system"));
+    }
     // An example plugin the start will install is checked once it is there.
     let plugins: Vec<_> = c
         .plugins

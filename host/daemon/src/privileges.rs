@@ -7,6 +7,32 @@ use std::path::Path;
 
 use nix::unistd::{Gid, Uid, User};
 
+/// The file creation mask: only the daemon's user may read what it writes (077), or,
+/// with a mail reader's group (`[server] group`), that group too where the daemon asks for
+/// it (007: the Maildirs; the spool and the users file are created 0600 regardless).
+pub fn set_umask(group: bool) {
+    let mask = if group { 0o007 } else { 0o077 };
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(mask));
+}
+
+/// Gives the mail root to `group` (a mail reader's): group-owned, 2770, so that every
+/// folder created below inherits the group. The daemon's user must be in that group.
+pub fn share_mail_root(root: &Path, group: &str) -> Result<(), PrivilegeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let gid = nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .ok_or_else(|| PrivilegeError::NoSuchGroup(group.to_string()))?
+        .gid;
+    let fail = |source| PrivilegeError::Group {
+        path: root.display().to_string(),
+        group: group.to_string(),
+        source,
+    };
+    std::os::unix::fs::chown(root, None, Some(gid.as_raw())).map_err(fail)?;
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o2770)).map_err(fail)
+}
+
 /// Why the daemon will not go on.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -14,6 +40,21 @@ pub enum PrivilegeError {
     /// `[server] user` names no account of this system.
     #[error("server.user: no user {0:?} on this system")]
     NoSuchUser(String),
+    /// `[server] group` names no group of this system.
+    #[error("server.group: no group {0:?} on this system")]
+    NoSuchGroup(String),
+    /// The mail root cannot be given to `[server] group`.
+    #[error(
+        "server.group: cannot give {path} to group {group} (is the daemon's user a member of it?): {source}"
+    )]
+    Group {
+        /// The mail root.
+        path: String,
+        /// The group.
+        group: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Still root after binding, and the config did not allow it.
     #[error(
         "refusing to serve as root: set [server] user = \"portcullis\" (an unprivileged account) \

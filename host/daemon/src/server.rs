@@ -44,6 +44,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     // ...then become the unprivileged user before touching the data directory.
     let config = &live.config;
     privileges::drop_to(config.server.user.as_deref(), config.server.run_as_root)?;
+    privileges::set_umask(config.server.group.is_some());
     privileges::check_data_dir(&config.server.data_dir)?;
     let descriptors = crate::abuse::descriptor_warning(&config.limits, config.listeners.len(), open_files);
     for warning in config.warnings().into_iter().chain(descriptors) {
@@ -114,10 +115,15 @@ fn open_storage(config: &Config) -> Result<Storage, StartError> {
     )?);
     let recovered = spool.list()?;
     let mail_root = data_dir.join("mail");
-    portcullis_spool::fsync::create_dir_durable(&mail_root).map_err(|source| StartError::DataDir {
-        path: mail_root.display().to_string(),
-        source,
-    })?;
+    portcullis_spool::fsync::create_dir_durable(&mail_root, portcullis_spool::fsync::SHARED_DIR).map_err(
+        |source| StartError::DataDir {
+            path: mail_root.display().to_string(),
+            source,
+        },
+    )?;
+    if let Some(group) = &config.server.group {
+        privileges::share_mail_root(&mail_root, group)?;
+    }
     tracing::info!(mail = %mail_root.display(), "mailboxes");
     // With group commit and the mailboxes on the spool's file system, a message's local
     // copies are written before the spool's flush and share it (docs/architecture.md).

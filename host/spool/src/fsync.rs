@@ -2,7 +2,19 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+
+/// Files only the daemon's user may read: the spool's (they hold whole messages, also in
+/// `free/`). The process umask can only take bits away.
+pub const PRIVATE_FILE: u32 = 0o600;
+/// Directories only the daemon's user may enter: the spool's.
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Files a mail reader's group may read and write (Maildir copies): what the daemon's
+/// umask leaves of it decides (`[server] group` set: 0660; else 0600).
+pub const SHARED_FILE: u32 = 0o660;
+/// Directories a mail reader's group may use (Maildir folders): 0770 or 0700 by the umask.
+pub const SHARED_DIR: u32 = 0o770;
 
 /// Writes all of `parts`, in order, with as few `writev(2)` calls as the kernel allows (one,
 /// for a message in the page cache) instead of one `write(2)` per part.
@@ -26,17 +38,25 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `path` (which must not exist), writes `parts` and fsyncs the file.
-pub fn write_new(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+/// Creates `path` (which must not exist) with `mode`, writes `parts` and fsyncs the file.
+pub fn write_new(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     write_parts(&mut file, parts)?;
     file.sync_all()
 }
 
-/// Creates `path` (which must not exist) and writes `parts`, leaving durability to a
-/// later flush (group commit).
-pub fn write_new_unsynced(path: &Path, parts: &[&[u8]]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
+/// Creates `path` (which must not exist) with `mode` and writes `parts`, leaving
+/// durability to a later flush (group commit).
+pub fn write_new_unsynced(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
     write_parts(&mut file, parts)
 }
 
@@ -55,15 +75,16 @@ pub fn write_over(path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates a directory and its parents, fsyncing each parent that gained an entry.
-pub fn create_dir_durable(dir: &Path) -> io::Result<()> {
+/// Creates a directory and its parents with `mode`, fsyncing each parent that gained an
+/// entry.
+pub fn create_dir_durable(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
+        create_dir_durable(parent, mode)?;
     }
-    match fs::create_dir(dir) {
+    match fs::DirBuilder::new().mode(mode).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),

@@ -194,7 +194,7 @@ impl Maildir {
             // (anyone's) could carry the link into `new/` before the data — an empty
             // message after a crash, which recovery would take as delivered.
             let _ = fs::remove_file(&tmp);
-            fsync::write_new(&tmp, message)?;
+            fsync::write_new(&tmp, message, fsync::SHARED_FILE)?;
         } else if recovering {
             // After a restart without a machine crash, a prepared copy may still be in the
             // page cache only.
@@ -258,15 +258,15 @@ impl Maildir {
     /// folders see it.
     fn create_folder(&self, copy: &Copy, dir: &Path) -> io::Result<()> {
         for sub in ["tmp", "new", "cur"] {
-            fsync::create_dir_durable(&dir.join(sub))?;
+            fsync::create_dir_durable(&dir.join(sub), fsync::SHARED_DIR)?;
         }
         if copy.folder == Folder::Junk && !dir.join("maildirfolder").exists() {
             let inbox = self.folder_path(&copy.owner, Folder::Inbox);
             for sub in ["tmp", "new", "cur"] {
-                fsync::create_dir_durable(&inbox.join(sub))?;
+                fsync::create_dir_durable(&inbox.join(sub), fsync::SHARED_DIR)?;
             }
             subscribe(&inbox, "Junk")?;
-            match fsync::write_new(&dir.join("maildirfolder"), &[]) {
+            match fsync::write_new(&dir.join("maildirfolder"), &[], fsync::SHARED_FILE) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
                 _ => fsync::sync_dir(dir)?,
             }
@@ -289,7 +289,7 @@ impl Maildir {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(copy.headers.as_bytes());
         all.extend_from_slice(parts);
-        fsync::write_new_unsynced(&tmp, &all)?;
+        fsync::write_new_unsynced(&tmp, &all, fsync::SHARED_FILE)?;
         Ok(true)
     }
 
@@ -320,7 +320,7 @@ fn subscribe(inbox: &Path, folder: &str) -> io::Result<()> {
     text.push('\n');
     let tmp = inbox.join("tmp").join(".subscriptions.portcullis");
     let _ = fs::remove_file(&tmp);
-    fsync::write_new(&tmp, &[text.as_bytes()])?;
+    fsync::write_new(&tmp, &[text.as_bytes()], fsync::SHARED_FILE)?;
     fs::rename(&tmp, &path)?;
     fsync::sync_dir(inbox)
 }

@@ -123,7 +123,7 @@ impl Spool {
     }
 
     fn open_locked(dir: &Path, sync: SyncMode, wait: bool) -> Result<Option<Self>, SpoolError> {
-        fsync::create_dir_durable(dir).map_err(io_err(dir))?;
+        fsync::create_dir_durable(dir, fsync::PRIVATE_DIR).map_err(io_err(dir))?;
         let Some(lock) = lock_spool(dir, wait)? else {
             return Ok(None);
         };
@@ -134,7 +134,7 @@ impl Spool {
             dir.join("corrupt"),
             dir.join("free"),
         ] {
-            fsync::create_dir_durable(&d).map_err(io_err(&d))?;
+            fsync::create_dir_durable(&d, fsync::PRIVATE_DIR).map_err(io_err(&d))?;
         }
         let spool = Spool {
             tmp: dir.join("tmp"),
@@ -161,6 +161,11 @@ impl Spool {
             for item in fs::read_dir(&spool.free_dir).map_err(io_err(&spool.free_dir))? {
                 let path = item.map_err(io_err(&spool.free_dir))?.path();
                 if free.len() < MAX_FREE {
+                    // A reused file keeps its mode: one from an older version may have been
+                    // created readable by others.
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(fsync::PRIVATE_FILE))
+                        .map_err(io_err(&path))?;
                     free.push(path);
                 } else {
                     fs::remove_file(&path).map_err(io_err(&path))?;
@@ -307,9 +312,9 @@ impl Spool {
             return fsync::write_over(path, parts, sync);
         }
         if sync {
-            fsync::write_new(path, parts)
+            fsync::write_new(path, parts, fsync::PRIVATE_FILE)
         } else {
-            fsync::write_new_unsynced(path, parts)
+            fsync::write_new_unsynced(path, parts, fsync::PRIVATE_FILE)
         }
     }
 

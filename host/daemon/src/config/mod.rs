@@ -176,6 +176,11 @@ pub struct ServerSection {
     /// The unprivileged user to run as once the listeners are bound (when started as
     /// root). Default: none.
     pub user: Option<String>,
+    /// A mail reader's group (Dovecot's, for example), which then gets the Maildirs:
+    /// directories 2770 and files 0660, group-owned (the reader renames and indexes inside
+    /// them). The spool and the users file stay 0600. Default: none — everything the
+    /// daemon writes is its user's alone (umask 077).
+    pub group: Option<String>,
     /// Keep running as root after binding when no `user` is set. Default: `false` (refuse).
     #[serde(default)]
     pub run_as_root: bool,
