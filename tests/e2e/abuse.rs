@@ -323,3 +323,38 @@ fn files_are_private_or_shared_with_the_mail_readers_group_only() {
     }
     assert_eq!(mode_and_group(&setup.data().join("spool/queue")).0, 0o700);
 }
+
+#[test]
+fn eicar_nested_nine_messages_deep_is_refused_not_delivered() {
+    use base64::Engine as _;
+    let setup = Setup::new("");
+    let virus = setup.plugin("virus_signatures.wasm");
+    let config = std::fs::read_to_string(setup.config()).expect("config")
+        + &format!("[[plugin]]\nhook = \"virus\"\npath = \"{}\"\n", virus.display());
+    std::fs::write(setup.config(), config).expect("config");
+    let daemon = setup.start();
+    let eicar = concat!(
+        r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-",
+        r"ANTIVIRUS-TEST-FILE!$H+H*"
+    );
+    let mut message = format!(
+        "Subject: payload\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(eicar)
+    );
+    for level in 0..9 {
+        message = format!(
+            "Subject: fwd {level}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"n{level}\"\r\n\r\n--n{level}\r\nContent-Type: message/rfc822\r\n\r\n{message}\r\n--n{level}--\r\n"
+        );
+    }
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO nest.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<nest@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let reply = c.cmd(&format!("{}.", message.replace("\r\n.", "\r\n..")));
+    assert!(
+        reply.starts_with("554 5.7.1") && reply.contains("Unscannable.NestedTooDeep"),
+        "{reply}"
+    );
+    assert!(new_files(&setup.maildir("alice")).is_empty());
+}

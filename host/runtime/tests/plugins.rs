@@ -124,6 +124,52 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
     assert_eq!(clean, ScanOutcome::Clean);
 }
 
+/// `inner` wrapped in `levels` message/rfc822 parts.
+fn nested(inner: &str, levels: usize) -> String {
+    (0..levels).fold(inner.to_string(), |message, level| {
+        format!(
+            "From: a@far.example\nSubject: forward {level}\nMIME-Version: 1.0\n\
+             Content-Type: multipart/mixed; boundary=\"n{level}\"\n\n--n{level}\nContent-Type: text/plain\n\nSee below.\n\
+             --n{level}\nContent-Type: message/rfc822\n\n{message}\n--n{level}--\n"
+        )
+    })
+}
+
+#[tokio::test]
+async fn virus_signatures_never_calls_what_it_cannot_scan_clean() {
+    let rt = runtime(None);
+    let plugin = rt
+        .load(spec(
+            "virus_signatures.wasm",
+            Hook::Virus,
+            serde_json::json!({ "max-size": 100_000 }),
+        ))
+        .expect("load");
+    let mx = session(PipelineKind::Mx);
+    // Within the depth followed, EICAR is found however deep.
+    let seven = rt
+        .virus(&plugin, &mx, &message(&nested(&eicar_attachment(), 7)))
+        .await
+        .expect("scan");
+    assert_eq!(seven, ScanOutcome::Infected("Eicar-Test-Signature".into()));
+    // Beyond it: unscannable, which is refused, never clean.
+    let nine = rt
+        .virus(&plugin, &mx, &message(&nested(&eicar_attachment(), 9)))
+        .await
+        .expect("scan");
+    assert_eq!(nine, ScanOutcome::Infected("Unscannable.NestedTooDeep".into()));
+    let harmless = nested("Subject: hi\nContent-Transfer-Encoding: base64\n\naGVsbG8=\n", 9);
+    let deep = rt.virus(&plugin, &mx, &message(&harmless)).await.expect("scan");
+    assert_eq!(deep, ScanOutcome::Infected("Unscannable.NestedTooDeep".into()));
+    // Larger than max-size: an error, so that the plugin's on-error policy decides.
+    let large = format!("Subject: big\n\n{}\n", "x".repeat(200_000));
+    let failed = rt.virus(&plugin, &mx, &message(&large)).await;
+    assert!(
+        matches!(&failed, Err(portcullis_runtime::PluginError::Failed(why)) if why.contains("max-size")),
+        "{failed:?}"
+    );
+}
+
 #[tokio::test]
 async fn spam_rules_tags_clean_mail_and_junks_spam() {
     let rt = runtime(None);

@@ -12,6 +12,12 @@
 //!
 //! The EICAR test string (Eicar-Test-Signature) is always searched for.
 //!
+//! What cannot be scanned is never called clean: a message nested deeper than 8
+//! `message/rfc822` levels, or whose MIME structure cannot be parsed, is reported infected
+//! (`Unscannable.NestedTooDeep`, `Unscannable.Malformed`: a retry would get the same
+//! answer, so it is refused); one larger than `max-size` (default 25 MiB) is an error, and
+//! the plugin's `on-error` policy applies.
+//!
 //! The raw message is searched first; the MIME parse and decoding run only when they could
 //! show bytes the raw message hides (see [`needs_decoding`]), so plain-text mail, most of
 //! it, costs one pass over its bytes.
@@ -39,10 +45,33 @@ struct SignatureConfig {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct Config {
     #[serde(default)]
     signatures: Vec<SignatureConfig>,
+    /// Largest message scanned, in octets; larger ones are an error.
+    max_size: Option<u64>,
+}
+
+/// `message/rfc822` levels followed; a message nested deeper is unscannable.
+const MAX_DEPTH: usize = 8;
+/// The default `max-size`: the server's default message size limit.
+const MAX_SIZE: u64 = 25 << 20;
+
+/// Why a message cannot be scanned: reported as an infection, never as clean.
+#[derive(Debug, PartialEq, Eq)]
+enum Unscannable {
+    NestedTooDeep,
+    Malformed,
+}
+
+impl Unscannable {
+    fn name(&self) -> &'static str {
+        match self {
+            Unscannable::NestedTooDeep => "Unscannable.NestedTooDeep",
+            Unscannable::Malformed => "Unscannable.Malformed",
+        }
+    }
 }
 
 struct Signature {
@@ -60,9 +89,10 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn signatures() -> Result<Vec<Signature>, String> {
+fn settings() -> Result<(Vec<Signature>, u64), String> {
     let config: Config =
         serde_json::from_str(&portcullis::filter::config::json()).map_err(|e| e.to_string())?;
+    let max_size = config.max_size.unwrap_or(MAX_SIZE);
     let signature = |name: String, bytes: Vec<u8>| Signature {
         name,
         finder: memchr::memmem::Finder::new(&bytes).into_owned(),
@@ -82,7 +112,7 @@ fn signatures() -> Result<Vec<Signature>, String> {
         }
         out.push(signature(s.name, bytes));
     }
-    Ok(out)
+    Ok((out, max_size))
 }
 
 /// Reads the whole message from the host in 1 MiB chunks.
@@ -130,39 +160,52 @@ fn needs_decoding(raw: &[u8]) -> bool {
     })
 }
 
-/// Every decoded leaf of a MIME tree, nested messages included.
-fn leaves(raw: &[u8], depth: usize, out: &mut Vec<Vec<u8>>) {
-    let Some(parsed) = MessageParser::default().parse(raw) else {
-        return;
-    };
+/// Every decoded leaf of a MIME tree, nested messages included, or why it cannot be had.
+fn leaves(raw: &[u8], depth: usize, out: &mut Vec<Vec<u8>>) -> Result<(), Unscannable> {
+    let parsed = MessageParser::default()
+        .parse(raw)
+        .ok_or(Unscannable::Malformed)?;
     for part in &parsed.parts {
         match &part.body {
             PartType::Multipart(_) => {}
-            PartType::Message(nested) if depth < 8 => leaves(nested.raw_message(), depth + 1, out),
+            PartType::Message(_) if depth >= MAX_DEPTH => return Err(Unscannable::NestedTooDeep),
+            PartType::Message(nested) => leaves(nested.raw_message(), depth + 1, out)?,
             _ => out.push(part.contents().to_vec()),
         }
     }
+    Ok(())
 }
 
 struct VirusSignatures;
 
 impl Guest for VirusSignatures {
     fn scan(_session: SessionInfo, _envelope: Envelope, message: &Message) -> ScanResult {
-        let signatures = match signatures() {
+        let (signatures, max_size) = match settings() {
             Ok(s) => s,
             Err(e) => return ScanResult::Error(format!("bad config: {e}")),
         };
+        if message.size() > max_size {
+            return ScanResult::Error(format!(
+                "message of {} octets is larger than max-size ({max_size}): not scanned",
+                message.size()
+            ));
+        }
         let raw = read_all(message);
         let mut decoded = Vec::new();
-        if needs_decoding(&raw) {
-            leaves(&raw, 0, &mut decoded);
-        }
+        let unscannable = if needs_decoding(&raw) {
+            leaves(&raw, 0, &mut decoded).err()
+        } else {
+            None
+        };
         for part in std::iter::once(&raw).chain(&decoded) {
             if let Some(found) = signatures.iter().find(|s| s.finder.find(part).is_some()) {
                 return ScanResult::Infected(found.name.clone());
             }
         }
-        ScanResult::Clean
+        match unscannable {
+            Some(why) => ScanResult::Infected(why.name().into()),
+            None => ScanResult::Clean,
+        }
     }
 }
 
