@@ -358,3 +358,24 @@ fn eicar_nested_nine_messages_deep_is_refused_not_delivered() {
     );
     assert!(new_files(&setup.maildir("alice")).is_empty());
 }
+
+#[test]
+fn an_oversized_bdat_is_refused_up_front_and_a_disguised_ehlo_never_reaches_received() {
+    let setup = Setup::new("[limits]\nmessage-size = \"1KiB\"\n");
+    let daemon = setup.start();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    // A right-to-left override would reorder what an operator reads in Received:.
+    assert!(c.cmd("EHLO evil\u{202e}elpmaxe.com").starts_with("501"));
+    assert!(c.cmd("EHLO honest.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<big@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    // 2,000 octets announced past a 1 KiB limit: refused at once, the octets (which look
+    // like a second transaction) read and dropped.
+    let smuggled = "MAIL FROM:<x@far.example>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n";
+    let chunk = format!("{smuggled}{}", "z".repeat(2000 - smuggled.len()));
+    c.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes());
+    assert!(c.reply().starts_with("552 5.3.4"));
+    assert!(c.cmd("NOOP").starts_with("250"));
+    assert!(c.cmd("QUIT").starts_with("221"));
+    assert!(new_files(&setup.maildir("alice")).is_empty());
+}

@@ -142,7 +142,13 @@ pub fn parse(line: &[u8], syntax: Syntax) -> Result<Command, ParseError> {
                 // `EHLO name extra words`: the name is the first word (Postfix does the same).
                 name = name.split(' ').next().unwrap_or_default();
             }
-            if name.is_empty() || name.contains(' ') {
+            // A bidirectional control (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F) or a
+            // tab in the name would end up in our Received: header, reordering or hiding
+            // what an operator reads there.
+            let disguised = name.chars().any(|c| {
+                matches!(c, '\t' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+            });
+            if name.is_empty() || name.contains(' ') || disguised {
                 return Err(ParseError::Syntax(if verb == "EHLO" {
                     "EHLO hostname"
                 } else {
@@ -359,6 +365,11 @@ mod tests {
             ("ehlo [192.0.2.1]", Ok(Command::Ehlo("[192.0.2.1]".into()))),
             ("EHLO", Err(ParseError::Syntax("EHLO hostname"))),
             ("HELO a b", Err(ParseError::Syntax("HELO hostname"))),
+            (
+                "EHLO evil\u{202e}elpmaxe.com",
+                Err(ParseError::Syntax("EHLO hostname")),
+            ),
+            ("EHLO tab\there", Err(ParseError::Syntax("EHLO hostname"))),
             (
                 "MAIL FROM:<a@b>",
                 Ok(Command::Mail {

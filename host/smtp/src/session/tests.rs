@@ -960,3 +960,20 @@ fn one_good_recipient_survives_ten_unknown_ones() {
     ]);
     assert_eq!(h.spooled.len(), 1);
 }
+
+#[test]
+fn a_bdat_chunk_over_the_size_limit_is_refused_up_front_and_its_octets_discarded() {
+    let mut h = Host::<Mx>::new(strict(|l| l.message_size = 10), None);
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+    ]);
+    // The chunk's 16 octets look like commands; they are read and dropped, no hook runs.
+    assert_eq!(h.send(b"BDAT 16 LAST\r\nRSET\r\nQUIT\r\nNOOP"), ["552 5.3.4"]);
+    assert!(h.verdicts.is_empty() && h.spooled.is_empty());
+    h.script(&[
+        ("NOOP", &["250 2.0.0"]),
+        ("RCPT TO:<alice@example.org>", &["503 5.5.1"]),
+    ]);
+}

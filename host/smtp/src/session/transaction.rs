@@ -158,8 +158,17 @@ impl<P: Pipeline> Session<P> {
     }
 
     pub(super) fn bdat(&mut self, size: u64, last: bool) {
-        // The chunk's octets follow whatever we answer, so they are always read.
-        if let Some(reply) = self.content_refusal() {
+        // The chunk's octets follow whatever we answer, so they are always read (and, when
+        // refused, discarded: never taken as commands).
+        let too_big = size > self.settings.limits.message_size as u64;
+        let refusal = self
+            .content_refusal()
+            .or(too_big.then_some(replies::MESSAGE_TOO_BIG));
+        if too_big {
+            // No hook runs and nothing is kept for a chunk refused up front.
+            self.txn = None;
+        }
+        if let Some(reply) = refusal {
             self.errors += 1;
             self.state = State::Chunk {
                 remaining: size,
