@@ -400,3 +400,43 @@ fn kill9_during_delivery_loses_nothing() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(new_files(&setup.maildir("alice")).len(), 3);
 }
+
+#[test]
+fn mail_whose_mx_is_this_server_itself_bounces_as_a_loop_and_is_never_sent_to_ourselves() {
+    // The MX listener on a port chosen now, and DNS sending loop.example there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dns = Dns::start(&[
+        ("loop.example", Answer::Mx(10, "mx.loop.example.")),
+        ("mx.loop.example", Answer::A("127.0.0.1".parse().expect("ip"))),
+    ]);
+    let setup = Setup::new(&format!(
+        "[delivery]\nresolver = \"{}\"\nmx-port = {port}\nconnect-timeout = \"2s\"\n",
+        dns.addr
+    ));
+    setup.edit_config(
+        "kind = \"mx\"\naddress = \"127.0.0.1:0\"",
+        &format!("kind = \"mx\"\naddress = \"127.0.0.1:{port}\""),
+    );
+    let mut daemon = setup.start();
+    submit(&setup, &daemon, &["<bob@loop.example>"], "loop");
+    let bounce = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = read(&bounce[0]);
+    assert!(
+        text.contains("Status: 5.4.6") && text.contains("loops back to myself"),
+        "{text}"
+    );
+    daemon.wait_log("no route to the domain");
+    wait_spool_empty(&setup.data());
+    // Nothing ever connected to our own MX listener.
+    assert!(
+        !daemon
+            .log()
+            .iter()
+            .any(|l| l.contains("session{") && l.contains("kind=\"mx\"")),
+        "{:#?}",
+        daemon.log()
+    );
+}

@@ -45,6 +45,8 @@ pub struct Parts {
     pub notices: crate::notice::Notices,
     /// Open connections, per listener and per client address.
     pub connections: Arc<crate::abuse::Connections>,
+    /// Where this server listens: outbound delivery never connects there.
+    pub own_addresses: Vec<std::net::SocketAddr>,
 }
 
 /// What every connection shares.
@@ -66,6 +68,7 @@ pub struct Context {
     pub connections: Arc<crate::abuse::Connections>,
     /// Failed AUTHs per client address and per account name.
     pub auth_failures: crate::abuse::AuthFailures,
+    own_addresses: Vec<std::net::SocketAddr>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
     users_watcher: Mutex<Option<notify::RecommendedWatcher>>,
 }
@@ -82,6 +85,7 @@ impl Context {
             hooks: parts.hooks,
             notices: parts.notices,
             connections: parts.connections,
+            own_addresses: parts.own_addresses,
             auth_failures: crate::abuse::AuthFailures::default(),
             watcher: Mutex::new(None),
             users_watcher: Mutex::new(None),
@@ -162,6 +166,7 @@ impl Context {
     pub async fn reload(self: &Arc<Self>) -> Result<String, String> {
         let path = self.config_path.clone();
         let old = self.live();
+        let own = self.own_addresses.clone();
         type Fresh = (Live, Option<PluginSet>, portcullis_outbound::Routing);
         let fresh = tokio::task::spawn_blocking(move || -> Result<Fresh, String> {
             let config = match &path {
@@ -177,8 +182,9 @@ impl Context {
             } else {
                 Some(load_plugins(&config).map_err(|e| e.to_string())?)
             };
-            let outbound =
-                portcullis_outbound::Routing::new(config.delivery.clone()).map_err(|e| e.to_string())?;
+            let mut delivery = config.delivery.clone();
+            delivery.own_addresses = own;
+            let outbound = portcullis_outbound::Routing::new(delivery).map_err(|e| e.to_string())?;
             let live = Live::build(config).map_err(|e| e.to_string())?;
             Ok((live, plugins, outbound))
         })

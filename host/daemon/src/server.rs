@@ -41,6 +41,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
     // As root (if started so): read the certificate and accounts, bind the ports...
     let live = Live::build(config)?;
     let bound = bind_listeners(&live.config).await?;
+    let own = own_addresses(&bound);
     // ...then become the unprivileged user before touching the data directory.
     let config = &live.config;
     privileges::drop_to(config.server.user.as_deref(), config.server.run_as_root)?;
@@ -54,7 +55,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> Result<(), S
         tracing::warn!(users_file = %config.users_file.display(), "no accounts yet: add one with `portcullis user add NAME --password-stdin`");
     }
     let storage = open_storage(config)?;
-    let ctx = start_workers(live, config_path, storage)?;
+    let ctx = start_workers(live, config_path, storage, own)?;
     serve_operators(&ctx).await?;
     let (phase, mut alive, acceptors) = accept_connections(&ctx, bound)?;
     tracing::info!(
@@ -100,6 +101,42 @@ async fn bind_listeners(config: &Config) -> Result<Vec<(ListenerKind, TcpListene
     Ok(bound)
 }
 
+/// Where this server listens, as concrete addresses (a wildcard listener stands for every
+/// local interface and loopback): outbound delivery never connects to them.
+fn own_addresses(bound: &[(ListenerKind, TcpListener)]) -> Vec<SocketAddr> {
+    let interfaces: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|all| {
+            all.filter_map(|i| i.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut own = Vec::new();
+    for (_, socket) in bound {
+        let Ok(address) = socket.local_addr() else {
+            continue;
+        };
+        if address.ip().is_unspecified() {
+            let loopback = [
+                std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::Ipv6Addr::LOCALHOST.into(),
+            ];
+            for ip in interfaces.iter().copied().chain(loopback) {
+                own.push(SocketAddr::new(ip, address.port()));
+            }
+        } else {
+            own.push(address);
+        }
+    }
+    own.sort();
+    own.dedup();
+    own
+}
+
 /// The spool (its lock taken; what it holds is to be recovered) and the mailboxes.
 struct Storage {
     spool: Arc<Spool>,
@@ -141,6 +178,7 @@ fn start_workers(
     live: Live,
     config_path: Option<PathBuf>,
     storage: Storage,
+    own: Vec<SocketAddr>,
 ) -> Result<Arc<Context>, StartError> {
     let config = &live.config;
     let Storage {
@@ -149,7 +187,9 @@ fn start_workers(
         recovered,
     } = storage;
     let plugins = Arc::new(load_plugins(config)?);
-    let outbound_context = portcullis_outbound::Routing::new(config.delivery.clone())
+    let mut delivery_settings = config.delivery.clone();
+    delivery_settings.own_addresses = own.clone();
+    let outbound_context = portcullis_outbound::Routing::new(delivery_settings)
         .map_err(|e| StartError::Delivery(e.to_string()))?;
     let (deliveries, outbound, retire_sweep) =
         delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
@@ -184,6 +224,7 @@ fn start_workers(
         hooks: Hooks::new(plugins),
         notices,
         connections,
+        own_addresses: own,
     });
     // Replacing a plugin file swaps the plugin in, live; so does a change of the users file.
     ctx.watch_plugins();

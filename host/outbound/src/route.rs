@@ -161,12 +161,28 @@ impl Router {
         };
         let mut hosts = Vec::new();
         let mut last_error = None;
+        let mut looped = false;
         for name in exchanges {
             match self.addresses(&name, settings.mx_port).await {
-                Ok(addrs) if !addrs.is_empty() => hosts.push(Host { name, addrs }),
-                Ok(_) => {}
+                Ok(mut addrs) => {
+                    // Never connect to ourselves: an authenticated sender could otherwise
+                    // make the queue deliver to our own listeners.
+                    let before = addrs.len();
+                    addrs.retain(|a| !settings.own_addresses.contains(a));
+                    looped |= addrs.len() < before;
+                    if !addrs.is_empty() {
+                        hosts.push(Host { name, addrs });
+                    }
+                }
                 Err(e) => last_error = Some(e),
             }
+        }
+        if hosts.is_empty() && looped {
+            return Err(RouteError::Permanent(Reply::new(
+                554,
+                Some(Enhanced(5, 4, 6)),
+                format!("mail for {domain} loops back to myself"),
+            )));
         }
         if hosts.is_empty() {
             return Err(last_error.unwrap_or_else(|| {

@@ -94,6 +94,11 @@ pub struct DeliverySettings {
     pub command_timeout: Duration,
     /// Time to wait for the reply after the message content (RFC 5321: 10 minutes).
     pub data_timeout: Duration,
+    /// Where this server itself listens (concrete addresses: a wildcard listener stands
+    /// for every local interface). A destination found through DNS at one of them is mail
+    /// that loops back to ourselves (Postfix's "mail for X loops back to myself"): such
+    /// hosts are never connected to. Empty unless the daemon fills it in after binding.
+    pub own_addresses: Vec<SocketAddr>,
 }
 
 impl DeliverySettings {
@@ -118,6 +123,7 @@ impl DeliverySettings {
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
+            own_addresses: Vec::new(),
         }
     }
 
