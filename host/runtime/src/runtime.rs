@@ -65,6 +65,14 @@ pub enum LoadError {
         /// What wasmtime said.
         message: String,
     },
+    /// Its granted directory holds what cannot be granted (a FIFO, a socket, a device).
+    #[error("{path}: grant-dir: {message}")]
+    Grant {
+        /// The plugin.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The engine itself could not be set up.
     #[error("cannot create the plugin engine: {0}")]
     Engine(String),
@@ -253,6 +261,12 @@ impl Runtime {
     pub fn load(&self, spec: Arc<PluginSpec>) -> Result<LoadedPlugin, LoadError> {
         let started = Instant::now();
         let path = &spec.path;
+        if let Some(dir) = &spec.grant_dir {
+            plugin::check_granted(dir).map_err(|message| LoadError::Grant {
+                path: path.clone(),
+                message,
+            })?;
+        }
         let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
             path: path.clone(),
             source,
@@ -334,6 +348,7 @@ impl Runtime {
             .wall_clock(ZeroClock)
             .monotonic_clock(ZeroClock);
         if let Some(dir) = &plugin.spec.grant_dir {
+            plugin::check_granted(dir).map_err(PluginError::Unavailable)?;
             wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly).map_err(|e| {
                 PluginError::Unavailable(format!("granted directory {}: {e:#}", dir.display()))
             })?;

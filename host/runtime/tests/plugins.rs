@@ -433,6 +433,32 @@ async fn the_sandbox_grants_nothing_but_what_the_operator_gave() {
         panic!("{outcome:?}")
     };
     assert_eq!(headers[0].value, "granted data");
+
+    // A FIFO in the granted directory would hold a host thread in open(2) forever: refused
+    // before every call (and at load).
+    let fifo = dir.path().join("hello.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let refused = rt.spam(&plugin, &mx, &message("Subject: x\n\nx\n")).await;
+    assert!(
+        matches!(&refused, Err(PluginError::Unavailable(why)) if why.contains("FIFO")),
+        "{refused:?}"
+    );
+    let mut again = (*spec(
+        "hostile.wasm",
+        Hook::Spam,
+        serde_json::json!({ "mode": "read-granted" }),
+    ))
+    .clone();
+    again.grant_dir = Some(dir.path().to_path_buf());
+    let load = rt.load(Arc::new(again));
+    assert!(
+        matches!(&load, Err(portcullis_runtime::LoadError::Grant { message, .. }) if message.contains("hello.fifo")),
+        "{load:?}"
+    );
 }
 
 #[tokio::test]
