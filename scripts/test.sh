@@ -43,3 +43,7 @@ plugins/c/build.sh
 need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap" dovecot-core dovecot-imapd
 
 cargo test --workspace --locked "$@"
+
+# Every fuzz target for a short, fixed time (nightly and cargo-fuzz, installed if missing):
+# what reads untrusted or on-disk bytes must never panic. Long runs: scripts/fuzz.sh 3600.
+scripts/fuzz.sh 20

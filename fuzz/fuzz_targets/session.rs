@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_smtp::session::{AuthOutcome, TlsInfo};
-use portcullis_smtp::{Action, Directory, Limits, Mailbox, Mx, Pipeline, Session, Settings, Submission, Verdict};
+use portcullis_smtp::{
+    Action, Directory, Limits, Mailbox, Mx, Pipeline, Session, Settings, Submission, Verdict,
+};
 
 struct Everyone;
 
@@ -66,7 +68,9 @@ fn run<P: Pipeline>(data: &[u8]) {
                 };
                 session.resolve_auth(outcome).expect("waiting for auth");
             }
-            Action::CallHook(_) => session.resolve_hook(Verdict::Accept).expect("waiting for a verdict"),
+            Action::CallHook(_) => session
+                .resolve_hook(Verdict::Accept)
+                .expect("waiting for a verdict"),
             Action::Spool(request) => {
                 let body = &request.message.body;
                 for (i, b) in body.iter().enumerate() {
@@ -76,7 +80,9 @@ fn run<P: Pipeline>(data: &[u8]) {
                         _ => {}
                     }
                 }
-                session.resolve_spool(Ok("F1".into())).expect("waiting for the spool");
+                session
+                    .resolve_spool(Ok("F1".into()))
+                    .expect("waiting for the spool");
             }
         }
     }

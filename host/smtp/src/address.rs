@@ -237,9 +237,12 @@ pub fn parse_mailbox_with(text: &str, syntax: Syntax) -> Result<Mailbox, Address
         let close = loop {
             match chars.next() {
                 None => return Err(AddressError::Unterminated),
+                // RFC 5321 quoted-pairSMTP: a backslash and a printable character; a control
+                // character is refused escaped or not.
                 Some((_, '\\')) => match chars.next() {
-                    Some((_, c)) if c != '\r' && c != '\n' => local.push(c),
-                    _ => return Err(AddressError::Unterminated),
+                    Some((_, c)) if !c.is_control() => local.push(c),
+                    Some(_) => return Err(AddressError::BadLocalPart),
+                    None => return Err(AddressError::Unterminated),
                 },
                 Some((i, '"')) => break i,
                 Some((_, c)) if c.is_control() => return Err(AddressError::BadLocalPart),
@@ -348,6 +351,10 @@ mod tests {
             ("<a@b..c>", Err(AddressError::BadDomain)),
             ("<a@-b.c>", Err(AddressError::BadDomain)),
             ("<\"a@b>", Err(AddressError::Unterminated)),
+            // Found by the fuzzer: an escaped control character printed raw would not
+            // parse back.
+            ("<\"a\\\0b\"@c>", Err(AddressError::BadLocalPart)),
+            ("<\"a\\\rb\"@c>", Err(AddressError::BadLocalPart)),
         ];
         for (input, expected) in cases {
             let got = parse_path(input).map(|(p, rest)| (p.mailbox, p.source_route, rest));

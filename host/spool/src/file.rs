@@ -31,14 +31,29 @@ pub(crate) fn header(parts: &[&[u8]]) -> Vec<u8> {
 /// The metadata of the spool file at `path` and, with `content`, its message, checked
 /// whole (length and CRC-32); without, the message is neither read nor checked.
 pub(crate) fn read_spool_file(path: &Path, content: bool) -> Result<(Entry, Vec<u8>), SpoolError> {
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    let file_length = file.metadata().map_err(io_err(path))?.len();
+    read_spool(BufReader::new(file), file_length, path, content)
+}
+
+/// Parses the bytes of a spool file, checked whole: what recovery does with a file, for
+/// tests and the fuzz target (a damaged file must be a clean `Corrupt`, never a panic).
+pub fn parse_spool_file(bytes: &[u8]) -> Result<(Entry, Vec<u8>), SpoolError> {
+    read_spool(bytes, bytes.len() as u64, Path::new("(bytes)"), true)
+}
+
+/// [`read_spool_file`] over any reader of `file_length` octets.
+fn read_spool(
+    mut reader: impl BufRead,
+    file_length: u64,
+    path: &Path,
+    content: bool,
+) -> Result<(Entry, Vec<u8>), SpoolError> {
     let corrupt = |reason: &str| SpoolError::Corrupt {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     };
-    let file = fs::File::open(path).map_err(io_err(path))?;
     // Never reserve more than the file holds, whatever a damaged metadata line claims.
-    let file_length = file.metadata().map_err(io_err(path))?.len();
-    let mut reader = BufReader::new(file);
     let mut first = Vec::new();
     reader
         .by_ref()
