@@ -243,7 +243,7 @@ fn success_reports_on_submission_relayed_reports_and_none_on_mx() {
     wait_for_mail(&bob, 1);
     let alice = setup.maildir("alice");
     wait_for_mail(&alice, 2);
-    let delivered = only(&alice, "Action: delivered");
+    let delivered = only(&alice, "\r\nAction: delivered");
     for needle in [
         "Subject: Successful Mail Delivery Report",
         "Original-Envelope-Id: env+1",
@@ -255,7 +255,7 @@ fn success_reports_on_submission_relayed_reports_and_none_on_mx() {
         assert!(delivered.contains(needle), "{needle:?} in {delivered}");
     }
     assert!(!delivered.contains("secret body") && !delivered.contains("carol@far.example"));
-    let relayed = only(&alice, "Action: relayed");
+    let relayed = only(&alice, "\r\nAction: relayed");
     assert!(
         relayed.contains("Final-Recipient: rfc822; carol@far.example"),
         "{relayed}"

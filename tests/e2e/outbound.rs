@@ -145,7 +145,7 @@ fn a_5xx_recipient_bounces_to_the_sender_while_the_other_is_delivered() {
         "From: Mail Delivery System <MAILER-DAEMON@mx.example.org>",
         "Content-Type: multipart/report; report-type=delivery-status;",
         "Final-Recipient: rfc822; bob@far.example",
-        "Action: failed",
+        "\r\nAction: failed",
         "Status: 5.1.1",
         "Diagnostic-Code: smtp; 550 5.1.1 no such user here",
         "Content-Type: message/rfc822",
@@ -174,14 +174,14 @@ fn an_unreachable_destination_sends_a_delay_notice_then_expires_into_a_dsn() {
         .iter()
         .map(|f| read(f))
         .collect();
-    reports.sort_by_key(|t| !t.contains("Action: delayed"));
+    reports.sort_by_key(|t| !t.contains("\r\nAction: delayed"));
     let delay = &reports[0];
     assert!(
         delay.contains("Subject: Delayed Mail (still being retried)"),
         "{delay}"
     );
     assert!(
-        delay.contains("Action: delayed") && delay.contains("Will-Retry-Until:"),
+        delay.contains("\r\nAction: delayed") && delay.contains("Will-Retry-Until:"),
         "{delay}"
     );
     assert!(
@@ -189,7 +189,7 @@ fn an_unreachable_destination_sends_a_delay_notice_then_expires_into_a_dsn() {
         "{delay}"
     );
     let text = &reports[1];
-    assert!(text.contains("Action: failed"), "{text}");
+    assert!(text.contains("\r\nAction: failed"), "{text}");
     assert!(text.contains("Status: 4.4.7"), "{text}");
     assert!(text.contains("delivery time expired"), "{text}");
     assert!(text.contains("Subject: expiry"), "{text}");

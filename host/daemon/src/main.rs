@@ -329,116 +329,100 @@ fn init_logging(format: config::LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Task::Serve { config } => {
-            let path = config.clone();
-            let config = match load(config.as_ref()) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("portcullis: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            init_logging(config.server.log_format);
-            tracing::info!(config = %config.origin, "starting");
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("portcullis: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(server::serve(config, path)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start");
-                    eprintln!("portcullis: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Task::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => match check_files(&c) {
-                Ok(a) => {
-                    let open_files = abuse::raise_open_files();
-                    let descriptors = abuse::descriptor_warning(&c.limits, c.listeners.len(), open_files);
-                    for warning in c.warnings().into_iter().chain(descriptors) {
-                        eprintln!("{}: warning: {warning}", c.origin);
-                    }
-                    println!(
-                        "{}: OK ({} listener(s), local domains {:?}, {} account(s), {} plugin(s))",
-                        c.origin,
-                        c.listeners.len(),
-                        c.local_domains,
-                        a.len(),
-                        c.plugins.len()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(problems) => {
-                    for problem in &problems {
-                        eprintln!("{}: {problem}", c.origin);
-                    }
-                    eprintln!("{}: {} problem(s)", c.origin, problems.len());
-                    ExitCode::FAILURE
-                }
-            },
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+    let (what, result) = match cli.command {
+        Task::Serve { config } => ("portcullis", serve(config)),
+        Task::CheckConfig { config } => return check_config(&config),
         Task::Plugin {
             command: PluginCommand::Test(args),
-        } => ExitCode::from(plugin_test::run(args)),
+        } => return ExitCode::from(plugin_test::run(args)),
         Task::Plugin {
             command: PluginCommand::Wit { dir },
-        } => match plugin_new::write_wit(&dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("portcullis plugin wit: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        } => ("portcullis plugin wit", plugin_new::write_wit(&dir)),
         Task::Plugin {
             command: PluginCommand::New { lang, hook, name },
-        } => match plugin_new::run(&lang, &hook, &name) {
-            Ok(written) => {
-                let dir = written.dir.display();
-                println!("wrote {dir}");
-                println!("needs  {}", written.needs);
-                println!("build  {dir}/build.sh");
-                println!("try    {}", written.try_it);
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("portcullis plugin new: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        Task::Queue { command, config } => {
-            let result = load(config.as_ref())
-                .map_err(|e| e.to_string())
-                .and_then(|c| match command {
-                    QueueCommand::List => queue_cmd::list(&c),
-                    QueueCommand::Flush => control::flush(&c.server.data_dir)
-                        .map(|n| println!("{n} queued message(s) will be tried now")),
-                    QueueCommand::Remove { id } => queue_cmd::remove(&c, &id),
-                });
-            match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("portcullis queue: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        } => ("portcullis plugin new", new_plugin(&lang, &hook, &name)),
+        Task::Queue { command, config } => ("portcullis queue", queue(command, config)),
+        Task::User { command } => ("portcullis user", user_command(command)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what}: {e}");
+            ExitCode::FAILURE
         }
-        Task::User { command } => match user_command(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("portcullis user: {e}");
-                ExitCode::FAILURE
+    }
+}
+
+/// `portcullis serve`: runs until SIGTERM has drained.
+fn serve(path: Option<PathBuf>) -> Result<(), String> {
+    let config = load(path.as_ref()).map_err(|e| e.to_string())?;
+    init_logging(config.server.log_format);
+    tracing::info!(config = %config.origin, "starting");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(server::serve(config, path)).map_err(|e| {
+        tracing::error!(error = %e, "cannot start");
+        e.to_string()
+    })
+}
+
+/// `portcullis check-config`: every problem, or OK with the warnings; exit 1 on problems.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let c = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match check_files(&c) {
+        Ok(a) => {
+            let open_files = abuse::raise_open_files();
+            let descriptors = abuse::descriptor_warning(&c.limits, c.listeners.len(), open_files);
+            for warning in c.warnings().into_iter().chain(descriptors) {
+                eprintln!("{}: warning: {warning}", c.origin);
             }
-        },
+            println!(
+                "{}: OK ({} listener(s), local domains {:?}, {} account(s), {} plugin(s))",
+                c.origin,
+                c.listeners.len(),
+                c.local_domains,
+                a.len(),
+                c.plugins.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{}: {problem}", c.origin);
+            }
+            eprintln!("{}: {} problem(s)", c.origin, problems.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `portcullis plugin new`: the starter, and what to do next.
+fn new_plugin(lang: &str, hook: &str, name: &str) -> Result<(), String> {
+    let written = plugin_new::run(lang, hook, name)?;
+    let dir = written.dir.display();
+    println!("wrote {dir}");
+    println!("needs  {}", written.needs);
+    println!("build  {dir}/build.sh");
+    println!("try    {}", written.try_it);
+    Ok(())
+}
+
+/// `portcullis queue list | flush | remove`.
+fn queue(command: QueueCommand, config: Option<PathBuf>) -> Result<(), String> {
+    let c = load(config.as_ref()).map_err(|e| e.to_string())?;
+    match command {
+        QueueCommand::List => queue_cmd::list(&c),
+        QueueCommand::Flush => {
+            control::flush(&c.server.data_dir).map(|n| println!("{n} queued message(s) will be tried now"))
+        }
+        QueueCommand::Remove { id } => queue_cmd::remove(&c, &id),
     }
 }

@@ -111,6 +111,107 @@ fn load_message(path: Option<&Path>) -> Result<Vec<u8>, String> {
     Ok(crlf)
 }
 
+/// The message to test on, with its envelope: `--from`/`--to`, else the message's From:
+/// and To:.
+fn test_message(args: &TestArgs) -> Result<Arc<Message>, String> {
+    let body = load_message(args.message.as_deref())?;
+    let header = |name: &str| crate::notice::header_value(&body, name);
+    let mail_from = match &args.from {
+        Some(f) => Some(mailbox(f).ok_or_else(|| format!("--from {f:?} is not an address"))?),
+        None => header("from").as_deref().and_then(mailbox),
+    };
+    let mut recipients: Vec<String> = args.to.clone();
+    if recipients.is_empty() {
+        recipients = header("to")
+            .map(|t| t.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
+    }
+    let recipients = recipients
+        .iter()
+        .filter_map(|r| mailbox(r))
+        .map(|mailbox| Recipient {
+            mailbox,
+            params: Default::default(),
+            local: true,
+            deliver_to: None,
+        })
+        .collect();
+    Ok(Arc::new(Message {
+        envelope: Envelope {
+            mail_from,
+            params: MailParams::default(),
+            recipients,
+        },
+        body,
+    }))
+}
+
+/// A session the hook would run in: submission (authenticated as the sender) for auth and
+/// rate, MX for virus and spam; TLS up.
+fn session_for(hook: Hook, message: &Message) -> SessionInfo {
+    let pipeline = match hook {
+        Hook::Auth | Hook::Rate => PipelineKind::Submission,
+        Hook::Virus | Hook::Spam => PipelineKind::Mx,
+    };
+    SessionInfo {
+        pipeline,
+        peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+        greeting: Some(Greeting::Ehlo("client.example".into())),
+        security: Security {
+            tls: Some(TlsInfo {
+                protocol: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            }),
+            account: (pipeline == PipelineKind::Submission).then(|| {
+                message
+                    .envelope
+                    .mail_from
+                    .as_ref()
+                    .map_or("user@example.org".into(), ToString::to_string)
+            }),
+        },
+    }
+}
+
+/// The engine and the plugin, compiled (or from the cache) and type-checked; says what it
+/// did.
+fn load_plugin(
+    args: &TestArgs,
+    spec: &Arc<PluginSpec>,
+) -> Result<(Runtime, portcullis_runtime::LoadedPlugin), String> {
+    let runtime = Runtime::new(&RuntimeConfig {
+        max_memory: spec.memory,
+        instances: 4,
+        cache_dir: args.cache_dir.clone().or_else(default_cache_dir),
+    })
+    .map_err(|e| e.to_string())?;
+    if runtime.probe(&spec.path).is_ok_and(|p| !p.cached) {
+        // Python and JavaScript components take tens of seconds here, once.
+        eprintln!(
+            "compiling {} for the first time (a Python or JavaScript plugin takes a while); later runs use the compiled cache",
+            spec.path.display()
+        );
+    }
+    let plugin = runtime.load(Arc::clone(spec)).map_err(|e| e.to_string())?;
+    println!(
+        "plugin   {} (sha256 {}), {} hook",
+        spec.path.display(),
+        plugin.meta.hash,
+        spec.hook.name()
+    );
+    println!(
+        "loaded   in {:.1} ms ({} and type-checked against {})",
+        plugin.load_time.as_secs_f64() * 1e3,
+        if plugin.cached {
+            "compiled code from the cache"
+        } else {
+            "compiled"
+        },
+        portcullis_runtime::world(spec.hook)
+    );
+    Ok((runtime, plugin))
+}
+
 /// Reads `--plugin-config`: the keys of a `[plugin.config]` table, written bare or under
 /// that header (as copied from a server config); a file holding anything else besides
 /// the header is refused rather than nested where the plugin would not look.
@@ -147,58 +248,8 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         Some(path) => plugin_config(path)?,
         None => serde_json::Map::new(),
     };
-    let body = load_message(args.message.as_deref())?;
-    let header = |name: &str| crate::notice::header_value(&body, name);
-    let mail_from = match &args.from {
-        Some(f) => Some(mailbox(f).ok_or_else(|| format!("--from {f:?} is not an address"))?),
-        None => header("from").as_deref().and_then(mailbox),
-    };
-    let mut recipients: Vec<String> = args.to.clone();
-    if recipients.is_empty() {
-        recipients = header("to")
-            .map(|t| t.split(',').map(str::to_string).collect())
-            .unwrap_or_default();
-    }
-    let recipients = recipients
-        .iter()
-        .filter_map(|r| mailbox(r))
-        .map(|mailbox| Recipient {
-            mailbox,
-            params: Default::default(),
-            local: true,
-            deliver_to: None,
-        })
-        .collect();
-    let message = Arc::new(Message {
-        envelope: Envelope {
-            mail_from,
-            params: MailParams::default(),
-            recipients,
-        },
-        body,
-    });
-    let pipeline = match hook {
-        Hook::Auth | Hook::Rate => PipelineKind::Submission,
-        Hook::Virus | Hook::Spam => PipelineKind::Mx,
-    };
-    let info = SessionInfo {
-        pipeline,
-        peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
-        greeting: Some(Greeting::Ehlo("client.example".into())),
-        security: Security {
-            tls: Some(TlsInfo {
-                protocol: "TLSv1.3".into(),
-                cipher: "TLS13_AES_256_GCM_SHA384".into(),
-            }),
-            account: (pipeline == PipelineKind::Submission).then(|| {
-                message
-                    .envelope
-                    .mail_from
-                    .as_ref()
-                    .map_or("user@example.org".into(), ToString::to_string)
-            }),
-        },
-    };
+    let message = test_message(&args)?;
+    let info = session_for(hook, &message);
 
     let spec = Arc::new(PluginSpec {
         name: args
@@ -213,39 +264,47 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         config,
         grant_dir: None,
     });
-    let runtime = Runtime::new(&RuntimeConfig {
-        max_memory: spec.memory,
-        instances: 4,
-        cache_dir: args.cache_dir.clone().or_else(default_cache_dir),
-    })
-    .map_err(|e| e.to_string())?;
-    if runtime.probe(&spec.path).is_ok_and(|p| !p.cached) {
-        // Python and JavaScript components take tens of seconds here, once.
-        eprintln!(
-            "compiling {} for the first time (a Python or JavaScript plugin takes a while); later runs use the compiled cache",
-            spec.path.display()
-        );
-    }
-    let plugin = runtime.load(Arc::clone(&spec)).map_err(|e| e.to_string())?;
-    println!(
-        "plugin   {} (sha256 {}), {} hook",
-        spec.path.display(),
-        plugin.meta.hash,
-        hook.name()
-    );
-    println!(
-        "loaded   in {:.1} ms ({} and type-checked against {})",
-        plugin.load_time.as_secs_f64() * 1e3,
-        if plugin.cached {
-            "compiled code from the cache"
-        } else {
-            "compiled"
-        },
-        portcullis_runtime::world(hook)
-    );
+    let (runtime, plugin) = load_plugin(&args, &spec)?;
 
     let started = Instant::now();
-    let outcome: Result<Vec<String>, portcullis_runtime::PluginError> = match hook {
+    let outcome = call(&runtime, &plugin, &args, &info, &message).await;
+    let took = started.elapsed();
+    match outcome {
+        Ok(lines) => {
+            for (i, line) in lines.iter().enumerate() {
+                println!("{}{line}", if i == 0 { "verdict  " } else { "         " });
+            }
+            println!(
+                "took     {:.3} ms (fresh instance + call)",
+                took.as_secs_f64() * 1e3
+            );
+            Ok(0)
+        }
+        Err(e) => {
+            println!(
+                "failed   {} ({}) after {:.3} ms",
+                e,
+                e.kind(),
+                took.as_secs_f64() * 1e3
+            );
+            println!(
+                "policy   with on-error = \"defer\" the server would answer {}",
+                code(&replies::HOOK_DEFERRED)
+            );
+            Ok(1)
+        }
+    }
+}
+
+/// Calls the hook once; the verdict as the lines to print.
+async fn call(
+    runtime: &Runtime,
+    plugin: &portcullis_runtime::LoadedPlugin,
+    args: &TestArgs,
+    info: &SessionInfo,
+    message: &Arc<Message>,
+) -> Result<Vec<String>, portcullis_runtime::PluginError> {
+    match plugin.spec.hook {
         Hook::Auth => {
             let credentials = Credentials {
                 mechanism: portcullis_smtp::command::Mechanism::Plain,
@@ -253,7 +312,7 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 username: args.user.clone().unwrap_or_default(),
                 password: args.password.clone().unwrap_or_default(),
             };
-            runtime.authenticate(&plugin, &info, &credentials).await.map(|o| {
+            runtime.authenticate(plugin, info, &credentials).await.map(|o| {
                 vec![match o {
                     AuthOutcome::Accept { account } => {
                         format!("accept as {account} ({})", code(&replies::AUTH_OK))
@@ -280,11 +339,11 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 client_ip: counters,
             };
             runtime
-                .rate(&plugin, &info, &message.envelope, &usage)
+                .rate(plugin, info, &message.envelope, &usage)
                 .await
                 .map(|v| describe(&v))
         }
-        Hook::Virus => runtime.virus(&plugin, &info, &message).await.map(|o| match o {
+        Hook::Virus => runtime.virus(plugin, info, message).await.map(|o| match o {
             ScanOutcome::Clean => vec!["clean (accept)".into()],
             ScanOutcome::Infected(name) => {
                 vec![format!(
@@ -293,38 +352,12 @@ async fn test(args: TestArgs) -> Result<u8, String> {
                 )]
             }
         }),
-        Hook::Spam => runtime.spam(&plugin, &info, &message).await.map(|o| {
+        Hook::Spam => runtime.spam(plugin, info, message).await.map(|o| {
             // `+ 0.0` turns a negative zero into zero: no "score -0.00".
             let mut lines = vec![format!("score {:.2}", o.score + 0.0)];
             lines.extend(describe(&o.verdict));
             lines
         }),
-    };
-    let took = started.elapsed();
-    match outcome {
-        Ok(lines) => {
-            for (i, line) in lines.iter().enumerate() {
-                println!("{}{line}", if i == 0 { "verdict  " } else { "         " });
-            }
-            println!(
-                "took     {:.3} ms (fresh instance + call)",
-                took.as_secs_f64() * 1e3
-            );
-            Ok(0)
-        }
-        Err(e) => {
-            println!(
-                "failed   {} ({}) after {:.3} ms",
-                e,
-                e.kind(),
-                took.as_secs_f64() * 1e3
-            );
-            println!(
-                "policy   with on-error = \"defer\" the server would answer {}",
-                code(&replies::HOOK_DEFERRED)
-            );
-            Ok(1)
-        }
     }
 }
 

@@ -139,16 +139,8 @@ fn headers_of(message: &[u8]) -> &[u8] {
     }
 }
 
-/// Composes the report, a complete message with CRLF line endings, to the envelope's
-/// sender.
-pub fn compose(r: &Report<'_>) -> Vec<u8> {
-    let boundary = format!("{}/{}", r.token, r.hostname);
-    let sender = r
-        .envelope
-        .mail_from
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+/// The subject and the human-readable part of the report.
+fn human_part(r: &Report<'_>) -> (&'static str, String) {
     let (subject, intro) = match r.action {
         ReportAction::Fail => (
             "Undelivered Mail Returned to Sender",
@@ -185,7 +177,11 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
     if let Some(until) = r.retry_until {
         human.push_str(&format!("\nDelivery will be tried until {}.\n", rfc2822(until)));
     }
+    (subject, human)
+}
 
+/// The `message/delivery-status` part (RFC 3464 2.2 and 2.3).
+fn status_part(r: &Report<'_>) -> String {
     let mut status = format!("Reporting-MTA: dns; {}\n", r.hostname);
     if let Some(envid) = &r.envelope.params.envid {
         status.push_str(&format!(
@@ -204,7 +200,7 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
             status.push_str(&format!("Original-Recipient: {}\n", field(&xtext_decode(orcpt))));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\n", to.mailbox));
-        status.push_str(&format!("ReportAction: {}\n", r.action.field()));
+        status.push_str(&format!("Action: {}\n", r.action.field()));
         let code = match r.action {
             ReportAction::Relay | ReportAction::Deliver => Enhanced(2, 0, 0),
             _ => status_of(&rcpt.reply),
@@ -220,6 +216,21 @@ pub fn compose(r: &Report<'_>) -> Vec<u8> {
             status.push_str(&format!("Will-Retry-Until: {}\n", rfc2822(until)));
         }
     }
+    status
+}
+
+/// Composes the report, a complete message with CRLF line endings, to the envelope's
+/// sender.
+pub fn compose(r: &Report<'_>) -> Vec<u8> {
+    let boundary = format!("{}/{}", r.token, r.hostname);
+    let sender = r
+        .envelope
+        .mail_from
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let (subject, human) = human_part(r);
+    let status = status_part(r);
 
     let headers_only = r.action != ReportAction::Fail
         || r.envelope.params.ret == Some(Ret::Hdrs)
@@ -366,6 +377,16 @@ mod tests {
     use portcullis_smtp::Mailbox;
     use portcullis_smtp::envelope::{MailParams, RcptParams, Recipient};
 
+    /// A needle without a line break must begin a line: "Action: failed" inside
+    /// "ReportAction: failed" is not the field.
+    fn has_field(text: &str, needle: &str) -> bool {
+        if needle.contains("\r\n") {
+            text.contains(needle)
+        } else {
+            text.starts_with(needle) || text.contains(&format!("\n{needle}"))
+        }
+    }
+
     fn envelope(ret: Option<Ret>, notify: Option<Notify>) -> Envelope {
         Envelope {
             mail_from: Some(Mailbox {
@@ -418,7 +439,7 @@ mod tests {
             "Original-Envelope-Id: id+1",
             "Original-Recipient: rfc822;bob+x@example.net",
             "Final-Recipient: rfc822; bob@example.net",
-            "ReportAction: failed",
+            "Action: failed",
             "Status: 5.1.1",
             "Remote-MTA: dns; mx.example.net",
             "Diagnostic-Code: smtp; 550 5.1.1 no such user",
@@ -426,7 +447,7 @@ mod tests {
             "Subject: hi\r\nFrom: alice@example.org\r\n\r\nbody\r\n",
             "--ABC/mx.example.org--\r\n",
         ] {
-            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+            assert!(has_field(&text, needle), "missing {needle:?} in\n{text}");
         }
         assert!(!text.replace("\r\n", "").contains('\n'), "bare LF in the DSN");
         assert!(!text.replace("\r\n", "").contains('\r'), "bare CR in the DSN");
@@ -457,7 +478,7 @@ mod tests {
             assert!(!text.contains("secret body"));
         }
         let delay = String::from_utf8(compose(&report(ReportAction::Delay))).unwrap();
-        assert!(delay.contains("ReportAction: delayed") && delay.contains("Will-Retry-Until:"));
+        assert!(has_field(&delay, "Action: delayed") && delay.contains("Will-Retry-Until:"));
     }
 
     #[test]
@@ -480,13 +501,13 @@ mod tests {
         .unwrap();
         for needle in [
             "Subject: Successful Mail Delivery Report",
-            "ReportAction: delivered",
+            "Action: delivered",
             "Status: 2.0.0",
             "Original-Envelope-Id: id+1",
-            "text/rfc822-headers",
+            "Content-Type: text/rfc822-headers",
             "Subject: hi",
         ] {
-            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+            assert!(has_field(&text, needle), "missing {needle:?} in\n{text}");
         }
         assert!(!text.contains("secret body") && !text.contains("Remote-MTA"));
     }

@@ -127,7 +127,6 @@ pub fn parse(line: &[u8], syntax: Syntax) -> Result<Command, ParseError> {
         return Err(ParseError::BadCharacters);
     }
     let (verb, args) = split_verb(line);
-    let verb = verb.to_ascii_uppercase();
     let no_args = |command: Command, grammar: &'static str| {
         if args.trim().is_empty() {
             Ok(command)
@@ -135,103 +134,107 @@ pub fn parse(line: &[u8], syntax: Syntax) -> Result<Command, ParseError> {
             Err(ParseError::Syntax(grammar))
         }
     };
-    match verb.as_str() {
-        "EHLO" | "HELO" => {
-            let mut name = args.trim();
-            if syntax == Syntax::Lenient {
-                // `EHLO name extra words`: the name is the first word (Postfix does the same).
-                name = name.split(' ').next().unwrap_or_default();
-            }
-            // A bidirectional control (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F) or a
-            // tab in the name would end up in our Received: header, reordering or hiding
-            // what an operator reads there.
-            let disguised = name.chars().any(|c| {
-                matches!(c, '\t' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-            });
-            if name.is_empty() || name.contains(' ') || disguised {
-                return Err(ParseError::Syntax(if verb == "EHLO" {
-                    "EHLO hostname"
-                } else {
-                    "HELO hostname"
-                }));
-            }
-            Ok(if verb == "EHLO" {
-                Command::Ehlo(name.to_string())
-            } else {
-                Command::Helo(name.to_string())
-            })
-        }
-        "MAIL" => {
-            let rest = strip_prefix_ci(args, "FROM:").ok_or(ParseError::Syntax("MAIL FROM:<address>"))?;
-            let (path, params) = parse_path_with(rest, syntax)?;
-            let params = mail_params(params)?;
-            Ok(Command::Mail { path, params })
-        }
-        "RCPT" => {
-            let rest = strip_prefix_ci(args, "TO:").ok_or(ParseError::Syntax("RCPT TO:<address>"))?;
-            let (path, params) = match parse_path_with(rest, syntax) {
-                Ok(parsed) => parsed,
-                // RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
-                Err(e) => match strip_prefix_ci(rest.trim_start(), "<postmaster>") {
-                    Some(tail) => (
-                        Path {
-                            mailbox: Some(Mailbox {
-                                local: "postmaster".into(),
-                                domain: String::new(),
-                            }),
-                            source_route: false,
-                        },
-                        tail,
-                    ),
-                    None => return Err(e.into()),
-                },
-            };
-            let params = rcpt_params(params)?;
-            Ok(Command::Rcpt { path, params })
-        }
+    match verb.to_ascii_uppercase().as_str() {
+        "EHLO" => hello(args, syntax, "EHLO hostname").map(Command::Ehlo),
+        "HELO" => hello(args, syntax, "HELO hostname").map(Command::Helo),
+        "MAIL" => mail(args, syntax),
+        "RCPT" => rcpt(args, syntax),
         "DATA" => no_args(Command::Data, "DATA"),
-        "BDAT" => {
-            let mut words = args.split(' ').filter(|w| !w.is_empty());
-            let grammar = "BDAT chunk-size [LAST]";
-            let size = words.next().ok_or(ParseError::Syntax(grammar))?;
-            if size.is_empty() || size.len() > 18 || !size.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(ParseError::Syntax(grammar));
-            }
-            let size = size.parse().map_err(|_| ParseError::Syntax(grammar))?;
-            let last = match words.next() {
-                None => false,
-                Some(w) if w.eq_ignore_ascii_case("LAST") => true,
-                Some(_) => return Err(ParseError::Syntax(grammar)),
-            };
-            if words.next().is_some() {
-                return Err(ParseError::Syntax(grammar));
-            }
-            Ok(Command::Bdat { size, last })
-        }
+        "BDAT" => bdat(args),
         "RSET" => no_args(Command::Rset, "RSET"),
         "NOOP" => Ok(Command::Noop),
         "QUIT" => no_args(Command::Quit, "QUIT"),
         "STARTTLS" => no_args(Command::StartTls, "STARTTLS"),
-        "AUTH" => {
-            let mut words = args.split(' ').filter(|w| !w.is_empty());
-            let mechanism = match words.next() {
-                Some(m) if m.eq_ignore_ascii_case("PLAIN") => Mechanism::Plain,
-                Some(m) if m.eq_ignore_ascii_case("LOGIN") => Mechanism::Login,
-                Some(_) => return Err(ParseError::UnknownMechanism),
-                None => return Err(ParseError::Syntax("AUTH mechanism [initial-response]")),
-            };
-            let initial = words.next().map(str::to_string);
-            if words.next().is_some() {
-                return Err(ParseError::Syntax("AUTH mechanism [initial-response]"));
-            }
-            Ok(Command::Auth { mechanism, initial })
-        }
+        "AUTH" => auth(args),
         "VRFY" => Ok(Command::Vrfy),
         "EXPN" => Ok(Command::Expn),
         "HELP" => Ok(Command::Help),
         "GET" | "POST" | "PUT" | "HEAD" | "CONNECT" | "OPTIONS" | "USER" => Err(ParseError::Http),
         _ => Err(ParseError::Unrecognized),
     }
+}
+
+/// The name of EHLO or HELO.
+fn hello(args: &str, syntax: Syntax, grammar: &'static str) -> Result<String, ParseError> {
+    let mut name = args.trim();
+    if syntax == Syntax::Lenient {
+        // `EHLO name extra words`: the name is the first word (Postfix does the same).
+        name = name.split(' ').next().unwrap_or_default();
+    }
+    // A bidirectional control (U+202A..U+202E, U+2066..U+2069, U+200E, U+200F) or a tab in
+    // the name would end up in our Received: header, reordering or hiding what an operator
+    // reads there.
+    let disguised = name.chars().any(
+        |c| matches!(c, '\t' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'),
+    );
+    if name.is_empty() || name.contains(' ') || disguised {
+        return Err(ParseError::Syntax(grammar));
+    }
+    Ok(name.to_string())
+}
+
+fn mail(args: &str, syntax: Syntax) -> Result<Command, ParseError> {
+    let rest = strip_prefix_ci(args, "FROM:").ok_or(ParseError::Syntax("MAIL FROM:<address>"))?;
+    let (path, params) = parse_path_with(rest, syntax)?;
+    let params = mail_params(params)?;
+    Ok(Command::Mail { path, params })
+}
+
+fn rcpt(args: &str, syntax: Syntax) -> Result<Command, ParseError> {
+    let rest = strip_prefix_ci(args, "TO:").ok_or(ParseError::Syntax("RCPT TO:<address>"))?;
+    let (path, params) = match parse_path_with(rest, syntax) {
+        Ok(parsed) => parsed,
+        // RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
+        Err(e) => match strip_prefix_ci(rest.trim_start(), "<postmaster>") {
+            Some(tail) => (
+                Path {
+                    mailbox: Some(Mailbox {
+                        local: "postmaster".into(),
+                        domain: String::new(),
+                    }),
+                    source_route: false,
+                },
+                tail,
+            ),
+            None => return Err(e.into()),
+        },
+    };
+    let params = rcpt_params(params)?;
+    Ok(Command::Rcpt { path, params })
+}
+
+fn bdat(args: &str) -> Result<Command, ParseError> {
+    let mut words = args.split(' ').filter(|w| !w.is_empty());
+    let grammar = "BDAT chunk-size [LAST]";
+    let size = words.next().ok_or(ParseError::Syntax(grammar))?;
+    if size.is_empty() || size.len() > 18 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParseError::Syntax(grammar));
+    }
+    let size = size.parse().map_err(|_| ParseError::Syntax(grammar))?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(ParseError::Syntax(grammar)),
+    };
+    if words.next().is_some() {
+        return Err(ParseError::Syntax(grammar));
+    }
+    Ok(Command::Bdat { size, last })
+}
+
+fn auth(args: &str) -> Result<Command, ParseError> {
+    let mut words = args.split(' ').filter(|w| !w.is_empty());
+    let mechanism = match words.next() {
+        Some(m) if m.eq_ignore_ascii_case("PLAIN") => Mechanism::Plain,
+        Some(m) if m.eq_ignore_ascii_case("LOGIN") => Mechanism::Login,
+        Some(_) => return Err(ParseError::UnknownMechanism),
+        None => return Err(ParseError::Syntax("AUTH mechanism [initial-response]")),
+    };
+    let initial = words.next().map(str::to_string);
+    if words.next().is_some() {
+        return Err(ParseError::Syntax("AUTH mechanism [initial-response]"));
+    }
+    Ok(Command::Auth { mechanism, initial })
 }
 
 /// Splits ` KEY=VALUE KEY2` into (keyword, value) pairs.

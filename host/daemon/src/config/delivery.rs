@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use portcullis_outbound::{DeliverySettings, RelayLogin, Route, TlsPolicy};
 use serde::Deserialize;
@@ -112,170 +111,52 @@ pub fn settings(
     local_domains: &[String],
     base: &Path,
 ) -> Result<DeliverySettings, Vec<(String, String)>> {
-    let mut problems = Vec::new();
+    let mut check = Checker {
+        base,
+        problems: Vec::new(),
+    };
     let mut s = DeliverySettings::new(hostname);
     s.local_domains = local_domains.to_vec();
-    let tls_policy = |key: &str,
-                      text: Option<&str>,
-                      default: TlsPolicy,
-                      problems: &mut Vec<(String, String)>| {
-        match text {
-            None => default,
-            Some(t) => TlsPolicy::parse(t).unwrap_or_else(|| {
-                problems.push((
-                    key.to_string(),
-                    format!("{t:?} is not one of \"opportunistic\", \"required\", \"none\""),
-                ));
-                default
-            }),
-        }
-    };
-    let credentials = |key: &str,
-                       user: Option<String>,
-                       file: Option<&Path>,
-                       problems: &mut Vec<(String, String)>|
-     -> Option<RelayLogin> {
-        let user = user?;
-        let Some(file) = file else {
-            problems.push((key.to_string(), "a username needs a password file".into()));
-            return None;
-        };
-        let path = super::resolve(base, file);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Some(RelayLogin {
-                username: user,
-                password: text.lines().next().unwrap_or("").to_string(),
-            }),
-            Err(e) => {
-                problems.push((key.to_string(), format!("cannot read {}: {e}", path.display())));
-                None
-            }
-        }
-    };
-    let route = |key: &str,
-                 host: &str,
-                 tls: Option<&str>,
-                 auth: Option<RelayLogin>,
-                 problems: &mut Vec<(String, String)>| {
-        let default = if auth.is_some() {
-            TlsPolicy::Required
-        } else {
-            TlsPolicy::Opportunistic
-        };
-        let tls = tls_policy(&format!("{key}.tls"), tls, default, problems);
-        if auth.is_some() && tls != TlsPolicy::Required {
-            problems.push((
-                format!("{key}.tls"),
-                "credentials are only sent over TLS: use tls = \"required\"".into(),
-            ));
-        }
-        match host_port(host) {
-            Some((host, port)) => Some(Route {
-                host,
-                port,
-                tls,
-                auth,
-            }),
-            None => {
-                problems.push((key.to_string(), format!("{host:?} is not host:port")));
-                None
-            }
-        }
-    };
-
-    if let Some(relay) = &section.relay_host {
-        let auth = credentials(
-            "delivery.relay-username",
-            section.relay_username.clone(),
-            section.relay_password_file.as_deref(),
-            &mut problems,
-        );
-        s.relay = route(
-            "delivery.relay-host",
-            relay,
-            section.relay_tls.as_deref(),
-            auth,
-            &mut problems,
-        );
-    } else if section.relay_username.is_some() || section.relay_tls.is_some() {
-        problems.push((
-            "delivery.relay-host".into(),
-            "relay-username and relay-tls need a relay-host".into(),
-        ));
-    }
-    for (domain, entry) in section.routes {
-        let key = format!("delivery.routes.{domain:?}");
-        let Some(ascii) = portcullis_outbound::route::ascii_domain(&domain) else {
-            problems.push((key, "is not a domain name".into()));
-            continue;
-        };
-        let built = match entry {
-            RouteEntry::Address(host) => route(&key, &host, None, None, &mut problems),
-            RouteEntry::Table(t) => {
-                let auth = credentials(
-                    &format!("{key}.username"),
-                    t.username,
-                    t.password_file.as_deref(),
-                    &mut problems,
-                );
-                route(&key, &t.host, t.tls.as_deref(), auth, &mut problems)
-            }
-        };
-        if let Some(r) = built {
-            s.routes.insert(domain.to_ascii_lowercase(), r.clone());
-            s.routes.insert(ascii, r);
-        }
-    }
+    s.relay = check.relay(&section);
+    s.routes = check.routes(section.routes);
     s.resolver = section.resolver;
     if let Some(port) = section.mx_port {
         if port == 0 {
-            problems.push(("delivery.mx-port".into(), "must not be 0".into()));
+            check.problem("delivery.mx-port", "must not be 0".into());
         }
         s.mx_port = port;
     }
-    s.mx_tls = tls_policy(
-        "delivery.tls",
-        section.tls.as_deref(),
-        TlsPolicy::Opportunistic,
-        &mut problems,
-    );
+    s.mx_tls = check.tls_policy("delivery.tls", section.tls.as_deref(), TlsPolicy::Opportunistic);
     if let Some(retry) = section.retry {
         if retry.is_empty() || retry.iter().any(|d| d.0.is_zero()) {
-            problems.push((
-                "delivery.retry".into(),
+            check.problem(
+                "delivery.retry",
                 "must list at least one delay, each more than zero".into(),
-            ));
+            );
         }
         s.retry = retry.into_iter().map(|d| d.0).collect();
     }
-    let positive =
-        |key: &str, span: Option<Span>, into: &mut Duration, problems: &mut Vec<(String, String)>| {
-            if let Some(Span(d)) = span {
-                if d.is_zero() {
-                    problems.push((key.to_string(), "must be more than zero".into()));
-                }
-                *into = d;
+    for (key, span, into) in [
+        ("delivery.expire", section.expire, &mut s.expire),
+        (
+            "delivery.connect-timeout",
+            section.connect_timeout,
+            &mut s.connect_timeout,
+        ),
+        (
+            "delivery.command-timeout",
+            section.command_timeout,
+            &mut s.command_timeout,
+        ),
+        ("delivery.data-timeout", section.data_timeout, &mut s.data_timeout),
+    ] {
+        if let Some(Span(d)) = span {
+            if d.is_zero() {
+                check.problem(key, "must be more than zero".into());
             }
-        };
-    positive("delivery.expire", section.expire, &mut s.expire, &mut problems);
-    positive(
-        "delivery.connect-timeout",
-        section.connect_timeout,
-        &mut s.connect_timeout,
-        &mut problems,
-    );
-    positive(
-        "delivery.command-timeout",
-        section.command_timeout,
-        &mut s.command_timeout,
-        &mut problems,
-    );
-    positive(
-        "delivery.data-timeout",
-        section.data_timeout,
-        &mut s.data_timeout,
-        &mut problems,
-    );
+            *into = d;
+        }
+    }
     s.delay_notice = section.delay_notice.map(|d| d.0);
     for (key, value, into) in [
         (
@@ -291,17 +172,138 @@ pub fn settings(
     ] {
         if let Some(v) = value {
             if v == 0 {
-                problems.push((key.to_string(), "must be at least 1".into()));
+                check.problem(key, "must be at least 1".into());
             }
             *into = v;
         }
     }
-    if problems.is_empty() { Ok(s) } else { Err(problems) }
+    if check.problems.is_empty() {
+        Ok(s)
+    } else {
+        Err(check.problems)
+    }
+}
+
+/// Reads the parts of `[delivery]` that need checking, and collects what is wrong.
+struct Checker<'a> {
+    base: &'a Path,
+    problems: Vec<(String, String)>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, key: &str, message: String) {
+        self.problems.push((key.to_string(), message));
+    }
+
+    fn tls_policy(&mut self, key: &str, text: Option<&str>, default: TlsPolicy) -> TlsPolicy {
+        match text {
+            None => default,
+            Some(t) => TlsPolicy::parse(t).unwrap_or_else(|| {
+                self.problem(
+                    key,
+                    format!("{t:?} is not one of \"opportunistic\", \"required\", \"none\""),
+                );
+                default
+            }),
+        }
+    }
+
+    /// The login at a next hop: a user name and the first line of its password file.
+    fn credentials(&mut self, key: &str, user: Option<String>, file: Option<&Path>) -> Option<RelayLogin> {
+        let user = user?;
+        let Some(file) = file else {
+            self.problem(key, "a username needs a password file".into());
+            return None;
+        };
+        let path = super::resolve(self.base, file);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(RelayLogin {
+                username: user,
+                password: text.lines().next().unwrap_or("").to_string(),
+            }),
+            Err(e) => {
+                self.problem(key, format!("cannot read {}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    /// A fixed next hop; credentials are only ever sent over TLS.
+    fn route(&mut self, key: &str, host: &str, tls: Option<&str>, auth: Option<RelayLogin>) -> Option<Route> {
+        let default = if auth.is_some() {
+            TlsPolicy::Required
+        } else {
+            TlsPolicy::Opportunistic
+        };
+        let tls = self.tls_policy(&format!("{key}.tls"), tls, default);
+        if auth.is_some() && tls != TlsPolicy::Required {
+            self.problem(
+                &format!("{key}.tls"),
+                "credentials are only sent over TLS: use tls = \"required\"".into(),
+            );
+        }
+        match host_port(host) {
+            Some((host, port)) => Some(Route {
+                host,
+                port,
+                tls,
+                auth,
+            }),
+            None => {
+                self.problem(key, format!("{host:?} is not host:port"));
+                None
+            }
+        }
+    }
+
+    fn relay(&mut self, section: &DeliverySection) -> Option<Route> {
+        let Some(relay) = &section.relay_host else {
+            if section.relay_username.is_some() || section.relay_tls.is_some() {
+                self.problem(
+                    "delivery.relay-host",
+                    "relay-username and relay-tls need a relay-host".into(),
+                );
+            }
+            return None;
+        };
+        let auth = self.credentials(
+            "delivery.relay-username",
+            section.relay_username.clone(),
+            section.relay_password_file.as_deref(),
+        );
+        self.route("delivery.relay-host", relay, section.relay_tls.as_deref(), auth)
+    }
+
+    /// Each route under its lower-case name and its A-label (IDN).
+    fn routes(&mut self, entries: HashMap<String, RouteEntry>) -> HashMap<String, Route> {
+        let mut routes = HashMap::new();
+        for (domain, entry) in entries {
+            let key = format!("delivery.routes.{domain:?}");
+            let Some(ascii) = portcullis_outbound::route::ascii_domain(&domain) else {
+                self.problem(&key, "is not a domain name".into());
+                continue;
+            };
+            let built = match entry {
+                RouteEntry::Address(host) => self.route(&key, &host, None, None),
+                RouteEntry::Table(t) => {
+                    let auth =
+                        self.credentials(&format!("{key}.username"), t.username, t.password_file.as_deref());
+                    self.route(&key, &t.host, t.tls.as_deref(), auth)
+                }
+            };
+            if let Some(r) = built {
+                routes.insert(domain.to_ascii_lowercase(), r.clone());
+                routes.insert(ascii, r);
+            }
+        }
+        routes
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn host_port_forms() {

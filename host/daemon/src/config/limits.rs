@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Size, Span};
+use super::{Problems, Size, Span};
 
 /// `[limits]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -208,6 +208,42 @@ impl Default for LimitsSection {
             min_data_rate: default_min_data_rate(),
             auth_failures_per_ip: default_auth_failures_per_ip(),
             auth_failures_per_account: default_auth_failures_per_account(),
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Records what does not make a working server.
+    pub fn check(&self, problems: &mut Problems<'_>) {
+        if self.recipients == 0 {
+            problems.push(
+                "limits.recipients",
+                "must be at least 1 (RFC 5321 asks for 100)".into(),
+            );
+        }
+        if self.line_length < 80 {
+            problems.push(
+                "limits.line-length",
+                "must be at least 80 (RFC 5321 asks for 1000)".into(),
+            );
+        }
+        if self.message_size.as_u64() == 0 || self.message_size.as_u64() > usize::MAX as u64 {
+            problems.push(
+                "limits.message-size",
+                "must be a positive size such as \"25MiB\"".into(),
+            );
+        }
+        if self.errors == 0 || self.auth_failures == 0 {
+            problems.push("limits", "errors and auth-failures must be at least 1".into());
+        }
+        if self.connections == 0 || self.connections_per_ip == 0 {
+            problems.push(
+                "limits",
+                "connections and connections-per-ip must be at least 1".into(),
+            );
+        }
+        if self.min_data_rate == 0 {
+            problems.push("limits.min-data-rate", "must be at least 1 octet a second".into());
         }
     }
 }

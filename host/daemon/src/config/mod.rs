@@ -8,13 +8,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portcullis_runtime::{Hook, OnError, PluginSpec};
+use portcullis_runtime::{Hook, PluginSpec};
 use serde::Deserialize;
 
 pub mod delivery;
 pub mod limits;
+pub mod plugin;
 
 pub use limits::{BareLfPolicy, LimitsSection, Network, Threshold};
+pub use plugin::PluginSection;
 
 /// The configuration `portcullis serve` runs on when no `--config` is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -281,42 +283,6 @@ pub struct AuthSection {
     pub users_file: Option<PathBuf>,
 }
 
-/// One `[[plugin]]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PluginSection {
-    /// `"auth"`, `"rate"`, `"virus"` or `"spam"`. Required.
-    pub hook: String,
-    /// The component file (`.wasm`). Required.
-    pub path: PathBuf,
-    /// A name for logs. Default: the file name without `.wasm`.
-    pub name: Option<String>,
-    /// Time limit of one call, instantiation included. Default: `"2s"`.
-    #[serde(default = "default_plugin_timeout")]
-    pub timeout: Span,
-    /// Cap of each of its linear memories. Default: `"128MiB"`.
-    #[serde(default = "default_plugin_memory")]
-    pub memory: Size,
-    /// `"defer"` (451 4.3.0), `"accept"` or `"reject"` when it fails. Default: `"defer"`.
-    #[serde(default = "default_on_error")]
-    pub on_error: String,
-    /// A directory the plugin may read, seen as `/data` inside. Default: none.
-    pub grant_dir: Option<PathBuf>,
-    /// The plugin's own settings, passed to it as JSON. Default: empty.
-    #[serde(default)]
-    pub config: toml::Table,
-}
-
-fn default_plugin_timeout() -> Span {
-    Span(Duration::from_secs(2))
-}
-fn default_plugin_memory() -> Size {
-    Size::mib(128)
-}
-fn default_on_error() -> String {
-    "defer".into()
-}
-
 /// `[metrics]`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -372,6 +338,90 @@ pub struct Config {
     pub delivery: portcullis_outbound::DeliverySettings,
 }
 
+/// The problems found in one configuration, each with its key.
+pub struct Problems<'a> {
+    origin: &'a str,
+    found: Vec<ConfigError>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(origin: &'a str) -> Self {
+        Problems {
+            origin,
+            found: Vec::new(),
+        }
+    }
+
+    /// Records that `key` is wrong, and why.
+    pub fn push(&mut self, key: &str, message: String) {
+        self.found.push(ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    /// How many so far.
+    pub fn count(&self) -> usize {
+        self.found.len()
+    }
+
+    fn into_result(mut self) -> Result<(), ConfigError> {
+        match self.found.len() {
+            0 => Ok(()),
+            1 => Err(self.found.remove(0)),
+            _ => Err(ConfigError::Several(self.found)),
+        }
+    }
+}
+
+fn check_listeners(listeners: &[ListenerSection], tls: bool, problems: &mut Problems<'_>) {
+    if listeners.is_empty() {
+        problems.push("listener", "at least one [[listener]] is needed".into());
+    }
+    for (i, l) in listeners.iter().enumerate() {
+        if l.kind != ListenerKind::Mx && !tls {
+            problems.push(
+                &format!("listener[{i}].kind"),
+                format!(
+                    "a {} listener needs a [tls] section: submission is never cleartext",
+                    l.kind.name()
+                ),
+            );
+        }
+        if l.address.port() != 0 && listeners[..i].iter().any(|o| o.address == l.address) {
+            problems.push(
+                &format!("listener[{i}].address"),
+                format!("{} is listed twice", l.address),
+            );
+        }
+    }
+}
+
+/// The local domains, lower-case, and the postmaster account, checked.
+fn domains(section: DomainsSection, problems: &mut Problems<'_>) -> (Vec<String>, Option<String>) {
+    let local: Vec<String> = section.local.iter().map(|d| d.to_ascii_lowercase()).collect();
+    if local.is_empty() {
+        problems.push("domains.local", "at least one local domain is needed".into());
+    }
+    if let Some(bad) = local.iter().find(|d| d.is_empty() || d.contains(['@', ' ', '/'])) {
+        problems.push("domains.local", format!("{bad:?} is not a domain name"));
+    }
+    let postmaster = section.postmaster.map(|p| p.trim().to_ascii_lowercase());
+    if let Some(account) = &postmaster {
+        let in_local_domain = account
+            .rsplit_once('@')
+            .is_some_and(|(name, domain)| !name.is_empty() && local.iter().any(|d| d == domain));
+        if !in_local_domain || account.contains(['+', ' ']) {
+            problems.push(
+                "domains.postmaster",
+                format!("{account:?} is not an account (local@domain) in one of the local domains {local:?}"),
+            );
+        }
+    }
+    (local, postmaster)
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -400,174 +450,36 @@ impl Config {
             origin: origin.to_string(),
             message: e.to_string(),
         })?;
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            key: key.to_string(),
-            message,
-        };
         // Every problem is collected, so that one check-config run reports them all.
-        let mut problems: Vec<ConfigError> = Vec::new();
+        let mut problems = Problems::new(origin);
         let mut server = raw.server;
         server.data_dir = resolve(base, &server.data_dir);
         if server.hostname.is_empty() || server.hostname.contains(char::is_whitespace) {
-            problems.push(invalid(
-                "server.hostname",
-                "must be a host name without spaces".into(),
-            ));
+            problems.push("server.hostname", "must be a host name without spaces".into());
         }
         let tls = raw.tls.map(|mut t| {
             t.cert = resolve(base, &t.cert);
             t.key = resolve(base, &t.key);
             t
         });
-        if raw.listener.is_empty() {
-            problems.push(invalid("listener", "at least one [[listener]] is needed".into()));
-        }
-        for (i, l) in raw.listener.iter().enumerate() {
-            if l.kind != ListenerKind::Mx && tls.is_none() {
-                problems.push(invalid(
-                    &format!("listener[{i}].kind"),
-                    format!(
-                        "a {} listener needs a [tls] section: submission is never cleartext",
-                        l.kind.name()
-                    ),
-                ));
-            }
-            if l.address.port() != 0 && raw.listener[..i].iter().any(|o| o.address == l.address) {
-                problems.push(invalid(
-                    &format!("listener[{i}].address"),
-                    format!("{} is listed twice", l.address),
-                ));
-            }
-        }
-        let local_domains: Vec<String> = raw.domains.local.iter().map(|d| d.to_ascii_lowercase()).collect();
-        if local_domains.is_empty() {
-            problems.push(invalid(
-                "domains.local",
-                "at least one local domain is needed".into(),
-            ));
-        }
-        if let Some(bad) = local_domains
-            .iter()
-            .find(|d| d.is_empty() || d.contains(['@', ' ', '/']))
-        {
-            problems.push(invalid("domains.local", format!("{bad:?} is not a domain name")));
-        }
-        let postmaster = raw.domains.postmaster.map(|p| p.trim().to_ascii_lowercase());
-        if let Some(account) = &postmaster {
-            let in_local_domain = account.rsplit_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && local_domains.iter().any(|d| d == domain)
-            });
-            if !in_local_domain || account.contains(['+', ' ']) {
-                problems.push(invalid(
-                    "domains.postmaster",
-                    format!("{account:?} is not an account (local@domain) in one of the local domains {local_domains:?}"),
-                ));
-            }
-        }
-        let limits = raw.limits;
-        if limits.recipients == 0 {
-            problems.push(invalid(
-                "limits.recipients",
-                "must be at least 1 (RFC 5321 asks for 100)".into(),
-            ));
-        }
-        if limits.line_length < 80 {
-            problems.push(invalid(
-                "limits.line-length",
-                "must be at least 80 (RFC 5321 asks for 1000)".into(),
-            ));
-        }
-        if limits.message_size.as_u64() == 0 || limits.message_size.as_u64() > usize::MAX as u64 {
-            problems.push(invalid(
-                "limits.message-size",
-                "must be a positive size such as \"25MiB\"".into(),
-            ));
-        }
-        if limits.errors == 0 || limits.auth_failures == 0 {
-            problems.push(invalid(
-                "limits",
-                "errors and auth-failures must be at least 1".into(),
-            ));
-        }
+        check_listeners(&raw.listener, tls.is_some(), &mut problems);
+        let (local_domains, postmaster) = domains(raw.domains, &mut problems);
+        raw.limits.check(&mut problems);
         let users_file = match raw.auth.and_then(|a| a.users_file) {
             Some(p) => resolve(base, &p),
             None => server.data_dir.join("users.toml"),
         };
-        let mut plugins = Vec::new();
-        for (i, p) in raw.plugin.into_iter().enumerate() {
-            let key = |k: &str| format!("plugin[{i}].{k}");
-            let before = problems.len();
-            let hook = Hook::parse(&p.hook);
-            if hook.is_none() {
-                problems.push(invalid(
-                    &key("hook"),
-                    format!(
-                        "{:?} is not one of \"auth\", \"rate\", \"virus\", \"spam\"",
-                        p.hook
-                    ),
-                ));
-            }
-            let on_error = OnError::parse(&p.on_error);
-            if on_error.is_none() {
-                problems.push(invalid(
-                    &key("on-error"),
-                    format!("{:?} is not one of \"defer\", \"accept\", \"reject\"", p.on_error),
-                ));
-            }
-            if hook == Some(Hook::Auth) && on_error == Some(OnError::Accept) {
-                problems.push(invalid(
-                    &key("on-error"),
-                    "an auth plugin that fails must never let a client in".into(),
-                ));
-            }
-            if p.timeout.0.is_zero() {
-                problems.push(invalid(&key("timeout"), "must be more than zero".into()));
-            }
-            if p.memory.as_u64() < (1 << 20) || p.memory.as_u64() > (4 << 30) {
-                problems.push(invalid(&key("memory"), "must be between 1MiB and 4GiB".into()));
-            }
-            let config = match serde_json::to_value(&p.config) {
-                Ok(serde_json::Value::Object(map)) => Some(map),
-                _ => {
-                    problems.push(invalid(&key("config"), "must be a table".into()));
-                    None
-                }
-            };
-            let (Some(hook), Some(on_error), Some(config)) = (hook, on_error, config) else {
-                continue;
-            };
-            if problems.len() > before {
-                continue;
-            }
-            let path = resolve(base, &p.path);
-            let name = p.name.unwrap_or_else(|| {
-                path.file_stem()
-                    .map_or_else(|| format!("plugin{i}"), |s| s.to_string_lossy().into_owned())
-            });
-            plugins.push(PluginSpec {
-                name,
-                hook,
-                path,
-                timeout: p.timeout.0,
-                memory: p.memory.as_u64() as usize,
-                on_error,
-                config,
-                grant_dir: p.grant_dir.map(|d| resolve(base, &d)),
-            });
-        }
+        let plugins = plugin::specs(raw.plugin, base, &mut problems);
         let delivery = match delivery::settings(raw.delivery, &server.hostname, &local_domains, base) {
             Ok(settings) => Some(settings),
             Err(found) => {
-                problems.extend(found.into_iter().map(|(key, message)| invalid(&key, message)));
+                for (key, message) in found {
+                    problems.push(&key, message);
+                }
                 None
             }
         };
-        match problems.len() {
-            0 => {}
-            1 => return Err(problems.remove(0)),
-            _ => return Err(ConfigError::Several(problems)),
-        }
+        problems.into_result()?;
         Ok(Config {
             origin: origin.to_string(),
             server,
@@ -576,7 +488,7 @@ impl Config {
             local_domains,
             postmaster,
             users_file,
-            limits,
+            limits: raw.limits,
             plugins,
             metrics: raw.metrics,
             delivery: delivery.unwrap_or_else(|| portcullis_outbound::DeliverySettings::new("localhost")),
@@ -726,6 +638,18 @@ mod tests {
             (
                 format!("{base}[[listener]]\nkind = \"pop3\"\naddress = \"127.0.0.1:1\"\n"),
                 "pop3",
+            ),
+            (
+                format!(
+                    "{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nconnections-per-ip = 0\n"
+                ),
+                "connections-per-ip must be at least 1",
+            ),
+            (
+                format!(
+                    "{base}[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n[limits]\nmin-data-rate = 0\n"
+                ),
+                "limits.min-data-rate",
             ),
         ];
         for (text, needle) in cases {

@@ -52,91 +52,101 @@ impl<P: Pipeline> Session<P> {
     /// Handles buffered input; false when nothing more can be done without more bytes.
     pub(super) fn process_input(&mut self) -> bool {
         match &mut self.state {
-            State::Command | State::Sasl(_) => {
-                let max = if matches!(self.state, State::Command) {
-                    MAX_COMMAND_LINE
-                } else {
-                    MAX_SASL_LINE
-                };
-                match self.take_line(max) {
-                    LineRead::Line(line) => {
-                        if matches!(self.state, State::Command) {
-                            self.command(&line);
-                        } else {
-                            self.sasl_line(&line);
-                        }
-                    }
-                    LineRead::Incomplete => return false,
-                    LineRead::TooLong { complete } => {
-                        if !complete {
-                            self.state = State::SkipLine;
-                        } else if matches!(self.state, State::Sasl(_)) {
-                            self.state = State::Command;
-                        }
-                        self.refuse_command(replies::LINE_TOO_LONG);
-                    }
-                    LineRead::BareEnding => {
-                        self.reply(replies::BARE_LINE_ENDING);
-                        self.close();
-                    }
-                }
-            }
+            State::Command | State::Sasl(_) => self.line(),
             State::SkipLine => match self.input.iter().position(|b| *b == b'\n') {
                 Some(lf) => {
                     self.input.drain(..=lf);
                     self.state = State::Command;
+                    true
                 }
                 None => {
                     self.input.clear();
-                    return false;
+                    false
                 }
             },
-            State::Data(receiver) => {
-                let (consumed, progress) = receiver.ingest_dot(&self.input);
-                self.input.drain(..consumed);
-                match progress {
-                    Progress::NeedMore => return false,
-                    Progress::Complete => {
-                        let State::Data(receiver) = std::mem::replace(&mut self.state, State::Command) else {
-                            unreachable!("matched State::Data above");
-                        };
-                        match receiver.failure() {
-                            Some(e) => {
-                                self.txn = None;
-                                self.reply(replies::content_error(e));
-                            }
-                            None => self.content_complete(receiver.into_body()),
-                        }
-                    }
-                    Progress::Fatal(_) => {
-                        self.reply(replies::BARE_LINE_ENDING);
-                        self.close();
-                    }
-                }
-            }
-            State::Chunk {
-                remaining, refusal, ..
-            } => {
-                let take = (*remaining).min(self.input.len() as u64) as usize;
-                *remaining -= take as u64;
-                let done = *remaining == 0;
-                if refusal.is_none()
-                    && let Some(receiver) = self.txn.as_mut().and_then(Transaction::chunks_mut)
-                {
-                    receiver.ingest_counted(&self.input[..take]);
-                }
-                self.input.drain(..take);
-                if !done {
-                    return false;
-                }
-                self.chunk_complete();
-            }
+            State::Data(_) => self.data_content(),
+            State::Chunk { .. } => self.chunk_content(),
             State::AwaitingTls
             | State::AwaitingAuth(_)
             | State::AwaitingVerdict { .. }
             | State::AwaitingSpool(_)
-            | State::Closed => return false,
+            | State::Closed => false,
+        }
+    }
+
+    /// A command line, or a line of a SASL exchange.
+    fn line(&mut self) -> bool {
+        let command = matches!(self.state, State::Command);
+        let max = if command { MAX_COMMAND_LINE } else { MAX_SASL_LINE };
+        match self.take_line(max) {
+            LineRead::Line(line) if command => self.command(&line),
+            LineRead::Line(line) => self.sasl_line(&line),
+            LineRead::Incomplete => return false,
+            LineRead::TooLong { complete } => {
+                if !complete {
+                    self.state = State::SkipLine;
+                } else if !command {
+                    self.state = State::Command;
+                }
+                self.refuse_command(replies::LINE_TOO_LONG);
+            }
+            LineRead::BareEnding => {
+                self.reply(replies::BARE_LINE_ENDING);
+                self.close();
+            }
         }
         true
+    }
+
+    /// DATA content, up to its end.
+    fn data_content(&mut self) -> bool {
+        let State::Data(receiver) = &mut self.state else {
+            return false;
+        };
+        let (consumed, progress) = receiver.ingest_dot(&self.input);
+        self.input.drain(..consumed);
+        match progress {
+            Progress::NeedMore => return false,
+            Progress::Complete => {
+                let State::Data(receiver) = std::mem::replace(&mut self.state, State::Command) else {
+                    return true;
+                };
+                match receiver.failure() {
+                    Some(e) => {
+                        self.txn = None;
+                        self.reply(replies::content_error(e));
+                    }
+                    None => self.content_complete(receiver.into_body()),
+                }
+            }
+            Progress::Fatal(_) => {
+                self.reply(replies::BARE_LINE_ENDING);
+                self.close();
+            }
+        }
+        true
+    }
+
+    /// The octets of a BDAT chunk, counted.
+    fn chunk_content(&mut self) -> bool {
+        let State::Chunk {
+            remaining, refusal, ..
+        } = &mut self.state
+        else {
+            return false;
+        };
+        let take = (*remaining).min(self.input.len() as u64) as usize;
+        *remaining -= take as u64;
+        let done = *remaining == 0;
+        if refusal.is_none()
+            && let Some(receiver) = self.txn.as_mut().and_then(Transaction::chunks_mut)
+        {
+            receiver.ingest_counted(&self.input[..take]);
+        }
+        self.input.drain(..take);
+        if done {
+            self.chunk_complete();
+        }
+        done
     }
 }
