@@ -59,7 +59,7 @@ pub fn message(size: usize) -> Arc<Message> {
                 deliver_to: None,
             }],
         },
-        body: sample_message(size, 1).into_bytes(),
+        body: portcullis_smtp::Content::from_bytes(sample_message(size, 1).into_bytes()),
     })
 }
 

@@ -37,9 +37,15 @@ fn run<P: Pipeline>(data: &[u8]) {
         hostname: "fuzz.example".into(),
         limits: Limits {
             message_size: 4096,
+            memory_per_message: 4096,
             ..Limits::default()
         },
         tls_available: true,
+        // Room for one content at a time: a reservation not given back shows as a 452.
+        storage: portcullis_smtp::content::Storage {
+            budget: Some(portcullis_smtp::content::Budget::new(4096)),
+            spill: None,
+        },
     });
     let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut session = Session::<P>::new(settings, Arc::new(Everyone), peer, None);
@@ -52,7 +58,11 @@ fn run<P: Pipeline>(data: &[u8]) {
                 None => return,
             },
             Action::Close => return,
-            Action::Reply(_) | Action::Pause(_) => {}
+            Action::Reply(reply) => assert!(
+                reply != portcullis_smtp::replies::INSUFFICIENT_STORAGE,
+                "one session alone never runs out: a content's memory was not given back"
+            ),
+            Action::Pause(_) => {}
             Action::StartTls => {
                 let info = TlsInfo {
                     protocol: "TLSv1.3".into(),
@@ -72,7 +82,11 @@ fn run<P: Pipeline>(data: &[u8]) {
                 .resolve_hook(Verdict::Accept)
                 .expect("waiting for a verdict"),
             Action::Spool(request) => {
-                let body = &request.message.body;
+                let body = request
+                    .message
+                    .body
+                    .in_memory()
+                    .expect("without a spill source, content stays in memory");
                 for (i, b) in body.iter().enumerate() {
                     match b {
                         b'\r' => assert_eq!(body.get(i + 1), Some(&b'\n')),

@@ -379,3 +379,136 @@ fn an_oversized_bdat_is_refused_up_front_and_a_disguised_ehlo_never_reaches_rece
     assert!(c.cmd("QUIT").starts_with("221"));
     assert!(new_files(&setup.maildir("alice")).is_empty());
 }
+
+/// Opens an MX transaction for alice and starts its DATA.
+fn open_data(daemon: &Daemon) -> Raw {
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO client.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<big@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    c
+}
+
+/// `lines` lines of 78 letters and CRLF: 80 octets each.
+fn filler(lines: usize) -> Vec<u8> {
+    let line = format!("{}\r\n", "abcdefghijklmnopqrstuvwxyz".repeat(3));
+    line.repeat(lines).into_bytes()
+}
+
+#[test]
+fn a_hundred_unfinished_large_messages_cost_disk_not_memory() {
+    let setup = Setup::new("");
+    let daemon = setup.start();
+    // 20 MiB each, in 256 KiB writes, never ended by the dot.
+    let chunk = filler(256 * 1024 / 80);
+    let writes = 20 * 1024 * 1024 / chunk.len();
+    let clients: Vec<_> = (0..100)
+        .map(|_| {
+            let mut c = open_data(&daemon);
+            std::thread::spawn({
+                let chunk = chunk.clone();
+                move || {
+                    assert!(c.cmd("DATA").starts_with("354"));
+                    for _ in 0..writes {
+                        c.send(&chunk);
+                    }
+                    c
+                }
+            })
+        })
+        .collect();
+    let clients: Vec<Raw> = clients.into_iter().map(|t| t.join().expect("client")).collect();
+    // Everything sent is in the spool's files, none of it finished.
+    let tmp = setup.data().join("spool/tmp");
+    let deadline = Instant::now() + PATIENCE;
+    let expected = (writes * chunk.len()) as u64;
+    loop {
+        let sizes: Vec<u64> = std::fs::read_dir(&tmp)
+            .expect("spool/tmp")
+            .map(|f| f.expect("entry").metadata().expect("metadata").len())
+            .collect();
+        // Each file: the first line's room, then the content (less what is buffered).
+        let written = sizes.iter().filter(|s| **s + 256 * 1024 >= expected).count();
+        if sizes.len() == 100 && written == 100 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} files, {written} nearly whole",
+            sizes.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peak = peak_rss_mib(&daemon);
+    eprintln!("peak RSS {peak} MiB for 100 sessions of 20 MiB");
+    assert!(peak < 300, "peak RSS {peak} MiB for 100 sessions of 20 MiB");
+    // Gone with their sessions, leaving nothing behind.
+    drop(clients);
+    let deadline = Instant::now() + PATIENCE;
+    while std::fs::read_dir(&tmp).expect("spool/tmp").count() > 0 {
+        assert!(Instant::now() < deadline, "abandoned contents left in spool/tmp");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(std::fs::read_dir(setup.maildir("alice").join("new")).map_or(true, |d| d.count() == 0));
+}
+
+#[test]
+fn large_messages_arrive_whole_and_data_waits_when_the_memory_for_contents_is_spent() {
+    let setup = Setup::new("[limits]\nmemory-per-message = \"64KiB\"\nbuffered-content = \"128KiB\"\n");
+    let mut daemon = setup.start();
+    // Two contents in transit take all the memory there is: a third DATA waits.
+    let mut first = open_data(&daemon);
+    let mut second = open_data(&daemon);
+    let mut third = open_data(&daemon);
+    assert!(first.cmd("DATA").starts_with("354"));
+    assert!(second.cmd("DATA").starts_with("354"));
+    let refused = third.cmd("DATA");
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    let mut bdat = open_data(&daemon);
+    bdat.send(b"BDAT 10 LAST\r\nQUIT\r\nNOOP");
+    let refused = bdat.reply();
+    assert!(refused.starts_with("452 4.3.1"), "{refused}");
+    assert!(bdat.cmd("NOOP").starts_with("250"), "the chunk was read, not run");
+
+    // The first ends: 3 MiB, past its 64 KiB of memory, in the spool file as it came.
+    let large = filler(3 * 1024 * 1024 / 80);
+    first.send(b"Subject: large\r\n\r\n");
+    first.send(&large);
+    let ended = first.cmd(".");
+    assert!(ended.starts_with("250"), "{ended}");
+    // Its memory given back, the third may go on (with BDAT, over two chunks).
+    let mut sent = b"Subject: chunked\r\n\r\n".to_vec();
+    sent.extend_from_slice(&large);
+    let half = sent.len() / 2;
+    third.send(format!("BDAT {half}\r\n").as_bytes());
+    third.send(&sent[..half]);
+    assert!(third.reply().starts_with("250"));
+    third.send(format!("BDAT {} LAST\r\n", sent.len() - half).as_bytes());
+    third.send(&sent[half..]);
+    let ended = third.reply();
+    assert!(ended.starts_with("250"), "{ended}");
+    drop(second);
+
+    let copies = wait_for_mail(&setup.maildir("alice"), 2);
+    let mut bodies: Vec<Vec<u8>> = copies
+        .iter()
+        .map(|f| {
+            let text = std::fs::read(f).expect("copy");
+            let at = text
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("header end");
+            text[at + 4..].to_vec()
+        })
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, vec![large.clone(), large], "both arrived octet for octet");
+    wait_spool_empty(&setup.data());
+    daemon.wait_log("delivered");
+    assert_eq!(
+        std::fs::read_dir(setup.data().join("spool/tmp"))
+            .expect("tmp")
+            .count(),
+        0
+    );
+}

@@ -25,12 +25,7 @@ fn accepted_but_undelivered_message_survives_kill9_and_arrives_once() {
     send_mx(&mut c, "survivor");
     daemon.wait_log("delivery failed");
     daemon.kill9();
-    assert_eq!(
-        std::fs::read_dir(setup.data().join("spool/queue"))
-            .expect("spool")
-            .count(),
-        1
-    );
+    assert_eq!(queued_messages(&setup.data()), 1);
 
     std::fs::remove_file(setup.maildir("alice")).expect("unblock");
     let mut daemon = setup.start();

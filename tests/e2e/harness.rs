@@ -360,6 +360,18 @@ pub fn wait_for_mail(maildir: &Path, count: usize) -> Vec<PathBuf> {
 }
 
 /// Waits (bounded) until the spool queue is empty.
+/// The messages in the spool's queue (a message's `.state` file, its metadata once
+/// changed, is not one).
+pub fn queued_messages(data: &Path) -> usize {
+    std::fs::read_dir(data.join("spool/queue"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|f| !f.file_name().to_string_lossy().ends_with(".state"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 pub fn wait_spool_empty(data: &Path) {
     let deadline = Instant::now() + PATIENCE;
     loop {

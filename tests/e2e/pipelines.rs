@@ -103,10 +103,7 @@ fn submissions_with_implicit_tls_and_login_delivers_exact_bytes() {
     // The remote recipient stays queued for a later attempt, durable in the spool.
     let mut d = daemon;
     d.wait_log("message stays queued for another attempt");
-    let queued = std::fs::read_dir(setup.data().join("spool/queue"))
-        .expect("spool")
-        .count();
-    assert_eq!(queued, 1);
+    assert_eq!(queued_messages(&setup.data()), 1);
 
     // The operator sees it, and can remove it.
     let list = std::process::Command::new(binary())
@@ -134,7 +131,8 @@ fn submissions_with_implicit_tls_and_login_delivers_exact_bytes() {
         std::fs::read_dir(setup.data().join("spool/queue"))
             .expect("spool")
             .count(),
-        0
+        0,
+        "the message and its state are gone"
     );
     let again = std::process::Command::new(binary())
         .args(["queue", "remove", &id, "--config"])

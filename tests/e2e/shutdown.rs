@@ -41,9 +41,7 @@ fn sigterm_closes_idle_sessions_and_lets_transactions_finish() {
 }
 
 fn spool_count(setup: &Setup) -> usize {
-    std::fs::read_dir(setup.data().join("spool/queue"))
-        .map(|r| r.count())
-        .unwrap_or(0)
+    queued_messages(&setup.data())
 }
 
 #[test]

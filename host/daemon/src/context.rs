@@ -185,7 +185,10 @@ impl Context {
             let mut delivery = config.delivery.clone();
             delivery.own_addresses = own;
             let outbound = portcullis_outbound::Routing::new(delivery).map_err(|e| e.to_string())?;
-            let live = Live::build(config).map_err(|e| e.to_string())?;
+            // Contents keep the server's memory budget and spool across generations.
+            let live = Live::build(config)
+                .map_err(|e| e.to_string())?
+                .with_storage(&old.settings.storage);
             Ok((live, plugins, outbound))
         })
         .await

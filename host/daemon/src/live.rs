@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use portcullis_smtp::Settings;
+use portcullis_smtp::content::Storage;
 use tokio_rustls::TlsAcceptor;
 
 use crate::accounts::Accounts;
@@ -44,6 +45,7 @@ impl Live {
             hostname: config.server.hostname.clone(),
             limits: config.session_limits(),
             tls_available: tls.is_some(),
+            storage: Default::default(),
         });
         Ok(Live {
             config,
@@ -55,6 +57,19 @@ impl Live {
 }
 
 impl Live {
+    /// This generation with contents kept in `storage`: the server's memory budget and
+    /// its spool for large contents (without, contents stay in memory whole).
+    pub fn with_storage(self, storage: &Storage) -> Live {
+        if let Some(budget) = &storage.budget {
+            budget.set_cap(self.config.limits.buffered_content.as_u64() as usize);
+        }
+        let settings = Arc::new(Settings {
+            storage: storage.clone(),
+            ..Settings::clone(&self.settings)
+        });
+        Live { settings, ..self }
+    }
+
     /// This generation with the accounts read again from the users file (the file changed;
     /// nothing else did).
     pub fn reload_accounts(&self) -> Result<Live, crate::accounts::AccountsError> {

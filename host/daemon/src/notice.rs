@@ -40,7 +40,7 @@ impl Notices {
             .iter()
             .map(|r| r.mailbox.to_string())
             .collect();
-        let subject = header_value(&message.body, "subject").unwrap_or_default();
+        let subject = header_value(&message.body.prefix(64 * 1024), "subject").unwrap_or_default();
         let id = QueueId::generate();
         let text = virus_notice(&VirusNotice {
             hostname,
@@ -67,7 +67,7 @@ impl Notices {
         };
         let spool = Arc::clone(&self.spool);
         let stored = tokio::task::spawn_blocking(move || {
-            spool.store(id, envelope, Folder::Inbox, b"", text.as_bytes())
+            spool.store(id, envelope, Folder::Inbox, "", text.as_bytes())
         })
         .await;
         match stored {

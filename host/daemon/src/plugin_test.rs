@@ -142,7 +142,7 @@ fn test_message(args: &TestArgs) -> Result<Arc<Message>, String> {
             params: MailParams::default(),
             recipients,
         },
-        body,
+        body: portcullis_smtp::Content::from_bytes(body),
     }))
 }
 

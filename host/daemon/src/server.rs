@@ -187,6 +187,13 @@ fn start_workers(
         recovered,
     } = storage;
     let plugins = Arc::new(load_plugins(config)?);
+    // Contents over [limits] memory-per-message go to the spool as they arrive, within
+    // one memory budget for every session (the cap is set from the config by with_storage).
+    let live = live.with_storage(&portcullis_smtp::content::Storage {
+        budget: Some(portcullis_smtp::content::Budget::new(0)),
+        spill: Some(Arc::clone(&spool) as Arc<dyn portcullis_smtp::content::SpillSource>),
+    });
+    let config = &live.config;
     let mut delivery_settings = config.delivery.clone();
     delivery_settings.own_addresses = own.clone();
     let outbound_context = portcullis_outbound::Routing::new(delivery_settings)

@@ -353,7 +353,7 @@ pub fn queue_report(
             deliver_to: None,
         }],
     };
-    spool.store(id, envelope, Folder::Inbox, b"", &text).map(Some)
+    spool.store(id, envelope, Folder::Inbox, "", &text).map(Some)
 }
 
 /// A report to queue: what [`queue_report`] needs besides the spool and the settings.

@@ -49,7 +49,7 @@ async fn run(sender: Option<Mailbox>) -> (tempfile::TempDir, Arc<Spool>, Vec<Que
             QueueId::generate(),
             envelope(sender),
             Folder::Inbox,
-            b"",
+            "",
             b"Subject: old news\r\n\r\nbody\r\n",
         )
         .expect("store");

@@ -9,6 +9,9 @@ pub mod virus {
         path: "../../wit",
         world: "virus-plugin",
         exports: { default: async },
+        // A large message is read from its spool file: a failed read stops the plugin
+        // (its on-error applies), never shows it a shorter message.
+        imports: { "portcullis:filter/types.[method]message.read": trappable },
         with: { "portcullis:filter/types.message": crate::host::MessageHandle },
     });
 }

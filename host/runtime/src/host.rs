@@ -17,6 +17,9 @@ const MAX_LOG_LINES: u32 = 100;
 const MAX_LOG_LINE: usize = 1000;
 /// The largest chunk `message.read` returns.
 const MAX_READ: u32 = 1 << 20;
+/// The most of a message `message.headers` reads: a header section longer than this is
+/// cut (no real one comes close).
+const MAX_HEADER_SECTION: usize = 1 << 20;
 
 /// The plugin's identity and configuration, shared by all its instances.
 #[derive(Debug)]
@@ -154,23 +157,27 @@ impl types::Host for State {}
 
 impl types::HostMessage for State {
     fn size(&mut self, this: Resource<MessageHandle>) -> u64 {
-        self.table.get(&this).map_or(0, |m| m.message.body.len() as u64)
+        self.table.get(&this).map_or(0, |m| m.message.body.len())
     }
 
     fn headers(&mut self, this: Resource<MessageHandle>) -> Vec<types::Header> {
-        self.table
-            .get(&this)
-            .map_or_else(|_| Vec::new(), |m| parse_headers(&m.message.body))
+        self.table.get(&this).map_or_else(
+            |_| Vec::new(),
+            |m| parse_headers(&m.message.body.prefix(MAX_HEADER_SECTION)),
+        )
     }
 
-    fn read(&mut self, this: Resource<MessageHandle>, offset: u64, max: u32) -> Vec<u8> {
+    fn read(&mut self, this: Resource<MessageHandle>, offset: u64, max: u32) -> wasmtime::Result<Vec<u8>> {
         let Ok(handle) = self.table.get(&this) else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
-        let body = &handle.message.body;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(body.len());
-        let end = start.saturating_add(max.min(MAX_READ) as usize).min(body.len());
-        body[start..end].to_vec()
+        let mut buf = vec![0; max.min(MAX_READ) as usize];
+        let n =
+            handle.message.body.read_at(offset, &mut buf).map_err(|e| {
+                wasmtime::Error::msg(format!("cannot read the message's spooled content: {e}"))
+            })?;
+        buf.truncate(n);
+        Ok(buf)
     }
 
     fn drop(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<()> {

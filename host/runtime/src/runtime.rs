@@ -494,7 +494,7 @@ impl Runtime {
         let (store, handle) = self.store_with_message(plugin, message)?;
         let (session, envelope) = (
             session_info(session),
-            wit_envelope(&message.envelope, message.body.len() as u64),
+            wit_envelope(&message.envelope, message.body.len()),
         );
         let result = self
             .guarded(plugin, store, async move |store: &mut Store<State>| {
@@ -533,7 +533,7 @@ impl Runtime {
         let (store, handle) = self.store_with_message(plugin, message)?;
         let (session, envelope) = (
             session_info(session),
-            wit_envelope(&message.envelope, message.body.len() as u64),
+            wit_envelope(&message.envelope, message.body.len()),
         );
         let result = self
             .guarded(plugin, store, async move |store: &mut Store<State>| {

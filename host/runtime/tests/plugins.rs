@@ -52,7 +52,13 @@ fn session(pipeline: PipelineKind) -> SessionInfo {
 }
 
 fn message(body: &str) -> Arc<Message> {
-    Arc::new(Message {
+    Arc::new(message_with(portcullis_smtp::Content::from_bytes(
+        body.replace('\n', "\r\n").into_bytes(),
+    )))
+}
+
+fn message_with(body: portcullis_smtp::Content) -> Message {
+    Message {
         envelope: Envelope {
             mail_from: Some(Mailbox {
                 local: "sender".into(),
@@ -69,8 +75,8 @@ fn message(body: &str) -> Arc<Message> {
                 deliver_to: None,
             }],
         },
-        body: body.replace('\n', "\r\n").into_bytes(),
-    })
+        body,
+    }
 }
 
 const EICAR: &str = concat!(
@@ -125,6 +131,50 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
 }
 
 /// `inner` wrapped in `levels` message/rfc822 parts.
+/// Spill files in a temporary directory, content at offset 63 as in the spool.
+#[derive(Debug)]
+struct TempSpill(tempfile::TempDir);
+
+impl portcullis_smtp::content::SpillSource for TempSpill {
+    fn open(&self) -> std::io::Result<portcullis_smtp::content::SpillFile> {
+        let file = tempfile::NamedTempFile::new_in(self.0.path())?;
+        let (file, path) = file.keep().map_err(|e| e.error)?;
+        Ok(portcullis_smtp::content::SpillFile::new(file, path, 63))
+    }
+}
+
+#[tokio::test]
+async fn a_plugin_reads_a_large_message_from_its_file_as_from_memory() {
+    let rt = runtime(None);
+    let plugin = rt
+        .load(spec("virus_signatures.wasm", Hook::Virus, serde_json::json!({})))
+        .expect("load");
+    let storage = portcullis_smtp::content::Storage {
+        budget: None,
+        spill: Some(Arc::new(TempSpill(tempfile::tempdir().unwrap()))),
+    };
+    // EICAR after 3 MiB of text: far past the 64 KiB kept in memory.
+    let padding = "All work and no play makes a long report.\n".repeat(75_000);
+    let text = eicar_attachment()
+        .replace("See attached.\n", &padding)
+        .replace('\n', "\r\n");
+    let mut content = storage.content(64 * 1024).unwrap();
+    for piece in text.as_bytes().chunks(8192) {
+        content.push(piece);
+    }
+    content.finish().unwrap();
+    assert!(content.spilled().is_some());
+    let found = rt
+        .virus(
+            &plugin,
+            &session(PipelineKind::Mx),
+            &Arc::new(message_with(content)),
+        )
+        .await
+        .expect("scan");
+    assert_eq!(found, ScanOutcome::Infected("Eicar-Test-Signature".into()));
+}
+
 fn nested(inner: &str, levels: usize) -> String {
     (0..levels).fold(inner.to_string(), |message, level| {
         format!(

@@ -12,6 +12,8 @@
 //! with [`BareLf::Reject`] a bare LF is fatal too. In BDAT the framing is a byte count, so
 //! a bare CR (or, under `Reject`, a bare LF) only fails the transaction.
 
+use crate::content::Content;
+
 /// What to do with a line of content that ends in a bare LF.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BareLf {
@@ -38,6 +40,9 @@ pub enum ContentError {
     /// A line exceeds the configured text line length.
     #[error("line too long")]
     LineTooLong,
+    /// The content could not be stored (a large message's file: the disk is full).
+    #[error("cannot store the content")]
+    Storage,
 }
 
 /// What one call to `ingest` achieved.
@@ -70,32 +75,38 @@ pub struct ContentReceiver {
     max_line: usize,
     max_size: usize,
     bare_lf: BareLf,
-    body: Vec<u8>,
+    content: Content,
     failure: Option<ContentError>,
 }
 
 impl ContentReceiver {
-    /// A receiver for one message. `max_line` counts the CRLF (RFC 5321: at least 1000).
-    pub fn new(max_size: usize, max_line: usize, bare_lf: BareLf) -> Self {
+    /// A receiver for one message, kept in `content`. `max_line` counts the CRLF (RFC
+    /// 5321: at least 1000).
+    pub fn new(content: Content, max_size: usize, max_line: usize, bare_lf: BareLf) -> Self {
         ContentReceiver {
             line: Line::Start { clean: true },
             line_len: 0,
             max_line: max_line.saturating_sub(2),
             max_size,
             bare_lf,
-            body: Vec::new(),
+            content,
             failure: None,
         }
     }
 
-    /// Total octets received so far (after unstuffing), counting those past the size limit.
-    pub fn len(&self) -> usize {
-        self.body.len()
+    /// A receiver keeping everything in memory (tests, fuzzing).
+    pub fn in_memory(max_size: usize, max_line: usize, bare_lf: BareLf) -> Self {
+        ContentReceiver::new(Content::from_bytes(Vec::new()), max_size, max_line, bare_lf)
+    }
+
+    /// Octets received and kept so far (after unstuffing).
+    pub fn len(&self) -> u64 {
+        self.content.len()
     }
 
     /// Whether nothing has been received.
     pub fn is_empty(&self) -> bool {
-        self.body.is_empty()
+        self.content.is_empty()
     }
 
     /// The first non-fatal failure seen (size or line length), if any.
@@ -103,9 +114,14 @@ impl ContentReceiver {
         self.failure
     }
 
-    /// The received message. Only meaningful when `failure()` is `None`.
-    pub fn into_body(self) -> Vec<u8> {
-        self.body
+    /// The received message, or the first failure: size, line length, or the storage of
+    /// a large content.
+    pub fn finish(mut self) -> Result<Content, ContentError> {
+        if let Some(e) = self.failure {
+            return Err(e);
+        }
+        self.content.finish().map_err(|_| ContentError::Storage)?;
+        Ok(self.content)
     }
 
     fn fail(&mut self, e: ContentError) {
@@ -124,11 +140,11 @@ impl ContentReceiver {
         if self.failure.is_some() {
             return;
         }
-        if self.body.len() + bytes.len() > self.max_size {
+        if self.content.len() + bytes.len() as u64 > self.max_size as u64 {
             self.fail(ContentError::TooBig);
             return;
         }
-        self.body.extend_from_slice(bytes);
+        self.content.push(bytes);
     }
 
     /// Ends the current line with CRLF; `clean` says whether it really ended so.
@@ -233,10 +249,10 @@ mod tests {
     use super::*;
 
     fn dot_with(input: &[u8], bare_lf: BareLf) -> (Vec<u8>, usize, Progress, Option<ContentError>) {
-        let mut r = ContentReceiver::new(1 << 20, 1000, bare_lf);
+        let mut r = ContentReceiver::in_memory(1 << 20, 1000, bare_lf);
         let (n, p) = r.ingest_dot(input);
         let failure = r.failure();
-        (r.into_body(), n, p, failure)
+        (r.content.to_vec().unwrap(), n, p, failure)
     }
 
     fn dot(input: &[u8]) -> (Vec<u8>, usize, Progress, Option<ContentError>) {
@@ -330,19 +346,19 @@ mod tests {
         }
         // Byte by byte the same.
         let input = b"a\n.\nX\r\n.\r\n";
-        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(1 << 20, 1000, BareLf::Normalize);
         let mut last = Progress::NeedMore;
         for b in input {
             last = r.ingest_dot(std::slice::from_ref(b)).1;
         }
         assert_eq!(last, Progress::Complete);
-        assert_eq!(r.into_body(), b"a\r\n.\r\nX\r\n");
+        assert_eq!(r.content.to_vec().unwrap(), b"a\r\n.\r\nX\r\n");
     }
 
     #[test]
     fn byte_by_byte_equals_whole() {
         let input = b"Subject: x\r\n\r\n..dot\r\nline\r\n.\r\nNEXT";
-        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(1 << 20, 1000, BareLf::Normalize);
         let mut consumed = 0;
         for (i, b) in input.iter().enumerate() {
             let (n, p) = r.ingest_dot(std::slice::from_ref(b));
@@ -353,50 +369,50 @@ mod tests {
             }
         }
         assert_eq!(consumed, input.len() - 4);
-        assert_eq!(r.into_body(), b"Subject: x\r\n\r\n.dot\r\nline\r\n");
+        assert_eq!(r.content.to_vec().unwrap(), b"Subject: x\r\n\r\n.dot\r\nline\r\n");
     }
 
     #[test]
     fn limits_are_failures_not_fatal() {
-        let mut r = ContentReceiver::new(10, 1000, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(10, 1000, BareLf::Normalize);
         assert_eq!(r.ingest_dot(b"0123456789ABC\r\n.\r\n").1, Progress::Complete);
         assert_eq!(r.failure(), Some(ContentError::TooBig));
 
-        let mut r = ContentReceiver::new(1 << 20, 10, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(1 << 20, 10, BareLf::Normalize);
         assert_eq!(r.ingest_dot(b"12345678\r\n.\r\n").1, Progress::Complete);
         assert_eq!(r.failure(), None);
-        let mut r = ContentReceiver::new(1 << 20, 10, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(1 << 20, 10, BareLf::Normalize);
         assert_eq!(r.ingest_dot(b"123456789\r\n.\r\n").1, Progress::Complete);
         assert_eq!(r.failure(), Some(ContentError::LineTooLong));
         // A line ending in a bare LF counts the same.
-        let mut r = ContentReceiver::new(1 << 20, 10, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(1 << 20, 10, BareLf::Normalize);
         assert_eq!(r.ingest_dot(b"123456789\n.\r\n.\r\n").1, Progress::Complete);
         assert_eq!(r.failure(), Some(ContentError::LineTooLong));
     }
 
     #[test]
     fn counted_chunks() {
-        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(1 << 20, 1000, BareLf::Normalize);
         r.ingest_counted(b"a\r");
         r.ingest_counted(b"\nb\r\n");
         r.finish_counted();
         assert_eq!(r.failure(), None);
-        assert_eq!(r.into_body(), b"a\r\nb\r\n");
+        assert_eq!(r.content.to_vec().unwrap(), b"a\r\nb\r\n");
 
         for bad in [&b"a\nb"[..], b"a\rb", b"a\r"] {
-            let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Reject);
+            let mut r = ContentReceiver::in_memory(1 << 20, 1000, BareLf::Reject);
             r.ingest_counted(bad);
             r.finish_counted();
             assert!(r.failure().is_some(), "{bad:?}");
         }
         // Normalised: a bare LF becomes CRLF; a bare CR still fails.
-        let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+        let mut r = ContentReceiver::in_memory(1 << 20, 1000, BareLf::Normalize);
         r.ingest_counted(b"a\nb\n.\n");
         r.finish_counted();
         assert_eq!(r.failure(), None);
-        assert_eq!(r.into_body(), b"a\r\nb\r\n.\r\n");
+        assert_eq!(r.content.to_vec().unwrap(), b"a\r\nb\r\n.\r\n");
         for bad in [&b"a\rb"[..], b"a\r"] {
-            let mut r = ContentReceiver::new(1 << 20, 1000, BareLf::Normalize);
+            let mut r = ContentReceiver::in_memory(1 << 20, 1000, BareLf::Normalize);
             r.ingest_counted(bad);
             r.finish_counted();
             assert_eq!(r.failure(), Some(ContentError::BareCr), "{bad:?}");

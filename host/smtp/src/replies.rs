@@ -143,6 +143,10 @@ pub const NULL_RECIPIENT: Reply = Reply::fixed(501, e(5, 1, 3), "Null recipient 
 /// 552 message larger than the limit. RFC 1870.
 pub const MESSAGE_TOO_BIG: Reply =
     Reply::fixed(552, e(5, 3, 4), "Message size exceeds fixed maximum message size");
+/// 452 DATA or BDAT while the memory for contents in transit is spent (`[limits]
+/// buffered-content`), or a large content whose file could not be written. RFC 3463.
+pub const INSUFFICIENT_STORAGE: Reply =
+    Reply::fixed(452, e(4, 3, 1), "Insufficient system storage, try again later");
 /// 500 a text line longer than the limit. RFC 5321 4.5.3.1.6.
 pub const CONTENT_LINE_TOO_LONG: Reply = Reply::fixed(500, e(5, 5, 6), "Message line too long");
 /// 554 bare CR or LF, in commands or DATA: the session is closed after it.
@@ -232,5 +236,6 @@ pub fn content_error(error: ContentError) -> Reply {
         ContentError::TooBig => MESSAGE_TOO_BIG,
         ContentError::LineTooLong => CONTENT_LINE_TOO_LONG,
         ContentError::BareCr | ContentError::BareLf => BARE_LINE_ENDING_CHUNK,
+        ContentError::Storage => INSUFFICIENT_STORAGE,
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use portcullis_smtp::Folder;
 use portcullis_smtp::envelope::Envelope;
+use portcullis_smtp::{Content, Folder};
 use serde::{Deserialize, Serialize};
 
 /// A queue id: unique, sortable by arrival, safe as a file name.
@@ -68,8 +68,13 @@ pub struct Entry {
     pub pending: Vec<usize>,
     /// Where local copies go.
     pub folder: Folder,
-    /// Octets of message after the metadata line.
+    /// Octets of the message as delivered: [`Entry::head`] and the content.
     pub size: u64,
+    /// Header lines written before the content when the message is delivered (the
+    /// `Received:` header, hook headers), so that the content is stored as it came. Empty
+    /// in files of older versions, whose content starts with them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub head: String,
     /// Outbound: delivery attempts made so far for the remote recipients.
     #[serde(default)]
     pub attempts: u32,
@@ -82,7 +87,8 @@ pub struct Entry {
     /// Outbound: the sender has been told that delivery is late.
     #[serde(default)]
     pub delay_notified: bool,
-    /// CRC-32 of the message octets (absent in files of older versions).
+    /// CRC-32 of the message octets, in files of versions 1 and 2 (version 3 keeps it in
+    /// the file's first line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<u32>,
     /// The sender may be told of a successful local delivery (RFC 3461 NOTIFY=SUCCESS):
@@ -119,8 +125,8 @@ pub struct Incoming<'a> {
     pub folder: Folder,
     /// [`Entry::success_notices`].
     pub success_notices: bool,
-    /// Header lines written before `body` (the `Received:` header and hook headers).
-    pub head: &'a [u8],
-    /// The message as received.
-    pub body: &'a [u8],
+    /// Header lines written before the content (the `Received:` header, hook headers).
+    pub head: &'a str,
+    /// The content as received, in memory or in its spill file.
+    pub content: &'a Content,
 }

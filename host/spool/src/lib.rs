@@ -5,6 +5,9 @@
 //! - [`queue`]: the spool. A message and its envelope are written to `tmp/` (over a
 //!   reused file from `free/` when there is one), renamed into `queue/` and made durable
 //!   (group flush, or fsyncs of file and directory) before the session may say 250.
+//!   A content too large for memory is written as it arrives into a file in `tmp/`
+//!   ([`queue::Spool::spill_file`]), the one that is renamed into `queue/`. A change of
+//!   metadata goes to a state file beside the content, never rewriting it.
 //!   Whatever `queue/` holds at start is recovered; `tmp/` leftovers are half-written
 //!   messages and are removed, never delivered.
 //! - [`maildir`]: local delivery (`tmp/` → `new/`, fsync'd, or prepared before the spool's
@@ -15,7 +18,8 @@
 //! - [`view`]: a read-only view of the queue, for looking at it while a daemon owns it
 //!   (the daemon holds `spool/lock`).
 //! - [`entry`]: the queue id and what the spool knows of a message besides its content.
-//! - [`file`]: the spool file format (length and CRC-32 first, metadata, message).
+//! - [`file`]: the spool file format (version 3: lengths and CRC-32s first, content,
+//!   metadata; the state file; versions 1 and 2 still read).
 //! - [`commit`]: group commit — concurrent writers share one `syncfs` of the spool.
 //! - [`fsync`]: the small helpers both use.
 

@@ -519,6 +519,7 @@ mod tests {
             pending: vec![0, 1, 2],
             folder: Folder::Junk,
             size: 0,
+            head: String::new(),
             attempts: 0,
             next_attempt: 0,
             last_error: Default::default(),

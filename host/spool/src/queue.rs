@@ -10,13 +10,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use portcullis_smtp::Folder;
+use portcullis_smtp::content::SpillFile;
 use portcullis_smtp::envelope::Envelope;
+use portcullis_smtp::{Content, Folder};
 
 use crate::Maildir;
 use crate::commit::{Committer, SyncMode};
 pub use crate::entry::{Entry, Incoming, QueueId};
-use crate::file::{check_id, checksum, header, metadata_line, read_spool_file};
+use crate::file::{HEADER_V3, header_state, header_v3, metadata_line, read_queued, state_path};
 use crate::fsync;
 
 /// Errors of the spool.
@@ -153,6 +154,10 @@ impl Spool {
             tracing::warn!(path = %path.display(), "removing a half-written spool file left by a crash");
             fs::remove_file(&path).map_err(io_err(&path))?;
         }
+        for path in scan_queue(&spool.queue)?.1 {
+            tracing::warn!(path = %path.display(), "removing the state file of a message delivered before a crash");
+            remove_if_present(&path)?;
+        }
         {
             let mut free = spool
                 .free
@@ -181,121 +186,157 @@ impl Spool {
 
     /// Stores a message durably under `id`: when this returns `Ok`, a crash loses nothing.
     ///
-    /// `head` is prepended to `body` (the `Received:` header and hook headers).
+    /// `head` goes before `body` when the message is delivered (the `Received:` header and
+    /// hook headers).
     pub fn store(
         &self,
         id: QueueId,
         envelope: Envelope,
         folder: Folder,
-        head: &[u8],
+        head: &str,
         body: &[u8],
     ) -> Result<Entry, SpoolError> {
+        let content = Content::from_bytes(body.to_vec());
         let incoming = Incoming {
             id: &id,
             envelope: &envelope,
             folder,
             success_notices: false,
             head,
-            body,
+            content: &content,
         };
-        let entry = self.write_with(&incoming, |_| Ok(()))?;
+        let entry = self.write(&incoming)?;
         self.make_durable()?;
         Ok(entry)
     }
 
-    /// [`Spool::store`] up to the flush, running `prepare` with the entry before the spool
-    /// file is written: the file is in `queue/`, durable only after [`Spool::flush`] (with
-    /// per-message sync the file itself is fsync'd already, and the flush syncs `queue/`).
-    /// Whatever `prepare` writes without syncing (the Maildir copies,
-    /// [`crate::Maildir::prepare`]) is made durable by the same flush. When `prepare`
-    /// fails nothing is written and its error is returned; undoing its partial work is the
-    /// caller's.
-    fn write_with(
-        &self,
-        incoming: &Incoming<'_>,
-        prepare: impl FnOnce(&Entry) -> Result<(), SpoolError>,
-    ) -> Result<Entry, SpoolError> {
+    /// [`Spool::store`] up to the flush: the file is in `queue/`, durable only after
+    /// [`Spool::flush`] (with per-message sync the file itself is fsync'd already, and the
+    /// flush syncs `queue/`). A content in memory is written to a new file (or over a free
+    /// one); a spilled one already is in its file, behind the first line, and gets its
+    /// metadata and first line there.
+    fn write(&self, incoming: &Incoming<'_>) -> Result<Entry, SpoolError> {
         let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let Incoming { head, body, .. } = *incoming;
+        let content = incoming.content;
         let entry = Entry {
             pending: (0..incoming.envelope.recipients.len()).collect(),
             id: incoming.id.clone(),
             received_at,
             envelope: incoming.envelope.clone(),
             folder: incoming.folder,
-            size: (head.len() + body.len()) as u64,
+            size: incoming.head.len() as u64 + content.len(),
+            head: incoming.head.to_string(),
             attempts: 0,
             next_attempt: 0,
             last_error: BTreeMap::new(),
             delay_notified: false,
-            checksum: Some(checksum(&[head, body])),
+            checksum: None,
             success_notices: incoming.success_notices,
         };
-        prepare(&entry)?;
-        let tmp = self.tmp.join(entry.id.as_str());
         let meta = metadata_line(&entry)?;
-        let parts: [&[u8]; 4] = [&header(&[&meta, head, body]), &meta, head, body];
-        if let Err(e) = self.write_file(&tmp, &parts, self.sync == SyncMode::PerMessage) {
-            if e.kind() != io::ErrorKind::AlreadyExists {
-                let _ = fs::remove_file(&tmp);
-            }
-            return Err(io_err(&tmp)(e));
-        }
+        let first = header_v3(content.len(), content.checksum(), &meta);
+        let sync = self.sync == SyncMode::PerMessage;
         let dest = self.path(&entry.id);
-        fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+        match (content.in_memory(), content.spilled()) {
+            (Some(bytes), _) => {
+                let tmp = self.tmp.join(entry.id.as_str());
+                if let Err(e) = self.write_file(&tmp, &[&first, bytes, &meta], sync) {
+                    if e.kind() != io::ErrorKind::AlreadyExists {
+                        let _ = fs::remove_file(&tmp);
+                    }
+                    return Err(io_err(&tmp)(e));
+                }
+                fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+            }
+            (None, Some(spill)) => {
+                use std::os::unix::fs::FileExt;
+                let file = spill.file();
+                let path = spill.path();
+                file.write_all_at(&meta, spill.start() + content.len())
+                    .and_then(|()| file.write_all_at(&first, 0))
+                    .and_then(|()| if sync { file.sync_all() } else { Ok(()) })
+                    .map_err(io_err(path))?;
+                fs::rename(path, &dest).map_err(io_err(&dest))?;
+                spill.keep();
+            }
+            (None, None) => unreachable!("a content is in memory or in a file"),
+        }
         Ok(entry)
+    }
+
+    /// A file for a content too large to keep in memory, in `tmp/` (a free one when there
+    /// is one), its content to be written behind the first line of a version 3 file. A
+    /// crash leaves it in `tmp/`, removed at the next start.
+    pub fn spill_file(&self) -> io::Result<SpillFile> {
+        static SPILLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SPILLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.tmp.join(format!("spill-{}-{n}", std::process::id()));
+        let reused = self
+            .free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let file = match reused {
+            Some(old) if fs::rename(&old, &path).is_ok() => {
+                fs::OpenOptions::new().read(true).write(true).open(&path)?
+            }
+            _ => {
+                use std::os::unix::fs::OpenOptionsExt;
+                fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .mode(fsync::PRIVATE_FILE)
+                    .open(&path)?
+            }
+        };
+        Ok(SpillFile::new(file, path, HEADER_V3 as u64))
     }
 
     /// Writes a message whose Maildir copies can share its flush, without the flush: the
     /// message is durable, and may be acknowledged, once a [`Spool::flush`] called after
     /// this returned has returned (one flush serves every message written before it). When
-    /// `maildir` shares the spool's flushes and every recipient is local, each copy is
-    /// prepared in its folder's `tmp/` ([`Maildir::prepare`]) before the spool file is
-    /// written, so that flush covers them all. A copy that cannot be prepared (a broken
-    /// folder, a full quota) does not refuse the message: the prepared ones are removed,
-    /// and the message is spooled alone for delivery to retry.
+    /// `maildir` shares the spool's flushes, every recipient is local and the content is
+    /// in memory, each copy is prepared in its folder's `tmp/` ([`Maildir::prepare`])
+    /// once the spool file is written, so that the flush covers them all. A copy that
+    /// cannot be prepared (a broken folder, a full quota) does not refuse the message: the
+    /// prepared ones are removed, and delivery retries from the spool.
     pub(crate) fn write_with_copies(
         &self,
         maildir: &Maildir,
         incoming: Incoming<'_>,
     ) -> Result<Entry, SpoolError> {
+        let Some(body) = incoming.content.in_memory() else {
+            // A large content: delivery copies it from the spool file.
+            return self.write(&incoming);
+        };
         if !maildir.shares_spool_flush() || !incoming.envelope.recipients.iter().all(|r| r.local) {
-            return self.write_with(&incoming, |_| Ok(()));
+            return self.write(&incoming);
         }
+        let entry = self.write(&incoming)?;
         let mut prepared: Vec<crate::maildir::Copy> = Vec::new();
-        let mut prepare_failed = false;
-        let stored = self.write_with(&incoming, |entry| {
-            for index in 0..entry.envelope.recipients.len() {
-                let Some(copy) = crate::maildir::Copy::of(entry, index) else {
-                    continue;
-                };
-                match maildir.prepare(&copy, &[incoming.head, incoming.body]) {
-                    Ok(true) => prepared.push(copy),
-                    // A folder on another file system: delivery writes and fsyncs it.
-                    Ok(false) => {}
-                    Err(source) => {
-                        prepare_failed = true;
-                        return Err(io_err(&maildir.folder_path(&copy.owner, copy.folder))(source));
+        for index in 0..entry.envelope.recipients.len() {
+            let Some(copy) = crate::maildir::Copy::of(&entry, index) else {
+                continue;
+            };
+            match maildir.prepare(&copy, &[incoming.head.as_bytes(), body]) {
+                Ok(true) => prepared.push(copy),
+                // A folder on another file system: delivery writes and fsyncs it.
+                Ok(false) => {}
+                Err(e) => {
+                    let folder = maildir.folder_path(&copy.owner, copy.folder);
+                    tracing::warn!(queue_id = %incoming.id, folder = %folder.display(), error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
+                    for copy in &prepared {
+                        maildir.discard_prepared(copy);
                     }
+                    break;
                 }
             }
-            Ok(())
-        });
-        if stored.is_err() {
-            for copy in &prepared {
-                maildir.discard_prepared(copy);
-            }
         }
-        match stored {
-            Err(e) if prepare_failed => {
-                tracing::warn!(queue_id = %incoming.id, error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
-                self.write_with(&incoming, |_| Ok(()))
-            }
-            stored => stored,
-        }
+        Ok(entry)
     }
 
     /// Writes a new spool file at `path` (in `tmp/`), over a free one when there is one,
@@ -330,11 +371,13 @@ impl Spool {
             let dest = self.free_dir.join(id.as_str());
             fs::rename(&path, &dest).map_err(io_err(&path))?;
             free.push(dest);
-            Ok(())
         } else {
             drop(free);
-            fs::remove_file(&path).map_err(io_err(&path))
+            fs::remove_file(&path).map_err(io_err(&path))?;
         }
+        // After the content: a state file left alone by a crash is removed at the next
+        // start, while a content left without its state would be delivered again.
+        remove_if_present(&state_path(&path))
     }
 
     /// Makes every change made so far to `queue/` durable: one fsync of the directory, or
@@ -456,24 +499,22 @@ impl Spool {
         self.committer.flushes()
     }
 
-    fn rewrite(&self, entry: &Entry, body: &[u8]) -> Result<(), SpoolError> {
-        let tmp = self.tmp.join(format!("{}.update", entry.id));
+    /// Writes `entry` as the message's state file, durably; the content is not touched.
+    fn write_state(&self, entry: &Entry) -> Result<(), SpoolError> {
+        let tmp = self.tmp.join(format!("{}.state", entry.id));
         let _ = fs::remove_file(&tmp);
         let meta = metadata_line(entry)?;
-        // The new version replaces the message's only file by rename, so its content must
-        // be on disk before the rename can be, whatever the sync mode: a journal commit
-        // carrying the rename but not the data written over a reused file (nothing orders
-        // the two) would leave stale content under the message's name.
-        self.write_file(&tmp, &[&header(&[&meta, body]), &meta, body], true)
-            .map_err(io_err(&tmp))?;
-        let dest = self.path(&entry.id);
+        // Renamed over the previous state, so its content must be on disk before the
+        // rename can be, whatever the sync mode.
+        fsync::write_new(&tmp, &[&header_state(&meta), &meta], fsync::PRIVATE_FILE).map_err(io_err(&tmp))?;
+        let dest = state_path(&self.path(&entry.id));
         fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
         self.make_durable()
     }
 
     /// Reads the message's current metadata, lets `change` edit it, and writes it back
     /// durably — or removes the message when no recipient is left pending. Returns the
-    /// entry as written.
+    /// entry as written. The content is neither read nor rewritten.
     ///
     /// Changes are serialised, so two deliveries working on different recipients of one
     /// message never lose each other's progress.
@@ -482,31 +523,25 @@ impl Spool {
             .modifying
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (mut entry, body) = self.load(id)?;
+        let mut entry = self.entry(id)?;
         change(&mut entry);
         if entry.pending.is_empty() {
             self.remove(id)?;
         } else {
-            self.rewrite(&entry, &body)?;
+            self.write_state(&entry)?;
         }
         Ok(entry)
     }
 
-    /// Reads a stored message and checks it is whole.
+    /// Reads a stored message (its header lines, then its content) and checks it is whole.
     pub fn load(&self, id: &QueueId) -> Result<(Entry, Vec<u8>), SpoolError> {
-        let path = self.path(id);
-        let (entry, body) = read_spool_file(&path, true)?;
-        check_id(&path, &entry, id)?;
-        Ok((entry, body))
+        read_queued(&self.queue, id, true)
     }
 
     /// Reads only a stored message's metadata (the content is not read or checked): enough
     /// to decide whether it is due.
     pub fn entry(&self, id: &QueueId) -> Result<Entry, SpoolError> {
-        let path = self.path(id);
-        let (entry, _) = read_spool_file(&path, false)?;
-        check_id(&path, &entry, id)?;
-        Ok(entry)
+        read_queued(&self.queue, id, false).map(|(entry, _)| entry)
     }
 
     /// Removes a message for good, whatever is still pending (the operator's `queue
@@ -556,6 +591,11 @@ impl Spool {
         let path = self.path(id);
         let dest = self.corrupt.join(id.as_str());
         fs::rename(&path, &dest).map_err(io_err(&dest))?;
+        let state = state_path(&path);
+        if state.exists() {
+            let dest = state_path(&dest);
+            fs::rename(&state, &dest).map_err(io_err(&dest))?;
+        }
         fsync::sync_dir(&self.queue).map_err(io_err(&self.queue))
     }
 
@@ -565,25 +605,56 @@ impl Spool {
     }
 }
 
-/// The ids of the files in `queue`, oldest first.
-pub(crate) fn list_queue(queue: &Path) -> Result<Vec<QueueId>, SpoolError> {
+/// Large contents go to the spool's `tmp/`, in the file the 250 will make durable.
+impl portcullis_smtp::content::SpillSource for Spool {
+    fn open(&self) -> io::Result<SpillFile> {
+        self.spill_file()
+    }
+}
+
+/// Removes the file at `path`; not there is fine.
+fn remove_if_present(path: &Path) -> Result<(), SpoolError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The ids of the messages in `queue`, oldest first, and the state files whose message is
+/// gone (left by a crash between the two removals of [`Spool::release`]).
+fn scan_queue(queue: &Path) -> Result<(Vec<QueueId>, Vec<PathBuf>), SpoolError> {
     let mut ids = Vec::new();
+    let mut states = Vec::new();
     for item in fs::read_dir(queue).map_err(io_err(queue))? {
         let item = item.map_err(io_err(queue))?;
         let name = item.file_name();
-        match name.to_str().and_then(QueueId::parse) {
-            Some(id) => ids.push(id),
-            None => tracing::warn!(file = ?name, "ignoring a foreign file in the spool queue"),
+        let name = name.to_string_lossy();
+        if let Some(id) = QueueId::parse(&name) {
+            ids.push(id);
+        } else if let Some(id) = name.strip_suffix(".state").and_then(QueueId::parse) {
+            states.push(id);
+        } else {
+            tracing::warn!(file = %name, "ignoring a foreign file in the spool queue");
         }
     }
     ids.sort();
-    Ok(ids)
+    let orphans = states
+        .into_iter()
+        .filter(|id| ids.binary_search(id).is_err())
+        .map(|id| queue.join(format!("{id}.state")))
+        .collect();
+    Ok((ids, orphans))
+}
+
+/// The ids of the messages in `queue`, oldest first.
+pub(crate) fn list_queue(queue: &Path) -> Result<Vec<QueueId>, SpoolError> {
+    scan_queue(queue).map(|(ids, _)| ids)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::file::MAGIC_V1;
+    use crate::file::{MAGIC_V1, checksum, header_v2};
     use portcullis_smtp::Mailbox;
     use portcullis_smtp::envelope::{MailParams, Recipient};
 
@@ -612,7 +683,7 @@ mod tests {
                 QueueId::generate(),
                 envelope(),
                 Folder::Inbox,
-                b"Received: x\r\n",
+                "Received: x\r\n",
                 b"body\r\n",
             )
             .unwrap();
@@ -636,55 +707,44 @@ mod tests {
                     QueueId::generate(),
                     envelope(),
                     Folder::Inbox,
-                    b"H: 1\r\n",
+                    "H: 1\r\n",
                     b"\r\nbody\r\n",
                 )
                 .unwrap();
-            assert!(entry.checksum.is_some());
             assert_eq!(spool.load(&entry.id).unwrap().1, b"H: 1\r\n\r\nbody\r\n");
-            // Same length, one byte different: what an interrupted flush can leave.
+            // Same length, one byte different: what an interrupted flush can leave, in
+            // the content and in the metadata.
             let path = dir.path().join("queue").join(entry.id.as_str());
-            let mut data = fs::read(&path).unwrap();
-            let last = data.len() - 3;
-            data[last] ^= 0x20;
-            fs::write(&path, &data).unwrap();
-            assert!(
-                matches!(spool.load(&entry.id), Err(SpoolError::Corrupt { reason, .. }) if reason.contains("checksum")),
-                "{mode:?}"
-            );
+            let clean = fs::read(&path).unwrap();
+            for at in [HEADER_V3 + 3, clean.len() - 3] {
+                let mut data = clean.clone();
+                data[at] ^= 0x20;
+                fs::write(&path, &data).unwrap();
+                assert!(
+                    matches!(spool.load(&entry.id), Err(SpoolError::Corrupt { reason, .. }) if reason.contains("checksum")),
+                    "{mode:?} at {at}"
+                );
+            }
         }
     }
 
     #[test]
-    fn a_failed_prepare_stores_nothing_and_flushes_cover_the_same_file_system() {
+    fn a_write_is_durable_after_a_flush_and_flushes_cover_the_same_file_system() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let (id, sent) = (QueueId::generate(), envelope());
+        let content = Content::from_bytes(b"x".to_vec());
         let incoming = Incoming {
             id: &id,
             envelope: &sent,
             folder: Folder::Inbox,
             success_notices: false,
-            head: b"",
-            body: b"x",
+            head: "",
+            content: &content,
         };
-        let failed = spool.write_with(&incoming, |_| {
-            Err(SpoolError::Io {
-                path: dir.path().to_path_buf(),
-                source: io::Error::other("disk full"),
-            })
-        });
-        assert!(failed.is_err());
-        assert!(spool.list().unwrap().is_empty());
-        let mut seen = None;
-        let entry = spool
-            .write_with(&incoming, |e| {
-                seen = Some(e.id.clone());
-                Ok(())
-            })
-            .unwrap();
+        let entry = spool.write(&incoming).unwrap();
         spool.flush().unwrap();
-        assert_eq!(seen.as_ref(), Some(&entry.id));
+        assert_eq!(spool.list().unwrap(), vec![entry.id.clone()]);
         let flushes = spool.flushes();
         spool.flush_soon().unwrap();
         assert!(spool.flushes() > flushes);
@@ -695,12 +755,12 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 1);
         let long = vec![b'y'; 5000];
         let first = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", &long)
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "", &long)
             .unwrap();
         assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 0);
         spool.remove(&first.id).unwrap();
         let short = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"h", b"z")
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "h", b"z")
             .unwrap();
         assert_eq!(spool.load(&short.id).unwrap().1, b"hz");
         // Kept across a restart.
@@ -725,13 +785,13 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let queued = |spool: &Spool| spool.list().unwrap().len();
         let first = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"one")
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "", b"one")
             .unwrap();
         spool.retire_after_flush(first.id.clone()).unwrap();
         assert_eq!((queued(&spool), spool.retiring()), (1, 1));
         // The next message's flush covers the first one's delivery: its file goes then.
         let second = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"two")
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "", b"two")
             .unwrap();
         assert_eq!((queued(&spool), spool.retiring()), (1, 0));
         assert!(spool.load(&second.id).is_ok());
@@ -749,7 +809,7 @@ mod tests {
         // Per-message sync has no shared flush to wait for: it retires at once.
         let per_message = Spool::open_with(&dir.path().join("other"), SyncMode::PerMessage).unwrap();
         let entry = per_message
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"three")
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "", b"three")
             .unwrap();
         per_message.retire_after_flush(entry.id).unwrap();
         assert_eq!((queued(&per_message), per_message.retiring()), (0, 0));
@@ -760,23 +820,43 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let long = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", &[b'y'; 5000])
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "", &[b'y'; 5000])
             .unwrap();
         spool.remove(&long.id).unwrap();
         let short = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"h", b"z")
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "h", b"z")
             .unwrap();
         let path = dir.path().join("queue").join(short.id.as_str());
         assert!(fs::metadata(&path).unwrap().len() > 5000, "written over, not cut");
         assert_eq!(spool.load(&short.id).unwrap().1, b"hz");
 
-        // A file of the previous version: exactly its message after the metadata.
+        // A file of version 2: the metadata, then the message with its header lines.
+        let v2 = Entry {
+            id: QueueId::generate(),
+            size: 5,
+            head: String::new(),
+            checksum: Some(checksum(&[b"h: v2"])),
+            ..short.clone()
+        };
+        let meta = metadata_line(&v2).unwrap();
+        let mut file = header_v2(&[&meta, b"h: v2"]);
+        file.extend(&meta);
+        file.extend(b"h: v2 and an older tail");
+        fs::write(dir.path().join("queue").join(v2.id.as_str()), &file).unwrap();
+        assert_eq!(spool.load(&v2.id).unwrap(), (v2.clone(), b"h: v2".to_vec()));
+        assert_eq!(spool.entry(&v2.id).unwrap(), v2);
+        // Its metadata changes go to a state file like any other.
+        let changed = spool.modify(&v2.id, |e| e.attempts = 3).unwrap();
+        assert_eq!(spool.load(&v2.id).unwrap(), (changed, b"h: v2".to_vec()));
+
+        // A file of version 1: exactly its message after the metadata.
         let old = Entry {
             id: QueueId::generate(),
             ..short.clone()
         };
         let old = Entry {
             size: 4,
+            head: String::new(),
             checksum: Some(checksum(&[b"old\n"])),
             ..old
         };
@@ -808,13 +888,14 @@ mod tests {
         let device = fs::metadata(dir.path()).unwrap().dev();
         let maildir = Maildir::new(dir.path().join("mail"), "mx").sharing_spool_flush(Some(device));
         let (id, envelope) = (QueueId::generate(), envelope());
+        let content = Content::from_bytes(b"body\r\n".to_vec());
         let incoming = Incoming {
             id: &id,
             envelope: &envelope,
             folder: Folder::Inbox,
             success_notices: false,
-            head: b"",
-            body: b"body\r\n",
+            head: "",
+            content: &content,
         };
         let entry = spool.write_with_copies(&maildir, incoming).unwrap();
         let tmp = dir.path().join("mail/example.org/alice/tmp");
@@ -833,7 +914,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let entry = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"x")
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "", b"x")
             .unwrap();
         fs::write(dir.path().join("tmp/being-written"), b"half").unwrap();
         // Held (here by this value; in real life by the daemon): nobody else opens it.
@@ -853,7 +934,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let entry = spool
-            .store(QueueId::generate(), envelope(), Folder::Inbox, b"", b"0123456789")
+            .store(QueueId::generate(), envelope(), Folder::Inbox, "", b"0123456789")
             .unwrap();
         fs::write(
             dir.path().join("tmp/0000000000000000AB"),
@@ -871,5 +952,110 @@ mod tests {
         assert!(matches!(spool.load(&entry.id), Err(SpoolError::Corrupt { .. })));
         spool.quarantine(&entry.id).unwrap();
         assert!(spool.list().unwrap().is_empty());
+    }
+    #[test]
+    fn a_change_of_metadata_leaves_the_content_alone_and_goes_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let entry = spool
+            .store(
+                QueueId::generate(),
+                envelope(),
+                Folder::Inbox,
+                "H: 1\r\n",
+                b"body\r\n",
+            )
+            .unwrap();
+        let path = dir.path().join("queue").join(entry.id.as_str());
+        let before = fs::read(&path).unwrap();
+        let changed = spool
+            .modify(&entry.id, |e| {
+                e.attempts = 2;
+                e.last_error.insert(0, "451 4.4.1 no answer".into());
+            })
+            .unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            before,
+            "the spool file is not rewritten"
+        );
+        assert!(state_path(&path).exists());
+        assert_eq!(
+            spool.load(&entry.id).unwrap(),
+            (changed.clone(), b"H: 1\r\nbody\r\n".to_vec())
+        );
+        assert_eq!(spool.entry(&entry.id).unwrap(), changed);
+        assert_eq!(
+            spool.list().unwrap(),
+            vec![entry.id.clone()],
+            "a state file is no message"
+        );
+        let view = crate::SpoolView::open(dir.path()).unwrap();
+        assert_eq!(view.load(&entry.id).unwrap().0, changed);
+
+        // A damaged state file makes the message corrupt, not silently older.
+        let good = fs::read(state_path(&path)).unwrap();
+        let mut bad = good.clone();
+        let last = bad.len() - 2;
+        bad[last] ^= 1;
+        fs::write(state_path(&path), &bad).unwrap();
+        assert!(matches!(spool.entry(&entry.id), Err(SpoolError::Corrupt { .. })));
+        fs::write(state_path(&path), &good).unwrap();
+
+        // Removed with its message; one a crash left alone goes at the next start.
+        spool.modify(&entry.id, |e| e.pending.clear()).unwrap();
+        assert!(!path.exists() && !state_path(&path).exists());
+        let orphan = dir.path().join("queue/0000000000000A0001.state");
+        fs::write(&orphan, &good).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        drop(spool);
+        let _spool = Spool::open(dir.path()).unwrap();
+        assert!(!orphan.exists());
+    }
+
+    #[test]
+    fn a_large_content_is_written_once_into_the_file_that_is_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = std::sync::Arc::new(Spool::open(dir.path()).unwrap());
+        let storage = portcullis_smtp::content::Storage {
+            budget: None,
+            spill: Some(spool.clone()),
+        };
+        let mut content = storage.content(1024).unwrap();
+        let mut sent = Vec::new();
+        for i in 0..20_000 {
+            let line = format!("line {i} of a message too large for memory\r\n");
+            content.push(line.as_bytes());
+            sent.extend_from_slice(line.as_bytes());
+        }
+        content.finish().unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            1,
+            "spilled as it came"
+        );
+        let (id, envelope) = (QueueId::generate(), envelope());
+        let incoming = Incoming {
+            id: &id,
+            envelope: &envelope,
+            folder: Folder::Inbox,
+            success_notices: false,
+            head: "Received: here\r\n",
+            content: &content,
+        };
+        let maildir = Maildir::new(dir.path().join("mail"), "mx");
+        let entry = spool.write_with_copies(&maildir, incoming).unwrap();
+        spool.flush().unwrap();
+        drop(content);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0,
+            "renamed, not copied"
+        );
+        let (loaded, message) = spool.load(&entry.id).unwrap();
+        assert_eq!(loaded, entry);
+        assert_eq!(&message[..16], b"Received: here\r\n");
+        assert_eq!(&message[16..], &sent[..]);
+        assert_eq!(entry.size, message.len() as u64);
     }
 }

@@ -32,9 +32,6 @@ impl SpoolView {
 
     /// A queued message, checked whole.
     pub fn load(&self, id: &QueueId) -> Result<(Entry, Vec<u8>), SpoolError> {
-        let path = self.queue.join(id.as_str());
-        let (entry, body) = crate::file::read_spool_file(&path, true)?;
-        crate::file::check_id(&path, &entry, id)?;
-        Ok((entry, body))
+        crate::file::read_queued(&self.queue, id, true)
     }
 }

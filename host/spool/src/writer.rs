@@ -125,7 +125,7 @@ impl Writer {
     /// Whether `accepted` is better written on its own ([`Writer::write_alone`]) than by
     /// the thread: a large message, or any under per-message sync.
     pub fn is_alone(&self, accepted: &Accepted) -> bool {
-        accepted.message.body.len() > LARGE || self.shared.spool.sync_mode() == SyncMode::PerMessage
+        accepted.message.body.len() > LARGE as u64 || self.shared.spool.sync_mode() == SyncMode::PerMessage
     }
 
     /// Hands `request` to the thread; its answer comes through the request. When the thread
@@ -181,8 +181,8 @@ impl Shared {
                         envelope: &a.message.envelope,
                         folder: a.folder,
                         success_notices: a.success_notices,
-                        head: a.head.as_bytes(),
-                        body: &a.message.body,
+                        head: &a.head,
+                        content: &a.message.body,
                     };
                     self.spool.write_with_copies(&self.maildir, incoming)
                 });
@@ -231,8 +231,7 @@ impl Shared {
         };
         for (span, entry, accepted) in durable {
             let _span = span.enter();
-            let content: [&[u8]; 2] = [accepted.head.as_bytes(), &accepted.message.body];
-            if !self.publish(&entry, &content) {
+            if !self.publish(&entry, &accepted) {
                 (self.handoff.deliver)(entry.id);
             }
         }
@@ -247,15 +246,20 @@ impl Shared {
     /// owed. The copies prepared before the 250 are linked into `new/`, and the spool file
     /// is released after the next flush anyone runs. Returns whether the message is
     /// settled; when not, delivery finds the published copies delivered already.
-    fn publish(&self, entry: &Entry, content: &[&[u8]]) -> bool {
+    fn publish(&self, entry: &Entry, accepted: &Accepted) -> bool {
+        // A large content was not copied before the flush: delivery copies it.
+        let Some(body) = accepted.message.body.in_memory() else {
+            return false;
+        };
         if !self.maildir.shares_spool_flush() || !entry.envelope.recipients.iter().all(|r| r.local) {
             return false;
         }
+        let content = [accepted.head.as_bytes(), body];
         if entry.wants_success_notice() {
             // The report is queued before the recipients leave the spool: delivery's job.
             return false;
         }
-        let pending = self.maildir.deliver_pending(entry, content, false);
+        let pending = self.maildir.deliver_pending(entry, &content, false);
         if let Some((recipient, e)) = &pending.failure {
             tracing::warn!(queue_id = %entry.id, %recipient, error = %e, "delivery failed; a delivery run will retry");
         }

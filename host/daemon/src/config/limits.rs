@@ -67,6 +67,15 @@ pub struct LimitsSection {
     /// `smtpd_min_data_rate`). Default: `500`.
     #[serde(default = "default_min_data_rate")]
     pub min_data_rate: u64,
+    /// Content a message may keep in memory while it arrives; beyond it, the content is
+    /// written to its spool file as it comes. Default: `"1MiB"`.
+    #[serde(default = "default_memory_per_message")]
+    pub memory_per_message: Size,
+    /// Content all sessions together may keep in memory (each open DATA or BDAT takes
+    /// `memory-per-message` of it); beyond it, DATA and BDAT are answered `452 4.3.1`
+    /// until some is given back. Default: `"256MiB"`.
+    #[serde(default = "default_buffered_content")]
+    pub buffered_content: Size,
     /// Failed AUTHs from one client address within a window; beyond it, AUTH from there
     /// is answered `454 4.7.0` without checking the password until the window passes.
     /// Default: `{ max = 10, window = "10m" }`.
@@ -125,6 +134,12 @@ impl<'de> Deserialize<'de> for Network {
     }
 }
 
+fn default_memory_per_message() -> Size {
+    Size::mib(1)
+}
+fn default_buffered_content() -> Size {
+    Size::mib(256)
+}
 fn default_connections() -> usize {
     1000
 }
@@ -206,6 +221,8 @@ impl Default for LimitsSection {
             connections_per_ip: default_connections_per_ip(),
             exempt: default_exempt(),
             min_data_rate: default_min_data_rate(),
+            memory_per_message: default_memory_per_message(),
+            buffered_content: default_buffered_content(),
             auth_failures_per_ip: default_auth_failures_per_ip(),
             auth_failures_per_account: default_auth_failures_per_account(),
         }
@@ -240,6 +257,19 @@ impl LimitsSection {
             problems.push(
                 "limits",
                 "connections and connections-per-ip must be at least 1".into(),
+            );
+        }
+        let (memory, buffered) = (self.memory_per_message.as_u64(), self.buffered_content.as_u64());
+        if memory < 64 * 1024 || memory > buffered {
+            problems.push(
+                "limits.memory-per-message",
+                "must be at least \"64KiB\" and at most limits.buffered-content".into(),
+            );
+        }
+        if buffered > usize::MAX as u64 {
+            problems.push(
+                "limits.buffered-content",
+                "is more than this machine can address".into(),
             );
         }
         if self.min_data_rate == 0 {

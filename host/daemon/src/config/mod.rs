@@ -537,6 +537,7 @@ impl Config {
             errors: l.errors,
             auth_failures: l.auth_failures,
             auth_failure_delay: l.auth_failure_delay.0,
+            memory_per_message: l.memory_per_message.as_u64() as usize,
         }
     }
 }

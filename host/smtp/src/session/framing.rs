@@ -111,12 +111,12 @@ impl<P: Pipeline> Session<P> {
                 let State::Data(receiver) = std::mem::replace(&mut self.state, State::Command) else {
                     return true;
                 };
-                match receiver.failure() {
-                    Some(e) => {
+                match receiver.finish() {
+                    Err(e) => {
                         self.txn = None;
                         self.reply(replies::content_error(e));
                     }
-                    None => self.content_complete(receiver.into_body()),
+                    Ok(content) => self.content_complete(content),
                 }
             }
             Progress::Fatal(_) => {

@@ -42,6 +42,7 @@ fn settings(tls_available: bool) -> Arc<Settings> {
         hostname: "mx.example.org".into(),
         limits: Limits::default(),
         tls_available,
+        storage: Default::default(),
     })
 }
 
@@ -235,7 +236,7 @@ fn submission_happy_path_runs_rate_then_virus_then_spools() {
         ["hook virus", "spool", "250 2.0.0"]
     );
     let message = &h.spooled[0].message;
-    assert_eq!(message.body, b"Subject: hi\r\n\r\nbody\r\n");
+    assert_eq!(message.body.to_vec().unwrap(), b"Subject: hi\r\n\r\nbody\r\n");
     let envelope = &message.envelope;
     assert_eq!(envelope.params.envid.as_deref(), Some("abc"));
     assert_eq!(envelope.recipients.len(), 2);
@@ -520,7 +521,10 @@ fn bdat_chunks_make_one_message() {
         h.send(b"BDAT 9 LAST\r\n\n.\r\nend\r\n"),
         ["hook virus", "hook spam", "spool", "250 2.0.0"]
     );
-    assert_eq!(h.spooled[0].message.body, b"line1\r\n.\r\nend\r\n");
+    assert_eq!(
+        h.spooled[0].message.body.to_vec().unwrap(),
+        b"line1\r\n.\r\nend\r\n"
+    );
     // BDAT without a transaction still reads its octets.
     assert_eq!(h.send(b"BDAT 12\r\nQUIT\r\nQUIT\r\n"), ["503 5.5.1"]);
     h.script(&[("NOOP", &["250 2.0.0"])]);
@@ -598,7 +602,7 @@ fn bare_lf_smuggling_is_content_of_one_message() {
             "{end:?}"
         );
         assert_eq!(h.spooled.len(), 1, "{end:?}");
-        let body = &h.spooled[0].message.body;
+        let body = h.spooled[0].message.body.to_vec().unwrap();
         assert!(body.ends_with(
             b"hello\r\n.\r\nMAIL FROM:<ceo@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nevil\r\n"
         ));
@@ -868,7 +872,7 @@ fn random_sessions<P: Pipeline>(rng: &mut XorShift, rounds: usize) -> usize {
         }
         for request in &h.spooled {
             assert!(
-                strict_crlf(&request.message.body),
+                strict_crlf(&request.message.body.to_vec().unwrap()),
                 "spooled a bare line ending from {input:?}"
             );
             assert!(!request.message.envelope.recipients.is_empty());
@@ -976,4 +980,116 @@ fn a_bdat_chunk_over_the_size_limit_is_refused_up_front_and_its_octets_discarded
         ("NOOP", &["250 2.0.0"]),
         ("RCPT TO:<alice@example.org>", &["503 5.5.1"]),
     ]);
+}
+
+/// Spill files in a directory of its own under the system's temporary directory.
+#[derive(Debug)]
+struct TempSpill(std::path::PathBuf);
+
+impl crate::content::SpillSource for TempSpill {
+    fn open(&self) -> std::io::Result<crate::content::SpillFile> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.0.join(format!("spill-{n}"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(crate::content::SpillFile::new(file, path, 0))
+    }
+}
+
+fn with_storage(storage: crate::content::Storage, memory: usize) -> Arc<Settings> {
+    Arc::new(Settings {
+        hostname: "mx.example.org".into(),
+        limits: Limits {
+            memory_per_message: memory,
+            ..Limits::default()
+        },
+        tls_available: false,
+        storage,
+    })
+}
+
+#[test]
+fn data_and_bdat_wait_when_the_memory_for_contents_is_spent() {
+    let budget = crate::content::Budget::new(100);
+    let storage = crate::content::Storage {
+        budget: Some(Arc::clone(&budget)),
+        spill: None,
+    };
+    let mut h = Host::<Mx>::new(with_storage(storage, 100), None);
+    let held = budget.reserve(100).unwrap();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["452 4.3.1"]),
+    ]);
+    // The chunk's octets are read and dropped, never taken as commands; its transaction
+    // is gone with them.
+    assert_eq!(h.send(b"BDAT 6 LAST\r\nQUIT\r\n"), ["452 4.3.1"]);
+    h.script(&[("RCPT TO:<alice@example.org>", &["503 5.5.1"])]);
+    drop(held);
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+        ("hi\r\n.", &["hook virus", "hook spam", "spool", "250 2.0.0"]),
+    ]);
+    assert_eq!(h.spooled.len(), 1);
+    drop(h);
+    assert_eq!(budget.used(), 0, "every reservation given back");
+}
+
+#[test]
+fn content_over_its_memory_goes_to_the_hosts_file_by_data_and_by_bdat() {
+    let dir = std::env::temp_dir().join(format!("portcullis-session-spill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let storage = crate::content::Storage {
+        budget: Some(crate::content::Budget::new(1000)),
+        spill: Some(Arc::new(TempSpill(dir.clone()))),
+    };
+    let mut h = Host::<Mx>::new(with_storage(storage, 64), None);
+    let body: String = (0..40)
+        .map(|i| format!("line {i} of a long message\r\n"))
+        .collect();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    let sent = h.send(format!("{body}.\r\n").as_bytes());
+    assert_eq!(sent, ["hook virus", "hook spam", "spool", "250 2.0.0"]);
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+    ]);
+    let (first, second) = body.as_bytes().split_at(500);
+    assert_eq!(
+        h.send(format!("BDAT {}\r\n", first.len()).as_bytes()),
+        Vec::<String>::new()
+    );
+    assert_eq!(h.send(first), ["250 2.0.0"]);
+    let mut last = format!("BDAT {} LAST\r\n", second.len()).into_bytes();
+    last.extend_from_slice(second);
+    assert_eq!(h.send(&last), ["hook virus", "hook spam", "spool", "250 2.0.0"]);
+    for request in &h.spooled {
+        let content = &request.message.body;
+        assert!(content.spilled().is_some(), "over 64 octets: in a file");
+        assert_eq!(content.to_vec().unwrap(), body.as_bytes());
+        assert_eq!(content.checksum(), crc32fast::hash(body.as_bytes()));
+    }
+    assert_eq!(h.spooled.len(), 2);
+    let files = |dir: &std::path::Path| std::fs::read_dir(dir).unwrap().count();
+    assert_eq!(files(&dir), 2);
+    drop(h);
+    assert_eq!(
+        files(&dir),
+        0,
+        "files the host did not keep are removed with the message"
+    );
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use crate::address::{Mailbox, Path};
+use crate::content::Content;
 use crate::data::ContentReceiver;
 use crate::envelope::{Envelope, MailParams, RcptParams, Recipient};
 use crate::replies;
@@ -189,23 +190,47 @@ impl<P: Pipeline> Session<P> {
         }
     }
 
+    /// A receiver for the content of this transaction, or `None` when the memory for
+    /// contents in transit is spent.
+    pub(super) fn receiver(&self) -> Option<ContentReceiver> {
+        let limits = &self.settings.limits;
+        let memory = limits.memory_per_message.min(limits.message_size);
+        let content = self.settings.storage.content(memory)?;
+        Some(ContentReceiver::new(
+            content,
+            limits.message_size,
+            limits.line_length,
+            limits.bare_lf,
+        ))
+    }
+
     /// Starts reading a chunk of `size` octets (the first one opens the receiver).
     pub(super) fn enter_chunk(&mut self, size: u64, last: bool) {
-        let limits = &self.settings.limits;
-        if let Some(txn) = self.txn.as_mut()
-            && matches!(txn.phase, Phase::Envelope)
+        let mut refusal = None;
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| matches!(t.phase, Phase::Envelope))
         {
-            txn.phase = Phase::Chunks(ContentReceiver::new(
-                limits.message_size,
-                limits.line_length,
-                limits.bare_lf,
-            ));
+            match self.receiver() {
+                Some(receiver) => {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.phase = Phase::Chunks(receiver);
+                    }
+                }
+                None => {
+                    // The chunk is read and discarded; its octets are lost, so the
+                    // transaction is too.
+                    self.txn = None;
+                    refusal = Some(replies::INSUFFICIENT_STORAGE);
+                }
+            }
         }
         self.state = State::Chunk {
             remaining: size,
             size,
             last,
-            refusal: None,
+            refusal,
         };
     }
 
@@ -237,14 +262,20 @@ impl<P: Pipeline> Session<P> {
             .as_mut()
             .map(|t| std::mem::replace(&mut t.phase, Phase::Envelope))
         {
-            Some(Phase::Chunks(receiver)) => receiver.into_body(),
-            _ => Vec::new(),
+            Some(Phase::Chunks(receiver)) => receiver.finish(),
+            _ => return self.reply(replies::MAIL_FIRST),
         };
-        self.content_complete(body);
+        match body {
+            Ok(body) => self.content_complete(body),
+            Err(e) => {
+                self.txn = None;
+                self.reply(replies::content_error(e));
+            }
+        }
     }
 
     /// The content is complete: the message exists, and the hooks after content decide.
-    pub(super) fn content_complete(&mut self, body: Vec<u8>) {
+    pub(super) fn content_complete(&mut self, body: Content) {
         let Some(txn) = self.txn.as_mut() else {
             return self.reply(replies::MAIL_FIRST);
         };

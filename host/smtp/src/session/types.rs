@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::address::{Mailbox, Syntax};
+use crate::content::{Content, Storage};
 use crate::data::BareLf;
 use crate::envelope::Envelope;
 use crate::reply::Reply;
@@ -45,6 +46,9 @@ pub struct Limits {
     pub auth_failures: u32,
     /// Pause before answering the n-th failed AUTH: n times this.
     pub auth_failure_delay: Duration,
+    /// Content kept in memory per message; beyond, it goes to a spill file when the
+    /// host gives a source ([`Settings::storage`]).
+    pub memory_per_message: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +62,7 @@ impl Default for Limits {
             errors: 20,
             auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
+            memory_per_message: 1024 * 1024,
         }
     }
 }
@@ -71,6 +76,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Whether a certificate is loaded, so STARTTLS can be offered.
     pub tls_available: bool,
+    /// Where contents are kept while they arrive.
+    pub storage: Storage,
 }
 
 /// The negotiated TLS parameters, for trace headers and hooks.
@@ -244,8 +251,9 @@ pub enum Folder {
 pub struct Message {
     /// Sender and recipients.
     pub envelope: Envelope,
-    /// The content as received (CRLF lines, dot-unstuffed).
-    pub body: Vec<u8>,
+    /// The content as received (CRLF lines, dot-unstuffed), in memory or in its spool
+    /// file.
+    pub body: Content,
 }
 
 /// What the host must make durable before the session may say 250.

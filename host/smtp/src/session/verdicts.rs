@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use crate::data::ContentReceiver;
 use crate::replies;
 use crate::reply::Reply;
 
@@ -89,16 +88,20 @@ impl<P: Pipeline> Session<P> {
             return self.reply(replies::MAIL_FIRST);
         };
         match stage {
-            Stage::BeforeData => {
-                txn.phase = Phase::Data;
-                let limits = &self.settings.limits;
-                self.state = State::Data(ContentReceiver::new(
-                    limits.message_size,
-                    limits.line_length,
-                    limits.bare_lf,
-                ));
-                self.reply(replies::START_DATA);
-            }
+            Stage::BeforeData => match self.receiver() {
+                Some(receiver) => {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.phase = Phase::Data;
+                    }
+                    self.state = State::Data(receiver);
+                    self.reply(replies::START_DATA);
+                }
+                None => {
+                    // The envelope stands: the client may try DATA again.
+                    self.state = State::Command;
+                    self.reply(replies::INSUFFICIENT_STORAGE);
+                }
+            },
             Stage::BeforeChunk { size, last } => self.enter_chunk(size, last),
             Stage::AfterContent => match (&txn.phase, txn.disposition) {
                 (_, Disposition::Discard) => {
