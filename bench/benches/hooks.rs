@@ -6,8 +6,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_bench::{message, session};
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
 use portcullis_runtime::{Hook, LoadedPlugin, PluginSpec, Runtime, RuntimeConfig};
+use portcullis_smtp::Message;
 use portcullis_smtp::command::Mechanism;
-use portcullis_smtp::session::{Credentials, PipelineKind};
+use portcullis_smtp::session::{Credentials, PipelineKind, SessionInfo};
 
 fn spec(file: &str, hook: Hook, config: serde_json::Value) -> Arc<PluginSpec> {
     let serde_json::Value::Object(config) = config else {
@@ -42,6 +43,16 @@ fn language_plugin(
     Some(runtime.load(Arc::new(spec)).expect("load"))
 }
 
+/// What every benchmark of a hook call shares.
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    runtime: Runtime,
+    mx: SessionInfo,
+    submission: SessionInfo,
+    msg: Arc<Message>,
+    usage: Usage,
+}
+
 fn hooks(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -53,33 +64,6 @@ fn hooks(c: &mut Criterion) {
         cache_dir: None,
     })
     .expect("runtime");
-    let mx = session(PipelineKind::Mx);
-    let submission = session(PipelineKind::Submission);
-    let msg = message(10 * 1024);
-
-    let virus = runtime
-        .load(spec("virus_signatures.wasm", Hook::Virus, serde_json::json!({})))
-        .expect("load");
-    c.bench_function("virus-signatures 10KiB", |b| {
-        b.to_async(&rt)
-            .iter(|| async { runtime.virus(&virus, &mx, &msg).await.expect("scan") })
-    });
-
-    let spam = runtime
-        .load(spec("spam_rules.wasm", Hook::Spam, serde_json::json!({})))
-        .expect("load");
-    c.bench_function("spam-rules 10KiB", |b| {
-        b.to_async(&rt)
-            .iter(|| async { runtime.spam(&spam, &mx, &msg).await.expect("classify") })
-    });
-
-    let rate = runtime
-        .load(spec(
-            "rate_limit.wasm",
-            Hook::Rate,
-            serde_json::json!({ "account": { "messages-per-minute": 100 } }),
-        ))
-        .expect("load");
     let w = Window {
         messages: 3,
         recipients: 3,
@@ -89,49 +73,105 @@ fn hooks(c: &mut Criterion) {
         hour: w,
         day: w,
     };
-    let usage = Usage {
-        account: counters,
-        client_ip: counters,
+    let setup = Setup {
+        rt,
+        runtime,
+        mx: session(PipelineKind::Mx),
+        submission: session(PipelineKind::Submission),
+        msg: message(10 * 1024),
+        usage: Usage {
+            account: counters,
+            client_ip: counters,
+        },
     };
+    bundled(c, &setup);
+    other_languages(c, &setup);
+    auth(c, &setup);
+}
+
+/// The bundled Rust plugins on the content and rate hooks.
+fn bundled(c: &mut Criterion, s: &Setup) {
+    let Setup {
+        rt,
+        runtime,
+        mx,
+        submission,
+        msg,
+        usage,
+    } = s;
+    let virus = runtime
+        .load(spec("virus_signatures.wasm", Hook::Virus, serde_json::json!({})))
+        .expect("load");
+    c.bench_function("virus-signatures 10KiB", |b| {
+        b.to_async(rt)
+            .iter(|| async { runtime.virus(&virus, mx, msg).await.expect("scan") })
+    });
+    let spam = runtime
+        .load(spec("spam_rules.wasm", Hook::Spam, serde_json::json!({})))
+        .expect("load");
+    c.bench_function("spam-rules 10KiB", |b| {
+        b.to_async(rt)
+            .iter(|| async { runtime.spam(&spam, mx, msg).await.expect("classify") })
+    });
+    let rate = runtime
+        .load(spec(
+            "rate_limit.wasm",
+            Hook::Rate,
+            serde_json::json!({ "account": { "messages-per-minute": 100 } }),
+        ))
+        .expect("load");
     c.bench_function("rate-limit", |b| {
-        b.to_async(&rt).iter(|| async {
+        b.to_async(rt).iter(|| async {
             runtime
-                .rate(&rate, &submission, &msg.envelope, &usage)
+                .rate(&rate, submission, &msg.envelope, usage)
                 .await
                 .expect("rate")
         })
     });
+}
 
-    // Plugins in other languages, built by their own scripts (scripts/test.sh runs them).
+/// Plugins in other languages, built by their own scripts (scripts/test.sh runs them).
+fn other_languages(c: &mut Criterion, s: &Setup) {
+    let Setup {
+        rt,
+        runtime,
+        mx,
+        submission,
+        msg,
+        usage,
+    } = s;
     let bayes = serde_json::json!({ "tokens": { "viagra": 3.0, "report": -1.0, "quarterly": -0.5 } });
-    if let Some(bayes) = language_plugin(&runtime, "python", "spam_bayes.wasm", Hook::Spam, bayes) {
+    if let Some(bayes) = language_plugin(runtime, "python", "spam_bayes.wasm", Hook::Spam, bayes) {
         c.bench_function("spam-bayes (Python) 10KiB", |b| {
-            b.to_async(&rt)
-                .iter(|| async { runtime.spam(&bayes, &mx, &msg).await.expect("classify") })
+            b.to_async(rt)
+                .iter(|| async { runtime.spam(&bayes, mx, msg).await.expect("classify") })
         });
     }
     let none = serde_json::json!({});
-    if let Some(scan) = language_plugin(&runtime, "c", "virus_scan.wasm", Hook::Virus, none.clone()) {
+    if let Some(scan) = language_plugin(runtime, "c", "virus_scan.wasm", Hook::Virus, none.clone()) {
         c.bench_function("virus-scan (C) 10KiB", |b| {
-            b.to_async(&rt)
-                .iter(|| async { runtime.virus(&scan, &mx, &msg).await.expect("scan") })
+            b.to_async(rt)
+                .iter(|| async { runtime.virus(&scan, mx, msg).await.expect("scan") })
         });
     }
-    if let Some(haraka) = language_plugin(&runtime, "javascript", "rate_haraka.wasm", Hook::Rate, none) {
+    if let Some(haraka) = language_plugin(runtime, "javascript", "rate_haraka.wasm", Hook::Rate, none) {
         c.bench_function("rate-haraka (JavaScript)", |b| {
-            b.to_async(&rt).iter(|| async {
+            b.to_async(rt).iter(|| async {
                 runtime
-                    .rate(&haraka, &submission, &msg.envelope, &usage)
+                    .rate(&haraka, submission, &msg.envelope, usage)
                     .await
                     .expect("rate")
             })
         });
     }
+}
 
-    // argon2id with the default parameters (19 MiB, 2 passes) dominates this one.
+/// auth-table: argon2id with the default parameters (19 MiB, 2 passes) dominates it.
+fn auth(c: &mut Criterion, s: &Setup) {
     let hash =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$BZHGAFdZ4Kk0HGkHuVsZd0GbXatFtO3OnQBqMK4pSj8";
-    let auth = runtime
+    let auth = s
+        .runtime
         .load(spec(
             "auth_table.wasm",
             Hook::Auth,
@@ -147,9 +187,9 @@ fn hooks(c: &mut Criterion) {
     let mut group = c.benchmark_group("auth");
     group.sample_size(10);
     group.bench_function("auth-table argon2id", |b| {
-        b.to_async(&rt).iter(|| async {
-            runtime
-                .authenticate(&auth, &submission, &creds)
+        b.to_async(&s.rt).iter(|| async {
+            s.runtime
+                .authenticate(&auth, &s.submission, &creds)
                 .await
                 .expect("auth")
         })

@@ -95,33 +95,7 @@ pub fn start_with(binary: &Path, plugins: bool, server_keys: &str, extra: &str) 
          [[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:0\"\n[[listener]]\nkind = \"submission\"\naddress = \"127.0.0.1:0\"\n\
          [domains]\nlocal = [\"example.org\"]\n[auth]\nusers-file = \"users.toml\"\n"
     );
-    if plugins {
-        let built = Path::new(portcullis_runtime::builtin::BUILD_DIR);
-        for (file, hook) in [
-            ("auth_table.wasm", "auth"),
-            ("rate_limit.wasm", "rate"),
-            ("virus_signatures.wasm", "virus"),
-            ("spam_rules.wasm", "spam"),
-        ] {
-            std::fs::copy(built.join(file), dir.path().join(file)).expect("plugin");
-            config.push_str(&format!("\n[[plugin]]\nhook = \"{hook}\"\npath = \"{file}\"\n"));
-            match hook {
-                "auth" => config.push_str(&format!(
-                    "[plugin.config.accounts]\n\"bench@example.org\" = \"{hash}\"\n"
-                )),
-                "rate" => config.push_str("[plugin.config.account]\nmessages-per-minute = 1000000\n"),
-                _ => {}
-            }
-        }
-        // No account in the users file: bench@ authenticates through auth-table.
-        std::fs::write(dir.path().join("users.toml"), "[accounts]\n").expect("users");
-    } else {
-        std::fs::write(
-            dir.path().join("users.toml"),
-            format!("[accounts.\"bench@example.org\"]\npassword = \"{hash}\"\n"),
-        )
-        .expect("users");
-    }
+    install_plugins(dir.path(), plugins, &hash, &mut config);
     config.push_str(extra);
     std::fs::write(dir.path().join("portcullis.toml"), config).expect("config");
     // Compiled plugins are cached across restarts, as they are on a server: every daemon
@@ -140,6 +114,58 @@ pub fn start_with(binary: &Path, plugins: bool, server_keys: &str, extra: &str) 
         .spawn()
         .expect("start portcullis");
     let stderr = child.stderr.take().expect("stderr");
+    let (mx, submission, lines) = listeners(stderr);
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Daemon {
+        child,
+        mx,
+        submission,
+        dir,
+        cert,
+    }
+}
+
+/// The plugins (all four, with bench@ authenticating through auth-table) or the users file.
+fn install_plugins(dir: &Path, plugins: bool, hash: &str, config: &mut String) {
+    if plugins {
+        let built = Path::new(portcullis_runtime::builtin::BUILD_DIR);
+        for (file, hook) in [
+            ("auth_table.wasm", "auth"),
+            ("rate_limit.wasm", "rate"),
+            ("virus_signatures.wasm", "virus"),
+            ("spam_rules.wasm", "spam"),
+        ] {
+            std::fs::copy(built.join(file), dir.join(file)).expect("plugin");
+            config.push_str(&format!("\n[[plugin]]\nhook = \"{hook}\"\npath = \"{file}\"\n"));
+            match hook {
+                "auth" => config.push_str(&format!(
+                    "[plugin.config.accounts]\n\"bench@example.org\" = \"{hash}\"\n"
+                )),
+                "rate" => config.push_str("[plugin.config.account]\nmessages-per-minute = 1000000\n"),
+                _ => {}
+            }
+        }
+        // No account in the users file: bench@ authenticates through auth-table.
+        std::fs::write(dir.join("users.toml"), "[accounts]\n").expect("users");
+    } else {
+        std::fs::write(
+            dir.join("users.toml"),
+            format!("[accounts.\"bench@example.org\"]\npassword = \"{hash}\"\n"),
+        )
+        .expect("users");
+    }
+}
+
+/// Reads the daemon's log up to "ready": its MX and submission addresses, and the rest of
+/// the log to keep draining.
+fn listeners(
+    stderr: std::process::ChildStderr,
+) -> (
+    SocketAddr,
+    SocketAddr,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+) {
     let mut lines = BufReader::new(stderr).lines();
     let (mut mx, mut submission) = (None, None);
     for line in lines.by_ref() {
@@ -161,15 +187,11 @@ pub fn start_with(binary: &Path, plugins: bool, server_keys: &str, extra: &str) 
             break;
         }
     }
-    // Keep draining the log so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Daemon {
-        child,
-        mx: mx.expect("mx listener"),
-        submission: submission.expect("submission listener"),
-        dir,
-        cert,
-    }
+    (
+        mx.expect("mx listener"),
+        submission.expect("submission listener"),
+        lines,
+    )
 }
 
 /// A byte stream a client can use.

@@ -37,8 +37,8 @@ pub struct Parts {
     pub spool: Arc<Spool>,
     /// The spool writer.
     pub writer: crate::spool_writer::SpoolWriter,
-    /// The outbound queue runner.
-    pub outbound: portcullis_outbound::Outbound,
+    /// The delivery scheduler (Maildir and SMTP).
+    pub delivery: portcullis_outbound::Delivery,
     /// Who answers hook points.
     pub hooks: Hooks,
     /// The messages the server writes itself.
@@ -58,8 +58,8 @@ pub struct Context {
     pub spool: Arc<Spool>,
     /// Writes accepted messages to the spool and publishes their local copies.
     pub writer: crate::spool_writer::SpoolWriter,
-    /// The outbound queue runner.
-    pub outbound: portcullis_outbound::Outbound,
+    /// The delivery scheduler (Maildir and SMTP).
+    pub delivery: portcullis_outbound::Delivery,
     /// Who answers hook points.
     pub hooks: Hooks,
     /// Writes the messages the server sends itself (the virus notice).
@@ -81,7 +81,7 @@ impl Context {
             config_path: parts.config_path,
             spool: parts.spool,
             writer: parts.writer,
-            outbound: parts.outbound,
+            delivery: parts.delivery,
             hooks: parts.hooks,
             notices: parts.notices,
             connections: parts.connections,
@@ -202,7 +202,7 @@ impl Context {
         );
         self.live.store(Arc::new(live));
         self.watch_users();
-        self.outbound.reload(outbound);
+        self.delivery.reload(outbound);
         match plugins {
             Some(set) => {
                 self.hooks.replace_plugins(Arc::new(set));
@@ -264,7 +264,7 @@ pub fn control_handler(ctx: &Arc<Context>) -> crate::control::Handler {
             let ctx = ctx.ok_or_else(|| "the daemon is stopping".to_string())?;
             match request {
                 Request::Flush => {
-                    let n = ctx.outbound.flush().await;
+                    let n = ctx.delivery.flush().await;
                     tracing::info!(
                         messages = n,
                         "queue flush requested: every queued message is tried now"

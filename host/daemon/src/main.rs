@@ -39,7 +39,6 @@ mod config;
 mod connection;
 mod context;
 mod control;
-mod delivery;
 mod hooks;
 mod live;
 mod metrics;

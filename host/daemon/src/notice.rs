@@ -2,23 +2,21 @@
 
 use std::sync::Arc;
 
+use portcullis_outbound::Delivery;
 use portcullis_smtp::envelope::{Envelope, Recipient};
 use portcullis_smtp::{Folder, Mailbox, Message};
 use portcullis_spool::{QueueId, Spool};
-use tokio::sync::mpsc;
 
-use crate::delivery::Job;
-
-/// Writes notices into the spool and hands them to local delivery.
+/// Writes notices into the spool and hands them to delivery.
 pub struct Notices {
     spool: Arc<Spool>,
-    deliveries: mpsc::UnboundedSender<Job>,
+    delivery: Delivery,
 }
 
 impl Notices {
-    /// Notices stored in `spool`, delivered through `deliveries`.
-    pub fn new(spool: Arc<Spool>, deliveries: mpsc::UnboundedSender<Job>) -> Self {
-        Notices { spool, deliveries }
+    /// Notices stored in `spool`, handed to `delivery`.
+    pub fn new(spool: Arc<Spool>, delivery: Delivery) -> Self {
+        Notices { spool, delivery }
     }
 
     /// Puts a notice into `account`'s own mailbox: `message`, which it sent from
@@ -73,7 +71,7 @@ impl Notices {
         match stored {
             Ok(Ok(entry)) => {
                 tracing::info!(queue_id = %entry.id, %account, "virus notice queued for the account");
-                let _ = self.deliveries.send(Job::new(entry.id));
+                self.delivery.deliver(entry.id);
             }
             Ok(Err(e)) => tracing::error!(error = %e, %account, "cannot queue the virus notice"),
             Err(e) => tracing::error!(error = %e, "virus notice task failed"),

@@ -53,7 +53,7 @@ pub fn list(config: &Config) -> Result<(), String> {
                 }
                 for (index, error) in &entry.last_error {
                     if let Some(r) = entry.envelope.recipients.get(*index) {
-                        println!("    {}: {error}", r.mailbox);
+                        println!("    {}: {}", r.mailbox, error.to_string().trim_end());
                     }
                 }
             }

@@ -21,7 +21,6 @@ use tracing::Instrument;
 
 use crate::config::{Config, ListenerKind};
 use crate::context::{Context, Phase};
-use crate::delivery::{self, Job};
 use crate::hooks::Hooks;
 use crate::live::Live;
 use crate::plugins::load_plugins;
@@ -198,16 +197,12 @@ fn start_workers(
     delivery_settings.own_addresses = own.clone();
     let outbound_context = portcullis_outbound::Routing::new(delivery_settings)
         .map_err(|e| StartError::Delivery(e.to_string()))?;
-    let (deliveries, outbound, retire_sweep) =
-        delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
-    let writer = crate::spool_writer::SpoolWriter::start(
-        Arc::clone(&spool),
-        maildir,
-        deliveries.clone(),
-        retire_sweep,
-    )
-    .map_err(|e| StartError::Delivery(format!("cannot start the spool writer: {e}")))?;
-    let notices = crate::notice::Notices::new(Arc::clone(&spool), deliveries.clone());
+    let (delivery, retire_sweep) =
+        portcullis_outbound::Delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
+    let writer =
+        crate::spool_writer::SpoolWriter::start(Arc::clone(&spool), maildir, delivery.clone(), retire_sweep)
+            .map_err(|e| StartError::Delivery(format!("cannot start the spool writer: {e}")))?;
+    let notices = crate::notice::Notices::new(Arc::clone(&spool), delivery.clone());
     if !recovered.is_empty() {
         tracing::info!(
             messages = recovered.len(),
@@ -215,11 +210,7 @@ fn start_workers(
         );
     }
     for id in recovered {
-        let _ = deliveries.send(Job {
-            id,
-            recovering: true,
-            attempts: 0,
-        });
+        delivery.recover(id);
     }
     let connections = crate::abuse::Connections::new(config.listeners.len());
     let ctx = Context::new(crate::context::Parts {
@@ -227,7 +218,7 @@ fn start_workers(
         config_path,
         spool,
         writer,
-        outbound,
+        delivery,
         hooks: Hooks::new(plugins),
         notices,
         connections,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use portcullis_spool::writer::{Handoff, Request, Writer};
 use portcullis_spool::{Accepted, Entry, Maildir, Spool};
-use tokio::sync::{Notify, mpsc::UnboundedSender, oneshot};
+use tokio::sync::{Notify, oneshot};
 
-use crate::delivery::Job;
+use portcullis_outbound::Delivery;
 
 /// The handle sessions use; the thread ends when it is dropped.
 pub struct SpoolWriter {
@@ -19,17 +19,17 @@ pub struct SpoolWriter {
 const STOPPED: &str = "the spool writer has stopped";
 
 impl SpoolWriter {
-    /// Starts the writer: what it cannot settle goes to `deliveries`; `sweep` wakes the
+    /// Starts the writer: what it cannot settle goes to `delivery`; `sweep` wakes the
     /// sweeper that releases delivered messages' spool files.
     pub fn start(
         spool: Arc<Spool>,
         maildir: Maildir,
-        deliveries: UnboundedSender<Job>,
+        delivery: Delivery,
         sweep: Arc<Notify>,
     ) -> std::io::Result<Self> {
         let handoff = Handoff {
             deliver: Box::new(move |id| {
-                let _ = deliveries.send(Job::new(id));
+                delivery.deliver(id);
             }),
             retiring: Box::new(move || sweep.notify_one()),
         };

@@ -221,42 +221,8 @@ async fn session(
         let _ = conn.command("QUIT\r\n").await;
         return Err(conn.refused(greeting));
     }
-    let ehlo = format!("EHLO {}\r\n", settings.hostname);
-    let mut ext = hello(&mut conn, &settings.hostname).await?;
-    let mut secure = false;
-    if tls != TlsPolicy::Disabled {
-        if !ext.starttls {
-            if tls == TlsPolicy::Required {
-                let _ = conn.command("QUIT\r\n").await;
-                return Err(SessionError::TlsRequired {
-                    host: conn.host.clone(),
-                    reason: "the peer does not offer STARTTLS".into(),
-                });
-            }
-        } else {
-            let reply = conn.command("STARTTLS\r\n").await?;
-            if reply.code != 220 {
-                if tls == TlsPolicy::Required {
-                    return Err(SessionError::TlsRequired {
-                        host: conn.host.clone(),
-                        reason: format!("STARTTLS was refused: {reply}"),
-                    });
-                }
-            } else {
-                // Bytes the peer sent after its 220 would be read as if they came over TLS:
-                // the injection of CVE-2011-0411, on the client side. Refuse the peer.
-                if conn.parser.is_partial() {
-                    return Err(conn.broken("data after the STARTTLS reply (injection attempt)"));
-                }
-                conn = upgrade(conn, peer.name).await?;
-                secure = true;
-                ext = match conn.command(&ehlo).await? {
-                    reply if reply.is_positive() => Extensions::from_ehlo(&reply),
-                    reply => return Err(conn.refused(reply)),
-                };
-            }
-        }
-    }
+    let ext = hello(&mut conn, &settings.hostname).await?;
+    let (mut conn, ext, secure) = starttls(conn, ext, peer, tls, &settings.hostname).await?;
     if let Some(creds) = peer.auth {
         if !secure {
             return Err(SessionError::TlsRequired {
@@ -266,34 +232,8 @@ async fn session(
         }
         authenticate(&mut conn, &ext, creds).await?;
     }
-    let size = message.len() as u64;
-    if ext.refuses_size(size) {
+    if let Some(reply) = unfit(&ext, envelope, message, &conn.host) {
         let _ = conn.command("QUIT\r\n").await;
-        let reply = Reply::new(
-            552,
-            Some(portcullis_smtp::Enhanced(5, 3, 4)),
-            format!(
-                "message of {size} octets exceeds the limit of {} announced by {}",
-                ext.size.unwrap_or(0),
-                conn.host
-            ),
-        );
-        return Ok(Delivered {
-            results: vec![RecipientResult::Fail(reply); envelope.recipients.len()],
-            peer_dsn: ext.dsn,
-            tls: secure,
-        });
-    }
-    if client::needs_smtputf8(envelope) && !ext.smtputf8 {
-        let _ = conn.command("QUIT\r\n").await;
-        let reply = Reply::new(
-            553,
-            Some(portcullis_smtp::Enhanced(5, 6, 7)),
-            format!(
-                "{} does not support SMTPUTF8, which this message needs",
-                conn.host
-            ),
-        );
         return Ok(Delivered {
             results: vec![RecipientResult::Fail(reply); envelope.recipients.len()],
             peer_dsn: ext.dsn,
@@ -312,6 +252,75 @@ async fn session(
         peer_dsn: ext.dsn,
         tls: secure,
     })
+}
+
+/// STARTTLS as `tls` asks, with the EHLO after it: the connection (upgraded or not), the
+/// extensions in force and whether it is encrypted.
+async fn starttls(
+    mut conn: Conn,
+    ext: Extensions,
+    peer: &Peer<'_>,
+    tls: TlsPolicy,
+    hostname: &str,
+) -> Result<(Conn, Extensions, bool), SessionError> {
+    if tls == TlsPolicy::Disabled {
+        return Ok((conn, ext, false));
+    }
+    if !ext.starttls {
+        if tls == TlsPolicy::Required {
+            let _ = conn.command("QUIT\r\n").await;
+            return Err(SessionError::TlsRequired {
+                host: conn.host.clone(),
+                reason: "the peer does not offer STARTTLS".into(),
+            });
+        }
+        return Ok((conn, ext, false));
+    }
+    let reply = conn.command("STARTTLS\r\n").await?;
+    if reply.code != 220 {
+        if tls == TlsPolicy::Required {
+            return Err(SessionError::TlsRequired {
+                host: conn.host.clone(),
+                reason: format!("STARTTLS was refused: {reply}"),
+            });
+        }
+        return Ok((conn, ext, false));
+    }
+    // Bytes the peer sent after its 220 would be read as if they came over TLS: the
+    // injection of CVE-2011-0411, on the client side. Refuse the peer.
+    if conn.parser.is_partial() {
+        return Err(conn.broken("data after the STARTTLS reply (injection attempt)"));
+    }
+    let mut conn = upgrade(conn, peer.name).await?;
+    let ext = match conn.command(&format!("EHLO {hostname}\r\n")).await? {
+        reply if reply.is_positive() => Extensions::from_ehlo(&reply),
+        reply => return Err(conn.refused(reply)),
+    };
+    Ok((conn, ext, true))
+}
+
+/// Why the peer cannot take this message at all (its announced SIZE, no SMTPUTF8 for a
+/// message that needs it): the permanent failure of every recipient.
+fn unfit(ext: &Extensions, envelope: &Envelope, message: &[u8], host: &str) -> Option<Reply> {
+    let size = message.len() as u64;
+    if ext.refuses_size(size) {
+        return Some(Reply::new(
+            552,
+            Some(portcullis_smtp::Enhanced(5, 3, 4)),
+            format!(
+                "message of {size} octets exceeds the limit of {} announced by {host}",
+                ext.size.unwrap_or(0),
+            ),
+        ));
+    }
+    if client::needs_smtputf8(envelope) && !ext.smtputf8 {
+        return Some(Reply::new(
+            553,
+            Some(portcullis_smtp::Enhanced(5, 6, 7)),
+            format!("{host} does not support SMTPUTF8, which this message needs"),
+        ));
+    }
+    None
 }
 
 /// EHLO, falling back to HELO for a peer that does not know it (RFC 5321 3.2).

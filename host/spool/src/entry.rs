@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use portcullis_smtp::envelope::Envelope;
-use portcullis_smtp::{Content, Folder};
+use portcullis_smtp::{Content, Folder, Reply};
 use serde::{Deserialize, Serialize};
 
 /// A queue id: unique, sortable by arrival, safe as a file name.
@@ -81,9 +81,10 @@ pub struct Entry {
     /// Outbound: the earliest time of the next attempt, seconds since the epoch (0: now).
     #[serde(default)]
     pub next_attempt: u64,
-    /// Outbound: the last temporary failure of each pending recipient (index → reply).
-    #[serde(default)]
-    pub last_error: BTreeMap<usize, String>,
+    /// The last temporary failure of each pending recipient (index → reply), stored as
+    /// the reply's text (`451 4.4.1 no answer`).
+    #[serde(default, with = "reply_text")]
+    pub last_error: BTreeMap<usize, Reply>,
     /// Outbound: the sender has been told that delivery is late.
     #[serde(default)]
     pub delay_notified: bool,
@@ -99,6 +100,29 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The pending recipients in one of our domains (delivered into a mailbox).
+    pub fn pending_local(&self) -> Vec<usize> {
+        self.pending_where(true)
+    }
+
+    /// The pending recipients in other domains (delivered over SMTP).
+    pub fn pending_remote(&self) -> Vec<usize> {
+        self.pending_where(false)
+    }
+
+    fn pending_where(&self, local: bool) -> Vec<usize> {
+        self.pending
+            .iter()
+            .copied()
+            .filter(|&i| self.envelope.recipients.get(i).is_some_and(|r| r.local == local))
+            .collect()
+    }
+
+    /// Every recipient of the message is in one of our domains.
+    pub fn all_local(&self) -> bool {
+        self.envelope.recipients.iter().all(|r| r.local)
+    }
+
     /// Whether a local recipient is owed a report of its delivery: RFC 3461
     /// NOTIFY=SUCCESS, on a message whose sender is known ([`Entry::success_notices`]) and
     /// not the null sender.
@@ -129,4 +153,66 @@ pub struct Incoming<'a> {
     pub head: &'a str,
     /// The content as received, in memory or in its spill file.
     pub content: &'a Content,
+}
+
+/// [`Entry::last_error`] as text in the spool file: what earlier versions wrote, and what
+/// an operator reads there.
+mod reply_text {
+    use std::collections::BTreeMap;
+
+    use portcullis_smtp::client::ReplyParser;
+    use portcullis_smtp::{Enhanced, Reply};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<usize, Reply>, s: S) -> Result<S::Ok, S::Error> {
+        let text: BTreeMap<usize, String> = map
+            .iter()
+            .map(|(&i, reply)| (i, reply.to_string().trim_end().to_string()))
+            .collect();
+        text.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<usize, Reply>, D::Error> {
+        let text = BTreeMap::<usize, String>::deserialize(d)?;
+        Ok(text.into_iter().map(|(i, t)| (i, parse(&t))).collect())
+    }
+
+    /// The reply written as `text`; a text that is not one (hand-edited) is kept as the
+    /// text of a temporary failure.
+    pub fn parse(text: &str) -> Reply {
+        let mut parser = ReplyParser::new();
+        parser.feed(text.as_bytes());
+        parser.feed(b"\r\n");
+        match parser.next_reply() {
+            Ok(Some(reply)) => reply,
+            _ => Reply::new(451, Some(Enhanced(4, 0, 0)), text.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_smtp::Enhanced;
+
+    #[test]
+    fn last_errors_are_replies_kept_as_their_text() {
+        let json = r#"{"0":"451 4.4.1 no answer","2":"421-busy\r\n421 4.3.2 try later","3":"junk"}"#;
+        let mut de = serde_json::Deserializer::from_str(json);
+        let map = reply_text::deserialize(&mut de).expect("parses");
+        assert_eq!(map[&0], Reply::new(451, Some(Enhanced(4, 4, 1)), "no answer"));
+        assert_eq!(map[&2].code, 421);
+        assert_eq!(
+            map[&2].text, "busy\n4.3.2 try later",
+            "the enhanced code is the first line's"
+        );
+        assert_eq!(
+            map[&3].code, 451,
+            "a text that is not a reply is a temporary failure"
+        );
+        let mut out = Vec::new();
+        reply_text::serialize(&map, &mut serde_json::Serializer::new(&mut out)).expect("writes");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains(r#""0":"451 4.4.1 no answer""#), "{text}");
+    }
 }

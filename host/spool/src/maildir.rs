@@ -77,15 +77,6 @@ pub fn copy_name(id: &crate::QueueId, index: usize) -> String {
     format!("{id}_{index}")
 }
 
-/// What [`Maildir::deliver_pending`] left to do.
-#[derive(Debug, Default)]
-pub struct Pending {
-    /// Recipients still pending: the remote ones, and those whose copy failed.
-    pub remaining: Vec<usize>,
-    /// The first failure: the recipient and why.
-    pub failure: Option<(String, io::Error)>,
-}
-
 /// The root of all local mailboxes, `<data-dir>/mail`.
 #[derive(Clone, Debug)]
 pub struct Maildir {
@@ -213,36 +204,36 @@ impl Maildir {
         Ok(Delivery::Delivered)
     }
 
-    /// Writes the copies of `entry`'s pending local recipients (`message` is the spooled
-    /// content); says which recipients are still pending.
-    pub fn deliver_pending(&self, entry: &Entry, message: &[&[u8]], recovering: bool) -> Pending {
-        let mut pending = Pending::default();
-        for &index in &entry.pending {
-            let Some(recipient) = entry.envelope.recipients.get(index) else {
-                continue;
-            };
-            let Some(copy) = Copy::of(entry, index) else {
-                pending.remaining.push(index);
+    /// Writes the copies of `entry`'s local recipients `indices` (`message` is the spooled
+    /// content): the result of each, in order. A remote recipient is an error.
+    pub fn deliver_copies(
+        &self,
+        entry: &Entry,
+        indices: &[usize],
+        message: &[&[u8]],
+        recovering: bool,
+    ) -> Vec<(usize, io::Result<()>)> {
+        let mut results = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let (Some(recipient), Some(copy)) =
+                (entry.envelope.recipients.get(index), Copy::of(entry, index))
+            else {
+                results.push((index, Err(io::Error::other("not a local recipient"))));
                 continue;
             };
             // Sharing the spool's flush, the copy was prepared before the 250 (or is
             // written now) and a flush before the spool file goes makes it durable.
-            match self.deliver(&copy, message, recovering) {
-                Ok(Delivery::Delivered) => {
+            let result = self.deliver(&copy, message, recovering).map(|delivery| match delivery {
+                Delivery::Delivered => {
                     tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
                 }
-                Ok(Delivery::AlreadyDelivered) => {
+                Delivery::AlreadyDelivered => {
                     tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, "already in the maildir (delivered before a restart)")
                 }
-                Err(source) => {
-                    pending.remaining.push(index);
-                    pending
-                        .failure
-                        .get_or_insert((recipient.mailbox.to_string(), source));
-                }
-            }
+            });
+            results.push((index, result));
         }
-        pending
+        results
     }
 
     /// The folder and the file name of one copy.

@@ -251,7 +251,7 @@ impl Shared {
         let Some(body) = accepted.message.body.in_memory() else {
             return false;
         };
-        if !self.maildir.shares_spool_flush() || !entry.envelope.recipients.iter().all(|r| r.local) {
+        if !self.maildir.shares_spool_flush() || !entry.all_local() {
             return false;
         }
         let content = [accepted.head.as_bytes(), body];
@@ -259,11 +259,12 @@ impl Shared {
             // The report is queued before the recipients leave the spool: delivery's job.
             return false;
         }
-        let pending = self.maildir.deliver_pending(entry, &content, false);
-        if let Some((recipient, e)) = &pending.failure {
-            tracing::warn!(queue_id = %entry.id, %recipient, error = %e, "delivery failed; a delivery run will retry");
-        }
-        if !pending.remaining.is_empty() {
+        let results = self
+            .maildir
+            .deliver_copies(entry, &entry.pending, &content, false);
+        if let Some((index, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
+            let recipient = &entry.envelope.recipients[*index].mailbox;
+            tracing::warn!(queue_id = %entry.id, %recipient, error = %e, "delivery failed; the delivery scheduler will retry");
             return false;
         }
         match self.spool.retire_after_flush(entry.id.clone()) {
@@ -273,7 +274,7 @@ impl Shared {
                 true
             }
             Err(e) => {
-                tracing::warn!(queue_id = %entry.id, error = %e, "cannot retire a delivered message; a delivery run will");
+                tracing::warn!(queue_id = %entry.id, error = %e, "cannot retire a delivered message; the delivery scheduler will");
                 false
             }
         }

@@ -294,7 +294,14 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             hit("FROM_FORGED_LOCAL", 2.0);
         }
     }
-    // Phrase matching is case-insensitive for ASCII letters (byte-wise, fast).
+    phrase_hits(config, facts, &mut hit);
+    let total = hits.iter().map(|(_, s)| s).sum();
+    (total, hits.into_iter().map(|(n, _)| n).collect())
+}
+
+/// The phrase rules (the defaults and the configured ones) that match `facts`. Matching is
+/// case-insensitive for ASCII letters (byte-wise, fast).
+fn phrase_hits(config: &Config, facts: &Facts, hit: &mut impl FnMut(&str, f64)) {
     let subject = facts.subject.clone().unwrap_or_default().to_ascii_lowercase();
     let body = facts.body.to_ascii_lowercase();
     let phrases = PHRASES
@@ -324,8 +331,6 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             hit(&rule.name, rule.score);
         }
     }
-    let total = hits.iter().map(|(_, s)| s).sum();
-    (total, hits.into_iter().map(|(n, _)| n).collect())
 }
 
 struct SpamRules;

@@ -1,13 +1,13 @@
-//! The queue runner against a real spool: expiry returns the message to its sender, and a
+//! The delivery scheduler against a real spool and Maildir: expiry returns the message to its sender, and a
 //! message from the null sender is never bounced.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_outbound::{DeliverySettings, Outbound, Route, Routing, TlsPolicy};
+use portcullis_outbound::{Delivery, DeliverySettings, Route, Routing, TlsPolicy};
 use portcullis_smtp::envelope::{Envelope, MailParams, Recipient};
 use portcullis_smtp::{Folder, Mailbox};
-use portcullis_spool::{QueueId, Spool};
+use portcullis_spool::{Maildir, QueueId, Spool};
 
 fn settings() -> DeliverySettings {
     let mut s = DeliverySettings::new("mx.example.org");
@@ -41,9 +41,9 @@ fn envelope(sender: Option<Mailbox>) -> Envelope {
     }
 }
 
-async fn run(sender: Option<Mailbox>) -> (tempfile::TempDir, Arc<Spool>, Vec<QueueId>) {
+async fn run(sender: Option<Mailbox>) -> (tempfile::TempDir, Arc<Spool>, Vec<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let spool = Arc::new(Spool::open(dir.path()).expect("spool"));
+    let spool = Arc::new(Spool::open(&dir.path().join("spool")).expect("spool"));
     let entry = spool
         .store(
             QueueId::generate(),
@@ -53,24 +53,31 @@ async fn run(sender: Option<Mailbox>) -> (tempfile::TempDir, Arc<Spool>, Vec<Que
             b"Subject: old news\r\n\r\nbody\r\n",
         )
         .expect("store");
-    let handed: Arc<Mutex<Vec<QueueId>>> = Arc::default();
-    let seen = Arc::clone(&handed);
-    let outbound = Outbound::start(
+    let mail = dir.path().join("mail");
+    let (delivery, _sweep) = Delivery::start(
         Arc::clone(&spool),
+        Maildir::new(mail.clone(), "mx.example.org"),
         Routing::new(settings()).expect("context"),
-        Arc::new(move |id| seen.lock().expect("lock").push(id)),
     );
-    outbound.submit(entry.id.clone());
+    delivery.deliver(entry.id.clone());
+    // The message leaves the queue, and the report it owes (delivered into the sender's
+    // mailbox by the same scheduler) too.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while spool.list().expect("list").contains(&entry.id) {
+    while !spool.list().expect("list").is_empty() {
         assert!(
             Instant::now() < deadline,
-            "the expired message never left the queue"
+            "the expired message (or its report) never left the queue"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let handed = handed.lock().expect("lock").clone();
-    (dir, spool, handed)
+    let inbox = mail.join("example.org").join("alice").join("new");
+    let reports = match std::fs::read_dir(&inbox) {
+        Ok(files) => files
+            .map(|f| std::fs::read_to_string(f.expect("entry").path()).expect("read"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    (dir, spool, reports)
 }
 
 #[tokio::test]
@@ -79,14 +86,14 @@ async fn expiry_returns_the_message_to_a_local_sender() {
         local: "alice".into(),
         domain: "example.org".into(),
     };
-    let (_dir, spool, handed) = run(Some(alice.clone())).await;
-    assert_eq!(handed.len(), 1, "one DSN handed to local delivery");
-    let (dsn, body) = spool.load(&handed[0]).expect("dsn in the spool");
-    assert_eq!(dsn.envelope.mail_from, None, "DSNs come from the null sender");
-    assert_eq!(dsn.envelope.recipients.len(), 1);
-    assert_eq!(dsn.envelope.recipients[0].mailbox, alice);
-    assert!(dsn.envelope.recipients[0].local);
-    let text = String::from_utf8_lossy(&body);
+    let (_dir, _spool, reports) = run(Some(alice.clone())).await;
+    assert_eq!(reports.len(), 1, "one DSN delivered to the sender");
+    let text = &reports[0];
+    assert!(
+        text.starts_with("Return-Path: <>\r\n"),
+        "DSNs come from the null sender: {text}"
+    );
+    assert!(text.contains("Delivered-To: alice@example.org\r\n"), "{text}");
     assert!(
         text.contains("Status: 4.4.7") && text.contains("Subject: old news"),
         "{text}"
@@ -95,7 +102,7 @@ async fn expiry_returns_the_message_to_a_local_sender() {
 
 #[tokio::test]
 async fn a_bounce_is_never_bounced() {
-    let (_dir, spool, handed) = run(None).await;
-    assert!(handed.is_empty(), "a DSN was queued for a message from <>");
+    let (_dir, spool, reports) = run(None).await;
+    assert!(reports.is_empty(), "a DSN was queued for a message from <>");
     assert!(spool.list().expect("list").is_empty());
 }

@@ -1,0 +1,240 @@
+//! Portcullis side by side with Postfix on this machine, in one run.
+//!
+//! Usage (as root: it installs Postfix from Debian's packages when missing, and both servers
+//! write Maildirs owned by other users):
+//!
+//! ```text
+//! cargo build --release -p portcullis -p portcullis-bench
+//! ./target/release/compare [--seconds S] [--sessions 1,10,100] [--sizes 1024,10240,102400]
+//!                          [--idle N] [--portcullis PATH]
+//! ```
+//!
+//! `--sessions none` skips the MX and group-commit tables (`--sizes none` the MX table),
+//! `--idle 0` the idle-connection count.
+//!
+//! For each scenario (sessions × message size) it runs, in turn, Postfix (MX to a Maildir,
+//! its normal queue fsync), Portcullis with no plugins and Portcullis with all four example
+//! plugins, each freshly started, loaded by Postfix's own `smtp-source` (one connection per
+//! message). It reports messages per second, the Portcullis / Postfix ratio, server CPU
+//! seconds per 1000 messages (Postfix: the whole process tree, exited children included),
+//! p50 and p99 latency from the end of DATA to the 250 (a second, shorter pass with our own
+//! client, because smtp-source does not time replies), and peak memory (PSS of the process
+//! tree). It also measures the disk's own file + directory fsync rate in the same run, the
+//! submission path against Postfix's submission listener with Cyrus SASL (STARTTLS + AUTH
+//! PLAIN per session, a new TLS session per message versus reuse), and the memory per idle
+//! connection.
+
+mod measure;
+mod postfix;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use portcullis_bench::server::{start, start_with};
+
+use measure::*;
+use postfix::*;
+
+struct Args {
+    seconds: f64,
+    sessions: Vec<usize>,
+    sizes: Vec<usize>,
+    idle: usize,
+    binary: PathBuf,
+}
+
+fn list(value: &str) -> Vec<usize> {
+    if value == "none" {
+        return Vec::new();
+    }
+    value
+        .split(',')
+        .map(|v| v.trim().parse().expect("a comma-separated list of numbers"))
+        .collect()
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        seconds: 5.0,
+        sessions: vec![1, 10, 100],
+        sizes: vec![1024, 10 * 1024, 100 * 1024],
+        idle: 5000,
+        binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/portcullis"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--seconds" => a.seconds = value.parse().expect("--seconds S"),
+            "--sessions" => a.sessions = list(&value),
+            "--sizes" => a.sizes = list(&value),
+            "--idle" => a.idle = value.parse().expect("--idle N"),
+            "--portcullis" => a.binary = PathBuf::from(value),
+            other => panic!("unknown option {other}"),
+        }
+    }
+    a
+}
+
+fn main() {
+    let a = args();
+    assert!(
+        a.binary.is_file(),
+        "{} not found: cargo build --release -p portcullis",
+        a.binary.display()
+    );
+    raise_fd_limit();
+    ensure_postfix();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    println!(
+        "Machine: {cores} cores, {}; Postfix {}; Portcullis {}\n",
+        version(Command::new("uname").args(["-sr"])),
+        version(Command::new("postconf").args(["-h", "-d", "mail_version"])),
+        env!("CARGO_PKG_VERSION"),
+    );
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (fsyncs, syncfs) = disk_rates(scratch.path());
+    let mut kept = Kept::default();
+    // Compile the plugins into the shared cache once, so that no measured start is a cold
+    // one (bench/src/server.rs).
+    drop(start(&a.binary, true, ""));
+    println!("Disk: {fsyncs:.0} file+directory fsyncs/s, {syncfs:.0} syncfs/s\n");
+
+    mx_path(&a, &mut kept, fsyncs);
+    group_commit(&a, &mut kept);
+    submission_path(&a, &mut kept);
+    idle_connections(&a);
+}
+
+/// The MX table: Postfix, Portcullis without and with plugins, per size and sessions.
+fn mx_path(a: &Args, kept: &mut Kept, fsyncs: f64) {
+    println!("### MX path (smtp-source, one connection per message)\n");
+    println!(
+        "| sessions | size | server | msgs/s | vs Postfix | CPU s / 1000 msgs | p50 ms | p99 ms | peak MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut single = None;
+    for &size in &a.sizes {
+        for &sessions in &a.sessions {
+            let postfix = {
+                let mut p = Postfix::start();
+                measure(&mut p, kept, sessions, size, a.seconds)
+            };
+            let off = {
+                let mut d = start(&a.binary, false, "");
+                measure(&mut d, kept, sessions, size, a.seconds)
+            };
+            let on = {
+                let mut d = start(&a.binary, true, "");
+                measure(&mut d, kept, sessions, size, a.seconds)
+            };
+            if sessions == 1 && single.is_none() {
+                single = Some(off.per_second);
+            }
+            for (name, m) in [
+                ("Postfix", &postfix),
+                ("Portcullis, no plugins", &off),
+                ("Portcullis, 4 plugins", &on),
+            ] {
+                let ratio = if std::ptr::eq(m, &postfix) {
+                    String::new()
+                } else {
+                    format!("{:.2}×", m.per_second / postfix.per_second)
+                };
+                println!(
+                    "| {sessions} | {} KiB | {name} | {:.0} | {ratio} | {:.2} | {} | {} | {} |",
+                    size / 1024,
+                    m.per_second,
+                    m.cpu_per_1000,
+                    ms(m.p50),
+                    ms(m.p99),
+                    mib(m.peak)
+                );
+            }
+            println!(
+                "| {sessions} | {} KiB | plugins on / off | {:.0}% | | | | | |",
+                size / 1024,
+                100.0 * on.per_second / off.per_second
+            );
+        }
+    }
+    if let Some(rate) = single {
+        println!(
+            "\nSingle session, smallest size, no plugins: {rate:.0} msgs/s = {:.0}% of the disk's file+directory fsync rate.",
+            100.0 * rate / fsyncs
+        );
+    }
+}
+
+/// Group commit against one fsync per message.
+fn group_commit(a: &Args, kept: &mut Kept) {
+    println!("\n### Group commit versus one fsync per message (no plugins, 10 KiB)\n");
+    println!("| sessions | spool-sync | msgs/s | p50 ms | p99 ms | group / per-message |");
+    println!("|---|---|---|---|---|---|");
+    for &sessions in &a.sessions {
+        let per = {
+            let mut d = start_with(&a.binary, false, "spool-sync = \"per-message\"", "");
+            measure(&mut d, kept, sessions, 10 * 1024, a.seconds)
+        };
+        let group = {
+            let mut d = start_with(&a.binary, false, "spool-sync = \"group\"", "");
+            measure(&mut d, kept, sessions, 10 * 1024, a.seconds)
+        };
+        println!(
+            "| {sessions} | per-message | {:.0} | {} | {} | |",
+            per.per_second,
+            ms(per.p50),
+            ms(per.p99)
+        );
+        println!(
+            "| {sessions} | group | {:.0} | {} | {} | {:.2}× |",
+            group.per_second,
+            ms(group.p50),
+            ms(group.p99),
+            group.per_second / per.per_second
+        );
+    }
+}
+
+/// Submission: STARTTLS + AUTH, a new TLS session per message and a reused one.
+fn submission_path(a: &Args, kept: &mut Kept) {
+    println!("\n### Submission path (STARTTLS + AUTH PLAIN, 10 KiB, 10 sessions)\n");
+    println!("| connection | server | msgs/s | vs Postfix | p50 ms | p99 ms |");
+    println!("|---|---|---|---|---|---|");
+    for reuse in [false, true] {
+        let connection = if reuse { "reused" } else { "new per message" };
+        let messages = if reuse { 3000 } else { 1000 };
+        let mut postfix = Postfix::start();
+        let (reference, lat) = submission(postfix.submission, &postfix.cert, 10, messages, 10 * 1024, reuse);
+        kept.keep(&mut postfix);
+        drop(postfix);
+        println!(
+            "| {connection} | Postfix | {reference:.0} | | {} | {} |",
+            ms(percentile(&lat, 0.5)),
+            ms(percentile(&lat, 0.99))
+        );
+        for plugins in [false, true] {
+            let mut d = start(&a.binary, plugins, "");
+            let (rate, lat) = submission(d.submission, &d.cert, 10, messages, 10 * 1024, reuse);
+            kept.keep(&mut d);
+            println!(
+                "| {connection} | Portcullis, {} | {rate:.0} | {:.2}× | {} | {} |",
+                if plugins { "4 plugins" } else { "no plugins" },
+                rate / reference,
+                ms(percentile(&lat, 0.5)),
+                ms(percentile(&lat, 0.99))
+            );
+        }
+    }
+}
+
+/// Memory per idle MX connection.
+fn idle_connections(a: &Args) {
+    println!("\n### Idle connections\n");
+    let d = start(&a.binary, true, "");
+    let (per, n) = idle_memory(&d, a.idle);
+    println!(
+        "{n} idle MX sessions: {:.1} KiB of daemon RSS per session.",
+        per / 1024.0
+    );
+}
