@@ -11,6 +11,11 @@ rustup run nightly rustc --version >/dev/null 2>&1 \
 command -v cargo-fuzz >/dev/null 2>&1 || cargo +nightly install cargo-fuzz --locked
 targets=$(sed -n 's/^name = "\(.*\)"/\1/p' Cargo.toml | grep -v '^portcullis-fuzz$')
 cargo +nightly fuzz build
+# The config target starts from the example configs (any corpus it grew is kept).
+mkdir -p corpus/config
+for example in ../examples/*.toml; do
+  [ -e "corpus/config/${example##*/}" ] || cp "$example" corpus/config/
+done
 for target in $targets; do
   mkdir -p "corpus/$target"
   echo "fuzz: $target for ${seconds}s"

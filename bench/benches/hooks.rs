@@ -132,14 +132,8 @@ fn bundled(c: &mut Criterion, s: &Setup) {
 
 /// Plugins in other languages, built by their own scripts (scripts/test.sh runs them).
 fn other_languages(c: &mut Criterion, s: &Setup) {
-    let Setup {
-        rt,
-        runtime,
-        mx,
-        submission,
-        msg,
-        usage,
-    } = s;
+    let (rt, runtime, msg) = (&s.rt, &s.runtime, &s.msg);
+    let (mx, submission, usage) = (&s.mx, &s.submission, &s.usage);
     let bayes = serde_json::json!({ "tokens": { "viagra": 3.0, "report": -1.0, "quarterly": -0.5 } });
     if let Some(bayes) = language_plugin(runtime, "python", "spam_bayes.wasm", Hook::Spam, bayes) {
         c.bench_function("spam-bayes (Python) 10KiB", |b| {

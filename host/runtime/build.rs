@@ -42,7 +42,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rustc-env=PORTCULLIS_BUILT_PLUGINS={}", out.display());
 
-    ensure_target();
+    ensure_target(&plugins);
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
@@ -61,8 +61,28 @@ fn main() {
     copy(&release.join("probe.wasm"), &out.join("probe_b.wasm"));
 }
 
-fn cargo() -> Command {
-    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+/// The toolchain's own program `name`: under rustup, its proxy run in `plugins/` with
+/// nothing of the outer build's toolchain choice, so that the plugins are built with the
+/// toolchain the repository pins (rust-toolchain.toml) whatever toolchain builds the host
+/// (nightly, for the fuzz targets); otherwise what the outer build uses.
+fn tool(name: &str, outer: &str, plugins: &Path) -> Command {
+    let under_rustup = env::var_os("RUSTUP_TOOLCHAIN").is_some();
+    let program = match env::var_os(outer) {
+        Some(path) if !under_rustup => path,
+        _ => name.into(),
+    };
+    let mut command = Command::new(program);
+    command.current_dir(plugins);
+    if under_rustup {
+        for var in ["RUSTUP_TOOLCHAIN", "RUSTC", "RUSTDOC", "CARGO"] {
+            command.env_remove(var);
+        }
+    }
+    command
+}
+
+fn cargo(plugins: &Path) -> Command {
+    let mut command = tool("cargo", "CARGO", plugins);
     // Nothing of the outer build may leak into the guest build: no host RUSTFLAGS, no
     // clippy wrapper, no outer target.
     for var in [
@@ -79,8 +99,7 @@ fn cargo() -> Command {
 }
 
 fn cargo_build(plugins: &Path, target_dir: &Path, extra: &[&str]) {
-    let status = cargo()
-        .current_dir(plugins)
+    let status = cargo(plugins)
         .args([
             "build",
             "--release",
@@ -102,9 +121,8 @@ fn cargo_build(plugins: &Path, target_dir: &Path, extra: &[&str]) {
 
 /// Installs the wasm32-wasip2 standard library if rustup has not: rustup will not do it by
 /// itself on machines with RUSTUP_AUTO_INSTALL=0.
-fn ensure_target() {
-    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let libdir = Command::new(&rustc)
+fn ensure_target(plugins: &Path) {
+    let libdir = tool("rustc", "RUSTC", plugins)
         .args(["--print", "target-libdir", "--target", TARGET])
         .output()
         .ok()
@@ -113,12 +131,9 @@ fn ensure_target() {
         return;
     }
     println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
-    let toolchain = env::var("RUSTUP_TOOLCHAIN").unwrap_or_default();
     let mut command = Command::new("rustup");
+    command.current_dir(plugins).env_remove("RUSTUP_TOOLCHAIN");
     command.args(["target", "add", TARGET]);
-    if !toolchain.is_empty() {
-        command.args(["--toolchain", &toolchain]);
-    }
     let ok = command.status().is_ok_and(|s| s.success());
     assert!(
         ok,

@@ -24,8 +24,9 @@
 //! - [`queue_cmd`]: `portcullis queue list | flush | remove`.
 //! - [`control`]: the control socket through which `queue flush` reaches the daemon.
 //! - [`sd_notify`]: READY / RELOADING / STOPPING for systemd's `Type=notify`.
-//! - [`delivery`]: from the spool into Maildirs, with retries; then to the outbound queue
-//!   runner (`portcullis-outbound`).
+//!
+//! Delivery of every spooled message (Maildir and SMTP) is `portcullis-outbound`'s
+//! scheduler; the daemon starts it and hands it what it spools.
 
 use std::io::{IsTerminal, Read};
 use std::path::PathBuf;

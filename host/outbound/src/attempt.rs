@@ -102,9 +102,16 @@ impl Attempt {
                 }
             }
         }
-        self.plan_next(&mut entry, &message, tried_remote, expires_at)
+        let again = self
+            .plan_next(&mut entry, &message, tried_remote, expires_at)
             .await;
-        self.persist(&entry).await
+        let next = self.persist(&entry).await;
+        if again && next.is_some() {
+            // Said once it is recorded: what `queue list` shows from now on.
+            let next_in = entry.next_attempt.saturating_sub(now());
+            tracing::info!(queue_id = %entry.id, attempts = entry.attempts, next_in, "message stays queued for another attempt");
+        }
+        next
     }
 
     /// Whether the remote recipients of `entry` are due now.
@@ -113,19 +120,19 @@ impl Attempt {
     }
 
     /// After the batches: when to try again what is still pending, and whether the
-    /// sender should hear that it is late.
+    /// sender should hear that it is late. Returns whether anything is to be tried again.
     async fn plan_next(
         &self,
         entry: &mut Entry,
         message: &Arc<Vec<u8>>,
         tried_remote: bool,
         expires_at: u64,
-    ) {
+    ) -> bool {
         let still_local = !entry.pending_local().is_empty();
         let still_remote = !entry.pending_remote().is_empty();
         let retried_remote = still_remote && tried_remote;
         if !still_local && !retried_remote {
-            return;
+            return false;
         }
         entry.attempts += 1;
         let t = now();
@@ -144,7 +151,7 @@ impl Attempt {
             next = next.min(t + self.shared.local.retry_after(entry.attempts).as_secs());
         }
         entry.next_attempt = next;
-        tracing::info!(queue_id = %entry.id, attempts = entry.attempts, next_in = next.saturating_sub(t), "message stays queued for another attempt");
+        true
     }
 
     /// Tells the sender once that remote delivery is late (`[delivery] delay-notice`).

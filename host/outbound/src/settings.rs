@@ -61,7 +61,7 @@ pub struct Route {
     pub auth: Option<RelayLogin>,
 }
 
-/// Everything the queue runner and the client need.
+/// Everything the scheduler, the couriers and the client need.
 #[derive(Clone, Debug)]
 pub struct DeliverySettings {
     /// Our name in EHLO, in DSNs and in their Message-IDs.
