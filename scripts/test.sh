@@ -41,6 +41,12 @@ need plugins/c "command -v clang-19 && test -f /usr/lib/wasm32-wasi/libc.a" \
 plugins/c/build.sh
 # Real mail services the end-to-end tests start on loopback with their own config.
 need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap" dovecot-core dovecot-imapd
+# An independent DKIM verifier (dkimpy, with dnspython and PyNaCl for Ed25519) from PyPI,
+# in a venv of its own.
+if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl' >/dev/null 2>&1; then
+  python3 -m venv target/e2e-python
+  target/e2e-python/bin/pip install -q dkimpy==1.1.8 dnspython==2.9.2 pynacl
+fi
 
 cargo test --workspace --locked "$@"
 

@@ -1,12 +1,12 @@
 //! A tiny authoritative DNS server on loopback UDP, so MX lookups run through the real
-//! resolver against answers the test chose.
+//! resolver against answers the test chose, and TXT records (DKIM keys) for verifiers.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX};
+use hickory_proto::rr::rdata::{A, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// One answer the server gives.
@@ -14,6 +14,8 @@ use hickory_proto::rr::{Name, RData, Record, RecordType};
 pub enum Answer {
     Mx(u16, &'static str),
     A(Ipv4Addr),
+    /// A TXT record of these character-strings (each at most 255 octets).
+    Txt(Vec<String>),
 }
 
 /// The zone: names (lower-case, no trailing dot) to records. A name not listed is NXDOMAIN;
@@ -60,6 +62,9 @@ impl Dns {
                                         RData::MX(MX::new(*pref, Name::from_ascii(exchange).expect("name")))
                                     }
                                     (Answer::A(ip), RecordType::A) => RData::A(A(*ip)),
+                                    (Answer::Txt(strings), RecordType::TXT) => {
+                                        RData::TXT(TXT::new(strings.clone()))
+                                    }
                                     _ => continue,
                                 };
                                 response.add_answer(Record::from_rdata(q.name.clone(), 60, rdata));

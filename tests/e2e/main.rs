@@ -4,6 +4,7 @@
 //! learns the bound addresses from the daemon's own log.
 
 mod abuse;
+mod authentication;
 mod cli;
 mod dns;
 mod durability;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_smtp::session::{Action, ReadTimeout, SessionInfo, SpoolFailure};
+use portcullis_smtp::session::{Action, PipelineKind, ReadTimeout, SessionInfo, SpoolFailure};
 use portcullis_smtp::{Pipeline, Session, SpoolRequest, Verdict};
 use portcullis_spool::QueueId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -443,6 +443,22 @@ impl<P: Pipeline> Driver<P> {
     }
 }
 
+/// The `DKIM-Signature:` lines for `message` (off the async threads: a large content is
+/// read back from its file). A failure to sign refuses the message for now (451): sent
+/// unsigned, it could fail DMARC at every receiver.
+async fn sign(live: &Live, message: &Arc<portcullis_smtp::Message>) -> Result<String, SpoolFailure> {
+    let (signers, message) = (Arc::clone(&live.signers), Arc::clone(message));
+    let signed = tokio::task::spawn_blocking(move || signers.sign(&message.body)).await;
+    match signed {
+        Ok(Ok(lines)) => Ok(lines.concat()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot sign the message; refused for now");
+            Err(SpoolFailure(e.to_string()))
+        }
+        Err(e) => Err(SpoolFailure(format!("signing task failed: {e}"))),
+    }
+}
+
 /// Hands the message to the spool writer ([`crate::spool_writer`]); answers once it is durable.
 async fn spool(
     ctx: &Arc<Context>,
@@ -455,7 +471,14 @@ async fn spool(
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();
     let message = request.message;
-    let mut head = portcullis_smtp::received::received_header(
+    // Submitted mail is signed for its From: domain, over the content as it will be
+    // delivered (what goes before it is trace and hook headers, which are not signed).
+    let mut head = if info.pipeline == PipelineKind::Submission && !live.signers.is_empty() {
+        sign(live, &message).await?
+    } else {
+        String::new()
+    };
+    head += &portcullis_smtp::received::received_header(
         info,
         &live.config.server.hostname,
         id.as_str(),
@@ -475,7 +498,7 @@ async fn spool(
         folder: request.folder,
         // Only an authenticated sender hears of successful deliveries: on MX the sender is
         // merely claimed, and a notice to a forged one is backscatter.
-        success_notices: info.pipeline == portcullis_smtp::session::PipelineKind::Submission,
+        success_notices: info.pipeline == PipelineKind::Submission,
     };
     match ctx.writer.store(accepted).await {
         Ok(entry) => Ok(entry.id.to_string()),

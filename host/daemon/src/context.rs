@@ -130,6 +130,7 @@ impl Context {
                     settings: Arc::clone(&now.settings),
                     tls: now.tls.clone(),
                     accounts: Arc::clone(&accounts),
+                    signers: Arc::clone(&now.signers),
                 });
                 tracing::info!(accounts = count, users_file = %live.config.users_file.display(), "accounts reloaded");
                 Ok(count)

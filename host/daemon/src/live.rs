@@ -1,5 +1,5 @@
 //! What a reload may change, as one immutable snapshot: the configuration and what is built
-//! from it (session settings, TLS acceptor, accounts). A session takes the snapshot current
+//! from it (session settings, TLS acceptor, accounts, DKIM keys). A session takes the snapshot current
 //! when it is accepted and keeps it to its end, so a reload never changes the rules (or the
 //! certificate) under an open session; new sessions get the new snapshot.
 
@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::accounts::Accounts;
 use crate::config::Config;
+use crate::dkim::Signers;
 use crate::start_error::StartError;
 use crate::tls;
 
@@ -24,6 +25,8 @@ pub struct Live {
     pub tls: Option<TlsAcceptor>,
     /// The accounts and local domains.
     pub accounts: Arc<Accounts>,
+    /// The `[[dkim]]` keys, loaded.
+    pub signers: Arc<Signers>,
 }
 
 impl Live {
@@ -41,6 +44,7 @@ impl Live {
         };
         let accounts = Accounts::load(&config.users_file, &config.local_domains)?
             .with_postmaster(config.postmaster.as_deref());
+        let signers = Signers::load(&config.dkim)?;
         let settings = Arc::new(Settings {
             hostname: config.server.hostname.clone(),
             limits: config.session_limits(),
@@ -52,6 +56,7 @@ impl Live {
             settings,
             tls,
             accounts: Arc::new(accounts),
+            signers: Arc::new(signers),
         })
     }
 }
@@ -81,6 +86,7 @@ impl Live {
             settings: Arc::clone(&self.settings),
             tls: self.tls.clone(),
             accounts: Arc::new(accounts),
+            signers: Arc::clone(&self.signers),
         })
     }
 }

@@ -13,6 +13,7 @@
 //! - [`spool_writer`]: the spool writer: accepted messages written, flushed together, published.
 //! - [`tls`]: certificates (loaded or self-signed) and the rustls configuration.
 //! - [`accounts`]: the users file, argon2id checks, the mailbox directory.
+//! - [`dkim`]: DKIM signing of submitted mail, and `portcullis dkim keygen`.
 //! - [`live`]: the reloadable state (config, TLS, accounts) as one swappable snapshot.
 //! - [`hooks`]: who answers the session's hook points (plugins, in config order).
 //! - [`rate`]: the host's rate counters, passed to the rate hook.
@@ -40,6 +41,7 @@ mod config;
 mod connection;
 mod context;
 mod control;
+mod dkim;
 mod hooks;
 mod live;
 mod metrics;
@@ -96,12 +98,37 @@ enum Task {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// DKIM keys for the domains whose submitted mail is signed.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// Look at and act on the queue.
     Queue {
         #[command(subcommand)]
         command: QueueCommand,
         /// The configuration file naming the data directory (default: the embedded default).
         #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DkimCommand {
+    /// Generate a key under the data directory (mode 0600) and print the DNS record to
+    /// publish and the [[dkim]] section to add.
+    Keygen {
+        /// The domain whose mail the key signs.
+        #[arg(long)]
+        domain: String,
+        /// The selector to publish the key under (for example the month: 2026-12).
+        #[arg(long)]
+        selector: String,
+        /// rsa (2048 bits, verified everywhere) or ed25519.
+        #[arg(long, value_enum, default_value = "rsa")]
+        algorithm: dkim::Algorithm,
+        /// The configuration file naming the data directory (default: the embedded default).
+        #[arg(long)]
         config: Option<PathBuf>,
     },
 }
@@ -268,6 +295,9 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
         .map(|a| a.with_postmaster(c.postmaster.as_deref()))
         .map_err(|e| problems.push(format!("auth.users-file: {e}")))
         .ok();
+    if let Err(e) = dkim::Signers::load(&c.dkim) {
+        problems.push(format!("dkim: {e}"));
+    }
     if let Some(user) = &c.server.user
         && nix::unistd::User::from_name(user).ok().flatten().is_none()
     {
@@ -343,6 +373,18 @@ fn main() -> ExitCode {
         } => ("portcullis plugin new", new_plugin(&lang, &hook, &name)),
         Task::Queue { command, config } => ("portcullis queue", queue(command, config)),
         Task::User { command } => ("portcullis user", user_command(command)),
+        Task::Dkim {
+            command:
+                DkimCommand::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    config,
+                },
+        } => (
+            "portcullis dkim keygen",
+            dkim_keygen(&domain, &selector, algorithm, config),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -412,6 +454,28 @@ fn new_plugin(lang: &str, hook: &str, name: &str) -> Result<(), String> {
     println!("needs  {}", written.needs);
     println!("build  {dir}/build.sh");
     println!("try    {}", written.try_it);
+    Ok(())
+}
+
+/// `portcullis dkim keygen`: the key, then what to publish and configure.
+fn dkim_keygen(
+    domain: &str,
+    selector: &str,
+    algorithm: dkim::Algorithm,
+    config: Option<PathBuf>,
+) -> Result<(), String> {
+    let c = load(config.as_ref()).map_err(|e| e.to_string())?;
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let generated = dkim::keygen(&c.server.data_dir.join("dkim"), &domain, selector, algorithm)?;
+    println!("wrote {}", generated.path.display());
+    println!(
+        "\npublish this record in the DNS zone of {domain}:\n\n{}",
+        generated.record
+    );
+    println!(
+        "\nthen add to the configuration (and reload):\n\n{}",
+        generated.section
+    );
     Ok(())
 }
 

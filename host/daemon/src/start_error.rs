@@ -28,6 +28,9 @@ pub enum StartError {
     /// The signal handlers cannot be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// A DKIM key cannot be loaded.
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::DkimError),
     /// A plugin cannot be loaded.
     #[error("plugin: {0}")]
     Plugin(#[from] portcullis_runtime::LoadError),

@@ -81,7 +81,7 @@ impl Attempt {
                     recovering,
                 };
                 let courier = Arc::clone(courier);
-                batches.spawn(async move { courier.deliver(parcel).await });
+                batches.spawn(async move { courier.carry(parcel).await });
             }
         }
         while let Some(done) = batches.join_next().await {
@@ -297,7 +297,7 @@ impl Attempt {
             Ok((_, Ok(None))) => {}
             Ok((id, Ok(Some(dsn)))) => {
                 tracing::info!(queue_id = %id, dsn_id = %dsn.id, ?action, "delivery report queued for the sender");
-                self.shared.deliver(dsn.id);
+                self.shared.enqueue(dsn.id);
             }
             Ok((id, Err(e))) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot queue the delivery report")

@@ -75,7 +75,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A message the scheduler queued itself (a report): delivered like any other.
-    pub(crate) fn deliver(&self, id: QueueId) {
+    pub(crate) fn enqueue(&self, id: QueueId) {
         let _ = self.tx.send(Request::Deliver {
             id,
             recovering: false,

@@ -35,7 +35,7 @@ pub mod view;
 pub mod writer;
 
 pub use commit::SyncMode;
-pub use maildir::{Copy, Delivery, Maildir};
+pub use maildir::{Copied, Copy, Maildir};
 pub use queue::{Entry, Incoming, QueueId, Spool, SpoolError};
 pub use view::SpoolView;
 pub use writer::{Accepted, Handoff, Writer};

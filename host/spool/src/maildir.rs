@@ -13,7 +13,7 @@
 //!
 //! With group commit the copies skip their own fsyncs: [`Maildir::prepare`] writes each
 //! copy into `tmp/` before the spool's flush, so the one flush that makes the spool file
-//! durable makes the copies durable too; [`Maildir::deliver`] then moves them into `new/`,
+//! durable makes the copies durable too; [`Maildir::write_copy`] then moves them into `new/`,
 //! and the caller flushes once more before it retires the spool file. A prepared copy is
 //! only ever removed from `tmp/` by its move into `new/`, so at recovery a copy still in
 //! `tmp/` is published (after a check against the spool's content), and a missing one is
@@ -62,13 +62,13 @@ impl Copy {
     }
 }
 
-/// The outcome of one delivery.
+/// What writing one copy did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Delivery {
+pub enum Copied {
     /// A new file is in `new/`.
-    Delivered,
+    Now,
     /// This copy was delivered before (a repeat after a crash); nothing was written.
-    AlreadyDelivered,
+    Before,
 }
 
 /// The name part that tells one copy of a queued message from the others: the queue id and
@@ -117,7 +117,7 @@ impl Maildir {
     }
 
     /// Lets copies in folders on `device` ride on the spool's flushes
-    /// ([`Maildir::prepare`], [`Maildir::deliver`]): the device `Spool::flush_device`
+    /// ([`Maildir::prepare`], [`Maildir::write_copy`]): the device `Spool::flush_device`
     /// names, or `None` for an fsync of every copy.
     pub fn sharing_spool_flush(mut self, device: Option<u64>) -> Self {
         self.spool_device = device;
@@ -157,7 +157,7 @@ impl Maildir {
     /// against `message`, rewritten if it differs, and synced); a copy written here is
     /// synced before it is linked; the caller flushes before it retires the spool file.
     /// Elsewhere the copy and `new/` are fsync'd before this returns.
-    pub fn deliver(&self, copy: &Copy, message: &[&[u8]], recovering: bool) -> io::Result<Delivery> {
+    pub fn write_copy(&self, copy: &Copy, message: &[&[u8]], recovering: bool) -> io::Result<Copied> {
         let (dir, name) = self.copy_path(copy);
         self.create_folder(copy, &dir)?;
         let sync = !self.covered(&dir);
@@ -175,7 +175,7 @@ impl Maildir {
             if prepared {
                 fs::remove_file(&tmp)?;
             }
-            return Ok(Delivery::AlreadyDelivered);
+            return Ok(Copied::Before);
         }
         // A prepared copy is whole unless a crash cut its write short (the spool's flush
         // never completed): the spool's own copy, checksummed, is the one to trust.
@@ -195,13 +195,13 @@ impl Maildir {
         fs::remove_file(&tmp)?;
         match linked {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Delivery::AlreadyDelivered),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(Copied::Before),
             Err(e) => return Err(e),
         }
         if sync {
             fsync::sync_dir(&dir.join("new"))?;
         }
-        Ok(Delivery::Delivered)
+        Ok(Copied::Now)
     }
 
     /// Writes the copies of `entry`'s local recipients `indices` (`message` is the spooled
@@ -223,11 +223,11 @@ impl Maildir {
             };
             // Sharing the spool's flush, the copy was prepared before the 250 (or is
             // written now) and a flush before the spool file goes makes it durable.
-            let result = self.deliver(&copy, message, recovering).map(|delivery| match delivery {
-                Delivery::Delivered => {
+            let result = self.write_copy(&copy, message, recovering).map(|copied| match copied {
+                Copied::Now => {
                     tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
                 }
-                Delivery::AlreadyDelivered => {
+                Copied::Before => {
                     tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, "already in the maildir (delivered before a restart)")
                 }
             });
@@ -266,7 +266,7 @@ impl Maildir {
     }
 
     /// Writes `copy` (its headers, then `parts`) into `tmp/` without syncing it: the
-    /// spool's flush that follows makes it durable. [`Maildir::deliver`] moves it to `new/`.
+    /// spool's flush that follows makes it durable. [`Maildir::write_copy`] moves it to `new/`.
     /// Returns `false`, writing nothing, for a folder the spool's flush does not cover
     /// (delivery then writes and fsyncs that copy itself).
     pub(crate) fn prepare(&self, copy: &Copy, parts: &[&[u8]]) -> io::Result<bool> {
@@ -357,13 +357,13 @@ mod tests {
             domain: "Example.org".into(),
         };
         let first = maildir
-            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], false)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], false)
             .unwrap();
-        assert_eq!(first, Delivery::Delivered);
+        assert_eq!(first, Copied::Now);
         let again = maildir
-            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], false)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], false)
             .unwrap();
-        assert_eq!(again, Delivery::AlreadyDelivered);
+        assert_eq!(again, Copied::Before);
         let inbox = dir.path().join("example.org/alice");
         let new: Vec<_> = fs::read_dir(inbox.join("new")).unwrap().collect();
         assert_eq!(new.len(), 1);
@@ -376,13 +376,13 @@ mod tests {
         )
         .unwrap();
         let repeat = maildir
-            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], true)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q1_0"), &[b"hello"], true)
             .unwrap();
-        assert_eq!(repeat, Delivery::AlreadyDelivered);
+        assert_eq!(repeat, Copied::Before);
         let junk = maildir
-            .deliver(&copy(&alice, Folder::Junk, "Q2_0"), &[b"spam"], false)
+            .write_copy(&copy(&alice, Folder::Junk, "Q2_0"), &[b"spam"], false)
             .unwrap();
-        assert_eq!(junk, Delivery::Delivered);
+        assert_eq!(junk, Copied::Now);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
         assert_eq!(fs::read_dir(inbox.join("tmp")).unwrap().count(), 0);
     }
@@ -411,14 +411,14 @@ mod tests {
         assert!(prepared);
         assert_eq!((count("tmp"), count("new")), (1, 0));
         let first = maildir
-            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[message], false)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q1_0"), &[message], false)
             .unwrap();
-        assert_eq!(first, Delivery::Delivered);
+        assert_eq!(first, Copied::Now);
         assert_eq!((count("tmp"), count("new")), (0, 1));
         let again = maildir
-            .deliver(&copy(&alice, Folder::Inbox, "Q1_0"), &[message], true)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q1_0"), &[message], true)
             .unwrap();
-        assert_eq!(again, Delivery::AlreadyDelivered);
+        assert_eq!(again, Copied::Before);
         assert_eq!(count("new"), 1);
 
         // A crash cut the prepared copy short: recovery publishes the spool's content.
@@ -426,9 +426,9 @@ mod tests {
             .prepare(&copy(&alice, Folder::Inbox, "Q2_0"), &[b"Received: x\r\n"])
             .unwrap();
         let repaired = maildir
-            .deliver(&copy(&alice, Folder::Inbox, "Q2_0"), &[message], true)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q2_0"), &[message], true)
             .unwrap();
-        assert_eq!(repaired, Delivery::Delivered);
+        assert_eq!(repaired, Copied::Now);
         let name = "7.Q2_0.mx".to_string();
         assert_eq!(fs::read(inbox.join("new").join(&name)).unwrap(), message);
 
@@ -440,17 +440,17 @@ mod tests {
         .unwrap();
         fs::write(inbox.join("tmp").join(&name), message).unwrap();
         let read = maildir
-            .deliver(&copy(&alice, Folder::Inbox, "Q2_0"), &[message], true)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q2_0"), &[message], true)
             .unwrap();
-        assert_eq!(read, Delivery::AlreadyDelivered);
+        assert_eq!(read, Copied::Before);
         assert_eq!((count("tmp"), count("new"), count("cur")), (0, 1, 1));
 
         // Never prepared (a message with remote recipients, or a crash before the flush):
         // written now.
         let fresh = maildir
-            .deliver(&copy(&alice, Folder::Junk, "Q3_0"), &[message], true)
+            .write_copy(&copy(&alice, Folder::Junk, "Q3_0"), &[message], true)
             .unwrap();
-        assert_eq!(fresh, Delivery::Delivered);
+        assert_eq!(fresh, Copied::Now);
         assert_eq!(fs::read_dir(inbox.join(".Junk/new")).unwrap().count(), 1);
 
         // Not accepted after all: the prepared copy goes.
@@ -470,9 +470,9 @@ mod tests {
         );
         assert_eq!(count("tmp"), 0);
         let synced = elsewhere
-            .deliver(&copy(&alice, Folder::Inbox, "Q5_0"), &[message], false)
+            .write_copy(&copy(&alice, Folder::Inbox, "Q5_0"), &[message], false)
             .unwrap();
-        assert_eq!(synced, Delivery::Delivered);
+        assert_eq!(synced, Copied::Now);
         assert!(inbox.join("new/7.Q5_0.mx").is_file());
     }
 
@@ -522,9 +522,9 @@ mod tests {
             let copy = Copy::of(&entry, index).unwrap();
             assert_eq!(
                 maildir
-                    .deliver(&copy, &[b"Received: x\r\n", b"\r\nhi\r\n"], false)
+                    .write_copy(&copy, &[b"Received: x\r\n", b"\r\nhi\r\n"], false)
                     .unwrap(),
-                Delivery::Delivered
+                Copied::Now
             );
         }
         let junk = |owner: &str| dir.path().join("example.org").join(owner).join(".Junk");
@@ -553,7 +553,7 @@ mod tests {
             unique: "other".into(),
             ..Copy::of(&entry, 1).unwrap()
         };
-        maildir.deliver(&again, &[b"x\r\n"], false).unwrap();
+        maildir.write_copy(&again, &[b"x\r\n"], false).unwrap();
         assert_eq!(
             fs::read_to_string(dir.path().join("example.org/bob/subscriptions")).unwrap(),
             "Archive\nJunk\n"

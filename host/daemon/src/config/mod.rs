@@ -12,6 +12,7 @@ use portcullis_runtime::{Hook, PluginSpec};
 use serde::Deserialize;
 
 pub mod delivery;
+pub mod dkim;
 pub mod limits;
 pub mod plugin;
 
@@ -309,6 +310,8 @@ struct RawConfig {
     metrics: MetricsSection,
     #[serde(default)]
     delivery: delivery::DeliverySection,
+    #[serde(default)]
+    dkim: Vec<dkim::DkimSection>,
 }
 
 /// A validated configuration.
@@ -336,6 +339,8 @@ pub struct Config {
     pub metrics: MetricsSection,
     /// `[delivery]`, validated, with the host name and local domains filled in.
     pub delivery: portcullis_outbound::DeliverySettings,
+    /// `[[dkim]]`: the keys that sign submitted mail, key paths absolute.
+    pub dkim: Vec<dkim::DkimKey>,
 }
 
 /// The problems found in one configuration, each with its key.
@@ -470,6 +475,7 @@ impl Config {
             None => server.data_dir.join("users.toml"),
         };
         let plugins = plugin::specs(raw.plugin, base, &mut problems);
+        let dkim = dkim::keys(raw.dkim, base, &mut problems);
         let delivery = match delivery::settings(raw.delivery, &server.hostname, &local_domains, base) {
             Ok(settings) => Some(settings),
             Err(found) => {
@@ -492,6 +498,7 @@ impl Config {
             plugins,
             metrics: raw.metrics,
             delivery: delivery.unwrap_or_else(|| portcullis_outbound::DeliverySettings::new("localhost")),
+            dkim,
         })
     }
 

@@ -96,7 +96,7 @@ impl Courier for MaildirCourier {
         vec![recipients]
     }
 
-    fn deliver(&self, parcel: Parcel) -> Delivering<'_> {
+    fn carry(&self, parcel: Parcel) -> Delivering<'_> {
         Box::pin(async move {
             // Never closed: the courier lives as long as the scheduler.
             let _slot = self.slots.acquire().await.ok();

@@ -69,7 +69,7 @@ pub trait Courier: Send + Sync {
 
     /// Delivers one batch. Every recipient of the parcel gets an outcome; a copy is
     /// durable where it went before its outcome says delivered.
-    fn deliver(&self, parcel: Parcel) -> Delivering<'_>;
+    fn carry(&self, parcel: Parcel) -> Delivering<'_>;
 
     /// How long to wait before trying a recipient again after `attempts` attempts.
     fn retry_after(&self, attempts: u32) -> Duration;

@@ -50,7 +50,7 @@ impl SmtpCourier {
     }
 
     /// Delivers `parcel`, whose recipients are all in `domain`.
-    async fn carry(&self, parcel: &Parcel, domain: &str) -> Vec<Outcome> {
+    async fn carry_to(&self, parcel: &Parcel, domain: &str) -> Vec<Outcome> {
         let routing = self.routing.load_full();
         let settings = &routing.settings;
         let (id, recipients) = (&parcel.entry.id, &parcel.recipients);
@@ -139,7 +139,7 @@ impl Courier for SmtpCourier {
         domains.into_values().collect()
     }
 
-    fn deliver(&self, parcel: Parcel) -> Delivering<'_> {
+    fn carry(&self, parcel: Parcel) -> Delivering<'_> {
         Box::pin(async move {
             let domain = parcel
                 .recipients
@@ -147,7 +147,7 @@ impl Courier for SmtpCourier {
                 .and_then(|&i| parcel.entry.envelope.recipients.get(i))
                 .map(|r| r.mailbox.domain_lower())
                 .unwrap_or_default();
-            self.carry(&parcel, &domain).await
+            self.carry_to(&parcel, &domain).await
         })
     }
 
