@@ -18,8 +18,6 @@ use crate::config::dkim::DkimKey;
 
 /// Octets of a content read at a time when it is signed from its file.
 const CHUNK: usize = 64 * 1024;
-/// The header section of a content, at most (as much as the SMTP core keeps in view).
-const MAX_HEADER_SECTION: usize = 1 << 20;
 
 /// Why a key or a signature could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +163,7 @@ impl Signers {
     /// domain (none when the domain has no key, or the message has no single `From:`
     /// address).
     pub fn sign(&self, content: &Content) -> Result<Vec<String>, DkimError> {
-        let Some(domain) = from_domain(&content.prefix(MAX_HEADER_SECTION)) else {
+        let Some(domain) = from_domain(&content.header_section()) else {
             return Ok(Vec::new());
         };
         let Some(signers) = self.by_domain.get(&domain) else {

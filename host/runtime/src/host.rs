@@ -17,9 +17,6 @@ const MAX_LOG_LINES: u32 = 100;
 const MAX_LOG_LINE: usize = 1000;
 /// The largest chunk `message.read` returns.
 const MAX_READ: u32 = 1 << 20;
-/// The most of a message `message.headers` reads: a header section longer than this is
-/// cut (no real one comes close).
-const MAX_HEADER_SECTION: usize = 1 << 20;
 
 /// The plugin's identity and configuration, shared by all its instances.
 #[derive(Debug)]
@@ -163,7 +160,7 @@ impl types::HostMessage for State {
     fn headers(&mut self, this: Resource<MessageHandle>) -> Vec<types::Header> {
         self.table.get(&this).map_or_else(
             |_| Vec::new(),
-            |m| parse_headers(&m.message.body.prefix(MAX_HEADER_SECTION)),
+            |m| parse_headers(&m.message.body.header_section()),
         )
     }
 

@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// The most of a content read as its header section ([`Content::header_section`]).
+pub const MAX_HEADER_SECTION: usize = 1 << 20;
+
 /// Once spilled, content is written out in pieces of about this size.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -340,6 +343,12 @@ impl Content {
                 Cow::Owned(buf)
             }
         }
+    }
+
+    /// Where the header section is: the first [`MAX_HEADER_SECTION`] octets at most (a
+    /// header section longer than that is cut; no real one comes close).
+    pub fn header_section(&self) -> Cow<'_, [u8]> {
+        self.prefix(MAX_HEADER_SECTION)
     }
 
     /// The whole content as one buffer (tests, small contents).
