@@ -121,6 +121,28 @@ fn tls_config() -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
+/// One client's conversation with the sink: what it said so far and how the script answers.
+struct Conversation<'a> {
+    reader: BufReader<Box<dyn Io>>,
+    raw: TcpStream,
+    script: &'a Mutex<Script>,
+    data_seen: &'a Mutex<usize>,
+    tls: bool,
+    helo: String,
+    authed: Option<String>,
+    mail_from: String,
+    rcpts: Vec<String>,
+    /// A transaction acknowledged with 250 is recorded only once the client proves it saw
+    /// the reply by sending its next command: a client killed before that never learnt of it.
+    unconfirmed: Option<Transaction>,
+}
+
+/// What to do after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
 fn serve(
     stream: TcpStream,
     script: &Mutex<Script>,
@@ -129,154 +151,186 @@ fn serve(
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(PATIENCE))?;
     let raw = stream.try_clone()?;
-    let mut reader: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
-    let (starttls, rcpt_reply, hold, auth_needed, dsn) = {
-        let s = script.lock().expect("lock");
-        (s.starttls, s.rcpt, s.hold, s.auth.clone(), s.dsn)
+    let mut talk = Conversation {
+        reader: BufReader::new(Box::new(stream)),
+        raw,
+        script,
+        data_seen,
+        tls: false,
+        helo: String::new(),
+        authed: None,
+        mail_from: String::new(),
+        rcpts: Vec::new(),
+        unconfirmed: None,
     };
-    let mut tls = false;
-    let mut helo = String::new();
-    let mut authed: Option<String> = None;
-    let mut mail_from = String::new();
-    let mut rcpts: Vec<String> = Vec::new();
-    // A transaction acknowledged with 250 is recorded only once the client proves it saw the
-    // reply by sending its next command: a client killed before that never learnt of it.
-    let mut unconfirmed: Option<Transaction> = None;
-    let write = |r: &mut BufReader<Box<dyn Io>>, text: &str| -> std::io::Result<()> {
-        r.get_mut().write_all(text.as_bytes())?;
-        r.get_mut().flush()
-    };
-    write(&mut reader, "220 sink.test ESMTP test sink\r\n")?;
+    talk.write("220 sink.test ESMTP test sink\r\n")?;
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+        if talk.reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        if let Some(t) = unconfirmed.take() {
+        if let Some(t) = talk.unconfirmed.take() {
             received.lock().expect("lock").push(t);
         }
-        let upper = line.trim_end().to_ascii_uppercase();
-        let verb = upper.split([' ', ':']).next().unwrap_or("").to_string();
-        match verb.as_str() {
-            "EHLO" => {
-                helo = line.trim_end()[5..].to_string();
-                let mut ext = vec!["sink.test", "PIPELINING", "SIZE 10485760", "8BITMIME", "SMTPUTF8"];
-                if dsn {
-                    ext.push("DSN");
-                }
-                if starttls && !tls {
-                    ext.push("STARTTLS");
-                }
-                if auth_needed.is_some() && tls {
-                    ext.push("AUTH PLAIN");
-                }
-                let n = ext.len();
-                let text: String = ext
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| format!("250{}{e}\r\n", if i + 1 == n { ' ' } else { '-' }))
-                    .collect();
-                write(&mut reader, &text)?;
-            }
-            "STARTTLS" if starttls && !tls => {
-                write(&mut reader, "220 2.0.0 go ahead\r\n")?;
-                assert!(reader.buffer().is_empty(), "client pipelined after STARTTLS");
-                let conn = rustls::ServerConnection::new(tls_config()).expect("server conn");
-                let stream = rustls::StreamOwned::new(conn, raw.try_clone()?);
-                reader = BufReader::new(Box::new(stream));
-                tls = true;
-                helo.clear();
-            }
-            "AUTH" => {
-                use base64::Engine as _;
-                let token = line.split_whitespace().nth(2).unwrap_or("");
-                let decoded = base64::engine::general_purpose::STANDARD
-                    .decode(token)
-                    .unwrap_or_default();
-                let parts: Vec<String> = decoded
-                    .split(|b| *b == 0)
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .collect();
-                match &auth_needed {
-                    Some((u, p)) if parts.len() == 3 && &parts[1] == u && &parts[2] == p && tls => {
-                        authed = Some(u.clone());
-                        write(&mut reader, "235 2.7.0 ok\r\n")?;
-                    }
-                    _ => write(&mut reader, "535 5.7.8 bad credentials\r\n")?,
-                }
-            }
-            "MAIL" => {
-                if auth_needed.is_some() && authed.is_none() {
-                    write(&mut reader, "530 5.7.0 authentication required\r\n")?;
-                    continue;
-                }
-                mail_from = line.trim_end()[10..].to_string();
-                rcpts.clear();
-                write(&mut reader, "250 2.1.0 ok\r\n")?;
-            }
-            "RCPT" => {
-                let addr = line.trim_end()[8..]
-                    .split('>')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start_matches('<')
-                    .to_string();
-                match rcpt_reply(&addr) {
-                    Some(reply) => write(&mut reader, &format!("{reply}\r\n"))?,
-                    None => {
-                        rcpts.push(line.trim_end()[8..].to_string());
-                        write(&mut reader, "250 2.1.5 ok\r\n")?;
-                    }
-                }
-            }
-            "DATA" => {
-                if rcpts.is_empty() {
-                    write(&mut reader, "554 5.5.1 no valid recipients\r\n")?;
-                    continue;
-                }
-                write(&mut reader, "354 go ahead\r\n")?;
-                let mut data = Vec::new();
-                loop {
-                    let mut l = Vec::new();
-                    if reader.read_until(b'\n', &mut l)? == 0 {
-                        return Ok(());
-                    }
-                    assert!(l.ends_with(b"\r\n"), "bare line ending in DATA: {l:?}");
-                    if l == b".\r\n" {
-                        break;
-                    }
-                    let l = if l.starts_with(b".") { &l[1..] } else { &l[..] };
-                    data.extend_from_slice(l);
-                }
-                *data_seen.lock().expect("lock") += 1;
-                std::thread::sleep(hold);
-                let reply = script
-                    .lock()
-                    .expect("lock")
-                    .data_replies
-                    .pop_front()
-                    .unwrap_or_else(|| "250 2.0.0 queued".into());
-                write(&mut reader, &format!("{reply}\r\n"))?;
-                if reply.starts_with('2') {
-                    unconfirmed = Some(Transaction {
-                        helo: helo.clone(),
-                        mail_from: mail_from.clone(),
-                        rcpts: std::mem::take(&mut rcpts),
-                        data,
-                        tls,
-                        auth: authed.clone(),
-                    });
-                }
-            }
+        if let Next::Close = talk.command(line.trim_end())? {
+            return Ok(());
+        }
+    }
+}
+
+impl Conversation<'_> {
+    fn write(&mut self, text: &str) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(text.as_bytes())?;
+        self.reader.get_mut().flush()
+    }
+
+    fn command(&mut self, line: &str) -> std::io::Result<Next> {
+        let upper = line.to_ascii_uppercase();
+        let verb = upper.split([' ', ':']).next().unwrap_or("");
+        let starttls = self.script.lock().expect("lock").starttls;
+        match verb {
+            "EHLO" => self.ehlo(line)?,
+            "STARTTLS" if starttls && !self.tls => self.starttls()?,
+            "AUTH" => self.auth(line)?,
+            "MAIL" => self.mail(line)?,
+            "RCPT" => self.rcpt(line)?,
+            "DATA" => return self.data(),
             "RSET" => {
-                rcpts.clear();
-                write(&mut reader, "250 2.0.0 ok\r\n")?;
+                self.rcpts.clear();
+                self.write("250 2.0.0 ok\r\n")?;
             }
             "QUIT" => {
-                write(&mut reader, "221 2.0.0 bye\r\n")?;
-                return Ok(());
+                self.write("221 2.0.0 bye\r\n")?;
+                return Ok(Next::Close);
             }
-            _ => write(&mut reader, "502 5.5.2 unknown command\r\n")?,
+            _ => self.write("502 5.5.2 unknown command\r\n")?,
         }
+        Ok(Next::Continue)
+    }
+
+    fn ehlo(&mut self, line: &str) -> std::io::Result<()> {
+        self.helo = line[5..].to_string();
+        let (starttls, auth, dsn) = {
+            let s = self.script.lock().expect("lock");
+            (s.starttls, s.auth.is_some(), s.dsn)
+        };
+        let mut ext = vec!["sink.test", "PIPELINING", "SIZE 10485760", "8BITMIME", "SMTPUTF8"];
+        if dsn {
+            ext.push("DSN");
+        }
+        if starttls && !self.tls {
+            ext.push("STARTTLS");
+        }
+        if auth && self.tls {
+            ext.push("AUTH PLAIN");
+        }
+        let n = ext.len();
+        let text: String = ext
+            .iter()
+            .enumerate()
+            .map(|(i, e)| format!("250{}{e}\r\n", if i + 1 == n { ' ' } else { '-' }))
+            .collect();
+        self.write(&text)
+    }
+
+    fn starttls(&mut self) -> std::io::Result<()> {
+        self.write("220 2.0.0 go ahead\r\n")?;
+        assert!(self.reader.buffer().is_empty(), "client pipelined after STARTTLS");
+        let conn = rustls::ServerConnection::new(tls_config()).expect("server conn");
+        let stream = rustls::StreamOwned::new(conn, self.raw.try_clone()?);
+        self.reader = BufReader::new(Box::new(stream));
+        self.tls = true;
+        self.helo.clear();
+        Ok(())
+    }
+
+    fn auth(&mut self, line: &str) -> std::io::Result<()> {
+        use base64::Engine as _;
+        let token = line.split_whitespace().nth(2).unwrap_or("");
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .unwrap_or_default();
+        let parts: Vec<String> = decoded
+            .split(|b| *b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        let needed = self.script.lock().expect("lock").auth.clone();
+        match needed {
+            Some((u, p)) if parts.len() == 3 && parts[1] == u && parts[2] == p && self.tls => {
+                self.authed = Some(u);
+                self.write("235 2.7.0 ok\r\n")
+            }
+            _ => self.write("535 5.7.8 bad credentials\r\n"),
+        }
+    }
+
+    fn mail(&mut self, line: &str) -> std::io::Result<()> {
+        let auth_needed = self.script.lock().expect("lock").auth.is_some();
+        if auth_needed && self.authed.is_none() {
+            return self.write("530 5.7.0 authentication required\r\n");
+        }
+        self.mail_from = line[10..].to_string();
+        self.rcpts.clear();
+        self.write("250 2.1.0 ok\r\n")
+    }
+
+    fn rcpt(&mut self, line: &str) -> std::io::Result<()> {
+        let addr = line[8..]
+            .split('>')
+            .next()
+            .unwrap_or("")
+            .trim_start_matches('<')
+            .to_string();
+        let rcpt_reply = self.script.lock().expect("lock").rcpt;
+        match rcpt_reply(&addr) {
+            Some(reply) => self.write(&format!("{reply}\r\n")),
+            None => {
+                self.rcpts.push(line[8..].to_string());
+                self.write("250 2.1.5 ok\r\n")
+            }
+        }
+    }
+
+    fn data(&mut self) -> std::io::Result<Next> {
+        if self.rcpts.is_empty() {
+            self.write("554 5.5.1 no valid recipients\r\n")?;
+            return Ok(Next::Continue);
+        }
+        self.write("354 go ahead\r\n")?;
+        let mut data = Vec::new();
+        loop {
+            let mut l = Vec::new();
+            if self.reader.read_until(b'\n', &mut l)? == 0 {
+                return Ok(Next::Close);
+            }
+            assert!(l.ends_with(b"\r\n"), "bare line ending in DATA: {l:?}");
+            if l == b".\r\n" {
+                break;
+            }
+            let l = if l.starts_with(b".") { &l[1..] } else { &l[..] };
+            data.extend_from_slice(l);
+        }
+        *self.data_seen.lock().expect("lock") += 1;
+        let hold = self.script.lock().expect("lock").hold;
+        std::thread::sleep(hold);
+        let reply = self
+            .script
+            .lock()
+            .expect("lock")
+            .data_replies
+            .pop_front()
+            .unwrap_or_else(|| "250 2.0.0 queued".into());
+        self.write(&format!("{reply}\r\n"))?;
+        if reply.starts_with('2') {
+            self.unconfirmed = Some(Transaction {
+                helo: self.helo.clone(),
+                mail_from: self.mail_from.clone(),
+                rcpts: std::mem::take(&mut self.rcpts),
+                data,
+                tls: self.tls,
+                auth: self.authed.clone(),
+            });
+        }
+        Ok(Next::Continue)
     }
 }
