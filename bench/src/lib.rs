@@ -73,6 +73,7 @@ pub fn session(pipeline: PipelineKind) -> SessionInfo {
             tls: None,
             account: (pipeline == PipelineKind::Submission).then(|| "alice@example.org".to_string()),
         },
+        added_headers: Vec::new(),
     }
 }
 

@@ -81,6 +81,9 @@ fn run<P: Pipeline>(data: &[u8]) {
             Action::CallHook(_) => session
                 .resolve_hook(Verdict::Accept)
                 .expect("waiting for a verdict"),
+            Action::CheckAuthentication(_) => session
+                .resolve_checks(Verdict::Accept)
+                .expect("waiting for the checks"),
             Action::Spool(request) => {
                 let body = request
                     .message

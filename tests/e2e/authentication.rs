@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use crate::dns::{Answer, Dns};
 use crate::harness::*;
+use portcullis_testdns::{Answer, Dns};
 
 /// The Python with dkimpy, dnspython and PyNaCl that scripts/test.sh installs.
 fn verifier_python() -> std::path::PathBuf {
@@ -176,4 +176,366 @@ fn a_dkim_key_that_does_not_load_is_a_check_config_problem() {
         stderr.contains("dkim") && stderr.contains("missing.pem"),
         "{stderr}"
     );
+}
+
+/// Signs the message in `path` with dkimpy (an independent signer) and prints the signed
+/// message: the key, selector and domain are the arguments.
+const SIGN: &str = r#"
+import sys, dkim
+key, selector, domain, path = sys.argv[1:5]
+message = open(path, "rb").read()
+signature = dkim.sign(message, selector.encode(), domain.encode(), open(key, "rb").read(),
+                      include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
+sys.stdout.buffer.write(signature + message)
+"#;
+
+/// An RSA key made by OpenSSL (not by us), and its public half as DKIM TXT strings.
+fn openssl_key(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
+    let key = dir.join("sender.pem");
+    let made = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .expect("run openssl genrsa");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let public = Command::new("openssl")
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&key)
+        .output()
+        .expect("run openssl rsa");
+    assert!(
+        public.status.success(),
+        "{}",
+        String::from_utf8_lossy(&public.stderr)
+    );
+    use base64::Engine as _;
+    let record = format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(&public.stdout)
+    );
+    let strings = record
+        .as_bytes()
+        .chunks(255)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    (key, strings)
+}
+
+/// Sends `message` on MX as `mail.sender.test` and returns the reply to its content (or the
+/// first refusal).
+fn send_on_mx(addr: std::net::SocketAddr, from: &str, message: &str) -> String {
+    let mut c = Raw::connect(addr);
+    assert!(c.cmd("EHLO mail.sender.test").starts_with("250"));
+    let reply = c.cmd(&format!("MAIL FROM:{from}"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let reply = c.cmd("RCPT TO:<alice@example.org>");
+    assert!(reply.starts_with("250"), "{reply}");
+    assert!(c.cmd("DATA").starts_with("354"));
+    // The message's last line ending is the one before the final dot.
+    let stuffed = message
+        .strip_suffix("\r\n")
+        .unwrap_or(message)
+        .replace("\r\n.", "\r\n..");
+    c.cmd(&format!("{stuffed}\r\n."))
+}
+
+/// The `Authentication-Results` fields of a delivered copy.
+fn results_of(copy: &str) -> Vec<&str> {
+    copy.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .split("\r\n")
+        .filter(|l| l.to_ascii_lowercase().starts_with("authentication-results:"))
+        .collect()
+}
+
+fn message(from: &str, subject: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\
+         Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@sender.test>\r\n\r\n\
+         A message about {subject}.\r\n"
+    )
+}
+
+#[test]
+fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
+    let python = verifier_python();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = openssl_key(keys.path());
+    let spf_pass = || Answer::Txt(vec!["v=spf1 ip4:127.0.0.1 -all".into()]);
+    let spf_fail = || Answer::Txt(vec!["v=spf1 -all".into()]);
+    let dmarc = |p: &str| Answer::Txt(vec![format!("v=DMARC1; p={p}")]);
+    let dns = Dns::start(&[
+        ("1.0.0.127.in-addr.arpa", Answer::Ptr("mail.sender.test.")),
+        ("mail.sender.test", Answer::A("127.0.0.1".parse().expect("ip"))),
+        ("sender.test", spf_pass()),
+        ("_dmarc.sender.test", dmarc("reject")),
+        ("s1._domainkey.sender.test", Answer::Txt(public.clone())),
+        ("reject.test", spf_fail()),
+        ("_dmarc.reject.test", dmarc("reject")),
+        ("s1._domainkey.reject.test", Answer::Txt(public.clone())),
+        ("quarantine.test", spf_fail()),
+        ("_dmarc.quarantine.test", dmarc("quarantine")),
+        ("s1._domainkey.quarantine.test", Answer::Txt(public.clone())),
+        ("later.test", spf_pass()),
+        ("_dmarc.later.test", dmarc("reject")),
+    ]);
+    let setup = Setup::new(&format!(
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n[limits]\nexempt = []\n[authentication]\ntimeout = \"3s\"\n",
+        dns.addr
+    ));
+    let mut daemon = setup.start();
+    let mx = daemon.addr("mx");
+    let signed = |domain: &str, text: &str| -> String {
+        let path = setup.dir.path().join("unsigned.eml");
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(&python)
+            .args(["-c", SIGN])
+            .arg(&key)
+            .args(["s1", domain])
+            .arg(&path)
+            .output()
+            .expect("run dkimpy");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let inbox = setup.maildir("alice");
+    let mut delivered = 0;
+    let mut next_copy = |folder: &std::path::Path, subject: &str| -> String {
+        delivered += 1;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let found = new_files(folder)
+                .into_iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .find(|t| t.contains(&format!("Subject: {subject}\r\n")));
+            if let Some(copy) = found {
+                return copy;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no copy of {subject:?} in {}",
+                folder.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+
+    // Signed by dkimpy, SPF pass, aligned: every method passes, in one header of ours.
+    let reply = send_on_mx(
+        mx,
+        "<bob@sender.test>",
+        &signed("sender.test", &message("bob@sender.test", "genuine")),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = next_copy(&inbox, "genuine");
+    let results = results_of(&copy);
+    assert_eq!(results.len(), 1, "{copy}");
+    let results = results[0];
+    assert!(
+        results.starts_with("Authentication-Results: example.org;"),
+        "{results}"
+    );
+    for method in ["iprev=pass", "spf=pass", "dkim=pass", "dmarc=pass"] {
+        assert!(results.contains(method), "{method} missing: {results}");
+    }
+    assert!(results.contains("header.i=@sender.test header.s=s1"), "{results}");
+    assert!(
+        results.contains("(example.org: domain of bob@sender.test designates 127.0.0.1"),
+        "{results}"
+    );
+
+    // Signed for a p=reject domain whose SPF fails: DKIM alone carries DMARC.
+    let reply = send_on_mx(
+        mx,
+        "<bob@reject.test>",
+        &signed("reject.test", &message("bob@reject.test", "dkim-only")),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = next_copy(&inbox, "dkim-only");
+    let results = results_of(&copy)[0];
+    assert!(
+        results.contains("spf=fail") && results.contains("dkim=pass") && results.contains("dmarc=pass"),
+        "{results}"
+    );
+
+    // The body changed after signing: dkim=fail, and p=reject refuses it in the session.
+    let tampered = signed("reject.test", &message("bob@reject.test", "tampered"))
+        .replace("A message about", "A changed message about");
+    let reply = send_on_mx(mx, "<bob@reject.test>", &tampered);
+    assert!(
+        reply.starts_with("550 5.7.1") && reply.contains("DMARC"),
+        "{reply}"
+    );
+    // With p=quarantine, it goes to Junk.
+    let tampered = signed("quarantine.test", &message("bob@quarantine.test", "quarantined"))
+        .replace("A message about", "A changed message about");
+    let reply = send_on_mx(mx, "<bob@quarantine.test>", &tampered);
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = next_copy(&setup.junk("alice"), "quarantined");
+    let results = results_of(&copy)[0];
+    // A body changed after signing is reported as OpenDKIM does: the signature is not
+    // counted (RFC 6376 6.3, PERMFAIL), "neutral (body hash did not verify)".
+    assert!(
+        results.contains("dkim=neutral (body hash did not verify)"),
+        "{results}"
+    );
+    assert!(
+        results.contains("dmarc=fail") && results.contains("policy.dmarc=quarantine"),
+        "{results}"
+    );
+
+    // A forged From: of a p=reject domain, unsigned, SPF -all: refused.
+    let reply = send_on_mx(mx, "<ceo@reject.test>", &message("ceo@reject.test", "forged"));
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    // Two From fields: refused, whatever else passes.
+    let two = message("bob@sender.test", "two-froms").replacen("From:", "From: eve@sender.test\r\nFrom:", 1);
+    let reply = send_on_mx(mx, "<bob@sender.test>", &two);
+    assert!(
+        reply.starts_with("550 5.7.1") && reply.contains("From"),
+        "{reply}"
+    );
+
+    // Authentication-Results claiming to be ours arrive forged: left out. Another
+    // server's stay.
+    let forged = format!(
+        "Authentication-Results: example.org; dkim=pass header.d=bank.test\r\n\
+         Authentication-Results: (comment) mx.example.org; spf=pass\r\n\
+         Authentication-Results: elsewhere.test; spf=pass\r\n{}",
+        message("bob@sender.test", "forged-results")
+    );
+    let reply = send_on_mx(mx, "<bob@sender.test>", &forged);
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = next_copy(&inbox, "forged-results");
+    let results = results_of(&copy);
+    assert_eq!(results.len(), 2, "{copy}");
+    assert!(
+        results
+            .iter()
+            .any(|r| r.starts_with("Authentication-Results: elsewhere.test;")),
+        "{copy}"
+    );
+    assert!(
+        !copy.contains("bank.test") && !copy.contains("mx.example.org; spf"),
+        "{copy}"
+    );
+    assert!(copy.ends_with("A message about forged-results.\r\n"), "{copy}");
+
+    // The DNS server stops: the message is deferred (451), never lost or refused; once it
+    // answers again, the same message is accepted.
+    dns.silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    let later = message("bob@later.test", "dns-down");
+    let reply = send_on_mx(mx, "<bob@later.test>", &later);
+    assert!(reply.starts_with("451 4.7.0"), "{reply}");
+    dns.silent.store(false, std::sync::atomic::Ordering::SeqCst);
+    let reply = send_on_mx(mx, "<bob@later.test>", &later);
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = next_copy(&inbox, "dns-down");
+    assert!(results_of(&copy)[0].contains("dmarc=pass"), "{copy}");
+
+    // dmarc = "report": the forged From is delivered, and the header says it failed.
+    setup.edit_config("[authentication]", "[authentication]\ndmarc = \"report\"");
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded");
+    let reply = send_on_mx(mx, "<ceo@reject.test>", &message("ceo@reject.test", "reported"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = next_copy(&inbox, "reported");
+    let results = results_of(&copy)[0];
+    assert!(
+        results.contains("dmarc=fail") && results.contains("policy.dmarc=reject"),
+        "{results}"
+    );
+    assert!(delivered >= 6);
+    assert!(
+        daemon.log().iter().any(|l| l.contains("authentication checked")),
+        "the results are logged"
+    );
+}
+
+#[test]
+fn forged_results_are_removed_on_submission_too() {
+    let setup = Setup::new("");
+    let daemon = setup.start();
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    let message = "Authentication-Results: example.org; dkim=pass\r\nFrom: alice@example.org\r\n\
+                   To: alice@example.org\r\nSubject: submitted\r\n\r\nbody\r\n";
+    let reply = c.submit(
+        "alice@example.org",
+        "<alice@example.org>",
+        &["<alice@example.org>"],
+        message,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = wait_for_mail(&setup.maildir("alice"), 1).remove(0);
+    let text = std::fs::read_to_string(copy).expect("read");
+    assert!(
+        !text.to_ascii_lowercase().contains("authentication-results"),
+        "{text}"
+    );
+    assert!(
+        text.contains("From: alice@example.org\r\n") && text.contains("\r\n\r\nbody\r\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_reload_rotates_the_signing_keys() {
+    let setup = Setup::new("");
+    let old = keygen(&setup, "old", "ed25519");
+    let new = keygen(&setup, "new", "rsa");
+    let config = std::fs::read_to_string(setup.config()).expect("config");
+    std::fs::write(setup.config(), format!("{config}\n{}\n", old.section)).expect("config");
+    let mut daemon = setup.start();
+    let submission = daemon.addr("submission");
+    let send = |subject: &str| -> String {
+        let mut c = TlsRaw::connect(submission, &setup.cert_pem);
+        let message =
+            format!("From: alice@example.org\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\r\nx\r\n");
+        let reply = c.submit(
+            "alice@example.org",
+            "<alice@example.org>",
+            &["<alice@example.org>"],
+            &message,
+        );
+        assert!(reply.starts_with("250"), "{reply}");
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let copy = new_files(&setup.maildir("alice"))
+                .into_iter()
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .find(|t| t.contains(&format!("Subject: {subject}\r\n")));
+            if let Some(copy) = copy {
+                return copy;
+            }
+            assert!(std::time::Instant::now() < deadline, "no copy of {subject}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let selectors = |copy: &str| -> Vec<String> {
+        copy.split("\r\n")
+            .filter(|l| l.starts_with("DKIM-Signature:"))
+            .map(|l| {
+                let s = l.split("s=").nth(1).unwrap_or_default();
+                s.split(';').next().unwrap_or_default().trim().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(selectors(&send("before")), ["old"]);
+    // Step 2 of a rotation: both keys sign.
+    std::fs::write(
+        setup.config(),
+        format!("{config}\n{}\n\n{}\n", old.section, new.section),
+    )
+    .expect("config");
+    daemon.signal("HUP");
+    daemon.wait_log_count("configuration reloaded", 1);
+    let mut both = selectors(&send("during"));
+    both.sort();
+    assert_eq!(both, ["new", "old"]);
+    // Step 3: the old key is gone.
+    std::fs::write(setup.config(), format!("{config}\n{}\n", new.section)).expect("config");
+    daemon.signal("HUP");
+    daemon.wait_log_count("configuration reloaded", 2);
+    assert_eq!(selectors(&send("after")), ["new"]);
 }

@@ -31,6 +31,13 @@ pub struct Setup {
     pub domain: String,
 }
 
+/// A DNS server on loopback that knows no names (every answer NXDOMAIN), shared by the
+/// tests of this binary that bring no DNS server of their own.
+pub fn empty_dns() -> SocketAddr {
+    static DNS: std::sync::OnceLock<portcullis_testdns::Dns> = std::sync::OnceLock::new();
+    DNS.get_or_init(|| portcullis_testdns::Dns::start(&[])).addr
+}
+
 impl Setup {
     pub fn new(extra: &str) -> Setup {
         Setup::for_domain(DOMAIN, extra)
@@ -44,6 +51,13 @@ impl Setup {
         let cert_pem = certified.cert.pem();
         std::fs::write(dir.path().join("cert.pem"), &cert_pem).expect("write cert");
         std::fs::write(dir.path().join("key.pem"), certified.signing_key.serialize_pem()).expect("write key");
+        // Every lookup goes to a DNS server of the test's own (one per test binary, knowing
+        // no names), unless the test brings its own.
+        let dns = if extra.contains("[dns]") || extra.contains("resolver =") {
+            String::new()
+        } else {
+            format!("[dns]\nnameservers = [\"{}\"]\n", empty_dns())
+        };
         let config = format!(
             r#"
 [server]
@@ -75,6 +89,7 @@ local = ["{domain}"]
 [auth]
 users-file = "users.toml"
 {extra}
+{dns}
 "#
         );
         std::fs::write(dir.path().join("portcullis.toml"), config).expect("write config");

@@ -6,7 +6,6 @@
 mod abuse;
 mod authentication;
 mod cli;
-mod dns;
 mod durability;
 mod harness;
 mod hostile;

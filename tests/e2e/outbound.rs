@@ -4,9 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::dns::{Answer, Dns};
 use crate::harness::*;
 use crate::sink::{Script, Sink};
+use portcullis_testdns::{Answer, Dns};
 
 fn message(subject: &str) -> String {
     format!(
@@ -225,11 +225,13 @@ fn mx_records_from_a_loopback_dns_server_in_preference_order_with_null_mx_and_id
         // An IDN domain is looked up by its A-label.
         ("xn--bcher-kva.example", Answer::Mx(10, "mx2.far.example.")),
     ]);
+    // The older name of [dns] nameservers still works, with a warning naming the new one.
     let setup = Setup::new(&format!(
         "[delivery]\nresolver = \"{}\"\nmx-port = {port}\nconnect-timeout = \"2s\"\n",
         dns.addr
     ));
-    let daemon = setup.start();
+    let mut daemon = setup.start();
+    daemon.wait_log("delivery.resolver is the older name of dns.nameservers");
     for (to, subject) in [
         ("<bob@far.example>", "far"),
         ("<bob@pref.example>", "pref"),
@@ -413,7 +415,7 @@ fn mail_whose_mx_is_this_server_itself_bounces_as_a_loop_and_is_never_sent_to_ou
         ("mx.loop.example", Answer::A("127.0.0.1".parse().expect("ip"))),
     ]);
     let setup = Setup::new(&format!(
-        "[delivery]\nresolver = \"{}\"\nmx-port = {port}\nconnect-timeout = \"2s\"\n",
+        "[dns]\nnameservers = [\"{}\"]\n[delivery]\nmx-port = {port}\nconnect-timeout = \"2s\"\n",
         dns.addr
     ));
     setup.edit_config(

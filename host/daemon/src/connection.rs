@@ -191,6 +191,7 @@ impl<P: Pipeline> Driver<P> {
                 Action::StartTls => self.start_tls().await?,
                 Action::Authenticate(credentials) => self.authenticate(credentials).await?,
                 Action::CallHook(call) => self.call_hook(call).await?,
+                Action::CheckAuthentication(message) => self.check_authentication(message).await?,
                 Action::Spool(request) => self.spool(request).await?,
                 Action::Close => {
                     self.flush().await?;
@@ -407,6 +408,26 @@ impl<P: Pipeline> Driver<P> {
         Ok(Step::Continue)
     }
 
+    /// The mail authentication checks of MX, whose verdict the session applies like a
+    /// hook's.
+    async fn check_authentication(&mut self, message: Arc<portcullis_smtp::Message>) -> io::Result<Step> {
+        let verdict = self
+            .live
+            .checks
+            .run(self.session.info(), &message, &self.live.settings.storage)
+            .await;
+        let outcome = match &verdict {
+            Verdict::Reject(_) => Some("refused"),
+            Verdict::Defer(_) => Some("deferred"),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            crate::metrics::message(self.listener, outcome, "authentication");
+        }
+        self.session.resolve_checks(verdict).map_err(io::Error::other)?;
+        Ok(Step::Continue)
+    }
+
     async fn spool(&mut self, request: SpoolRequest) -> io::Result<Step> {
         let result = spool(&self.ctx, &self.live, self.session.info(), request).await;
         let (outcome, reason) = match &result {
@@ -491,10 +512,19 @@ async fn spool(
             None => tracing::warn!(name = %header.name, "dropped a hook header with an invalid name"),
         }
     }
+    // Authentication-Results that claim to be ours came from outside: left out.
+    let omit = live.checks.forged_results(&message.body.header_section());
+    if !omit.is_empty() {
+        tracing::info!(
+            fields = omit.len(),
+            "removed Authentication-Results header fields that claim to be ours"
+        );
+    }
     let accepted = portcullis_spool::Accepted {
         id,
         message,
         head,
+        omit,
         folder: request.folder,
         // Only an authenticated sender hears of successful deliveries: on MX the sender is
         // merely claimed, and a notice to a forged one is backscatter.

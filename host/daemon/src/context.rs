@@ -125,13 +125,7 @@ impl Context {
                 // Swapped into whatever generation is current now (a SIGHUP may have
                 // come meanwhile; its own accounts are as fresh).
                 let accounts = Arc::clone(&live.accounts);
-                self.live.rcu(|now| Live {
-                    config: now.config.clone(),
-                    settings: Arc::clone(&now.settings),
-                    tls: now.tls.clone(),
-                    accounts: Arc::clone(&accounts),
-                    signers: Arc::clone(&now.signers),
-                });
+                self.live.rcu(|now| now.with_accounts(Arc::clone(&accounts)));
                 tracing::info!(accounts = count, users_file = %live.config.users_file.display(), "accounts reloaded");
                 Ok(count)
             }
@@ -185,11 +179,11 @@ impl Context {
             };
             let mut delivery = config.delivery.clone();
             delivery.own_addresses = own;
-            let outbound = portcullis_outbound::Routing::new(delivery).map_err(|e| e.to_string())?;
             // Contents keep the server's memory budget and spool across generations.
             let live = Live::build(config)
                 .map_err(|e| e.to_string())?
                 .with_storage(&old.settings.storage);
+            let outbound = portcullis_outbound::Routing::new(delivery, live.resolver.clone());
             Ok((live, plugins, outbound))
         })
         .await

@@ -1,15 +1,17 @@
 //! What a reload may change, as one immutable snapshot: the configuration and what is built
-//! from it (session settings, TLS acceptor, accounts, DKIM keys). A session takes the snapshot current
+//! from it (session settings, TLS acceptor, accounts, DKIM keys, the resolver). A session takes the snapshot current
 //! when it is accepted and keeps it to its end, so a reload never changes the rules (or the
 //! certificate) under an open session; new sessions get the new snapshot.
 
 use std::sync::Arc;
 
+use portcullis_outbound::Resolver;
 use portcullis_smtp::Settings;
 use portcullis_smtp::content::Storage;
 use tokio_rustls::TlsAcceptor;
 
 use crate::accounts::Accounts;
+use crate::authentication::Checks;
 use crate::config::Config;
 use crate::dkim::Signers;
 use crate::start_error::StartError;
@@ -27,6 +29,10 @@ pub struct Live {
     pub accounts: Arc<Accounts>,
     /// The `[[dkim]]` keys, loaded.
     pub signers: Arc<Signers>,
+    /// The resolver of `[dns]`, shared by outbound delivery and the authentication checks.
+    pub resolver: Resolver,
+    /// The mail authentication checks of MX (`[authentication]`).
+    pub checks: Arc<Checks>,
 }
 
 impl Live {
@@ -45,6 +51,14 @@ impl Live {
         let accounts = Accounts::load(&config.users_file, &config.local_domains)?
             .with_postmaster(config.postmaster.as_deref());
         let signers = Signers::load(&config.dkim)?;
+        let resolver = Resolver::new(&config.dns)?;
+        let checks = Checks::new(
+            config.authentication.clone(),
+            &config.local_domains,
+            &config.limits.exempt,
+            &config.server.hostname,
+            &resolver,
+        );
         let settings = Arc::new(Settings {
             hostname: config.server.hostname.clone(),
             limits: config.session_limits(),
@@ -57,6 +71,8 @@ impl Live {
             tls,
             accounts: Arc::new(accounts),
             signers: Arc::new(signers),
+            resolver,
+            checks: Arc::new(checks),
         })
     }
 }
@@ -81,13 +97,20 @@ impl Live {
         let config = &self.config;
         let accounts = Accounts::load(&config.users_file, &config.local_domains)?
             .with_postmaster(config.postmaster.as_deref());
-        Ok(Live {
-            config: config.clone(),
+        Ok(self.with_accounts(Arc::new(accounts)))
+    }
+
+    /// This generation with `accounts` in place of its own.
+    pub fn with_accounts(&self, accounts: Arc<Accounts>) -> Live {
+        Live {
+            config: self.config.clone(),
             settings: Arc::clone(&self.settings),
             tls: self.tls.clone(),
-            accounts: Arc::new(accounts),
+            accounts,
             signers: Arc::clone(&self.signers),
-        })
+            resolver: self.resolver.clone(),
+            checks: Arc::clone(&self.checks),
+        }
     }
 }
 

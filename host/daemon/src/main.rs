@@ -37,6 +37,7 @@ use clap::{Parser, Subcommand};
 
 mod abuse;
 mod accounts;
+mod authentication;
 mod config;
 mod connection;
 mod context;

@@ -9,7 +9,8 @@
 //! `portcullis_tls_handshakes_total` by listener and result, `portcullis_auth_total` by
 //! result (accepted, rejected, tempfail, throttled), `portcullis_reloads_total` by result,
 //! `portcullis_connections_refused_total` by listener and reason (listener, address),
-//! `portcullis_sessions_timed_out_total` by listener and what was slow.
+//! `portcullis_sessions_timed_out_total` by listener and what was slow,
+//! `portcullis_authentication_total` by method (spf, dkim, arc, dmarc, iprev) and result.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,6 +63,11 @@ pub fn auth(result: &'static str) {
 pub fn message(listener: &'static str, outcome: &'static str, reason: &'static str) {
     metrics::counter!("portcullis_messages_total", "listener" => listener, "outcome" => outcome, "reason" => reason)
         .increment(1);
+}
+
+/// One mail authentication method's result on a message arriving on MX.
+pub fn authentication(method: &'static str, result: &'static str) {
+    metrics::counter!("portcullis_authentication_total", "method" => method, "result" => result).increment(1);
 }
 
 /// One plugin's verdict (its kind) and how long the call took.

@@ -170,6 +170,7 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
                     .map_or("user@example.org".into(), ToString::to_string)
             }),
         },
+        added_headers: Vec::new(),
     }
 }
 

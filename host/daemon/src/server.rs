@@ -195,8 +195,7 @@ fn start_workers(
     let config = &live.config;
     let mut delivery_settings = config.delivery.clone();
     delivery_settings.own_addresses = own.clone();
-    let outbound_context = portcullis_outbound::Routing::new(delivery_settings)
-        .map_err(|e| StartError::Delivery(e.to_string()))?;
+    let outbound_context = portcullis_outbound::Routing::new(delivery_settings, live.resolver.clone());
     let (delivery, retire_sweep) =
         portcullis_outbound::Delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
     let writer =

@@ -37,7 +37,10 @@ pub enum StartError {
     /// Changing users failed, or the data directory is not usable.
     #[error(transparent)]
     Privileges(#[from] crate::privileges::PrivilegeError),
-    /// Outbound delivery cannot be set up (the resolver).
+    /// The DNS resolver cannot be set up.
+    #[error(transparent)]
+    Dns(#[from] portcullis_outbound::dns::ResolverError),
+    /// Delivery cannot be set up (the spool writer).
     #[error("delivery: {0}")]
     Delivery(String),
     /// A listener cannot bind.

@@ -10,6 +10,7 @@
 //! - [`courier`]: what carries a batch — [`courier::maildir`] into our mailboxes,
 //!   [`courier::smtp`] to other domains (connection limits in all and per destination).
 //! - [`settings`]: the validated `[delivery]` settings (routes, relay host, retry schedule).
+//! - [`dns`]: the server's one resolver (`[dns]`), shared with the authentication checks.
 //! - [`route`]: where a domain's mail goes — a route, the relay host, or DNS (MX in
 //!   preference order, A/AAAA fallback, null MX, IDN) through hickory-resolver.
 //! - [`client`]: one SMTP client session (STARTTLS, AUTH at a smarthost, PIPELINING, SIZE),
@@ -21,10 +22,12 @@
 mod attempt;
 pub mod client;
 pub mod courier;
+pub mod dns;
 pub mod dsn;
 pub mod route;
 pub mod scheduler;
 pub mod settings;
 
+pub use dns::{DnsSettings, Resolver};
 pub use scheduler::{Delivery, Routing};
 pub use settings::{DeliverySettings, RelayLogin, Route, TlsPolicy};

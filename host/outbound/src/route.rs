@@ -6,17 +6,14 @@
 //! in Unicode are looked up as A-labels (IDNA).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData};
 use portcullis_smtp::{Enhanced, Reply};
 use rand::seq::SliceRandom;
 
+use crate::dns::Resolver;
 use crate::settings::{DeliverySettings, RelayLogin, Route, TlsPolicy};
 
 /// One host to try, with every address it resolved to.
@@ -92,44 +89,15 @@ pub fn ascii_domain(domain: &str) -> Option<String> {
 }
 
 /// Resolves destinations to plans.
+#[derive(Debug)]
 pub struct Router {
-    resolver: TokioResolver,
+    resolver: Resolver,
 }
-
-impl std::fmt::Debug for Router {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Router").finish_non_exhaustive()
-    }
-}
-
-/// The resolver could not be set up.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot set up the DNS resolver: {0}")]
-pub struct ResolverError(String);
 
 impl Router {
-    /// A router asking `server` (or the system's resolvers when `None`).
-    pub fn new(server: Option<SocketAddr>) -> Result<Self, ResolverError> {
-        let mut builder = match server {
-            Some(addr) => {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                let ns = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                TokioResolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![ns]),
-                    TokioRuntimeProvider::default(),
-                )
-            }
-            None => TokioResolver::builder_tokio().map_err(|e| ResolverError(e.to_string()))?,
-        };
-        let opts = builder.options_mut();
-        opts.timeout = Duration::from_secs(5);
-        opts.attempts = 2;
-        opts.ndots = 0;
-        let resolver = builder.build().map_err(|e| ResolverError(e.to_string()))?;
-        Ok(Router { resolver })
+    /// A router asking the server's shared resolver.
+    pub fn new(resolver: Resolver) -> Self {
+        Router { resolver }
     }
 
     /// How to reach `domain` (lower-case) under `settings`.
@@ -215,7 +183,7 @@ impl Router {
     }
 
     async fn mx(&self, domain: &str) -> Result<MxAnswer, RouteError> {
-        match self.resolver.mx_lookup(format!("{domain}.")).await {
+        match self.resolver.hickory().mx_lookup(format!("{domain}.")).await {
             Ok(lookup) => Ok(order_mx(
                 lookup
                     .answers()
@@ -252,7 +220,7 @@ impl Router {
                 format!("{host} is not a valid host name"),
             )));
         };
-        match self.resolver.lookup_ip(format!("{ascii}.")).await {
+        match self.resolver.hickory().lookup_ip(format!("{ascii}.")).await {
             Ok(ips) => Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect()),
             Err(e) if no_records(&e).is_some() => Ok(Vec::new()),
             Err(e) => Err(RouteError::temporary(format!(

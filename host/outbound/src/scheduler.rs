@@ -38,10 +38,12 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Builds the router for `settings`.
-    pub fn new(settings: DeliverySettings) -> Result<Self, crate::route::ResolverError> {
-        let router = Router::new(settings.resolver)?;
-        Ok(Routing { settings, router })
+    /// The routing of `settings`, asking `resolver`.
+    pub fn new(settings: DeliverySettings, resolver: crate::dns::Resolver) -> Self {
+        Routing {
+            settings,
+            router: Router::new(resolver),
+        }
     }
 }
 

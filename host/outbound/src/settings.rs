@@ -72,8 +72,6 @@ pub struct DeliverySettings {
     pub routes: HashMap<String, Route>,
     /// A smarthost for every other domain; `None` means DNS (MX, then A/AAAA).
     pub relay: Option<Route>,
-    /// The DNS server to ask; `None` means the system's (`/etc/resolv.conf`).
-    pub resolver: Option<SocketAddr>,
     /// The port of hosts found through DNS (25; tests move it).
     pub mx_port: u16,
     /// STARTTLS policy for hosts found through DNS.
@@ -109,7 +107,6 @@ impl DeliverySettings {
             local_domains: Vec::new(),
             routes: HashMap::new(),
             relay: None,
-            resolver: None,
             mx_port: 25,
             mx_tls: TlsPolicy::Opportunistic,
             retry: [60, 300, 900, 1800, 3600]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_outbound::{Delivery, DeliverySettings, Route, Routing, TlsPolicy};
+use portcullis_outbound::{Delivery, DeliverySettings, DnsSettings, Resolver, Route, Routing, TlsPolicy};
 use portcullis_smtp::envelope::{Envelope, MailParams, Recipient};
 use portcullis_smtp::{Folder, Mailbox};
 use portcullis_spool::{Maildir, QueueId, Spool};
@@ -57,7 +57,10 @@ async fn run(sender: Option<Mailbox>) -> (tempfile::TempDir, Arc<Spool>, Vec<Str
     let (delivery, _sweep) = Delivery::start(
         Arc::clone(&spool),
         Maildir::new(mail.clone(), "mx.example.org"),
-        Routing::new(settings()).expect("context"),
+        Routing::new(
+            settings(),
+            Resolver::new(&DnsSettings::default()).expect("resolver"),
+        ),
     );
     delivery.deliver(entry.id.clone());
     // The message leaves the queue, and the report it owes (delivered into the sender's

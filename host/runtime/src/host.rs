@@ -31,15 +31,18 @@ pub struct PluginMeta {
     pub config: serde_json::Map<String, serde_json::Value>,
 }
 
-/// The message as a plugin sees it: the content as received, headers parsed on demand.
+/// The message as a plugin sees it: the content as received, headers parsed on demand,
+/// behind the header fields the host and earlier hooks added to it (which `headers` lists
+/// first, as they will stand in the delivered message; `read` gives the content as it came).
 pub struct MessageHandle {
     message: Arc<portcullis_smtp::Message>,
+    added: Vec<portcullis_smtp::session::Header>,
 }
 
 impl MessageHandle {
-    /// Wraps a received message.
-    pub fn new(message: Arc<portcullis_smtp::Message>) -> Self {
-        MessageHandle { message }
+    /// Wraps a received message and the header fields added to it so far.
+    pub fn new(message: Arc<portcullis_smtp::Message>, added: Vec<portcullis_smtp::session::Header>) -> Self {
+        MessageHandle { message, added }
     }
 }
 
@@ -120,34 +123,15 @@ impl WasiView for State {
     }
 }
 
-/// Splits the header section of a message into unfolded fields.
+/// The header section of a message as unfolded fields.
 fn parse_headers(content: &[u8]) -> Vec<types::Header> {
-    let end = content
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(content.len(), |p| p + 2);
-    let mut fields: Vec<types::Header> = Vec::new();
-    for line in content[..end].split(|b| *b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
-            if let Some(last) = fields.last_mut() {
-                last.value.push(' ');
-                last.value.push_str(text.trim());
-            }
-            continue;
-        }
-        if let Some((name, value)) = text.split_once(':') {
-            fields.push(types::Header {
-                name: name.trim().to_string(),
-                value: value.trim().to_string(),
-            });
-        }
-    }
-    fields
+    portcullis_smtp::fields::fields(content)
+        .into_iter()
+        .map(|field| types::Header {
+            name: String::from_utf8_lossy(field.name).into_owned(),
+            value: field.value(),
+        })
+        .collect()
 }
 
 impl types::Host for State {}
@@ -160,7 +144,15 @@ impl types::HostMessage for State {
     fn headers(&mut self, this: Resource<MessageHandle>) -> Vec<types::Header> {
         self.table.get(&this).map_or_else(
             |_| Vec::new(),
-            |m| parse_headers(&m.message.body.header_section()),
+            |m| {
+                let added = m.added.iter().map(|h| types::Header {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                });
+                added
+                    .chain(parse_headers(&m.message.body.header_section()))
+                    .collect()
+            },
         )
     }
 

@@ -368,12 +368,13 @@ impl Runtime {
         &self,
         plugin: &LoadedPlugin,
         message: &Arc<Message>,
+        added: &[portcullis_smtp::session::Header],
     ) -> Result<(Store<State>, Resource<MessageHandle>), PluginError> {
         let mut store = self.store(plugin)?;
         let handle = store
             .data_mut()
             .table
-            .push(MessageHandle::new(Arc::clone(message)))
+            .push(MessageHandle::new(Arc::clone(message), added.to_vec()))
             .map_err(|e| PluginError::Unavailable(e.to_string()))?;
         Ok((store, handle))
     }
@@ -491,7 +492,7 @@ impl Runtime {
         let Pre::Virus(pre) = &plugin.pre else {
             return Err(PluginError::Unavailable("not a virus plugin".into()));
         };
-        let (store, handle) = self.store_with_message(plugin, message)?;
+        let (store, handle) = self.store_with_message(plugin, message, &session.added_headers)?;
         let (session, envelope) = (
             session_info(session),
             wit_envelope(&message.envelope, message.body.len()),
@@ -530,7 +531,7 @@ impl Runtime {
         let Pre::Spam(pre) = &plugin.pre else {
             return Err(PluginError::Unavailable("not a spam plugin".into()));
         };
-        let (store, handle) = self.store_with_message(plugin, message)?;
+        let (store, handle) = self.store_with_message(plugin, message, &session.added_headers)?;
         let (session, envelope) = (
             session_info(session),
             wit_envelope(&message.envelope, message.body.len()),

@@ -32,6 +32,7 @@ pub mod content;
 pub mod data;
 pub mod envelope;
 pub mod escape;
+pub mod fields;
 pub mod received;
 pub mod replies;
 pub mod reply;

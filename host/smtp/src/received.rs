@@ -68,6 +68,7 @@ mod tests {
                 }),
                 account: account.then(|| "alice@example.org".into()),
             },
+            added_headers: Vec::new(),
         }
     }
 

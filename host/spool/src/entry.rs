@@ -75,6 +75,11 @@ pub struct Entry {
     /// in files of older versions, whose content starts with them.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub head: String,
+    /// Ranges of the content (`[start, end)` octet offsets, in order, disjoint) left out
+    /// when the message is delivered: header fields the host removed (a forged
+    /// `Authentication-Results`), so that the content is still stored as it came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub omit: Vec<(u64, u64)>,
     /// Outbound: delivery attempts made so far for the remote recipients.
     #[serde(default)]
     pub attempts: u32,
@@ -151,8 +156,39 @@ pub struct Incoming<'a> {
     pub success_notices: bool,
     /// Header lines written before the content (the `Received:` header, hook headers).
     pub head: &'a str,
+    /// Ranges of the content left out when it is delivered ([`Entry::omit`]).
+    pub omit: &'a [(u64, u64)],
     /// The content as received, in memory or in its spill file.
     pub content: &'a Content,
+}
+
+/// Whether `omit` lists ranges in order, disjoint, not empty, within a content of `len`
+/// octets.
+pub fn omit_fits(omit: &[(u64, u64)], len: u64) -> bool {
+    let mut at = 0;
+    omit.iter().all(|&(start, end)| {
+        let fits = at <= start && start < end && end <= len;
+        at = end;
+        fits
+    })
+}
+
+/// How many octets `omit` leaves out.
+pub fn omitted(omit: &[(u64, u64)]) -> u64 {
+    omit.iter().map(|(start, end)| end.saturating_sub(*start)).sum()
+}
+
+/// The message as delivered: `head`, then `content` without the `omit` ranges (which
+/// [`omit_fits`] has checked).
+pub fn delivered<'a>(head: &'a [u8], content: &'a [u8], omit: &[(u64, u64)]) -> Vec<&'a [u8]> {
+    let mut parts = vec![head];
+    let mut at = 0;
+    for &(start, end) in omit {
+        parts.push(&content[at..start as usize]);
+        at = end as usize;
+    }
+    parts.push(&content[at..]);
+    parts
 }
 
 /// [`Entry::last_error`] as text in the spool file: what earlier versions wrote, and what

@@ -93,7 +93,7 @@ pub(crate) fn read_queued(queue: &Path, id: &QueueId, content: bool) -> Result<(
         Ok(bytes) => {
             let fresh = parse_state(&bytes, &state)?;
             check_id(&state, &fresh, id)?;
-            if fresh.size != entry.size || fresh.head != entry.head {
+            if fresh.size != entry.size || fresh.head != entry.head || fresh.omit != entry.omit {
                 return Err(corrupt(&state, "state file of another message"));
             }
             entry = fresh;
@@ -213,7 +213,9 @@ fn read_v3<R: BufRead + Seek>(
     }
     let entry: Entry =
         serde_json::from_slice(&meta).map_err(|e| corrupt(path, &format!("bad metadata: {e}")))?;
-    if entry.size != entry.head.len() as u64 + content_len {
+    if !crate::entry::omit_fits(&entry.omit, content_len)
+        || entry.size != entry.head.len() as u64 + content_len - crate::entry::omitted(&entry.omit)
+    {
         return Err(corrupt(path, "message length differs from its metadata"));
     }
     if !content {
@@ -222,17 +224,22 @@ fn read_v3<R: BufRead + Seek>(
     reader
         .seek(SeekFrom::Start(HEADER_V3 as u64))
         .map_err(io_err(path))?;
-    let mut message = Vec::with_capacity(entry.size as usize);
+    let head = entry.head.len();
+    let mut message = Vec::with_capacity(head + content_len as usize);
     message.extend_from_slice(entry.head.as_bytes());
     reader
         .take(content_len)
         .read_to_end(&mut message)
         .map_err(io_err(path))?;
-    if message.len() as u64 != entry.size {
+    if message.len() as u64 != head as u64 + content_len {
         return Err(corrupt(path, "file shorter than its content (truncated?)"));
     }
-    if checksum(&[&message[entry.head.len()..]]) as u64 != content_crc {
+    if checksum(&[&message[head..]]) as u64 != content_crc {
         return Err(corrupt(path, "checksum differs (a write a crash cut short?)"));
+    }
+    // Fields the host removed are left out, last first so that offsets hold.
+    for &(start, end) in entry.omit.iter().rev() {
+        message.drain(head + start as usize..head + end as usize);
     }
     Ok((entry, message))
 }

@@ -511,6 +511,7 @@ mod tests {
             folder: Folder::Junk,
             size: 0,
             head: String::new(),
+            omit: Vec::new(),
             attempts: 0,
             next_attempt: 0,
             last_error: Default::default(),

@@ -41,6 +41,8 @@ pub struct Accepted {
     pub message: Arc<Message>,
     /// The header lines written before it (`Received:`, hook headers).
     pub head: String,
+    /// Ranges of its content left out when it is delivered ([`Entry::omit`]).
+    pub omit: Vec<(u64, u64)>,
     /// Where its local copies go.
     pub folder: Folder,
     /// Its sender may be told of successful deliveries ([`Entry::success_notices`]).
@@ -130,11 +132,11 @@ impl Writer {
 
     /// Hands `request` to the thread; its answer comes through the request. When the thread
     /// has stopped, the request comes back.
-    pub fn submit(&self, request: Request) -> Result<(), Request> {
+    pub fn submit(&self, request: Request) -> Result<(), Box<Request>> {
         self.tx
             .send(Work::Store(request))
             .map_err(|mpsc::SendError(work)| match work {
-                Work::Store(request) => request,
+                Work::Store(request) => Box::new(request),
                 Work::Barrier(_) => unreachable!("a Store was sent"),
             })
     }
@@ -182,6 +184,7 @@ impl Shared {
                         folder: a.folder,
                         success_notices: a.success_notices,
                         head: &a.head,
+                        omit: &a.omit,
                         content: &a.message.body,
                     };
                     self.spool.write_with_copies(&self.maildir, incoming)
@@ -254,7 +257,7 @@ impl Shared {
         if !self.maildir.shares_spool_flush() || !entry.all_local() {
             return false;
         }
-        let content = [accepted.head.as_bytes(), body];
+        let content = crate::entry::delivered(accepted.head.as_bytes(), body, &accepted.omit);
         if entry.wants_success_notice() {
             // The report is queued before the recipients leave the spool: delivery's job.
             return false;

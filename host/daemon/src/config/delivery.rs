@@ -22,8 +22,7 @@ pub struct DeliverySection {
     pub relay_username: Option<String>,
     /// A file holding that account's password (first line). Required with `relay-username`.
     pub relay_password_file: Option<std::path::PathBuf>,
-    /// The DNS server (`ip:port`) for MX and address lookups. Default: the system's
-    /// (`/etc/resolv.conf`).
+    /// The older name of `[dns] nameservers` (one server), still read with a warning.
     pub resolver: Option<SocketAddr>,
     /// The port of mail exchangers found through DNS. Default: `25`.
     pub mx_port: Option<u16>,
@@ -119,7 +118,6 @@ pub fn settings(
     s.local_domains = local_domains.to_vec();
     s.relay = check.relay(&section);
     s.routes = check.routes(section.routes);
-    s.resolver = section.resolver;
     if let Some(port) = section.mx_port {
         if port == 0 {
             check.problem("delivery.mx-port", "must not be 0".into());

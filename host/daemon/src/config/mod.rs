@@ -11,8 +11,10 @@ use std::time::Duration;
 use portcullis_runtime::{Hook, PluginSpec};
 use serde::Deserialize;
 
+pub mod authentication;
 pub mod delivery;
 pub mod dkim;
+pub mod dns;
 pub mod limits;
 pub mod plugin;
 
@@ -312,6 +314,10 @@ struct RawConfig {
     delivery: delivery::DeliverySection,
     #[serde(default)]
     dkim: Vec<dkim::DkimSection>,
+    #[serde(default)]
+    dns: dns::DnsSection,
+    #[serde(default)]
+    authentication: authentication::AuthenticationSection,
 }
 
 /// A validated configuration.
@@ -341,6 +347,12 @@ pub struct Config {
     pub delivery: portcullis_outbound::DeliverySettings,
     /// `[[dkim]]`: the keys that sign submitted mail, key paths absolute.
     pub dkim: Vec<dkim::DkimKey>,
+    /// `[dns]` (with the older `[delivery] resolver` folded in).
+    pub dns: portcullis_outbound::DnsSettings,
+    /// `[authentication]`.
+    pub authentication: authentication::AuthenticationSettings,
+    /// Keys read under an older name, for [`Config::warnings`].
+    pub renamed: Vec<(&'static str, &'static str)>,
 }
 
 /// The problems found in one configuration, each with its key.
@@ -476,6 +488,13 @@ impl Config {
         };
         let plugins = plugin::specs(raw.plugin, base, &mut problems);
         let dkim = dkim::keys(raw.dkim, base, &mut problems);
+        let mut renamed = Vec::new();
+        if raw.delivery.resolver.is_some() {
+            renamed.push(("delivery.resolver", "dns.nameservers"));
+        }
+        let dns = dns::settings(raw.dns, raw.delivery.resolver, &mut problems);
+        let primary = local_domains.first().map_or("localhost", String::as_str);
+        let authentication = authentication::settings(raw.authentication, primary, &mut problems);
         let delivery = match delivery::settings(raw.delivery, &server.hostname, &local_domains, base) {
             Ok(settings) => Some(settings),
             Err(found) => {
@@ -499,6 +518,9 @@ impl Config {
             metrics: raw.metrics,
             delivery: delivery.unwrap_or_else(|| portcullis_outbound::DeliverySettings::new("localhost")),
             dkim,
+            dns,
+            authentication,
+            renamed,
         })
     }
 
@@ -506,6 +528,11 @@ impl Config {
     /// and logged by `serve` at start.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
+        for (old, new) in &self.renamed {
+            warnings.push(format!(
+                "{old} is the older name of {new}; it is still read, but rename it"
+            ));
+        }
         if self.listeners.iter().any(|l| l.kind == ListenerKind::Mx) {
             for (hook, what) in [(Hook::Virus, "virus"), (Hook::Spam, "spam")] {
                 if !self.plugins.iter().any(|p| p.hook == hook) {
@@ -616,6 +643,64 @@ mod tests {
             format!("{base}[limits]\nmessage-size = 1000000\n[delivery.routes]\n\"x.example\" = \"h:25\"\n");
         let c = Config::parse(&ok, "t.toml", Path::new("/")).unwrap();
         assert_eq!(c.limits.message_size, Size(1_000_000));
+    }
+
+    #[test]
+    fn dns_and_authentication_sections() {
+        let base = "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"Example.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n";
+        let c = Config::parse(base, "t.toml", Path::new("/")).unwrap();
+        assert!(c.dns.nameservers.is_empty(), "the system's resolvers by default");
+        assert_eq!(c.dns.timeout, Duration::from_secs(5));
+        assert_eq!(c.authentication.authserv_id, "example.org");
+        assert_eq!(c.authentication.timeout, Duration::from_secs(10));
+        assert_eq!(c.authentication.dmarc, authentication::DmarcMode::Enforce);
+        assert!(
+            c.authentication.spf && c.authentication.dkim && c.authentication.arc && c.authentication.iprev
+        );
+        // The older key is read, with a warning naming the new one.
+        let old = Config::parse(
+            &format!("{base}[delivery]\nresolver = \"127.0.0.1:53\"\n"),
+            "t.toml",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(old.dns.nameservers, ["127.0.0.1:53".parse().unwrap()]);
+        assert!(
+            old.warnings()
+                .iter()
+                .any(|w| w.contains("delivery.resolver is the older name of dns.nameservers"))
+        );
+        let set = Config::parse(
+            &format!("{base}[dns]\nnameservers = [\"127.0.0.1:5353\", \"[::1]:53\"]\ntimeout = \"2s\"\n[authentication]\nauthserv-id = \"MX.Example.org.\"\ndmarc = \"report\"\nspf = false\ntrusted-arc-sealers = [\"Lists.Example.net.\"]\n"),
+            "t.toml",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(set.dns.nameservers.len(), 2);
+        assert_eq!(set.dns.timeout, Duration::from_secs(2));
+        assert_eq!(set.authentication.authserv_id, "mx.example.org");
+        assert_eq!(set.authentication.dmarc, authentication::DmarcMode::Report);
+        assert!(!set.authentication.spf && set.authentication.dkim);
+        assert_eq!(set.authentication.trusted_arc_sealers, ["lists.example.net"]);
+        for (extra, needle) in [
+            ("[dns]\nnameservers = []\n", "dns.nameservers"),
+            (
+                "[dns]\nnameservers = [\"127.0.0.1:53\"]\n[delivery]\nresolver = \"127.0.0.1:53\"\n",
+                "delivery.resolver",
+            ),
+            ("[dns]\ntimeout = \"0s\"\n", "dns.timeout"),
+            ("[authentication]\ndmarc = \"maybe\"\n", "enforce"),
+            (
+                "[authentication]\nauthserv-id = \"a b\"\n",
+                "authentication.authserv-id",
+            ),
+            ("[authentication]\ntimeout = \"0s\"\n", "authentication.timeout"),
+        ] {
+            let err = Config::parse(&format!("{base}{extra}"), "t.toml", Path::new("/"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
     }
 
     #[test]

@@ -69,6 +69,7 @@ impl<P: Pipeline> Session<P> {
             State::AwaitingTls
             | State::AwaitingAuth(_)
             | State::AwaitingVerdict { .. }
+            | State::AwaitingChecks(_)
             | State::AwaitingSpool(_)
             | State::Closed => false,
         }

@@ -84,6 +84,7 @@ enum State {
         stage: Stage,
         index: usize,
     },
+    AwaitingChecks(Arc<Message>),
     AwaitingSpool(SpoolRequest),
     Closed,
 }
@@ -120,6 +121,7 @@ impl<P: Pipeline> Session<P> {
                 peer,
                 greeting: None,
                 security: Security { tls, account: None },
+                added_headers: Vec::new(),
             },
             settings,
             directory,
@@ -198,6 +200,7 @@ impl<P: Pipeline> Session<P> {
                 State::AwaitingTls => return Action::StartTls,
                 State::AwaitingAuth(c) => return Action::Authenticate(c.clone()),
                 State::AwaitingVerdict { call, .. } => return Action::CallHook(call.clone()),
+                State::AwaitingChecks(message) => return Action::CheckAuthentication(Arc::clone(message)),
                 State::AwaitingSpool(request) => return Action::Spool(request.clone()),
                 State::Closed => return Action::Close,
                 _ => {}
@@ -274,7 +277,18 @@ impl<P: Pipeline> Session<P> {
         if self.txn.is_none() {
             return Err(UsageError("a hook verdict"));
         }
-        self.apply_verdict(stage, index, verdict);
+        self.apply_verdict(stage, index + 1, verdict);
+        Ok(())
+    }
+
+    /// What the mail authentication checks of [`Action::CheckAuthentication`] decided, as a
+    /// verdict: `Tag` with the `Authentication-Results` header to add, `Junk` for a DMARC
+    /// quarantine, `Reject` or `Defer` to refuse the message. The content hooks run next.
+    pub fn resolve_checks(&mut self, verdict: Verdict) -> Result<(), UsageError> {
+        if !matches!(self.state, State::AwaitingChecks(_)) || self.txn.is_none() {
+            return Err(UsageError("the authentication checks"));
+        }
+        self.apply_verdict(Stage::AfterContent, 0, verdict);
         Ok(())
     }
 

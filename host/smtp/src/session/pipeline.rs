@@ -41,6 +41,9 @@ pub trait Pipeline: Send + Sync + 'static {
     const BEFORE_CONTENT: &'static [Hook];
     /// Hooks consulted once the content is received, before it is spooled.
     const AFTER_CONTENT: &'static [Hook];
+    /// Whether the host checks the sender's authentication (SPF, DKIM, ARC, DMARC, iprev)
+    /// once the content is received, before the hooks after content.
+    const CHECKS_AUTHENTICATION: bool;
 
     /// Refuses commands the flow does not allow yet (the 530 gates of submission).
     fn gate(command: &Command, security: &Security) -> Result<(), Reply>;
@@ -91,6 +94,7 @@ impl Pipeline for Mx {
     const OFFERS_AUTH: bool = false;
     const BEFORE_CONTENT: &'static [Hook] = &[];
     const AFTER_CONTENT: &'static [Hook] = &[Hook::Virus, Hook::Spam];
+    const CHECKS_AUTHENTICATION: bool = true;
 
     fn gate(_: &Command, _: &Security) -> Result<(), Reply> {
         Ok(())
@@ -114,6 +118,8 @@ impl Pipeline for Submission {
     const OFFERS_AUTH: bool = true;
     const BEFORE_CONTENT: &'static [Hook] = &[Hook::Rate];
     const AFTER_CONTENT: &'static [Hook] = &[Hook::Virus];
+    // The sender is an account of ours: nothing to verify (its mail is signed instead).
+    const CHECKS_AUTHENTICATION: bool = false;
 
     fn gate(command: &Command, security: &Security) -> Result<(), Reply> {
         use Command::*;

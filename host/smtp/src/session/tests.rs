@@ -34,6 +34,11 @@ impl Directory for TestDirectory {
 struct Host<P: Pipeline> {
     session: Session<P>,
     verdicts: Vec<(Hook, Verdict)>,
+    /// What the authentication checks decide (MX), and how often they ran.
+    checks: Verdict,
+    checked: usize,
+    /// What each hook saw of the header fields added before it.
+    added_seen: Vec<Vec<Header>>,
     spooled: Vec<SpoolRequest>,
 }
 
@@ -66,6 +71,9 @@ impl<P: Pipeline> Host<P> {
         let mut host = Host {
             session: Session::new(settings, Arc::new(TestDirectory), peer, tls),
             verdicts: Vec::new(),
+            checks: Verdict::Accept,
+            checked: 0,
+            added_seen: Vec::new(),
             spooled: Vec::new(),
         };
         assert_eq!(host.run(), ["220"]);
@@ -100,6 +108,7 @@ impl<P: Pipeline> Host<P> {
                 Action::CallHook(call) => {
                     let hook = call.hook();
                     out.push(format!("hook {}", hook.name()));
+                    self.added_seen.push(self.session.info().added_headers.clone());
                     assert!(self.session.envelope().is_some());
                     // A content hook carries the message; the rate hook the envelope.
                     match &call {
@@ -113,6 +122,16 @@ impl<P: Pipeline> Host<P> {
                         None => Verdict::Accept,
                     };
                     self.session.resolve_hook(verdict).unwrap();
+                }
+                Action::CheckAuthentication(message) => {
+                    assert!(
+                        self.session
+                            .message()
+                            .is_some_and(|own| Arc::ptr_eq(own, &message))
+                    );
+                    self.checked += 1;
+                    let verdict = std::mem::replace(&mut self.checks, Verdict::Accept);
+                    self.session.resolve_checks(verdict).unwrap();
                 }
                 Action::Spool(request) => {
                     out.push("spool".into());
@@ -477,6 +496,66 @@ fn hook_verdicts_decide_the_outcome() {
         // The session is clean afterwards: a new transaction works.
         h.script(&[("MAIL FROM:<a@b.example>", &["250 2.1.0"])]);
     }
+}
+
+#[test]
+fn authentication_checks_run_on_mx_before_the_content_hooks() {
+    let results = || Header {
+        name: "Authentication-Results".into(),
+        value: "example.org; spf=pass".into(),
+    };
+    /// (what the checks decide, what the host sees, the folder of the spooled copy if any)
+    type Case = (Verdict, Vec<&'static str>, Option<Folder>);
+    let cases: Vec<Case> = vec![
+        (
+            Verdict::Tag(vec![results()]),
+            vec!["hook virus", "hook spam", "spool", "250 2.0.0"],
+            Some(Folder::Inbox),
+        ),
+        (
+            Verdict::Junk(vec![results()]),
+            vec!["hook virus", "hook spam", "spool", "250 2.0.0"],
+            Some(Folder::Junk),
+        ),
+        (
+            Verdict::Reject(Reply::fixed(550, Some(Enhanced(5, 7, 1)), "DMARC")),
+            vec!["550 5.7.1"],
+            None,
+        ),
+        (
+            Verdict::Defer(Reply::fixed(451, Some(Enhanced(4, 7, 0)), "DNS")),
+            vec!["451 4.7.0"],
+            None,
+        ),
+    ];
+    for (checks, expected, folder) in cases {
+        let mut h = mx();
+        h.checks = checks;
+        h.script(&[
+            ("EHLO c", &["250"]),
+            ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+            ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+            ("DATA", &["354"]),
+        ]);
+        assert_eq!(h.send(b"x\r\n.\r\n"), expected);
+        assert_eq!(h.checked, 1);
+        assert_eq!(h.spooled.first().map(|s| s.folder), folder);
+        if let Some(request) = h.spooled.first() {
+            assert_eq!(request.headers, [results()], "the results go first, once");
+            // Each content hook sees them in front of the message.
+            assert_eq!(h.added_seen, [vec![results()], vec![results()]]);
+        }
+        h.script(&[("MAIL FROM:<a@b.example>", &["250 2.1.0"])]);
+    }
+    // Submission: the sender is our account; nothing to check.
+    let mut h = submission_ready();
+    h.script(&[
+        ("MAIL FROM:<alice@example.org>", &["250 2.1.0"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+        ("DATA", &["hook rate", "354"]),
+    ]);
+    assert_eq!(h.send(b"x\r\n.\r\n"), ["hook virus", "spool", "250 2.0.0"]);
+    assert_eq!(h.checked, 0);
 }
 
 #[test]

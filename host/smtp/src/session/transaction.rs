@@ -279,10 +279,15 @@ impl<P: Pipeline> Session<P> {
         let Some(txn) = self.txn.as_mut() else {
             return self.reply(replies::MAIL_FIRST);
         };
-        txn.phase = Phase::Received(Arc::new(Message {
+        let message = Arc::new(Message {
             envelope: txn.envelope(),
             body,
-        }));
-        self.run_hooks(Stage::AfterContent, 0);
+        });
+        txn.phase = Phase::Received(Arc::clone(&message));
+        if P::CHECKS_AUTHENTICATION {
+            self.state = State::AwaitingChecks(message);
+        } else {
+            self.run_hooks(Stage::AfterContent, 0);
+        }
     }
 }

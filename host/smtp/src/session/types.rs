@@ -127,6 +127,10 @@ pub struct SessionInfo {
     pub greeting: Option<Greeting>,
     /// TLS and AUTH state.
     pub security: Security,
+    /// While a hook runs: the header fields the host and earlier hooks have added to the
+    /// message under way (on MX, the `Authentication-Results` of the checks first), which
+    /// a content hook sees in front of the message.
+    pub added_headers: Vec<Header>,
 }
 
 /// A decision point a plugin answers: the one vocabulary of the session, the config
@@ -305,6 +309,10 @@ pub enum Action {
     Authenticate(Credentials),
     /// Run this hook (with [`Session::info`]), then call [`Session::resolve_hook`].
     CallHook(HookCall),
+    /// Run the host's mail authentication checks (SPF, DKIM, ARC, DMARC, iprev) on the
+    /// received message, before the content hooks ([`Pipeline::CHECKS_AUTHENTICATION`]),
+    /// then call [`Session::resolve_checks`] with what they decided.
+    CheckAuthentication(Arc<Message>),
     /// Make this durable and call [`Session::resolve_spool`].
     Spool(SpoolRequest),
     /// Flush replies, then read more bytes and pass them to [`Session::feed`].

@@ -20,8 +20,9 @@ pub(super) enum Stage {
 }
 
 impl<P: Pipeline> Session<P> {
-    /// Applies the verdict of hook `index` of `stage`: records what it adds, or refuses.
-    pub(super) fn apply_verdict(&mut self, stage: Stage, index: usize, verdict: Verdict) {
+    /// Applies a verdict in `stage`: records what it adds and goes on with hook `next`, or
+    /// refuses.
+    pub(super) fn apply_verdict(&mut self, stage: Stage, next: usize, verdict: Verdict) {
         let Some(txn) = self.txn.as_mut() else {
             return;
         };
@@ -53,7 +54,7 @@ impl<P: Pipeline> Session<P> {
                 return self.refuse(stage, reply);
             }
         }
-        self.run_hooks(stage, index + 1);
+        self.run_hooks(stage, next);
     }
 
     /// Stops at the next hook of `stage` from `from` on, or finishes the stage.
@@ -73,6 +74,8 @@ impl<P: Pipeline> Session<P> {
             });
             match call {
                 Some(call) => {
+                    self.info.added_headers =
+                        self.txn.as_ref().map(|t| t.headers.clone()).unwrap_or_default();
                     self.state = State::AwaitingVerdict {
                         call,
                         stage,

@@ -207,6 +207,7 @@ impl Spool {
             folder,
             success_notices: false,
             head,
+            omit: &[],
             content: &content,
         };
         let entry = self.write(&incoming)?;
@@ -225,14 +226,22 @@ impl Spool {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let content = incoming.content;
+        if !crate::entry::omit_fits(incoming.omit, content.len()) {
+            let path = self.path(incoming.id);
+            return Err(io_err(&path)(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the ranges to leave out do not fit the content",
+            )));
+        }
         let entry = Entry {
             pending: (0..incoming.envelope.recipients.len()).collect(),
             id: incoming.id.clone(),
             received_at,
             envelope: incoming.envelope.clone(),
             folder: incoming.folder,
-            size: incoming.head.len() as u64 + content.len(),
+            size: incoming.head.len() as u64 + content.len() - crate::entry::omitted(incoming.omit),
             head: incoming.head.to_string(),
+            omit: incoming.omit.to_vec(),
             attempts: 0,
             next_attempt: 0,
             last_error: BTreeMap::new(),
@@ -326,7 +335,8 @@ impl Spool {
             let Some(copy) = crate::maildir::Copy::of(&entry, index) else {
                 continue;
             };
-            match maildir.prepare(&copy, &[incoming.head.as_bytes(), body]) {
+            let message = crate::entry::delivered(incoming.head.as_bytes(), body, incoming.omit);
+            match maildir.prepare(&copy, &message) {
                 Ok(true) => prepared.push(copy),
                 // A folder on another file system: delivery writes and fsyncs it.
                 Ok(false) => {}

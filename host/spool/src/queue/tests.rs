@@ -87,6 +87,7 @@ fn a_write_is_durable_after_a_flush_and_flushes_cover_the_same_file_system() {
         folder: Folder::Inbox,
         success_notices: false,
         head: "",
+        omit: &[],
         content: &content,
     };
     let entry = spool.write(&incoming).unwrap();
@@ -242,6 +243,7 @@ fn a_withdrawn_message_leaves_neither_its_file_nor_its_prepared_copies() {
         folder: Folder::Inbox,
         success_notices: false,
         head: "",
+        omit: &[],
         content: &content,
     };
     let entry = spool.write_with_copies(&maildir, incoming).unwrap();
@@ -389,6 +391,7 @@ fn a_large_content_is_written_once_into_the_file_that_is_queued() {
         folder: Folder::Inbox,
         success_notices: false,
         head: "Received: here\r\n",
+        omit: &[],
         content: &content,
     };
     let maildir = Maildir::new(dir.path().join("mail"), "mx");
@@ -405,4 +408,43 @@ fn a_large_content_is_written_once_into_the_file_that_is_queued() {
     assert_eq!(&message[..16], b"Received: here\r\n");
     assert_eq!(&message[16..], &sent[..]);
     assert_eq!(entry.size, message.len() as u64);
+}
+
+#[test]
+fn ranges_left_out_are_missing_from_the_delivered_message_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let (id, sent) = (QueueId::generate(), envelope());
+    let raw = b"Authentication-Results: forged; dkim=pass\r\nSubject: hi\r\n\r\nbody\r\n";
+    let content = Content::from_bytes(raw.to_vec());
+    let forged = (0, 43);
+    assert_eq!(&raw[..43], b"Authentication-Results: forged; dkim=pass\r\n");
+    let incoming = Incoming {
+        id: &id,
+        envelope: &sent,
+        folder: Folder::Inbox,
+        success_notices: false,
+        head: "Received: here\r\n",
+        omit: &[forged],
+        content: &content,
+    };
+    let entry = spool.write(&incoming).unwrap();
+    spool.flush().unwrap();
+    let (loaded, message) = spool.load(&entry.id).unwrap();
+    assert_eq!(loaded.omit, [forged]);
+    assert_eq!(message, b"Received: here\r\nSubject: hi\r\n\r\nbody\r\n");
+    assert_eq!(loaded.size, message.len() as u64);
+    // The content itself is stored as it came.
+    let file = fs::read(dir.path().join("queue").join(entry.id.as_str())).unwrap();
+    assert!(file.windows(raw.len()).any(|w| w == raw));
+    // Ranges that do not fit the content are refused, never half applied.
+    for bad in [[(0, 200)], [(5, 5)]] {
+        let id = QueueId::generate();
+        let incoming = Incoming {
+            id: &id,
+            omit: &bad,
+            ..incoming
+        };
+        assert!(spool.write(&incoming).is_err(), "{bad:?}");
+    }
 }

@@ -1,31 +1,43 @@
-//! A tiny authoritative DNS server on loopback UDP, so MX lookups run through the real
-//! resolver against answers the test chose, and TXT records (DKIM keys) for verifiers.
+//! A tiny authoritative DNS server on loopback UDP, so that Portcullis's lookups run
+//! through the real resolver against answers a test or benchmark chose: MX and A for
+//! delivery, TXT (SPF, DKIM keys, DMARC) and PTR for mail authentication. It can be
+//! silenced, as a server that stopped. Never a mock of the resolver: a server.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX, TXT};
+use hickory_proto::rr::rdata::{A, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// One answer the server gives.
 #[derive(Clone)]
 pub enum Answer {
+    /// An MX record: preference and exchange.
     Mx(u16, &'static str),
+    /// An A record.
     A(Ipv4Addr),
     /// A TXT record of these character-strings (each at most 255 octets).
     Txt(Vec<String>),
+    /// A PTR record (under `in-addr.arpa`).
+    Ptr(&'static str),
 }
 
 /// The zone: names (lower-case, no trailing dot) to records. A name not listed is NXDOMAIN;
 /// a listed name without records of the asked type is an empty NOERROR.
 pub struct Dns {
+    /// Where it answers (UDP).
     pub addr: SocketAddr,
+    /// Every question asked, as `name TYPE`, in order.
     pub queries: Arc<Mutex<Vec<String>>>,
+    /// While set, queries go unanswered (a server that stopped).
+    pub silent: Arc<AtomicBool>,
 }
 
 impl Dns {
+    /// Starts a server for `zone` on a free loopback port, in a thread of its own.
     pub fn start(zone: &[(&'static str, Answer)]) -> Dns {
         let socket = UdpSocket::bind("127.0.0.1:0").expect("bind dns");
         let addr = socket.local_addr().expect("dns addr");
@@ -35,6 +47,8 @@ impl Dns {
         }
         let queries = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&queries);
+        let silent = Arc::new(AtomicBool::new(false));
+        let mute = Arc::clone(&silent);
         std::thread::spawn(move || {
             let mut buf = [0u8; 1500];
             loop {
@@ -44,6 +58,9 @@ impl Dns {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
+                if mute.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let mut response =
                     Message::new(query.metadata.id, MessageType::Response, query.metadata.op_code);
                 response.metadata.authoritative = true;
@@ -65,6 +82,9 @@ impl Dns {
                                     (Answer::Txt(strings), RecordType::TXT) => {
                                         RData::TXT(TXT::new(strings.clone()))
                                     }
+                                    (Answer::Ptr(name), RecordType::PTR) => {
+                                        RData::PTR(PTR(Name::from_ascii(name).expect("name")))
+                                    }
                                     _ => continue,
                                 };
                                 response.add_answer(Record::from_rdata(q.name.clone(), 60, rdata));
@@ -77,6 +97,10 @@ impl Dns {
                 }
             }
         });
-        Dns { addr, queries }
+        Dns {
+            addr,
+            queries,
+            silent,
+        }
     }
 }
