@@ -41,6 +41,8 @@ need plugins/c "command -v clang-19 && test -f /usr/lib/wasm32-wasi/libc.a" \
 plugins/c/build.sh
 # Real mail services the end-to-end tests start on loopback with their own config.
 need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap" dovecot-core dovecot-imapd
+# OpenSSL makes the keys of the independent DKIM signer (tests/e2e/authentication.rs).
+need tests/e2e "command -v openssl" openssl
 # An independent DKIM verifier (dkimpy, with dnspython and PyNaCl for Ed25519) from PyPI,
 # in a venv of its own.
 if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl' >/dev/null 2>&1; then

@@ -7,6 +7,7 @@
 //! cargo build --release -p portcullis -p portcullis-bench
 //! ./target/release/compare [--seconds S] [--sessions 1,10,100] [--sizes 1024,10240,102400]
 //!                          [--idle N] [--portcullis PATH]
+//!                          [--tables all|mx,group,submission,idle,authentication]
 //! ```
 //!
 //! `--sessions none` skips the MX and group-commit tables (`--sizes none` the MX table),
@@ -24,6 +25,7 @@
 //! PLAIN per session, a new TLS session per message versus reuse), and the memory per idle
 //! connection.
 
+mod authentication;
 mod measure;
 mod postfix;
 
@@ -41,6 +43,13 @@ struct Args {
     sizes: Vec<usize>,
     idle: usize,
     binary: PathBuf,
+    tables: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, table: &str) -> bool {
+        self.tables.iter().any(|t| t == table || t == "all")
+    }
 }
 
 fn list(value: &str) -> Vec<usize> {
@@ -60,6 +69,7 @@ fn args() -> Args {
         sizes: vec![1024, 10 * 1024, 100 * 1024],
         idle: 5000,
         binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/portcullis"),
+        tables: vec!["all".into()],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +80,7 @@ fn args() -> Args {
             "--sizes" => a.sizes = list(&value),
             "--idle" => a.idle = value.parse().expect("--idle N"),
             "--portcullis" => a.binary = PathBuf::from(value),
+            "--tables" => a.tables = value.split(',').map(|t| t.trim().to_string()).collect(),
             other => panic!("unknown option {other}"),
         }
     }
@@ -100,10 +111,21 @@ fn main() {
     drop(start(&a.binary, true, ""));
     println!("Disk: {fsyncs:.0} file+directory fsyncs/s, {syncfs:.0} syncfs/s\n");
 
-    mx_path(&a, &mut kept, fsyncs);
-    group_commit(&a, &mut kept);
-    submission_path(&a, &mut kept);
-    idle_connections(&a);
+    if a.wants("mx") {
+        mx_path(&a, &mut kept, fsyncs);
+    }
+    if a.wants("group") {
+        group_commit(&a, &mut kept);
+    }
+    if a.wants("submission") {
+        submission_path(&a, &mut kept);
+    }
+    if a.wants("idle") {
+        idle_connections(&a);
+    }
+    if a.wants("authentication") {
+        authentication::authentication_cost(&a);
+    }
 }
 
 /// The MX table: Postfix, Portcullis without and with plugins, per size and sessions.

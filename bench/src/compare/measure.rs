@@ -105,15 +105,38 @@ impl PeakMemory {
     }
 }
 
-/// Runs smtp-source; returns the wall time.
+/// What smtp-source sends.
+pub(crate) enum Mail<'a> {
+    /// Its own messages of this many octets, from `bench@far.example`.
+    Generated(usize),
+    /// The content of a file (lines without CR: smtp-source ends each with CRLF), from
+    /// `from`.
+    File { from: &'a str, path: &'a Path },
+}
+
+/// Runs smtp-source with its own messages of `size` octets; returns the wall time.
 pub(crate) fn smtp_source(addr: SocketAddr, sessions: usize, messages: usize, size: usize) -> Duration {
+    smtp_source_mail(addr, sessions, messages, &Mail::Generated(size))
+}
+
+/// Runs smtp-source sending `mail`; returns the wall time.
+pub(crate) fn smtp_source_mail(
+    addr: SocketAddr,
+    sessions: usize,
+    messages: usize,
+    mail: &Mail<'_>,
+) -> Duration {
     let started = Instant::now();
-    sh(Command::new("smtp-source")
+    let mut command = Command::new("smtp-source");
+    command
         .args(["-s", &sessions.to_string()])
         .args(["-m", &messages.to_string()])
-        .args(["-l", &size.to_string()])
-        .args(["-f", "bench@far.example", "-t", "postmaster@example.org"])
-        .arg(addr.to_string()));
+        .args(["-t", "postmaster@example.org"]);
+    match mail {
+        Mail::Generated(size) => command.args(["-l", &size.to_string(), "-f", "bench@far.example"]),
+        Mail::File { from, path } => command.args(["-f", from, "-F"]).arg(path),
+    };
+    sh(command.arg(addr.to_string()));
     started.elapsed()
 }
 
@@ -207,6 +230,7 @@ pub(crate) fn latencies(addr: SocketAddr, sessions: usize, messages: usize, size
 }
 
 /// One server under one scenario.
+#[derive(Default)]
 pub(crate) struct Measured {
     pub(crate) per_second: f64,
     pub(crate) cpu_per_1000: f64,

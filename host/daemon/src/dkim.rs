@@ -70,7 +70,7 @@ impl Signer {
         let der = PrivateKeyDer::from_pem_slice(&pem)
             .map_err(|e| refused(format!("not a PEM private key ({e})")))?;
         if let PrivateKeyDer::Pkcs8(pkcs8) = &der
-            && let Ok(ed25519) = Ed25519Key::from_pkcs8_der(pkcs8.secret_pkcs8_der())
+            && let Ok(ed25519) = Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der())
         {
             return Ok(Signer::Ed25519(
                 DkimSigner::from_key(ed25519)
@@ -349,6 +349,30 @@ mod tests {
         assert!(signers.sign(&Content::from_bytes(other)).expect("ok").is_empty());
         let none = b"Subject: no from\r\n\r\nx\r\n".to_vec();
         assert!(signers.sign(&Content::from_bytes(none)).expect("ok").is_empty());
+    }
+
+    #[test]
+    fn an_ed25519_key_as_openssl_writes_it_loads() {
+        // RFC 8410 10.3: PKCS#8 version 1, without the public key (`openssl genpkey
+        // -algorithm ed25519` writes this form; ring's strict reader wants version 2).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("openssl.pem");
+        std::fs::write(
+            &path,
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEINTuctv5E1hK1bbY8fdp+K06/nwoy/HU++CXqI9EdVhC\n-----END PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        let key = DkimKey {
+            domain: "example.org".into(),
+            selector: "s1".into(),
+            key: path,
+            headers: vec!["From".into()],
+        };
+        let signers = Signers::load(&[key]).expect("an OpenSSL Ed25519 key loads");
+        let lines = signers
+            .sign(&Content::from_bytes(b"From: a@example.org\r\n\r\nx\r\n".to_vec()))
+            .expect("signs");
+        assert!(lines[0].contains("a=ed25519-sha256"), "{}", lines[0]);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, MX, PTR, TXT};
+use hickory_proto::rr::rdata::{A, MX, PTR, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// One answer the server gives.
@@ -91,6 +91,20 @@ impl Dns {
                             }
                         }
                     }
+                }
+                if response.answers.is_empty() {
+                    // A negative answer carries the zone's SOA, whose minimum says how long
+                    // a resolver may remember it (RFC 2308), as a real server's does.
+                    let soa = SOA::new(
+                        Name::from_ascii("ns.test.").expect("name"),
+                        Name::from_ascii("hostmaster.test.").expect("name"),
+                        1,
+                        3600,
+                        600,
+                        86400,
+                        60,
+                    );
+                    response.add_authority(Record::from_rdata(Name::root(), 60, RData::SOA(soa)));
                 }
                 if let Ok(bytes) = response.to_vec() {
                     let _ = socket.send_to(&bytes, peer);
