@@ -17,7 +17,7 @@ use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{AuthenticatedMessage, MessageAuthenticator};
 use portcullis_outbound::{DnsSettings, Resolver};
-use portcullis_testdns::{Answer, Dns};
+use portcullis_testkit::dns::{Answer, Dns};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 

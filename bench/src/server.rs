@@ -78,8 +78,8 @@ pub fn hash_for(binary: &Path, dir: &Path) -> String {
 
 /// A DNS server on loopback that knows no names, shared by the daemons of one run.
 fn empty_dns() -> SocketAddr {
-    static DNS: std::sync::OnceLock<portcullis_testdns::Dns> = std::sync::OnceLock::new();
-    DNS.get_or_init(|| portcullis_testdns::Dns::start(&[])).addr
+    static DNS: std::sync::OnceLock<portcullis_testkit::dns::Dns> = std::sync::OnceLock::new();
+    DNS.get_or_init(|| portcullis_testkit::dns::Dns::start(&[])).addr
 }
 
 /// Starts `binary` on loopback with the four example plugins on or off; `extra` is

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use crate::harness::*;
-use portcullis_testdns::{Answer, Dns};
+use portcullis_testkit::dns::{Answer, Dns};
 
 /// The Python with dkimpy, dnspython and PyNaCl that scripts/test.sh installs.
 fn verifier_python() -> std::path::PathBuf {
@@ -538,4 +538,57 @@ fn a_reload_rotates_the_signing_keys() {
     daemon.signal("HUP");
     daemon.wait_log_count("configuration reloaded", 2);
     assert_eq!(selectors(&send("after")), ["new"]);
+}
+
+#[test]
+fn a_signed_message_relayed_through_a_real_postfix_still_verifies() {
+    let python = verifier_python();
+    portcullis_testkit::postfix::ensure_installed();
+    let postfix =
+        portcullis_testkit::postfix::Postfix::start("example.net", |_| (String::new(), String::new()));
+    let setup = Setup::new(&format!(
+        "[delivery.routes]\n\"example.net\" = \"{}\"\n",
+        postfix.addr
+    ));
+    let key = keygen(&setup, "relay", "rsa");
+    let config = std::fs::read_to_string(setup.config()).expect("config");
+    std::fs::write(setup.config(), format!("{config}\n{}\n", key.section)).expect("config");
+    let dns = Dns::start(&[("relay._domainkey.example.org", Answer::Txt(key.strings))]);
+    let daemon = setup.start();
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    let message = "From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: across\r\n\
+                   Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <across.1@example.org>\r\n\r\n\
+                   Signed here, delivered by Postfix.\r\n";
+    let reply = c.submit(
+        "alice@example.org",
+        "<alice@example.org>",
+        &["<bob@example.net>"],
+        message,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = wait_for_mail(postfix.maildir().parent().expect("mailbox"), 1).remove(0);
+    let text = std::fs::read_to_string(&copy).expect("read");
+    assert!(
+        text.contains("DKIM-Signature:") && text.contains("Signed here"),
+        "{text}"
+    );
+    // Postfix's Maildir files end lines with LF alone (the Unix form); the message as it
+    // travelled, and as DKIM signs it, has CRLF.
+    let wire = setup.dir.path().join("from-postfix.eml");
+    std::fs::write(&wire, text.replace("\r\n", "\n").replace('\n', "\r\n")).expect("write");
+    let out = Command::new(&python)
+        .args(["-c", VERIFY])
+        .arg(&wire)
+        .arg(dns.addr.port().to_string())
+        .output()
+        .expect("run dkimpy");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["pass"],
+        "dkimpy on Postfix's copy: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

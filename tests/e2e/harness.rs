@@ -34,8 +34,8 @@ pub struct Setup {
 /// A DNS server on loopback that knows no names (every answer NXDOMAIN), shared by the
 /// tests of this binary that bring no DNS server of their own.
 pub fn empty_dns() -> SocketAddr {
-    static DNS: std::sync::OnceLock<portcullis_testdns::Dns> = std::sync::OnceLock::new();
-    DNS.get_or_init(|| portcullis_testdns::Dns::start(&[])).addr
+    static DNS: std::sync::OnceLock<portcullis_testkit::dns::Dns> = std::sync::OnceLock::new();
+    DNS.get_or_init(|| portcullis_testkit::dns::Dns::start(&[])).addr
 }
 
 impl Setup {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::harness::*;
 use crate::sink::{Script, Sink};
-use portcullis_testdns::{Answer, Dns};
+use portcullis_testkit::dns::{Answer, Dns};
 
 fn message(subject: &str) -> String {
     format!(

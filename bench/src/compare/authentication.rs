@@ -10,7 +10,7 @@ use mail_auth::common::crypto::{RsaKey, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::DkimSigner;
 use portcullis_bench::server::start;
-use portcullis_testdns::{Answer, Dns};
+use portcullis_testkit::dns::{Answer, Dns};
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject;
 

@@ -1,0 +1,8 @@
+//! The real programs Portcullis's tests and benchmarks start on loopback, each with its own
+//! configuration: never mocks of what they stand for.
+//!
+//! - [`dns`]: a small authoritative DNS server, answering what the test chose.
+//! - [`postfix`]: a Postfix instance from Debian's packages, under a directory of its own.
+
+pub mod dns;
+pub mod postfix;
