@@ -43,11 +43,11 @@ plugins/c/build.sh
 need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap" dovecot-core dovecot-imapd
 # OpenSSL makes the keys of the independent DKIM signer (tests/e2e/authentication.rs).
 need tests/e2e "command -v openssl" openssl
-# An independent DKIM verifier (dkimpy, with dnspython and PyNaCl for Ed25519) from PyPI,
-# in a venv of its own.
-if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl' >/dev/null 2>&1; then
+# An independent DKIM signer and verifier (dkimpy, with dnspython, PyNaCl for Ed25519 and
+# authres for ARC) from PyPI, in a venv of its own.
+if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl, authres' >/dev/null 2>&1; then
   python3 -m venv target/e2e-python
-  target/e2e-python/bin/pip install -q dkimpy==1.1.8 dnspython==2.9.2 pynacl
+  target/e2e-python/bin/pip install -q dkimpy==1.1.8 dnspython==2.9.2 pynacl authres==1.2.0
 fi
 
 cargo test --workspace --locked "$@"

@@ -78,6 +78,33 @@ fn keygen(setup: &Setup, selector: &str, algorithm: &str) -> Generated {
     Generated { strings, section }
 }
 
+/// Waits (bounded) for the copy in `folder` whose subject is `subject`, and returns it.
+fn copy_with_subject(folder: &std::path::Path, subject: &str) -> String {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let found = new_files(folder)
+            .into_iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .find(|t| t.contains(&format!("Subject: {subject}\r\n")));
+        if let Some(copy) = found {
+            return copy;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no copy of {subject:?} in {}",
+            folder.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Submits `message` as alice (STARTTLS, AUTH) to `to`; asserts the 250.
+fn submit_as_alice(setup: &Setup, submission: std::net::SocketAddr, to: &str, message: &str) {
+    let mut c = TlsRaw::connect(submission, &setup.cert_pem);
+    let reply = c.submit("alice@example.org", "<alice@example.org>", &[to], message);
+    assert!(reply.starts_with("250"), "{reply}");
+}
+
 #[test]
 fn submitted_mail_is_signed_with_every_key_of_its_domain_and_dkimpy_verifies_both() {
     let python = verifier_python();
@@ -95,17 +122,10 @@ fn submitted_mail_is_signed_with_every_key_of_its_domain_and_dkimpy_verifies_bot
         ("rs._domainkey.example.org", Answer::Txt(rsa.strings)),
     ]);
     let daemon = setup.start();
-    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
     let message = "From: Alice <alice@example.org>\r\nTo: alice@example.org\r\nSubject: signed\r\n\
                    Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <signed.1@example.org>\r\n\r\n\
                    Signed on submission.\r\n";
-    let reply = c.submit(
-        "alice@example.org",
-        "<alice@example.org>",
-        &["<alice@example.org>"],
-        message,
-    );
-    assert!(reply.starts_with("250"), "{reply}");
+    submit_as_alice(&setup, daemon.addr("submission"), "<alice@example.org>", message);
     let copy = wait_for_mail(&setup.maildir("alice"), 1).remove(0);
     let text = std::fs::read_to_string(&copy).expect("read");
     let signatures: Vec<&str> = text
@@ -145,8 +165,7 @@ fn submitted_mail_is_signed_with_every_key_of_its_domain_and_dkimpy_verifies_bot
 
     // Mail whose From: domain has no key goes unsigned, and says so once.
     let other = "From: someone@example.net\r\nSubject: unsigned\r\n\r\nx\r\n";
-    let reply = c.send_mail("<alice@example.org>", &["<alice@example.org>"], other);
-    assert!(reply.starts_with("250"), "{reply}");
+    submit_as_alice(&setup, daemon.addr("submission"), "<alice@example.org>", other);
     let copies = wait_for_mail(&setup.maildir("alice"), 2);
     let unsigned = copies
         .iter()
@@ -188,6 +207,23 @@ signature = dkim.sign(message, selector.encode(), domain.encode(), open(key, "rb
                       include_headers=[b"from", b"to", b"subject", b"date", b"message-id"])
 sys.stdout.buffer.write(signature + message)
 "#;
+
+/// Runs a dkimpy `script` (SIGN or ARC_SEAL) with `key` as `(selector, domain)` over
+/// `text`; what it printed.
+fn dkimpy(script: &str, key: &std::path::Path, (selector, domain): (&str, &str), text: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("message.eml");
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(verifier_python())
+        .args(["-c", script])
+        .arg(key)
+        .args([selector, domain])
+        .arg(&path)
+        .output()
+        .expect("run dkimpy");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf-8")
+}
 
 /// An RSA key made by OpenSSL (not by us), and its public half as DKIM TXT strings.
 fn openssl_key(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
@@ -260,7 +296,6 @@ fn message(from: &str, subject: &str) -> String {
 
 #[test]
 fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
-    let python = verifier_python();
     let keys = tempfile::tempdir().expect("tempdir");
     let (key, public) = openssl_key(keys.path());
     let spf_pass = || Answer::Txt(vec!["v=spf1 ip4:127.0.0.1 -all".into()]);
@@ -287,39 +322,12 @@ fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
     ));
     let mut daemon = setup.start();
     let mx = daemon.addr("mx");
-    let signed = |domain: &str, text: &str| -> String {
-        let path = setup.dir.path().join("unsigned.eml");
-        std::fs::write(&path, text).expect("write");
-        let out = Command::new(&python)
-            .args(["-c", SIGN])
-            .arg(&key)
-            .args(["s1", domain])
-            .arg(&path)
-            .output()
-            .expect("run dkimpy");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8")
-    };
+    let signed = |domain: &str, text: &str| dkimpy(SIGN, &key, ("s1", domain), text);
     let inbox = setup.maildir("alice");
     let mut delivered = 0;
     let mut next_copy = |folder: &std::path::Path, subject: &str| -> String {
         delivered += 1;
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let found = new_files(folder)
-                .into_iter()
-                .filter_map(|p| std::fs::read_to_string(p).ok())
-                .find(|t| t.contains(&format!("Subject: {subject}\r\n")));
-            if let Some(copy) = found {
-                return copy;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no copy of {subject:?} in {}",
-                folder.display()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        copy_with_subject(folder, subject)
     };
 
     // Signed by dkimpy, SPF pass, aligned: every method passes, in one header of ours.
@@ -457,18 +465,10 @@ fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
 fn forged_results_are_removed_on_submission_too() {
     let setup = Setup::new("");
     let daemon = setup.start();
-    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
     let message = "Authentication-Results: example.org; dkim=pass\r\nFrom: alice@example.org\r\n\
                    To: alice@example.org\r\nSubject: submitted\r\n\r\nbody\r\n";
-    let reply = c.submit(
-        "alice@example.org",
-        "<alice@example.org>",
-        &["<alice@example.org>"],
-        message,
-    );
-    assert!(reply.starts_with("250"), "{reply}");
-    let copy = wait_for_mail(&setup.maildir("alice"), 1).remove(0);
-    let text = std::fs::read_to_string(copy).expect("read");
+    submit_as_alice(&setup, daemon.addr("submission"), "<alice@example.org>", message);
+    let text = copy_with_subject(&setup.maildir("alice"), "submitted");
     assert!(
         !text.to_ascii_lowercase().contains("authentication-results"),
         "{text}"
@@ -489,28 +489,10 @@ fn a_reload_rotates_the_signing_keys() {
     let mut daemon = setup.start();
     let submission = daemon.addr("submission");
     let send = |subject: &str| -> String {
-        let mut c = TlsRaw::connect(submission, &setup.cert_pem);
         let message =
             format!("From: alice@example.org\r\nTo: alice@example.org\r\nSubject: {subject}\r\n\r\nx\r\n");
-        let reply = c.submit(
-            "alice@example.org",
-            "<alice@example.org>",
-            &["<alice@example.org>"],
-            &message,
-        );
-        assert!(reply.starts_with("250"), "{reply}");
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let copy = new_files(&setup.maildir("alice"))
-                .into_iter()
-                .filter_map(|p| std::fs::read_to_string(p).ok())
-                .find(|t| t.contains(&format!("Subject: {subject}\r\n")));
-            if let Some(copy) = copy {
-                return copy;
-            }
-            assert!(std::time::Instant::now() < deadline, "no copy of {subject}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        submit_as_alice(&setup, submission, "<alice@example.org>", &message);
+        copy_with_subject(&setup.maildir("alice"), subject)
     };
     let selectors = |copy: &str| -> Vec<String> {
         copy.split("\r\n")
@@ -555,17 +537,10 @@ fn a_signed_message_relayed_through_a_real_postfix_still_verifies() {
     std::fs::write(setup.config(), format!("{config}\n{}\n", key.section)).expect("config");
     let dns = Dns::start(&[("relay._domainkey.example.org", Answer::Txt(key.strings))]);
     let daemon = setup.start();
-    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
     let message = "From: Alice <alice@example.org>\r\nTo: bob@example.net\r\nSubject: across\r\n\
                    Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <across.1@example.org>\r\n\r\n\
                    Signed here, delivered by Postfix.\r\n";
-    let reply = c.submit(
-        "alice@example.org",
-        "<alice@example.org>",
-        &["<bob@example.net>"],
-        message,
-    );
-    assert!(reply.starts_with("250"), "{reply}");
+    submit_as_alice(&setup, daemon.addr("submission"), "<bob@example.net>", message);
     let copy = wait_for_mail(postfix.maildir().parent().expect("mailbox"), 1).remove(0);
     let text = std::fs::read_to_string(&copy).expect("read");
     assert!(
@@ -591,4 +566,68 @@ fn a_signed_message_relayed_through_a_real_postfix_still_verifies() {
         "dkimpy on Postfix's copy: {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Forwards the message in `path` as a mailing list would: records the forwarder's own
+/// results, then seals it with ARC (dkimpy). Arguments: key, selector, sealer domain, path.
+const ARC_SEAL: &str = r#"
+import sys, dkim
+key, selector, domain, path = sys.argv[1:5]
+message = open(path, "rb").read()
+message = ("Authentication-Results: %s; dkim=pass header.d=reject.test; spf=pass smtp.mailfrom=ceo@reject.test\r\n" % domain).encode() + message
+seal = dkim.arc_sign(message, selector.encode(), domain.encode(), open(key, "rb").read(), domain.encode())
+assert seal, "dkimpy made no ARC set"
+sys.stdout.buffer.write(b"".join(seal) + message)
+"#;
+
+#[test]
+fn an_arc_seal_of_a_trusted_forwarder_overrides_a_dmarc_failure() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = openssl_key(keys.path());
+    let dns = Dns::start(&[
+        ("reject.test", Answer::Txt(vec!["v=spf1 -all".into()])),
+        (
+            "_dmarc.reject.test",
+            Answer::Txt(vec!["v=DMARC1; p=reject".into()]),
+        ),
+        ("arc._domainkey.lists.test", Answer::Txt(public.clone())),
+        ("arc._domainkey.other.test", Answer::Txt(public)),
+    ]);
+    let setup = Setup::new(&format!(
+        "[dns]\nnameservers = [\"{}\"]\n[limits]\nexempt = []\n[authentication]\ntrusted-arc-sealers = [\"lists.test\"]\n",
+        dns.addr
+    ));
+    let daemon = setup.start();
+    let sealed = |sealer: &str, subject: &str| {
+        dkimpy(
+            ARC_SEAL,
+            &key,
+            ("arc", sealer),
+            &message("ceo@reject.test", subject),
+        )
+    };
+    // Through a trusted list: DMARC fails (the list is not the author), the seal vouches.
+    let reply = send_on_mx(
+        daemon.addr("mx"),
+        "<bounce@lists.test>",
+        &sealed("lists.test", "via-list"),
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = copy_with_subject(&setup.maildir("alice"), "via-list");
+    let ours = results_of(&copy)
+        .into_iter()
+        .find(|r| r.starts_with("Authentication-Results: example.org;"))
+        .unwrap_or_else(|| panic!("no results of ours: {copy}"));
+    assert!(ours.contains("arc=pass"), "{ours}");
+    assert!(
+        ours.contains("dmarc=fail") && ours.contains("ARC sealed by trusted forwarder lists.test"),
+        "{ours}"
+    );
+    // The same through a forwarder nobody trusts: refused, as without a seal.
+    let reply = send_on_mx(
+        daemon.addr("mx"),
+        "<bounce@other.test>",
+        &sealed("other.test", "via-other"),
+    );
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
 }

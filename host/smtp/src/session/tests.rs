@@ -160,6 +160,18 @@ fn mx() -> Host<Mx> {
     Host::new(settings(true), None)
 }
 
+/// An MX session in DATA, its envelope from a@b.example to alice.
+fn mx_in_data() -> Host<Mx> {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    h
+}
+
 /// A submission session that has done STARTTLS, EHLO and AUTH as alice.
 fn submission_ready() -> Host<Submission> {
     let mut h = Host::<Submission>::new(settings(true), None);
@@ -480,14 +492,8 @@ fn hook_verdicts_decide_the_outcome() {
         ),
     ];
     for (verdicts, expected, folder) in cases {
-        let mut h = mx();
+        let mut h = mx_in_data();
         h.verdicts = verdicts;
-        h.script(&[
-            ("EHLO c", &["250"]),
-            ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
-            ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
-            ("DATA", &["354"]),
-        ]);
         assert_eq!(h.send(b"x\r\n.\r\n"), expected);
         assert_eq!(h.spooled.first().map(|s| s.folder), folder);
         if let Some(request) = h.spooled.first() {
@@ -529,14 +535,8 @@ fn authentication_checks_run_on_mx_before_the_content_hooks() {
         ),
     ];
     for (checks, expected, folder) in cases {
-        let mut h = mx();
+        let mut h = mx_in_data();
         h.checks = checks;
-        h.script(&[
-            ("EHLO c", &["250"]),
-            ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
-            ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
-            ("DATA", &["354"]),
-        ]);
         assert_eq!(h.send(b"x\r\n.\r\n"), expected);
         assert_eq!(h.checked, 1);
         assert_eq!(h.spooled.first().map(|s| s.folder), folder);
