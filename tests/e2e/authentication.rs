@@ -455,6 +455,21 @@ fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
         "{results}"
     );
     assert!(delivered >= 6);
+    // What was refused was neither delivered nor bounced: nothing of it anywhere, and
+    // nothing left in the queue.
+    for folder in [setup.maildir("alice"), setup.junk("alice")] {
+        for file in new_files(&folder) {
+            let copy = std::fs::read_to_string(&file).expect("read");
+            for refused in [
+                "Subject: tampered\r\n",
+                "Subject: forged\r\n",
+                "Subject: two-froms\r\n",
+            ] {
+                assert!(!copy.contains(refused), "{refused:?} was delivered: {copy}");
+            }
+        }
+    }
+    wait_spool_empty(&setup.data());
     assert!(
         daemon.log().iter().any(|l| l.contains("authentication checked")),
         "the results are logged"
