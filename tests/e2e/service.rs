@@ -273,6 +273,12 @@ fn the_metrics_endpoint_counts_what_happened() {
         2.0
     );
     assert_eq!(value(&body, "portcullis_reloads_total{result=\"ok\"}"), 1.0);
+    // far.example is unknown to the test's DNS server (no SPF record), and the messages
+    // have no From field (DMARC cannot apply; loopback is exempt, so they are delivered).
+    for (method, result) in [("spf", "none"), ("dmarc", "permerror")] {
+        let series = format!("portcullis_authentication_total{{method=\"{method}\",result=\"{result}\"}}");
+        assert_eq!(value(&body, &series), 2.0, "{series}");
+    }
     assert!(value(&body, "portcullis_queue_messages") >= 0.0);
     assert!(body.contains("portcullis_queue_oldest_seconds"));
 }
