@@ -442,6 +442,15 @@ fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
     let copy = next_copy(&inbox, "dns-down");
     assert!(results_of(&copy)[0].contains("dmarc=pass"), "{copy}");
 
+    // A bounce (MAIL FROM:<>): SPF is checked for the HELO name.
+    let reply = send_on_mx(mx, "<>", &message("mailer-daemon@elsewhere.test", "bounce"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let copy = next_copy(&inbox, "bounce");
+    assert!(
+        results_of(&copy)[0].contains("smtp.helo=mail.sender.test"),
+        "{copy}"
+    );
+
     // dmarc = "report": the forged From is delivered, and the header says it failed.
     setup.edit_config("[authentication]", "[authentication]\ndmarc = \"report\"");
     daemon.signal("HUP");
