@@ -3,6 +3,9 @@
 //!
 //! - [`dns`]: a small authoritative DNS server, answering what the test chose.
 //! - [`postfix`]: a Postfix instance from Debian's packages, under a directory of its own.
+//! - [`clamd`]: Debian's clamd with a private socket and a signature database of the
+//!   test's own.
 
+pub mod clamd;
 pub mod dns;
 pub mod postfix;
