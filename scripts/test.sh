@@ -46,6 +46,7 @@ need tests/e2e "command -v openssl" openssl
 # clamd, started by the tests with a socket and a signature database of their own
 # (testing/kit/src/clamd.rs).
 need testing/kit "test -x /usr/sbin/clamd" clamav-daemon
+need testing/kit "test -x /usr/bin/rspamd" rspamd
 # An independent DKIM signer and verifier (dkimpy, with dnspython, PyNaCl for Ed25519 and
 # authres for ARC) from PyPI, in a venv of its own.
 if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl, authres' >/dev/null 2>&1; then

@@ -5,7 +5,9 @@
 //! - [`postfix`]: a Postfix instance from Debian's packages, under a directory of its own.
 //! - [`clamd`]: Debian's clamd with a private socket and a signature database of the
 //!   test's own.
+//! - [`rspamd`]: Debian's rspamd on free loopback ports, asking the test's DNS server.
 
 pub mod clamd;
 pub mod dns;
 pub mod postfix;
+pub mod rspamd;
