@@ -43,10 +43,12 @@ plugins/c/build.sh
 need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap" dovecot-core dovecot-imapd
 # OpenSSL makes the keys of the independent DKIM signer (tests/e2e/authentication.rs).
 need tests/e2e "command -v openssl" openssl
-# clamd, started by the tests with a socket and a signature database of their own
-# (testing/kit/src/clamd.rs).
+# clamd (with a socket and a signature database of the test's own), rspamd and
+# clamav-milter, started by the tests on loopback (testing/kit); Postfix is installed by
+# the tests that start one (testing/kit/src/postfix.rs, which preseeds debconf).
 need testing/kit "test -x /usr/sbin/clamd" clamav-daemon
 need testing/kit "test -x /usr/bin/rspamd" rspamd
+need testing/kit "test -x /usr/sbin/clamav-milter" clamav-milter
 # An independent DKIM signer and verifier (dkimpy, with dnspython, PyNaCl for Ed25519 and
 # authres for ARC) from PyPI, in a venv of its own.
 if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl, authres' >/dev/null 2>&1; then

@@ -6,7 +6,9 @@
 //! - [`clamd`]: Debian's clamd with a private socket and a signature database of the
 //!   test's own.
 //! - [`rspamd`]: Debian's rspamd on free loopback ports, asking the test's DNS server.
+//! - [`clamav_milter`]: Debian's clamav-milter, asking a test clamd.
 
+pub mod clamav_milter;
 pub mod clamd;
 pub mod dns;
 pub mod postfix;
