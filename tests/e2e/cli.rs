@@ -238,6 +238,12 @@ fn the_example_configs_are_what_they_say() {
     let said = String::from_utf8_lossy(&dev.stdout);
     assert!(dev.status.success(), "{}", String::from_utf8_lossy(&dev.stderr));
     assert!(said.contains("4 plugin(s)"), "{said}");
+    assert!(
+        said.contains(
+            "mail authentication on MX: iprev, spf, dkim, arc, dmarc (enforced); authserv-id localhost"
+        ),
+        "{said}"
+    );
     // portcullis.toml fails only for what a real installation provides.
     let production = check("portcullis.toml");
     assert_eq!(production.status.code(), Some(1));

@@ -435,6 +435,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 a.len(),
                 c.plugins.len()
             );
+            println!("{}: {}", c.origin, c.authentication_summary());
             ExitCode::SUCCESS
         }
         Err(problems) => {

@@ -552,6 +552,46 @@ impl Config {
         warnings
     }
 
+    /// What `check-config` says of the mail authentication of MX and of the resolver.
+    pub fn authentication_summary(&self) -> String {
+        let a = &self.authentication;
+        let dmarc = match a.dmarc {
+            authentication::DmarcMode::Enforce => "dmarc (enforced)",
+            authentication::DmarcMode::Report => "dmarc (recorded only)",
+            authentication::DmarcMode::Off => "",
+        };
+        let methods: Vec<&str> = [
+            ("iprev", a.iprev),
+            ("spf", a.spf),
+            ("dkim", a.dkim),
+            ("arc", a.arc),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .chain((!dmarc.is_empty()).then_some(dmarc))
+        .collect();
+        let methods = if methods.is_empty() {
+            "none".to_string()
+        } else {
+            methods.join(", ")
+        };
+        let dns = if self.dns.nameservers.is_empty() {
+            "the system's resolvers (/etc/resolv.conf)".to_string()
+        } else {
+            self.dns
+                .nameservers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "mail authentication on MX: {methods}; authserv-id {}; DNS: {dns}; {} DKIM key(s) for submission",
+            a.authserv_id,
+            self.dkim.len()
+        )
+    }
+
     /// The session limits of the SMTP core.
     pub fn session_limits(&self) -> portcullis_smtp::Limits {
         let l = &self.limits;
@@ -682,6 +722,14 @@ mod tests {
         assert_eq!(set.authentication.dmarc, authentication::DmarcMode::Report);
         assert!(!set.authentication.spf && set.authentication.dkim);
         assert_eq!(set.authentication.trusted_arc_sealers, ["lists.example.net"]);
+        assert_eq!(
+            set.authentication_summary(),
+            "mail authentication on MX: iprev, dkim, arc, dmarc (recorded only); authserv-id mx.example.org; DNS: 127.0.0.1:5353, [::1]:53; 0 DKIM key(s) for submission"
+        );
+        assert!(
+            c.authentication_summary().contains("dmarc (enforced)")
+                && c.authentication_summary().contains("/etc/resolv.conf")
+        );
         for (extra, needle) in [
             ("[dns]\nnameservers = []\n", "dns.nameservers"),
             (
