@@ -60,21 +60,22 @@ fn message() -> Vec<u8> {
     m
 }
 
-fn authentication(c: &mut Criterion) {
+/// The keys (made by OpenSSL) and the DNS server publishing them with SPF, DMARC and PTR.
+struct Keys {
+    /// Keeps the key files.
+    _dir: tempfile::TempDir,
+    dns: Dns,
+    rsa: DkimSigner<RsaKey<Sha256>, mail_auth::dkim::Done>,
+    ed: DkimSigner<Ed25519Key, mail_auth::dkim::Done>,
+}
+
+fn keys() -> Keys {
     let dir = tempfile::tempdir().expect("tempdir");
-    openssl(&["genrsa", "-out", "rsa.pem", "2048"], dir.path());
-    openssl(
-        &["genpkey", "-algorithm", "ed25519", "-out", "ed.pem"],
-        dir.path(),
-    );
-    let rsa_public = openssl(
-        &["pkey", "-in", "rsa.pem", "-pubout", "-outform", "DER"],
-        dir.path(),
-    );
-    let ed_public = openssl(
-        &["pkey", "-in", "ed.pem", "-pubout", "-outform", "DER"],
-        dir.path(),
-    );
+    let d = dir.path();
+    openssl(&["genrsa", "-out", "rsa.pem", "2048"], d);
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", "ed.pem"], d);
+    let rsa_public = openssl(&["pkey", "-in", "rsa.pem", "-pubout", "-outform", "DER"], d);
+    let ed_public = openssl(&["pkey", "-in", "ed.pem", "-pubout", "-outform", "DER"], d);
     // An Ed25519 SubjectPublicKeyInfo ends with the 32-octet key DKIM publishes.
     let ed_raw = ed_public[ed_public.len() - 32..].to_vec();
     let dns = Dns::start(&[
@@ -91,6 +92,30 @@ fn authentication(c: &mut Criterion) {
         ("rs._domainkey.sender.test", record("rsa", &rsa_public)),
         ("ed._domainkey.sender.test", record("ed25519", &ed_raw)),
     ]);
+    let pem = |name: &str| std::fs::read(d.join(name)).expect("key");
+    let rsa = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::from_pem_slice(&pem("rsa.pem")).expect("pem"))
+        .expect("rsa key");
+    let PrivateKeyDer::Pkcs8(ed) = PrivateKeyDer::from_pem_slice(&pem("ed.pem")).expect("pem") else {
+        panic!("openssl wrote no PKCS#8 key");
+    };
+    let ed = Ed25519Key::from_pkcs8_maybe_unchecked_der(ed.secret_pkcs8_der()).expect("ed25519 key");
+    let headers = ["From", "From", "To", "Subject", "Date", "Message-ID"];
+    Keys {
+        _dir: dir,
+        dns,
+        rsa: DkimSigner::from_key(rsa)
+            .domain("sender.test")
+            .selector("rs")
+            .headers(headers),
+        ed: DkimSigner::from_key(ed)
+            .domain("sender.test")
+            .selector("ed")
+            .headers(headers),
+    }
+}
+
+fn authentication(c: &mut Criterion) {
+    let Keys { _dir, dns, rsa, ed } = keys();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let resolver = {
         let _enter = runtime.enter();
@@ -101,22 +126,6 @@ fn authentication(c: &mut Criterion) {
         .expect("resolver")
     };
     let auth = MessageAuthenticator(resolver.hickory().clone());
-    let pem = |name: &str| std::fs::read(dir.path().join(name)).expect("key");
-    let rsa = RsaKey::<Sha256>::from_key_der(PrivateKeyDer::from_pem_slice(&pem("rsa.pem")).expect("pem"))
-        .expect("rsa key");
-    let PrivateKeyDer::Pkcs8(ed) = PrivateKeyDer::from_pem_slice(&pem("ed.pem")).expect("pem") else {
-        panic!("openssl wrote no PKCS#8 key");
-    };
-    let ed = Ed25519Key::from_pkcs8_maybe_unchecked_der(ed.secret_pkcs8_der()).expect("ed25519 key");
-    let headers = ["From", "From", "To", "Subject", "Date", "Message-ID"];
-    let rsa = DkimSigner::from_key(rsa)
-        .domain("sender.test")
-        .selector("rs")
-        .headers(headers);
-    let ed = DkimSigner::from_key(ed)
-        .domain("sender.test")
-        .selector("ed")
-        .headers(headers);
     let plain = message();
 
     let mut sign = c.benchmark_group("dkim sign, 10 KiB");

@@ -140,116 +140,173 @@ impl Checks {
         storage: &Storage,
         froms: usize,
     ) -> (Vec<Found>, Decision) {
-        let s = &self.settings;
-        let ip = info.peer;
-        let helo = info.greeting.as_ref().map_or("", |g| g.name());
         let sender = message
             .envelope
             .mail_from
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_default();
-        let mut found = Vec::new();
-        if s.iprev {
-            let iprev = self.authenticator.verify_iprev(ip).await;
-            found.push(iprev_found(&iprev, ip));
-        }
-        let spf = if s.spf || s.dmarc != DmarcMode::Off {
-            let params = if sender.is_empty() {
-                SpfParameters::verify_ehlo(ip, helo, &self.hostname)
-            } else {
-                SpfParameters::verify_mail_from(ip, helo, &self.hostname, &sender)
-            };
-            let spf = self.authenticator.verify_spf(params).await;
-            if s.spf {
-                found.push(spf_found(&s.authserv_id, &spf, ip, &sender, helo));
-            }
-            spf
-        } else {
-            SpfOutput::default()
-        };
+        let (mut found, spf) = self.envelope_checks(info, &sender).await;
         // DKIM, ARC and DMARC need the whole message in memory at once (mail-auth takes
         // one slice): a large one is read back from its file within the memory budget.
         let bytes = match whole(message, storage).await {
             Ok(bytes) => bytes,
             Err(why) => {
                 tracing::warn!(reason = %why, "DKIM, ARC and DMARC not checked");
-                for (method, on) in [
-                    ("dkim", s.dkim),
-                    ("arc", s.arc),
-                    ("dmarc", s.dmarc != DmarcMode::Off),
-                ] {
-                    if on {
-                        found.push(Found {
-                            method,
-                            result: "temperror",
-                            text: format!("{method}=temperror (not checked: {why})"),
-                        });
-                    }
-                }
-                let decision = if s.dmarc == DmarcMode::Off {
-                    Decision::Deliver
-                } else {
-                    Decision::Retry("DMARC could not be checked now; try again later".into())
-                };
-                return (found, decision);
+                return self.unchecked(found, &why);
             }
         };
-        let parsed = AuthenticatedMessage::parse(&bytes);
-        let dkim: Vec<DkimOutput<'_>> = match &parsed {
-            Some(parsed) if s.dkim || s.dmarc != DmarcMode::Off => {
-                self.authenticator.verify_dkim(parsed).await
-            }
-            _ => Vec::new(),
+        let Some(parsed) = AuthenticatedMessage::parse(&bytes) else {
+            // Nothing to retry: the message itself is not one DMARC can read.
+            return self.unreadable(found, froms);
         };
-        let header_from = parsed
-            .as_ref()
-            .and_then(|p| p.from.first().cloned())
-            .unwrap_or_default();
+        let s = &self.settings;
+        let dkim: Vec<DkimOutput<'_>> = if s.dkim || s.dmarc != DmarcMode::Off {
+            self.authenticator.verify_dkim(&parsed).await
+        } else {
+            Vec::new()
+        };
         if s.dkim {
+            let header_from = parsed.from.first().cloned().unwrap_or_default();
             found.push(dkim_found(&dkim, &header_from));
         }
-        let arc = match &parsed {
-            Some(parsed) if s.arc => {
-                let arc = self.authenticator.verify_arc(parsed).await;
-                found.push(arc_found(&arc, ip));
-                Some(arc)
-            }
-            _ => None,
+        let arc = if s.arc {
+            let arc = self.authenticator.verify_arc(&parsed).await;
+            found.push(arc_found(&arc, info.peer));
+            Some(arc)
+        } else {
+            None
         };
         if s.dmarc == DmarcMode::Off {
             return (found, Decision::Deliver);
         }
-        let Some(parsed) = parsed.as_ref().filter(|_| froms == 1) else {
-            let why = format!("{froms} From header fields; DMARC needs exactly one");
+        let helo = info.greeting.as_ref().map_or("", |g| g.name());
+        let mail_from_domain = sender.rsplit_once('@').map_or(helo, |(_, domain)| domain);
+        let (dmarc, decision) = self
+            .dmarc(&parsed, froms, &dkim, arc.as_ref(), mail_from_domain, &spf)
+            .await;
+        found.push(dmarc);
+        (found, decision)
+    }
+
+    /// iprev and SPF: what the connection and the envelope say. SPF is checked when DMARC
+    /// needs it even if its own result is not recorded.
+    async fn envelope_checks(&self, info: &SessionInfo, sender: &str) -> (Vec<Found>, SpfOutput) {
+        let s = &self.settings;
+        let (ip, helo) = (info.peer, info.greeting.as_ref().map_or("", |g| g.name()));
+        let mut found = Vec::new();
+        if s.iprev {
+            let iprev = self.authenticator.verify_iprev(ip).await;
+            found.push(iprev_found(&iprev, ip));
+        }
+        if !s.spf && s.dmarc == DmarcMode::Off {
+            return (found, SpfOutput::default());
+        }
+        let params = if sender.is_empty() {
+            SpfParameters::verify_ehlo(ip, helo, &self.hostname)
+        } else {
+            SpfParameters::verify_mail_from(ip, helo, &self.hostname, sender)
+        };
+        let spf = self.authenticator.verify_spf(params).await;
+        if s.spf {
+            found.push(spf_found(&s.authserv_id, &spf, ip, sender, helo));
+        }
+        (found, spf)
+    }
+
+    /// DKIM, ARC and DMARC could not be checked (`why`): each is `temperror`, and under
+    /// DMARC the sender is asked to retry.
+    fn unchecked(&self, mut found: Vec<Found>, why: &str) -> (Vec<Found>, Decision) {
+        let s = &self.settings;
+        let methods = [
+            ("dkim", s.dkim),
+            ("arc", s.arc),
+            ("dmarc", s.dmarc != DmarcMode::Off),
+        ];
+        for (method, _) in methods.into_iter().filter(|(_, on)| *on) {
             found.push(Found {
+                method,
+                result: "temperror",
+                text: format!("{method}=temperror (not checked: {why})"),
+            });
+        }
+        let decision = if s.dmarc == DmarcMode::Off {
+            Decision::Deliver
+        } else {
+            Decision::Retry("DMARC could not be checked now; try again later".into())
+        };
+        (found, decision)
+    }
+
+    /// The message has no header section mail-auth can read: DKIM and ARC are `permerror`,
+    /// and so is DMARC (refused under `enforce`), as for a message without one From field.
+    fn unreadable(&self, mut found: Vec<Found>, froms: usize) -> (Vec<Found>, Decision) {
+        let s = &self.settings;
+        for (method, _) in [("dkim", s.dkim), ("arc", s.arc)]
+            .into_iter()
+            .filter(|(_, on)| *on)
+        {
+            found.push(Found {
+                method,
+                result: "permerror",
+                text: format!("{method}=permerror (no header section to verify)"),
+            });
+        }
+        if s.dmarc == DmarcMode::Off {
+            return (found, Decision::Deliver);
+        }
+        let why = format!(
+            "{froms} From header fields in a header section that cannot be read; DMARC needs exactly one"
+        );
+        found.push(Found {
+            method: "dmarc",
+            result: "permerror",
+            text: format!("dmarc=permerror ({why})"),
+        });
+        (
+            found,
+            Decision::Reject(format!("message refused: {why} (RFC 5322, RFC 7489)")),
+        )
+    }
+
+    /// DMARC for the message's one From domain (not exactly one From field is a
+    /// `permerror` and a refusal).
+    async fn dmarc(
+        &self,
+        parsed: &AuthenticatedMessage<'_>,
+        froms: usize,
+        dkim: &[DkimOutput<'_>],
+        arc: Option<&ArcOutput<'_>>,
+        mail_from_domain: &str,
+        spf: &SpfOutput,
+    ) -> (Found, Decision) {
+        if froms != 1 {
+            let why = format!("{froms} From header fields; DMARC needs exactly one");
+            let found = Found {
                 method: "dmarc",
                 result: "permerror",
                 text: format!("dmarc=permerror ({why})"),
-            });
+            };
             return (
                 found,
                 Decision::Reject(format!("message refused: {why} (RFC 5322, RFC 7489)")),
             );
-        };
-        let mail_from_domain = match sender.rsplit_once('@') {
-            Some((_, domain)) => domain.to_string(),
-            None => helo.to_string(),
-        };
+        }
         let dmarc = self
             .authenticator
-            .verify_dmarc(DmarcParameters::new(parsed, &dkim, &mail_from_domain, &spf))
+            .verify_dmarc(DmarcParameters::new(parsed, dkim, mail_from_domain, spf))
             .await;
-        let (mut text, decision) = self.dmarc_decision(&dmarc, arc.as_ref());
-        let dmarc_text = AuthenticationResults::new("")
-            .with_dmarc_result(&dmarc)
-            .to_string();
-        text = unfold(&dmarc_text) + &text;
-        found.push(Found {
+        let (comment, decision) = self.dmarc_decision(&dmarc, arc);
+        let text = unfold(
+            &AuthenticationResults::new("")
+                .with_dmarc_result(&dmarc)
+                .to_string(),
+        ) + &comment;
+        let found = Found {
             method: "dmarc",
             result: dmarc_name(&dmarc.result()),
             text,
-        });
+        };
         (found, decision)
     }
 

@@ -118,3 +118,42 @@ pub fn settings(
         iprev: section.iprev.unwrap_or(true),
     }
 }
+
+impl AuthenticationSettings {
+    /// What `check-config` says of them, of the resolver and of the signing keys.
+    pub fn summary(&self, dns: &portcullis_outbound::DnsSettings, dkim_keys: usize) -> String {
+        let dmarc = match self.dmarc {
+            DmarcMode::Enforce => Some("dmarc (enforced)"),
+            DmarcMode::Report => Some("dmarc (recorded only)"),
+            DmarcMode::Off => None,
+        };
+        let methods: Vec<&str> = [
+            ("iprev", self.iprev),
+            ("spf", self.spf),
+            ("dkim", self.dkim),
+            ("arc", self.arc),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .chain(dmarc)
+        .collect();
+        let methods = if methods.is_empty() {
+            "none".to_string()
+        } else {
+            methods.join(", ")
+        };
+        let resolvers = if dns.nameservers.is_empty() {
+            "the system's resolvers (/etc/resolv.conf)".to_string()
+        } else {
+            dns.nameservers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "mail authentication on MX: {methods}; authserv-id {}; DNS: {resolvers}; {dkim_keys} DKIM key(s) for submission",
+            self.authserv_id
+        )
+    }
+}

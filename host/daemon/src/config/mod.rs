@@ -554,42 +554,7 @@ impl Config {
 
     /// What `check-config` says of the mail authentication of MX and of the resolver.
     pub fn authentication_summary(&self) -> String {
-        let a = &self.authentication;
-        let dmarc = match a.dmarc {
-            authentication::DmarcMode::Enforce => "dmarc (enforced)",
-            authentication::DmarcMode::Report => "dmarc (recorded only)",
-            authentication::DmarcMode::Off => "",
-        };
-        let methods: Vec<&str> = [
-            ("iprev", a.iprev),
-            ("spf", a.spf),
-            ("dkim", a.dkim),
-            ("arc", a.arc),
-        ]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .chain((!dmarc.is_empty()).then_some(dmarc))
-        .collect();
-        let methods = if methods.is_empty() {
-            "none".to_string()
-        } else {
-            methods.join(", ")
-        };
-        let dns = if self.dns.nameservers.is_empty() {
-            "the system's resolvers (/etc/resolv.conf)".to_string()
-        } else {
-            self.dns
-                .nameservers
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        format!(
-            "mail authentication on MX: {methods}; authserv-id {}; DNS: {dns}; {} DKIM key(s) for submission",
-            a.authserv_id,
-            self.dkim.len()
-        )
+        self.authentication.summary(&self.dns, self.dkim.len())
     }
 
     /// The session limits of the SMTP core.
