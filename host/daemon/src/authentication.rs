@@ -108,29 +108,8 @@ impl Checks {
 
     /// Every method `temperror`: the checks took longer than they may.
     fn timed_out(&self) -> (Vec<Found>, Decision) {
-        let s = &self.settings;
-        let methods = [
-            ("iprev", s.iprev),
-            ("spf", s.spf),
-            ("dkim", s.dkim),
-            ("arc", s.arc),
-            ("dmarc", s.dmarc != DmarcMode::Off),
-        ];
-        let found = methods
-            .into_iter()
-            .filter(|(_, on)| *on)
-            .map(|(method, _)| Found {
-                method,
-                result: "temperror",
-                text: format!("{method}=temperror (the checks timed out)"),
-            })
-            .collect();
-        let decision = if s.dmarc == DmarcMode::Off {
-            Decision::Deliver
-        } else {
-            Decision::Retry("DMARC could not be checked in time; try again later".into())
-        };
-        (found, decision)
+        let all = ["iprev", "spf", "dkim", "arc", "dmarc"];
+        self.unchecked(Vec::new(), &all, "the checks timed out")
     }
 
     async fn evaluate(
@@ -153,7 +132,7 @@ impl Checks {
             Ok(bytes) => bytes,
             Err(why) => {
                 tracing::warn!(reason = %why, "DKIM, ARC and DMARC not checked");
-                return self.unchecked(found, &why);
+                return self.unchecked(found, &["dkim", "arc", "dmarc"], &why);
             }
         };
         let Some(parsed) = AuthenticatedMessage::parse(&bytes) else {
@@ -214,16 +193,23 @@ impl Checks {
         (found, spf)
     }
 
-    /// DKIM, ARC and DMARC could not be checked (`why`): each is `temperror`, and under
-    /// DMARC the sender is asked to retry.
-    fn unchecked(&self, mut found: Vec<Found>, why: &str) -> (Vec<Found>, Decision) {
+    /// `methods` could not be checked (`why`): each one switched on is `temperror`, and
+    /// under DMARC the sender is asked to retry.
+    fn unchecked(
+        &self,
+        mut found: Vec<Found>,
+        methods: &[&'static str],
+        why: &str,
+    ) -> (Vec<Found>, Decision) {
         let s = &self.settings;
-        let methods = [
-            ("dkim", s.dkim),
-            ("arc", s.arc),
-            ("dmarc", s.dmarc != DmarcMode::Off),
-        ];
-        for (method, _) in methods.into_iter().filter(|(_, on)| *on) {
+        let on = |method: &str| match method {
+            "iprev" => s.iprev,
+            "spf" => s.spf,
+            "dkim" => s.dkim,
+            "arc" => s.arc,
+            _ => s.dmarc != DmarcMode::Off,
+        };
+        for &method in methods.iter().filter(|m| on(m)) {
             found.push(Found {
                 method,
                 result: "temperror",
@@ -233,7 +219,7 @@ impl Checks {
         let decision = if s.dmarc == DmarcMode::Off {
             Decision::Deliver
         } else {
-            Decision::Retry("DMARC could not be checked now; try again later".into())
+            Decision::Retry(format!("DMARC could not be checked ({why}); try again later"))
         };
         (found, decision)
     }
