@@ -72,8 +72,12 @@ pub fn session(pipeline: PipelineKind) -> SessionInfo {
         security: Security {
             tls: None,
             account: (pipeline == PipelineKind::Submission).then(|| "alice@example.org".to_string()),
+            mechanism: None,
         },
         added_headers: Vec::new(),
+        client_port: 0,
+        local: None,
+        implicit_tls: false,
     }
 }
 
@@ -88,5 +92,6 @@ pub fn spec(file: &str, hook: Hook, config: serde_json::Map<String, serde_json::
         on_error: OnError::Defer,
         config,
         grant_dir: None,
+        grants: Default::default(),
     })
 }

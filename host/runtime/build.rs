@@ -16,8 +16,10 @@ const OUTPUTS: &[&str] = &[
     "rate_limit",
     "virus_signatures",
     "spam_rules",
+    "clamav",
     "hostile",
     "probe",
+    "legacy",
 ];
 
 fn main() {
@@ -35,6 +37,7 @@ fn main() {
         "rate-limit",
         "virus-signatures",
         "spam-rules",
+        "clamav",
         "testing",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());

@@ -5,6 +5,7 @@
 
 mod abuse;
 mod authentication;
+mod capabilities;
 mod cli;
 mod durability;
 mod harness;

@@ -126,6 +126,7 @@ pub async fn run<P: Pipeline>(
     phase: watch::Receiver<Phase>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
     let listener: &'static str = match (P::KIND, implicit_tls) {
         (portcullis_smtp::session::PipelineKind::Mx, _) => "mx",
         (_, false) => "submission",
@@ -150,12 +151,15 @@ pub async fn run<P: Pipeline>(
         None
     };
     tracing::info!(peer = %peer, tls = tls.is_some(), "connect");
-    let session = Session::<P>::new(
+    let mut session = Session::<P>::new(
         Arc::clone(&live.settings),
         Arc::clone(&live.accounts) as Arc<dyn portcullis_smtp::Directory>,
         peer.ip(),
         tls,
     );
+    if let Some(local) = local {
+        session.connected(peer.port(), local);
+    }
     let mut driver = Driver {
         ctx,
         live,

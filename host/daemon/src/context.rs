@@ -195,6 +195,12 @@ impl Context {
             live.config.local_domains,
             if live.tls.is_some() { "on" } else { "off" }
         );
+        // DNS-granted plugins look up through the resolver of the new `[dns]`.
+        let resolver = Some(live.resolver.hickory().clone());
+        match &plugins {
+            Some(set) => set.runtime().set_resolver(resolver),
+            None => self.hooks.plugins().runtime().set_resolver(resolver),
+        }
         self.live.store(Arc::new(live));
         self.watch_users();
         self.delivery.reload(outbound);

@@ -151,7 +151,7 @@ enum QueueCommand {
 #[derive(Subcommand, Debug)]
 enum PluginCommand {
     /// Run one plugin on one message and print its verdict and how long it took.
-    Test(plugin_test::TestArgs),
+    Test(Box<plugin_test::TestArgs>),
     /// Write a working starter plugin into a new folder NAME.
     New {
         /// rust, python, javascript or c.
@@ -284,8 +284,9 @@ fn load(path: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
 
 /// What check-config verifies beyond the file itself: the certificate, the accounts and
 /// every plugin (compiled and type-checked against its world). Every problem is reported.
-fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
+fn check_files(c: &Config) -> Result<(accounts::Accounts, Vec<String>), Vec<String>> {
     let mut problems = Vec::new();
+    let mut loaded = Vec::new();
     if let Some(section) = &c.tls {
         let will_generate = section.self_signed && !section.cert.exists() && !section.key.exists();
         if !will_generate && let Err(e) = tls::acceptor(section) {
@@ -328,8 +329,9 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
         match portcullis_runtime::Runtime::new(&config) {
             Ok(runtime) => {
                 for (i, spec) in plugins {
-                    if let Err(e) = runtime.load(std::sync::Arc::new(spec.clone())) {
-                        problems.push(format!("plugin[{i}] ({}): {e}", spec.name));
+                    match runtime.load(std::sync::Arc::new(spec.clone())) {
+                        Ok(plugin) => loaded.push(plugins::describe(&plugin)),
+                        Err(e) => problems.push(format!("plugin[{i}] ({}): {e}", spec.name)),
                     }
                 }
             }
@@ -337,7 +339,7 @@ fn check_files(c: &Config) -> Result<accounts::Accounts, Vec<String>> {
         }
     }
     match accounts {
-        Some(a) if problems.is_empty() => Ok(a),
+        Some(a) if problems.is_empty() => Ok((a, loaded)),
         _ => Err(problems),
     }
 }
@@ -365,7 +367,7 @@ fn main() -> ExitCode {
         Task::CheckConfig { config } => return check_config(&config),
         Task::Plugin {
             command: PluginCommand::Test(args),
-        } => return ExitCode::from(plugin_test::run(args)),
+        } => return ExitCode::from(plugin_test::run(*args)),
         Task::Plugin {
             command: PluginCommand::Wit { dir },
         } => ("portcullis plugin wit", plugin_new::write_wit(&dir)),
@@ -421,7 +423,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         }
     };
     match check_files(&c) {
-        Ok(a) => {
+        Ok((a, plugins)) => {
             let open_files = abuse::raise_open_files();
             let descriptors = abuse::descriptor_warning(&c.limits, c.listeners.len(), open_files);
             for warning in c.warnings().into_iter().chain(descriptors) {
@@ -436,6 +438,9 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 c.plugins.len()
             );
             println!("{}: {}", c.origin, c.authentication_summary());
+            for plugin in plugins {
+                println!("{}: {plugin}", c.origin);
+            }
             ExitCode::SUCCESS
         }
         Err(problems) => {

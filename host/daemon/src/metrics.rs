@@ -10,7 +10,8 @@
 //! result (accepted, rejected, tempfail, throttled), `portcullis_reloads_total` by result,
 //! `portcullis_connections_refused_total` by listener and reason (listener, address),
 //! `portcullis_sessions_timed_out_total` by listener and what was slow,
-//! `portcullis_authentication_total` by method (spf, dkim, arc, dmarc, iprev) and result.
+//! `portcullis_authentication_total` by method (spf, dkim, arc, dmarc, iprev) and result,
+//! `portcullis_plugin_capability_total` by plugin and use (granted DNS and connections).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use portcullis_smtp::Hook;
-use portcullis_spool::Spool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -97,7 +97,10 @@ pub fn reload(result: &'static str) {
 }
 
 /// Installs the recorder and serves it; returns the bound address.
-pub async fn serve(address: SocketAddr, spool: Arc<Spool>) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    address: SocketAddr,
+    ctx: std::sync::Weak<crate::context::Context>,
+) -> std::io::Result<SocketAddr> {
     let handle = PrometheusBuilder::new()
         .install_recorder()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -108,7 +111,7 @@ pub async fn serve(address: SocketAddr, spool: Arc<Spool>) -> std::io::Result<So
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (handle, spool) = (handle.clone(), Arc::clone(&spool));
+            let (handle, ctx) = (handle.clone(), ctx.clone());
             tokio::spawn(async move {
                 let mut request = Vec::with_capacity(1024);
                 let mut buf = [0u8; 1024];
@@ -123,7 +126,10 @@ pub async fn serve(address: SocketAddr, spool: Arc<Spool>) -> std::io::Result<So
                 let response = if request.starts_with(b"GET /metrics ")
                     || request.starts_with(b"GET /metrics?")
                 {
-                    let body = render(&handle, &spool).await;
+                    let Some(ctx) = ctx.upgrade() else {
+                        return;
+                    };
+                    let body = render(&handle, &ctx).await;
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
@@ -139,9 +145,11 @@ pub async fn serve(address: SocketAddr, spool: Arc<Spool>) -> std::io::Result<So
     Ok(bound)
 }
 
-/// The gauges read at scrape time (queue size and age), then everything recorded.
-async fn render(handle: &PrometheusHandle, spool: &Arc<Spool>) -> String {
-    let spool = Arc::clone(spool);
+/// The gauges read at scrape time (queue size and age, the plugins' use of their grants),
+/// then everything recorded.
+async fn render(handle: &PrometheusHandle, ctx: &crate::context::Context) -> String {
+    plugin_capabilities(&ctx.hooks.plugins());
+    let spool = Arc::clone(&ctx.spool);
     let ids = tokio::task::spawn_blocking(move || spool.list().unwrap_or_default())
         .await
         .unwrap_or_default();
@@ -157,4 +165,24 @@ async fn render(handle: &PrometheusHandle, spool: &Arc<Spool>) -> String {
     metrics::gauge!("portcullis_queue_messages").set(ids.len() as f64);
     metrics::gauge!("portcullis_queue_oldest_seconds").set(oldest);
     handle.render()
+}
+
+/// `portcullis_plugin_capability_total` by plugin and use (`lookups`, `connections`,
+/// `bytes`, `denied`): what each loaded plugin's calls used of their grants since it was
+/// loaded (a swapped-in version starts again from zero, as a restarted process would).
+fn plugin_capabilities(plugins: &portcullis_runtime::PluginSet) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for slot in plugins.all() {
+        let plugin = slot.current();
+        let counters = &plugin.meta.counters;
+        for (name, value) in [
+            ("lookups", &counters.lookups),
+            ("connections", &counters.connections),
+            ("bytes", &counters.bytes),
+            ("denied", &counters.denied),
+        ] {
+            metrics::counter!("portcullis_plugin_capability_total", "plugin" => plugin.meta.name.clone(), "use" => name)
+                .absolute(value.load(Relaxed));
+        }
+    }
 }

@@ -61,6 +61,17 @@ pub struct TestArgs {
     /// ~/.cache/portcullis; none when neither is set).
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Grant the plugin DNS lookups (as `grant-dns = true`), through the system's resolver
+    /// or the `--nameserver`s.
+    #[arg(long)]
+    pub grant_dns: bool,
+    /// A DNS server (IP:PORT) for a DNS-granted plugin, repeatable (default: the system's).
+    #[arg(long)]
+    pub nameserver: Vec<std::net::SocketAddr>,
+    /// Grant the plugin a connection to this endpoint (as in `grant-connect`:
+    /// `unix:/path` or `tcp:IP:PORT`), repeatable.
+    #[arg(long)]
+    pub grant_connect: Vec<String>,
 }
 
 /// The user's cache folder for compiled plugins, by the XDG base directory rules.
@@ -169,8 +180,16 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
                     .as_ref()
                     .map_or("user@example.org".into(), ToString::to_string)
             }),
+            mechanism: (pipeline == PipelineKind::Submission)
+                .then_some(portcullis_smtp::command::Mechanism::Plain),
         },
         added_headers: Vec::new(),
+        client_port: 49152,
+        local: Some(match pipeline {
+            PipelineKind::Mx => "192.0.2.25:25".parse().expect("a socket address"),
+            PipelineKind::Submission => "192.0.2.25:587".parse().expect("a socket address"),
+        }),
+        implicit_tls: false,
     }
 }
 
@@ -195,11 +214,15 @@ fn load_plugin(
     }
     let plugin = runtime.load(Arc::clone(spec)).map_err(|e| e.to_string())?;
     println!(
-        "plugin   {} (sha256 {}), {} hook",
+        "plugin   {} (sha256 {}), {} hook, portcullis:filter@{}",
         spec.path.display(),
         plugin.meta.hash,
-        spec.hook.name()
+        spec.hook.name(),
+        plugin.contract().version()
     );
+    for grant in spec.grants.describe() {
+        println!("granted  {grant}");
+    }
     println!(
         "loaded   in {:.1} ms ({} and type-checked against {})",
         plugin.load_time.as_secs_f64() * 1e3,
@@ -239,6 +262,22 @@ fn plugin_config(path: &Path) -> Result<serde_json::Map<String, serde_json::Valu
     }
 }
 
+/// The capabilities given on the command line.
+fn grants(args: &TestArgs) -> Result<portcullis_runtime::capability::Grants, String> {
+    let connect = args
+        .grant_connect
+        .iter()
+        .map(|text| {
+            portcullis_runtime::capability::Endpoint::parse(text).map_err(|e| format!("--grant-connect {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(portcullis_runtime::capability::Grants {
+        dns: args.grant_dns,
+        connect,
+        ..Default::default()
+    })
+}
+
 async fn test(args: TestArgs) -> Result<u8, String> {
     let hook = Hook::parse(&args.hook)
         .ok_or_else(|| format!("--hook {:?}: use auth, rate, virus or spam", args.hook))?;
@@ -264,8 +303,17 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         on_error: OnError::Defer,
         config,
         grant_dir: None,
+        grants: grants(&args)?,
     });
     let (runtime, plugin) = load_plugin(&args, &spec)?;
+    if args.grant_dns {
+        let settings = portcullis_outbound::dns::DnsSettings {
+            nameservers: args.nameserver.clone(),
+            ..Default::default()
+        };
+        let resolver = portcullis_outbound::Resolver::new(&settings).map_err(|e| e.to_string())?;
+        runtime.set_resolver(Some(resolver.hickory().clone()));
+    }
 
     let started = Instant::now();
     let outcome = call(&runtime, &plugin, &args, &info, &message).await;

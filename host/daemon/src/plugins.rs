@@ -50,3 +50,33 @@ pub fn installs_example_plugin(config: &Config, path: &std::path::Path) -> bool 
 /// Plugin instances that may exist at once: concurrent hook calls beyond this wait for
 /// the pool (and fail with the plugin's on-error policy if it stays full).
 const PLUGIN_INSTANCES: u32 = 256;
+
+/// One line about a loaded plugin: its hook, name and file, the contract it was built
+/// against, and what it may reach beyond the message ("spam: rspamd (rspamd.wasm,
+/// portcullis:filter@0.2.0) may connect to tcp:127.0.0.1:11333").
+pub fn describe(plugin: &portcullis_runtime::LoadedPlugin) -> String {
+    let spec = &plugin.spec;
+    let file = spec.path.file_name().map_or_else(
+        || spec.path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    let mut line = format!(
+        "{}: {} ({file}, portcullis:filter@{})",
+        spec.hook.name(),
+        spec.name,
+        plugin.contract().version()
+    );
+    let grants = spec.grants.describe();
+    if grants.is_empty() {
+        line.push_str(" reaches nothing beyond the message");
+    } else if plugin.contract() == portcullis_runtime::Contract::V0_1 {
+        line.push_str(" is granted DNS or connections but cannot use them: they came with 0.2.0");
+    } else {
+        line.push(' ');
+        line.push_str(&grants.join(", "));
+    }
+    if let Some(dir) = &spec.grant_dir {
+        line.push_str(&format!("; reads {} as /data", dir.display()));
+    }
+    line
+}

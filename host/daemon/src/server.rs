@@ -186,6 +186,9 @@ fn start_workers(
         recovered,
     } = storage;
     let plugins = Arc::new(load_plugins(config)?);
+    plugins
+        .runtime()
+        .set_resolver(Some(live.resolver.hickory().clone()));
     // Contents over [limits] memory-per-message go to the spool as they arrive, within
     // one memory budget for every session (the cap is set from the config by with_storage).
     let live = live.with_storage(&portcullis_smtp::content::Storage {
@@ -240,7 +243,7 @@ async fn serve_operators(ctx: &Arc<Context>) -> Result<(), StartError> {
         }
     })?;
     if let Some(address) = ctx.live().config.metrics.address {
-        let bound = crate::metrics::serve(address, Arc::clone(&ctx.spool))
+        let bound = crate::metrics::serve(address, Arc::downgrade(ctx))
             .await
             .map_err(|source| StartError::Bind {
                 address,

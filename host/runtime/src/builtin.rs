@@ -12,13 +12,17 @@ pub const VIRUS_SIGNATURES: &[u8] = include_bytes!(concat!(
 ));
 /// `spam-rules`: scored rules with tag and junk thresholds.
 pub const SPAM_RULES: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/spam_rules.wasm"));
+/// `clamav`: streams every message to clamd over a granted socket (contract 0.2.0).
+pub const CLAMAV: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/clamav.wasm"));
 
-/// The four, with the file names the embedded default config uses.
-pub const ALL: [(&str, &[u8]); 4] = [
+/// Every shipped plugin, with the file names configs use (the embedded default config uses
+/// the first four).
+pub const ALL: [(&str, &[u8]); 5] = [
     ("auth_table.wasm", AUTH_TABLE),
     ("rate_limit.wasm", RATE_LIMIT),
     ("virus_signatures.wasm", VIRUS_SIGNATURES),
     ("spam_rules.wasm", SPAM_RULES),
+    ("clamav.wasm", CLAMAV),
 ];
 
 /// Where the build script left every plugin it built, test-only ones included.

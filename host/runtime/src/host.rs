@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::ResourceLimiter;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::types;
-use crate::bindings::virus::portcullis::filter::{clock, config, log};
+use crate::capability::{Counters, Grants, Resolver, Usage};
 
 /// Lines a plugin may log per call; more are dropped (a plugin cannot flood the log).
 const MAX_LOG_LINES: u32 = 100;
@@ -29,6 +28,10 @@ pub struct PluginMeta {
     pub config_json: String,
     /// The same table, for `config.get`.
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// What the operator granted it beyond the message.
+    pub grants: Grants,
+    /// What its calls used of those grants, for the metrics.
+    pub counters: Counters,
 }
 
 /// The message as a plugin sees it: the content as received, headers parsed on demand,
@@ -96,20 +99,26 @@ pub struct State {
     pub table: ResourceTable,
     /// Memory caps.
     pub limits: MemoryLimit,
-    meta: Arc<PluginMeta>,
+    pub(crate) meta: Arc<PluginMeta>,
     log_lines: u32,
+    /// What this call used of its grants.
+    pub(crate) usage: Usage,
+    /// The host's resolver, for a plugin granted DNS.
+    pub(crate) resolver: Option<Resolver>,
 }
 
 impl State {
     /// A fresh state: WASI with nothing granted (no files, sockets, environment or
     /// arguments; clocks that read zero), unless `wasi` was built otherwise by the caller.
-    pub fn new(meta: Arc<PluginMeta>, wasi: WasiCtx, memory: usize) -> Self {
+    pub fn new(meta: Arc<PluginMeta>, wasi: WasiCtx, memory: usize, resolver: Option<Resolver>) -> Self {
         State {
             wasi,
             table: ResourceTable::new(),
             limits: MemoryLimit::new(memory),
             meta,
             log_lines: 0,
+            usage: Usage::default(),
+            resolver,
         }
     }
 }
@@ -123,46 +132,28 @@ impl WasiView for State {
     }
 }
 
-/// The header section of a message as unfolded fields.
-fn parse_headers(content: &[u8]) -> Vec<types::Header> {
+/// The header section of a message as unfolded fields, as `(name, value)`.
+fn parse_headers(content: &[u8]) -> Vec<(String, String)> {
     portcullis_smtp::fields::fields(content)
         .into_iter()
-        .map(|field| types::Header {
-            name: String::from_utf8_lossy(field.name).into_owned(),
-            value: field.value(),
-        })
+        .map(|field| (String::from_utf8_lossy(field.name).into_owned(), field.value()))
         .collect()
 }
 
-impl types::Host for State {}
-
-impl types::HostMessage for State {
-    fn size(&mut self, this: Resource<MessageHandle>) -> u64 {
-        self.table.get(&this).map_or(0, |m| m.message.body.len())
+impl MessageHandle {
+    /// The header fields a plugin sees: those added so far, then the message's own.
+    fn header_pairs(&self) -> Vec<(String, String)> {
+        let added = self.added.iter().map(|h| (h.name.clone(), h.value.clone()));
+        added
+            .chain(parse_headers(&self.message.body.header_section()))
+            .collect()
     }
 
-    fn headers(&mut self, this: Resource<MessageHandle>) -> Vec<types::Header> {
-        self.table.get(&this).map_or_else(
-            |_| Vec::new(),
-            |m| {
-                let added = m.added.iter().map(|h| types::Header {
-                    name: h.name.clone(),
-                    value: h.value.clone(),
-                });
-                added
-                    .chain(parse_headers(&m.message.body.header_section()))
-                    .collect()
-            },
-        )
-    }
-
-    fn read(&mut self, this: Resource<MessageHandle>, offset: u64, max: u32) -> wasmtime::Result<Vec<u8>> {
-        let Ok(handle) = self.table.get(&this) else {
-            return Ok(Vec::new());
-        };
+    /// Up to `max` octets of the content from `offset` on (see `message.read`).
+    fn read(&self, offset: u64, max: u32) -> wasmtime::Result<Vec<u8>> {
         // Only what is there: a plugin asking for a megabyte of a 10 KiB message must not
         // cost a megabyte of zeroed memory.
-        let body = &handle.message.body;
+        let body = &self.message.body;
         let wanted = u64::from(max.min(MAX_READ));
         if let Some(bytes) = body.in_memory() {
             let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
@@ -180,15 +171,10 @@ impl types::HostMessage for State {
         buf.truncate(n);
         Ok(buf)
     }
-
-    fn drop(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<()> {
-        self.table.delete(this)?;
-        Ok(())
-    }
 }
 
-impl log::Host for State {
-    fn log(&mut self, level: log::Level, message: String) {
+impl State {
+    fn log_line(&mut self, level: tracing::Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES {
             return;
@@ -202,36 +188,110 @@ impl log::Host for State {
         }
         let (name, hash) = (&self.meta.name, &self.meta.hash);
         match level {
-            log::Level::Trace => tracing::trace!(plugin = %name, hash = %hash, "{message}"),
-            log::Level::Debug => tracing::debug!(plugin = %name, hash = %hash, "{message}"),
-            log::Level::Info => tracing::info!(plugin = %name, hash = %hash, "{message}"),
-            log::Level::Warn => tracing::warn!(plugin = %name, hash = %hash, "{message}"),
-            log::Level::Error => tracing::error!(plugin = %name, hash = %hash, "{message}"),
+            tracing::Level::TRACE => tracing::trace!(plugin = %name, hash = %hash, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(plugin = %name, hash = %hash, "{message}"),
+            tracing::Level::INFO => tracing::info!(plugin = %name, hash = %hash, "{message}"),
+            tracing::Level::WARN => tracing::warn!(plugin = %name, hash = %hash, "{message}"),
+            tracing::Level::ERROR => tracing::error!(plugin = %name, hash = %hash, "{message}"),
         }
     }
-}
 
-impl config::Host for State {
-    fn json(&mut self) -> String {
-        self.meta.config_json.clone()
-    }
-
-    fn get(&mut self, key: String) -> Option<String> {
-        self.meta.config.get(&key).map(|value| match value {
+    fn config_get(&self, key: &str) -> Option<String> {
+        self.meta.config.get(key).map(|value| match value {
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         })
     }
 }
 
-impl clock::Host for State {
-    fn now(&mut self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
+
+/// The imports every version of the contract shares (types' message, log, config, clock),
+/// implemented once for the bindings of each version: their types are distinct, their
+/// behaviour is the same.
+macro_rules! shared_imports {
+    ($filter:path) => {
+        const _: () = {
+            use filter::{clock, config, log, types};
+            use wasmtime::component::Resource;
+            use $filter as filter;
+
+            impl types::Host for State {}
+
+            impl types::HostMessage for State {
+                fn size(&mut self, this: Resource<MessageHandle>) -> u64 {
+                    self.table.get(&this).map_or(0, |m| m.message.body.len())
+                }
+
+                fn headers(&mut self, this: Resource<MessageHandle>) -> Vec<types::Header> {
+                    self.table.get(&this).map_or_else(
+                        |_| Vec::new(),
+                        |m| {
+                            m.header_pairs()
+                                .into_iter()
+                                .map(|(name, value)| types::Header { name, value })
+                                .collect()
+                        },
+                    )
+                }
+
+                fn read(
+                    &mut self,
+                    this: Resource<MessageHandle>,
+                    offset: u64,
+                    max: u32,
+                ) -> wasmtime::Result<Vec<u8>> {
+                    match self.table.get(&this) {
+                        Ok(handle) => handle.read(offset, max),
+                        Err(_) => Ok(Vec::new()),
+                    }
+                }
+
+                fn drop(&mut self, this: Resource<MessageHandle>) -> wasmtime::Result<()> {
+                    self.table.delete(this)?;
+                    Ok(())
+                }
+            }
+
+            impl log::Host for State {
+                fn log(&mut self, level: log::Level, message: String) {
+                    let level = match level {
+                        log::Level::Trace => tracing::Level::TRACE,
+                        log::Level::Debug => tracing::Level::DEBUG,
+                        log::Level::Info => tracing::Level::INFO,
+                        log::Level::Warn => tracing::Level::WARN,
+                        log::Level::Error => tracing::Level::ERROR,
+                    };
+                    self.log_line(level, message);
+                }
+            }
+
+            impl config::Host for State {
+                fn json(&mut self) -> String {
+                    self.meta.config_json.clone()
+                }
+
+                fn get(&mut self, key: String) -> Option<String> {
+                    self.config_get(&key)
+                }
+            }
+
+            impl clock::Host for State {
+                fn now(&mut self) -> u64 {
+                    now()
+                }
+            }
+        };
+    };
+}
+
+shared_imports!(crate::bindings::virus::portcullis::filter);
+shared_imports!(crate::bindings::v1::virus::portcullis::filter);
 
 #[cfg(test)]
 mod tests {
@@ -242,7 +302,7 @@ mod tests {
         let fields = parse_headers(b"Subject: a\r\n long\r\nFrom: x@y\r\n\r\nBody: not a header\r\n");
         let pairs: Vec<(&str, &str)> = fields
             .iter()
-            .map(|h| (h.name.as_str(), h.value.as_str()))
+            .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
         assert_eq!(pairs, [("Subject", "a long"), ("From", "x@y")]);
     }

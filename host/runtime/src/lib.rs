@@ -7,7 +7,10 @@
 //!
 //! # Layout
 //!
-//! - [`bindings`]: host bindings generated from `wit/`, one module per plugin world.
+//! - [`bindings`]: host bindings generated from `wit/`, one module per plugin world, for
+//!   both versions of the contract (0.2.0 and the pinned 0.1.0).
+//! - [`capability`]: what an operator may grant one plugin (DNS, connections), mediated.
+//! - `compat`: contract 0.1.0 in terms of 0.2.0.
 //! - [`host`]: the store data and the host side of the shared imports (log, config, clock,
 //!   the message resource).
 //! - [`plugin`]: a plugin's spec, failure policy and errors; checks on what it returns.
@@ -18,6 +21,8 @@
 
 pub mod bindings;
 pub mod builtin;
+pub mod capability;
+mod compat;
 pub mod host;
 pub mod plugin;
 pub mod runtime;
@@ -25,5 +30,5 @@ pub mod set;
 
 pub use plugin::{OnError, PluginError, PluginSpec, world};
 pub use portcullis_smtp::Hook;
-pub use runtime::{LoadError, LoadedPlugin, Runtime, RuntimeConfig, ScanOutcome, SpamOutcome};
+pub use runtime::{Contract, LoadError, LoadedPlugin, Runtime, RuntimeConfig, ScanOutcome, SpamOutcome};
 pub use set::{PluginSet, Slot};

@@ -108,6 +108,8 @@ pub struct PluginSpec {
     pub config: serde_json::Map<String, serde_json::Value>,
     /// A host directory the plugin may read, seen as `/data` inside.
     pub grant_dir: Option<PathBuf>,
+    /// DNS and connections granted to it (contract 0.2.0).
+    pub grants: crate::capability::Grants,
 }
 
 /// Why a plugin call produced no usable answer.

@@ -13,7 +13,9 @@ use wasmtime::component::{Component, InstancePre, Linker, Resource};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::{FsPerms, HostMonotonicClock, HostWallClock, WasiCtxBuilder};
 
-use crate::bindings::{auth, rate, spam, types, virus};
+use crate::bindings::{auth, rate, spam, types, v1, virus};
+use crate::capability::Resolver;
+use crate::compat;
 use crate::host::{MessageHandle, PluginMeta, State};
 use crate::plugin::{self, PluginError, PluginSpec};
 use portcullis_smtp::Hook;
@@ -78,11 +80,56 @@ pub enum LoadError {
     Engine(String),
 }
 
+/// The version of the plugin contract a component was built against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contract {
+    /// `portcullis:filter@0.1.0`: the first contract; no capabilities, fewer facts.
+    V0_1,
+    /// `portcullis:filter@0.2.0`: the current one.
+    V0_2,
+}
+
+impl Contract {
+    /// The package version, as WIT writes it.
+    pub fn version(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+
+    /// The version a component targets, from the names of what it imports and exports: a
+    /// component of 0.1.0 names `portcullis:filter/...@0.1.0`; anything else is checked
+    /// against the current contract (and its errors name that one).
+    fn of(engine: &Engine, component: &Component) -> Contract {
+        let ty = component.component_type();
+        let old = ty
+            .exports(engine)
+            .map(|(name, _)| name)
+            .chain(ty.imports(engine).map(|(name, _)| name))
+            .any(|name| name.starts_with("portcullis:filter/") && name.ends_with("@0.1.0"));
+        if old { Contract::V0_1 } else { Contract::V0_2 }
+    }
+}
+
 enum Pre {
     Auth(auth::AuthPluginPre<State>),
     Rate(rate::RatePluginPre<State>),
     Virus(virus::VirusPluginPre<State>),
     Spam(spam::SpamPluginPre<State>),
+    AuthV1(v1::auth::AuthPluginPre<State>),
+    RateV1(v1::rate::RatePluginPre<State>),
+    VirusV1(v1::virus::VirusPluginPre<State>),
+    SpamV1(v1::spam::SpamPluginPre<State>),
+}
+
+impl Pre {
+    fn contract(&self) -> Contract {
+        match self {
+            Pre::Auth(_) | Pre::Rate(_) | Pre::Virus(_) | Pre::Spam(_) => Contract::V0_2,
+            Pre::AuthV1(_) | Pre::RateV1(_) | Pre::VirusV1(_) | Pre::SpamV1(_) => Contract::V0_1,
+        }
+    }
 }
 
 /// A compiled, type-checked plugin, ready to be instantiated for each call.
@@ -98,12 +145,20 @@ pub struct LoadedPlugin {
     pre: Pre,
 }
 
+impl LoadedPlugin {
+    /// The contract version the component was built against.
+    pub fn contract(&self) -> Contract {
+        self.pre.contract()
+    }
+}
+
 impl std::fmt::Debug for LoadedPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedPlugin")
             .field("name", &self.meta.name)
             .field("hash", &self.meta.hash)
             .field("hook", &self.spec.hook)
+            .field("contract", &self.contract().version())
             .finish()
     }
 }
@@ -173,6 +228,7 @@ pub struct Runtime {
     linker: Linker<State>,
     cache_dir: Option<PathBuf>,
     cache_key: String,
+    resolver: arc_swap::ArcSwapOption<Resolver>,
 }
 
 impl Runtime {
@@ -211,8 +267,14 @@ impl Runtime {
         let engine = Engine::new(&wasm).map_err(engine_err)?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_err)?;
+        // Both contracts: their interface names differ by version, so they sit side by side.
         virus::VirusPlugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut linker, |s| s)
             .map_err(engine_err)?;
+        v1::virus::VirusPlugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(engine_err)?;
 
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -234,7 +296,14 @@ impl Runtime {
             linker,
             cache_dir: config.cache_dir.clone(),
             cache_key,
+            resolver: arc_swap::ArcSwapOption::empty(),
         })
+    }
+
+    /// Sets the resolver that DNS-granted plugins look up through (the `[dns]` one; set
+    /// again after a reload that changed it). Without one, their lookups fail.
+    pub fn set_resolver(&self, resolver: Option<Resolver>) {
+        self.resolver.store(resolver.map(Arc::new));
     }
 
     /// Reads a plugin file's hash and whether it is compiled already, without loading it:
@@ -273,23 +342,44 @@ impl Runtime {
         })?;
         let hash = sha256_hex(&bytes);
         let (component, cached) = self.compile(path, &bytes, &hash)?;
+        let contract = Contract::of(&self.engine, &component);
         let world = |e: wasmtime::Error| LoadError::World {
             path: path.clone(),
             world: plugin::world(spec.hook),
-            message: one_line(&format!("{e:#}")),
+            message: format!(
+                "{} (portcullis:filter@{})",
+                one_line(&format!("{e:#}")),
+                contract.version()
+            ),
         };
         let instance_pre: InstancePre<State> = self.linker.instantiate_pre(&component).map_err(world)?;
-        let pre = match spec.hook {
-            Hook::Auth => Pre::Auth(auth::AuthPluginPre::new(instance_pre).map_err(world)?),
-            Hook::Rate => Pre::Rate(rate::RatePluginPre::new(instance_pre).map_err(world)?),
-            Hook::Virus => Pre::Virus(virus::VirusPluginPre::new(instance_pre).map_err(world)?),
-            Hook::Spam => Pre::Spam(spam::SpamPluginPre::new(instance_pre).map_err(world)?),
+        let pre = match (contract, spec.hook) {
+            (Contract::V0_2, Hook::Auth) => Pre::Auth(auth::AuthPluginPre::new(instance_pre).map_err(world)?),
+            (Contract::V0_2, Hook::Rate) => Pre::Rate(rate::RatePluginPre::new(instance_pre).map_err(world)?),
+            (Contract::V0_2, Hook::Virus) => {
+                Pre::Virus(virus::VirusPluginPre::new(instance_pre).map_err(world)?)
+            }
+            (Contract::V0_2, Hook::Spam) => Pre::Spam(spam::SpamPluginPre::new(instance_pre).map_err(world)?),
+            (Contract::V0_1, Hook::Auth) => {
+                Pre::AuthV1(v1::auth::AuthPluginPre::new(instance_pre).map_err(world)?)
+            }
+            (Contract::V0_1, Hook::Rate) => {
+                Pre::RateV1(v1::rate::RatePluginPre::new(instance_pre).map_err(world)?)
+            }
+            (Contract::V0_1, Hook::Virus) => {
+                Pre::VirusV1(v1::virus::VirusPluginPre::new(instance_pre).map_err(world)?)
+            }
+            (Contract::V0_1, Hook::Spam) => {
+                Pre::SpamV1(v1::spam::SpamPluginPre::new(instance_pre).map_err(world)?)
+            }
         };
         let meta = Arc::new(PluginMeta {
             name: spec.name.clone(),
             hash: hash[..12].to_string(),
             config_json: serde_json::Value::Object(spec.config.clone()).to_string(),
             config: spec.config.clone(),
+            grants: spec.grants.clone(),
+            counters: Default::default(),
         });
         Ok(LoadedPlugin {
             spec,
@@ -353,7 +443,13 @@ impl Runtime {
                 PluginError::Unavailable(format!("granted directory {}: {e:#}", dir.display()))
             })?;
         }
-        let state = State::new(Arc::clone(&plugin.meta), wasi.build(), plugin.spec.memory);
+        let resolver = self.resolver.load_full().map(|r| (*r).clone());
+        let state = State::new(
+            Arc::clone(&plugin.meta),
+            wasi.build(),
+            plugin.spec.memory,
+            resolver,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // Yield to the async runtime at every tick, so a busy plugin never holds a thread;
@@ -408,35 +504,38 @@ impl Runtime {
         session: &SessionInfo,
         credentials: &Credentials,
     ) -> Result<AuthOutcome, PluginError> {
-        let Pre::Auth(pre) = &plugin.pre else {
-            return Err(PluginError::Unavailable("not an auth plugin".into()));
-        };
+        use auth::exports::portcullis::filter::auth::{AuthResult, Mechanism};
         let store = self.store(plugin)?;
-        let session = session_info(session);
         let mechanism = match credentials.mechanism {
-            portcullis_smtp::command::Mechanism::Plain => {
-                auth::exports::portcullis::filter::auth::Mechanism::Plain
-            }
-            portcullis_smtp::command::Mechanism::Login => {
-                auth::exports::portcullis::filter::auth::Mechanism::Login
-            }
+            portcullis_smtp::command::Mechanism::Plain => Mechanism::Plain,
+            portcullis_smtp::command::Mechanism::Login => Mechanism::Login,
         };
-        let result = self
-            .guarded(plugin, store, async move |store: &mut Store<State>| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance
-                    .portcullis_filter_auth()
-                    .call_authenticate(
-                        &mut *store,
-                        &session,
-                        mechanism,
-                        &credentials.username,
-                        &credentials.password,
-                    )
-                    .await
-            })
-            .await?;
-        use auth::exports::portcullis::filter::auth::AuthResult;
+        let (user, password) = (&credentials.username, &credentials.password);
+        let result = match &plugin.pre {
+            Pre::Auth(pre) => {
+                let session = session_info(session);
+                self.guarded(plugin, store, async move |store: &mut Store<State>| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    let auth = instance.portcullis_filter_auth();
+                    auth.call_authenticate(&mut *store, &session, mechanism, user, password)
+                        .await
+                })
+                .await?
+            }
+            Pre::AuthV1(pre) => {
+                let (session, mechanism) = (compat::session_info(session), compat::mechanism(mechanism));
+                let result = self
+                    .guarded(plugin, store, async move |store: &mut Store<State>| {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        let auth = instance.portcullis_filter_auth();
+                        auth.call_authenticate(&mut *store, &session, mechanism, user, password)
+                            .await
+                    })
+                    .await?;
+                compat::auth_result(result)
+            }
+            _ => return Err(PluginError::Unavailable("not an auth plugin".into())),
+        };
         Ok(match result {
             AuthResult::Accept(account) => {
                 let account = account.trim().to_lowercase();
@@ -465,20 +564,31 @@ impl Runtime {
         envelope: &Envelope,
         usage: &rate::exports::portcullis::filter::rate::Usage,
     ) -> Result<Verdict, PluginError> {
-        let Pre::Rate(pre) = &plugin.pre else {
-            return Err(PluginError::Unavailable("not a rate plugin".into()));
-        };
         let store = self.store(plugin)?;
-        let (session, envelope) = (session_info(session), wit_envelope(envelope, 0));
-        let result = self
-            .guarded(plugin, store, async move |store: &mut Store<State>| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance
-                    .portcullis_filter_rate()
-                    .call_check(&mut *store, &session, &envelope, *usage)
-                    .await
-            })
-            .await?;
+        let result = match &plugin.pre {
+            Pre::Rate(pre) => {
+                let (session, envelope) = (session_info(session), wit_envelope(envelope, 0));
+                self.guarded(plugin, store, async move |store: &mut Store<State>| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    let rate = instance.portcullis_filter_rate();
+                    rate.call_check(&mut *store, &session, &envelope, *usage).await
+                })
+                .await?
+            }
+            Pre::RateV1(pre) => {
+                let (session, envelope) = (compat::session_info(session), compat::envelope(envelope, 0));
+                let usage = compat::usage(usage);
+                let result = self
+                    .guarded(plugin, store, async move |store: &mut Store<State>| {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        let rate = instance.portcullis_filter_rate();
+                        rate.call_check(&mut *store, &session, &envelope, usage).await
+                    })
+                    .await?;
+                compat::verdict(result)
+            }
+            _ => return Err(PluginError::Unavailable("not a rate plugin".into())),
+        };
         Ok(plugin::verdict(result, Vec::new()))
     }
 
@@ -489,24 +599,33 @@ impl Runtime {
         session: &SessionInfo,
         message: &Arc<Message>,
     ) -> Result<ScanOutcome, PluginError> {
-        let Pre::Virus(pre) = &plugin.pre else {
-            return Err(PluginError::Unavailable("not a virus plugin".into()));
-        };
-        let (store, handle) = self.store_with_message(plugin, message, &session.added_headers)?;
-        let (session, envelope) = (
-            session_info(session),
-            wit_envelope(&message.envelope, message.body.len()),
-        );
-        let result = self
-            .guarded(plugin, store, async move |store: &mut Store<State>| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance
-                    .portcullis_filter_virus()
-                    .call_scan(&mut *store, &session, &envelope, handle)
-                    .await
-            })
-            .await?;
         use virus::exports::portcullis::filter::virus::ScanResult;
+        let (store, handle) = self.store_with_message(plugin, message, &session.added_headers)?;
+        let size = message.body.len();
+        let result = match &plugin.pre {
+            Pre::Virus(pre) => {
+                let (session, envelope) = (session_info(session), wit_envelope(&message.envelope, size));
+                self.guarded(plugin, store, async move |store: &mut Store<State>| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    let virus = instance.portcullis_filter_virus();
+                    virus.call_scan(&mut *store, &session, &envelope, handle).await
+                })
+                .await?
+            }
+            Pre::VirusV1(pre) => {
+                let session = compat::session_info(session);
+                let envelope = compat::envelope(&message.envelope, size);
+                let result = self
+                    .guarded(plugin, store, async move |store: &mut Store<State>| {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        let virus = instance.portcullis_filter_virus();
+                        virus.call_scan(&mut *store, &session, &envelope, handle).await
+                    })
+                    .await?;
+                compat::scan_result(result)
+            }
+            _ => return Err(PluginError::Unavailable("not a virus plugin".into())),
+        };
         match result {
             ScanResult::Clean => Ok(ScanOutcome::Clean),
             ScanResult::Infected(name) => {
@@ -528,23 +647,32 @@ impl Runtime {
         session: &SessionInfo,
         message: &Arc<Message>,
     ) -> Result<SpamOutcome, PluginError> {
-        let Pre::Spam(pre) = &plugin.pre else {
-            return Err(PluginError::Unavailable("not a spam plugin".into()));
-        };
         let (store, handle) = self.store_with_message(plugin, message, &session.added_headers)?;
-        let (session, envelope) = (
-            session_info(session),
-            wit_envelope(&message.envelope, message.body.len()),
-        );
-        let result = self
-            .guarded(plugin, store, async move |store: &mut Store<State>| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance
-                    .portcullis_filter_spam()
-                    .call_classify(&mut *store, &session, &envelope, handle)
-                    .await
-            })
-            .await?;
+        let size = message.body.len();
+        let result = match &plugin.pre {
+            Pre::Spam(pre) => {
+                let (session, envelope) = (session_info(session), wit_envelope(&message.envelope, size));
+                self.guarded(plugin, store, async move |store: &mut Store<State>| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    let spam = instance.portcullis_filter_spam();
+                    spam.call_classify(&mut *store, &session, &envelope, handle).await
+                })
+                .await?
+            }
+            Pre::SpamV1(pre) => {
+                let session = compat::session_info(session);
+                let envelope = compat::envelope(&message.envelope, size);
+                let result = self
+                    .guarded(plugin, store, async move |store: &mut Store<State>| {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        let spam = instance.portcullis_filter_spam();
+                        spam.call_classify(&mut *store, &session, &envelope, handle).await
+                    })
+                    .await?;
+                compat::spam_result(result)
+            }
+            _ => return Err(PluginError::Unavailable("not a spam plugin".into())),
+        };
         if !result.score.is_finite() {
             return Err(PluginError::Malformed("the score is not a finite number".into()));
         }
@@ -566,23 +694,38 @@ fn load_precompiled(engine: &Engine, path: &Path) -> wasmtime::Result<Component>
     unsafe { Component::deserialize_file(engine, path) }
 }
 
+/// The session as contract 0.2.0 shows it.
 fn session_info(info: &SessionInfo) -> types::SessionInfo {
+    let kind = match (info.pipeline, info.implicit_tls) {
+        (PipelineKind::Mx, _) => types::ListenerKind::Mx,
+        (PipelineKind::Submission, false) => types::ListenerKind::Submission,
+        (PipelineKind::Submission, true) => types::ListenerKind::Submissions,
+    };
     types::SessionInfo {
         pipeline: match info.pipeline {
             PipelineKind::Mx => types::Pipeline::Mx,
             PipelineKind::Submission => types::Pipeline::Submission,
         },
         client_ip: info.peer.to_string(),
+        client_port: info.client_port,
+        listener: types::Listener {
+            address: info.local.map(|a| a.to_string()).unwrap_or_default(),
+            kind,
+        },
         helo: info.greeting.as_ref().map(|g| g.name().to_string()),
         tls: info.security.tls.as_ref().map(|t| types::TlsInfo {
             protocol: t.protocol.clone(),
             cipher: t.cipher.clone(),
         }),
         account: info.security.account.clone(),
+        auth_mechanism: info.security.mechanism.map(|m| m.name().to_string()),
     }
 }
 
+/// The envelope as contract 0.2.0 shows it, with its ESMTP parameters.
 fn wit_envelope(envelope: &Envelope, size: u64) -> types::Envelope {
+    use portcullis_smtp::envelope::{BodyType, Ret};
+    let params = &envelope.params;
     types::Envelope {
         mail_from: envelope.mail_from.as_ref().map(ToString::to_string),
         rcpt_to: envelope
@@ -591,5 +734,45 @@ fn wit_envelope(envelope: &Envelope, size: u64) -> types::Envelope {
             .map(|r| r.mailbox.to_string())
             .collect(),
         size,
+        mail_parameters: types::MailParameters {
+            size: params.size,
+            body: match params.body {
+                BodyType::SevenBit => "7BIT",
+                BodyType::EightBitMime => "8BITMIME",
+            }
+            .to_string(),
+            smtputf8: params.smtputf8,
+            ret: params.ret.map(|ret| {
+                match ret {
+                    Ret::Full => "FULL",
+                    Ret::Hdrs => "HDRS",
+                }
+                .to_string()
+            }),
+            envid: params.envid.clone(),
+        },
+        rcpt_parameters: envelope
+            .recipients
+            .iter()
+            .map(|r| types::RcptParameters {
+                notify: r.params.notify.map(notify_names).unwrap_or_default(),
+                orcpt: r.params.orcpt.clone(),
+            })
+            .collect(),
     }
+}
+
+fn notify_names(notify: portcullis_smtp::envelope::Notify) -> Vec<String> {
+    if notify.never {
+        return vec!["NEVER".into()];
+    }
+    [
+        (notify.success, "SUCCESS"),
+        (notify.failure, "FAILURE"),
+        (notify.delay, "DELAY"),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, name)| name.to_string())
+    .collect()
 }

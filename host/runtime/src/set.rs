@@ -48,6 +48,8 @@ impl PluginSet {
                 plugin = %loaded.meta.name,
                 hook = spec.hook.name(),
                 hash = %loaded.meta.hash,
+                contract = loaded.contract().version(),
+                grants = %spec.grants.describe().join(", "),
                 cached = loaded.cached,
                 load_ms = loaded.load_time.as_millis() as u64,
                 "plugin loaded"
@@ -71,6 +73,11 @@ impl PluginSet {
     /// The runtime.
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// Every plugin, in config order.
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Slot>> {
+        self.slots.iter()
     }
 
     /// The plugins on `hook`, in config order.

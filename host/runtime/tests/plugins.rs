@@ -36,6 +36,7 @@ fn spec(file: &str, hook: Hook, config: serde_json::Value) -> Arc<PluginSpec> {
         on_error: OnError::Defer,
         config,
         grant_dir: None,
+        grants: Default::default(),
     })
 }
 
@@ -47,8 +48,12 @@ fn session(pipeline: PipelineKind) -> SessionInfo {
         security: Security {
             tls: None,
             account: (pipeline == PipelineKind::Submission).then(|| "alice@example.org".to_string()),
+            mechanism: None,
         },
         added_headers: Vec::new(),
+        client_port: 0,
+        local: None,
+        implicit_tls: false,
     }
 }
 

@@ -67,8 +67,12 @@ mod tests {
                     cipher: "X".into(),
                 }),
                 account: account.then(|| "alice@example.org".into()),
+                mechanism: None,
             },
             added_headers: Vec::new(),
+            client_port: 0,
+            local: None,
+            implicit_tls: false,
         }
     }
 

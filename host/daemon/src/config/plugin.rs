@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portcullis_runtime::capability::{Endpoint, Grants};
 use portcullis_runtime::{Hook, OnError, PluginSpec};
 use serde::Deserialize;
 
@@ -29,6 +30,19 @@ pub struct PluginSection {
     pub on_error: String,
     /// A directory the plugin may read, seen as `/data` inside. Default: none.
     pub grant_dir: Option<PathBuf>,
+    /// DNS lookups through the host's resolver (contract 0.2.0). Default: `false`.
+    #[serde(default)]
+    pub grant_dns: bool,
+    /// Most DNS lookups per call. Default: 100.
+    #[serde(default = "default_dns_lookups")]
+    pub dns_lookups: u32,
+    /// Endpoints it may open a connection to (`"unix:/path"`, `"tcp:IP:PORT"`; contract
+    /// 0.2.0). Default: none.
+    #[serde(default)]
+    pub grant_connect: Vec<String>,
+    /// Most octets read and written over its connections per call. Default: `"64MiB"`.
+    #[serde(default = "default_connect_bytes")]
+    pub connect_bytes: Size,
     /// The plugin's own settings, passed to it as JSON. Default: empty.
     #[serde(default)]
     pub config: toml::Table,
@@ -42,6 +56,38 @@ fn default_plugin_memory() -> Size {
 }
 fn default_on_error() -> String {
     "defer".into()
+}
+fn default_dns_lookups() -> u32 {
+    portcullis_runtime::capability::DEFAULT_DNS_LOOKUPS
+}
+fn default_connect_bytes() -> Size {
+    Size::mib(portcullis_runtime::capability::DEFAULT_CONNECT_BYTES >> 20)
+}
+
+/// The capabilities of a section, with their problems recorded.
+fn grants(p: &PluginSection, key: &dyn Fn(&str) -> String, problems: &mut Problems<'_>) -> Grants {
+    if !(1..=10_000).contains(&p.dns_lookups) {
+        problems.push(&key("dns-lookups"), "must be between 1 and 10000".into());
+    }
+    if p.connect_bytes.as_u64() == 0 {
+        problems.push(&key("connect-bytes"), "must be more than zero".into());
+    }
+    let mut connect = Vec::new();
+    for text in &p.grant_connect {
+        match Endpoint::parse(text) {
+            Ok(endpoint) if connect.contains(&endpoint) => {
+                problems.push(&key("grant-connect"), format!("{endpoint} is listed twice"));
+            }
+            Ok(endpoint) => connect.push(endpoint),
+            Err(e) => problems.push(&key("grant-connect"), e),
+        }
+    }
+    Grants {
+        dns: p.grant_dns,
+        dns_lookups: p.dns_lookups,
+        connect,
+        connect_bytes: p.connect_bytes.as_u64(),
+    }
 }
 
 /// The sections as specs, in config order, with their problems recorded; a section with a
@@ -80,6 +126,7 @@ pub fn specs(sections: Vec<PluginSection>, base: &Path, problems: &mut Problems<
         if p.memory.as_u64() < (1 << 20) || p.memory.as_u64() > (4 << 30) {
             problems.push(&key("memory"), "must be between 1MiB and 4GiB".into());
         }
+        let grants = grants(&p, &key, problems);
         let config = match serde_json::to_value(&p.config) {
             Ok(serde_json::Value::Object(map)) => Some(map),
             _ => {
@@ -107,6 +154,7 @@ pub fn specs(sections: Vec<PluginSection>, base: &Path, problems: &mut Problems<
             on_error,
             config,
             grant_dir: p.grant_dir.map(|d| resolve(base, &d)),
+            grants,
         });
     }
     specs

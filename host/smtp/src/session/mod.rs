@@ -119,8 +119,14 @@ impl<P: Pipeline> Session<P> {
             info: SessionInfo {
                 pipeline: P::KIND,
                 peer,
+                client_port: 0,
+                local: None,
+                implicit_tls: tls.is_some(),
                 greeting: None,
-                security: Security { tls, account: None },
+                security: Security {
+                    tls,
+                    ..Security::default()
+                },
                 added_headers: Vec::new(),
             },
             settings,
@@ -135,6 +141,13 @@ impl<P: Pipeline> Session<P> {
             counts: CommandCounts::default(),
             pipeline: PhantomData,
         }
+    }
+
+    /// Tells the session the client's port and the local address it connected to (facts
+    /// the plugins see); the IP address was given to [`Session::new`].
+    pub fn connected(&mut self, client_port: u16, local: std::net::SocketAddr) {
+        self.info.client_port = client_port;
+        self.info.local = Some(local);
     }
 
     /// Who the client is, as far as the session knows.
@@ -231,7 +244,7 @@ impl<P: Pipeline> Session<P> {
         }
         self.info.security = Security {
             tls: Some(tls),
-            account: None,
+            ..Security::default()
         };
         self.info.greeting = None;
         self.txn = None;
@@ -241,13 +254,17 @@ impl<P: Pipeline> Session<P> {
 
     /// The host's verdict on the credentials of [`Action::Authenticate`].
     pub fn resolve_auth(&mut self, outcome: AuthOutcome) -> Result<(), UsageError> {
-        if !matches!(self.state, State::AwaitingAuth(_)) {
-            return Err(UsageError("credentials to be checked"));
-        }
-        self.state = State::Command;
+        let credentials = match std::mem::replace(&mut self.state, State::Command) {
+            State::AwaitingAuth(credentials) => credentials,
+            other => {
+                self.state = other;
+                return Err(UsageError("credentials to be checked"));
+            }
+        };
         match outcome {
             AuthOutcome::Accept { account } => {
                 self.info.security.account = Some(account);
+                self.info.security.mechanism = Some(credentials.mechanism);
                 self.reply(replies::AUTH_OK);
             }
             AuthOutcome::Reject => {

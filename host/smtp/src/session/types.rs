@@ -96,6 +96,8 @@ pub struct Security {
     pub tls: Option<TlsInfo>,
     /// The authenticated account, once AUTH succeeded.
     pub account: Option<String>,
+    /// The SASL mechanism it authenticated with.
+    pub mechanism: Option<crate::command::Mechanism>,
 }
 
 /// How the client greeted us.
@@ -123,6 +125,14 @@ pub struct SessionInfo {
     pub pipeline: PipelineKind,
     /// The client's address.
     pub peer: IpAddr,
+    /// The client's TCP port (0 when the host did not say, see [`Session::connected`]).
+    ///
+    /// [`Session::connected`]: crate::session::Session::connected
+    pub client_port: u16,
+    /// The local address the client connected to, when the host said.
+    pub local: Option<std::net::SocketAddr>,
+    /// Whether TLS was up from the first byte (implicit TLS, port 465).
+    pub implicit_tls: bool,
     /// The current EHLO/HELO, if any.
     pub greeting: Option<Greeting>,
     /// TLS and AUTH state.

@@ -1,0 +1,373 @@
+//! Contract 0.2.0 on the real daemon: the shipped `clamav` plugin against a real clamd over
+//! a granted socket, the sandbox around granted DNS and connections, the new facts, and a
+//! plugin built against 0.1.0 still served as before beside 0.2.0 ones.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use portcullis_testkit::clamd::{Clamd, TEST_SIGNATURE, TEST_SIGNATURE_NAME};
+
+use crate::harness::*;
+
+/// A message with `content` in a base64 attachment (where clamd's mail scanner decodes it).
+fn with_attachment(subject: &str, content: &[u8]) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(content);
+    let encoded = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|line| std::str::from_utf8(line).expect("base64 is ASCII"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    format!(
+        "From: carol@far.example\r\nTo: alice@example.org\r\nSubject: {subject}\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n\
+         see attached\r\n--b1\r\nContent-Type: application/octet-stream; name=\"a.bin\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n{encoded}\r\n--b1--\r\n"
+    )
+}
+
+fn infected(subject: &str) -> String {
+    with_attachment(subject, &[b"before ", TEST_SIGNATURE, b" after"].concat())
+}
+
+/// Sends `message` from carol@far.example to alice over MX; the reply to its final dot.
+fn mx_send(daemon: &Daemon, message: &str) -> String {
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO client.far.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<carol@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.cmd(&format!("{message}."))
+}
+
+/// A setup whose config ends with `plugins`.
+fn setup_with(plugins: impl FnOnce(&Setup) -> String) -> Setup {
+    let setup = Setup::new("");
+    let extra = plugins(&setup);
+    let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
+    std::fs::write(setup.config(), config).expect("config");
+    setup
+}
+
+fn clamav_section(setup: &Setup, grant: &str, address: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[plugin]]
+hook = "virus"
+path = "{path}"
+timeout = "5s"
+grant-connect = [{grant}]
+[plugin.config]
+address = "{address}"
+{extra}
+"#,
+        path = setup.plugin("clamav.wasm").display(),
+    )
+}
+
+fn check_config(setup: &Setup) -> String {
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("check-config");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn clamav_plugin_asks_a_real_clamd_on_both_pipelines() {
+    let mut clamd = Clamd::start("10M");
+    let socket = format!("unix:{}", clamd.socket.display());
+    let setup = setup_with(|s| clamav_section(s, &format!("{socket:?}"), &socket, "max-size = 200000"));
+    let said = check_config(&setup);
+    assert!(
+        said.contains("virus: clamav (clamav.wasm, portcullis:filter@0.2.0) may connect to unix:"),
+        "{said}"
+    );
+    let mut daemon = setup.start();
+    daemon.wait_log("plugin loaded");
+
+    // MX: refused in the session with clamd's signature name; nothing kept, nothing bounced.
+    let reply = mx_send(&daemon, &infected("mx infected"));
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    assert!(reply.contains(TEST_SIGNATURE_NAME), "{reply}");
+    // A clean message is delivered.
+    let reply = mx_send(&daemon, &with_attachment("mx clean", b"nothing to see"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    assert!(text.contains("Subject: mx clean"), "{text}");
+
+    // Submission: refused too, and the account is told.
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    assert!(
+        c.cmd(&format!(
+            "AUTH PLAIN {}",
+            base64_plain("alice@example.org", PASSWORD)
+        ))
+        .starts_with("235")
+    );
+    let reply = c.send_mail(
+        "alice@example.org",
+        &["bob@far.example"],
+        &infected("submitted infected").replace("carol@far.example", "alice@example.org"),
+    );
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    assert!(reply.contains(TEST_SIGNATURE_NAME), "{reply}");
+    let mail = wait_for_mail(&setup.maildir("alice"), 2);
+    let notice = mail
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .find(|t| !t.contains("Subject: mx clean"))
+        .expect("the notice");
+    assert!(notice.contains(TEST_SIGNATURE_NAME), "{notice}");
+
+    // Over the plugin's max-size: not scanned, so never clean: on-error (defer) answers 451.
+    let large = with_attachment("large", &vec![b'x'; 300_000]);
+    let reply = mx_send(&daemon, &large);
+    assert!(reply.starts_with("451"), "{reply}");
+
+    // clamd stopped: 451, nothing lost; back: the same message is accepted.
+    clamd.stop();
+    let message = with_attachment("while clamd was away", b"a clean attachment");
+    let reply = mx_send(&daemon, &message);
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    daemon.wait_log("kind=\"failed\"");
+    clamd.resume();
+    let reply = mx_send(&daemon, &message);
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_for_mail(&setup.maildir("alice"), 3);
+    // Nothing bounced: the queue empties and alice holds exactly the three.
+    wait_spool_empty(&setup.data());
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 3);
+}
+
+#[test]
+fn granted_connections_and_lookups_stay_inside_their_grants() {
+    // A service the plugin is granted, and one beside it that it is not.
+    let granted = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+    other.set_nonblocking(true).expect("nonblocking");
+    let (granted_at, other_at) = (
+        granted.local_addr().expect("addr"),
+        other.local_addr().expect("addr"),
+    );
+    let setup = setup_with(|s| {
+        let hostile = s.plugin("hostile.wasm");
+        format!(
+            r#"
+# Reaches for an endpoint it was not granted.
+[[plugin]]
+name = "sneaky"
+hook = "spam"
+path = "{hostile}"
+grant-connect = ["tcp:{granted_at}"]
+[plugin.config]
+mode = "connect"
+endpoint = "tcp:{other_at}"
+
+# Asks a thousand names.
+[[plugin]]
+name = "curious"
+hook = "spam"
+path = "{hostile}"
+grant-dns = true
+dns-lookups = 25
+[plugin.config]
+mode = "lookups"
+
+# Was granted nothing at all.
+[[plugin]]
+name = "ungranted"
+hook = "spam"
+path = "{hostile}"
+[plugin.config]
+mode = "lookups"
+"#,
+            hostile = hostile.display()
+        )
+    });
+    let said = check_config(&setup);
+    assert!(
+        said.contains(&format!(
+            "spam: sneaky (hostile.wasm, portcullis:filter@0.2.0) may connect to tcp:{granted_at}"
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "spam: curious (hostile.wasm, portcullis:filter@0.2.0) may look up DNS (25 lookups per call)"
+        ),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "spam: ungranted (hostile.wasm, portcullis:filter@0.2.0) reaches nothing beyond the message"
+        ),
+        "{said}"
+    );
+    let mut daemon = setup.start();
+
+    let reply = mx_send(&daemon, "Subject: reach\r\n\r\nhello\r\n");
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    assert!(
+        text.contains(&format!(
+            "Denied(\"tcp:{other_at} is not granted to this plugin (grant-connect)\")"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("X-Lookups: 25\r\n"), "stopped at its cap: {text}");
+    assert!(
+        text.contains("X-Lookups-Stopped: denied: over the limit of 25 lookups per call (dns-lookups)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("X-Lookups: 0\r\n"),
+        "no lookup without the grant: {text}"
+    );
+    assert!(
+        text.contains("X-Lookups-Stopped: denied: DNS is not granted to this plugin (grant-dns)"),
+        "{text}"
+    );
+    daemon.wait_log("capability refused");
+    // No socket ever reached the endpoint that was not granted.
+    assert!(
+        matches!(other.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the ungranted endpoint was connected to"
+    );
+    drop(granted);
+}
+
+#[test]
+fn a_connection_held_past_the_deadline_is_cut_and_closed() {
+    let service = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let at = service.local_addr().expect("addr");
+    let setup = setup_with(|s| {
+        format!(
+            r#"
+[[plugin]]
+hook = "spam"
+path = "{hostile}"
+timeout = "1s"
+grant-connect = ["tcp:{at}"]
+[plugin.config]
+mode = "hold"
+endpoint = "tcp:{at}"
+"#,
+            hostile = s.plugin("hostile.wasm").display()
+        )
+    });
+    let mut daemon = setup.start();
+    let sent = Instant::now();
+    let client = std::thread::spawn({
+        let mx = daemon.addr("mx");
+        move || {
+            let mut c = Raw::connect(mx);
+            assert!(c.cmd("EHLO client.far.example").starts_with("250"));
+            assert!(c.cmd("MAIL FROM:<carol@far.example>").starts_with("250"));
+            assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+            assert!(c.cmd("DATA").starts_with("354"));
+            c.cmd("Subject: hold\r\n\r\nhello\r\n.")
+        }
+    });
+    let (mut held, _) = service.accept().expect("the plugin connects");
+    // The plugin never writes nor reads; the host closes the connection at the deadline.
+    held.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    let mut buf = [0u8; 16];
+    let n = held.read(&mut buf).expect("end of file, not a timeout");
+    assert_eq!(n, 0, "the plugin sent nothing");
+    let closed_after = sent.elapsed();
+    assert!(
+        closed_after < Duration::from_secs(10),
+        "closed after {closed_after:?}"
+    );
+    let reply = client.join().expect("client");
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    daemon.wait_log("kind=\"timeout\"");
+    let _ = held.write_all(b"late");
+}
+
+#[test]
+fn a_plugin_built_against_0_1_0_runs_beside_0_2_0_ones_and_sees_the_facts_it_knew() {
+    let setup = setup_with(|s| {
+        format!(
+            r#"
+[[plugin]]
+hook = "spam"
+path = "{legacy}"
+
+[[plugin]]
+name = "facts"
+hook = "spam"
+path = "{hostile}"
+[plugin.config]
+mode = "facts"
+"#,
+            legacy = s.plugin("legacy.wasm").display(),
+            hostile = s.plugin("hostile.wasm").display()
+        )
+    });
+    let said = check_config(&setup);
+    assert!(
+        said.contains("spam: legacy (legacy.wasm, portcullis:filter@0.1.0)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("spam: facts (hostile.wasm, portcullis:filter@0.2.0)"),
+        "{said}"
+    );
+    let mut daemon = setup.start();
+    daemon.wait_log("contract=\"0.1.0\"");
+
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO client.far.example").starts_with("250"));
+    assert!(
+        c.cmd("MAIL FROM:<carol@far.example> BODY=8BITMIME SIZE=300 RET=HDRS ENVID=q1")
+            .starts_with("250")
+    );
+    assert!(
+        c.cmd("RCPT TO:<alice@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.org")
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").starts_with("354"));
+    let reply = c.cmd("Subject: both\r\n\r\nhello\r\n.");
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    // What 0.1.0 told it, as before.
+    for expected in [
+        "X-Legacy-Contract: 0.1.0",
+        "X-Legacy-Client: 127.0.0.1",
+        "X-Legacy-Rcpt: alice@example.org",
+    ] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+    // What 0.2.0 adds.
+    let mx = daemon.addr("mx");
+    for expected in [
+        format!("X-Facts-Listener: mx {mx}"),
+        "X-Facts-Mail: size=300 body=8BITMIME smtputf8=false ret=HDRS envid=q1".to_string(),
+        "X-Facts-Rcpt: notify=SUCCESS,FAILURE orcpt=rfc822;alice@example.org".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected}: {text}");
+    }
+    let port = text
+        .lines()
+        .find_map(|l| l.strip_prefix("X-Facts-Client-Port: "))
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .expect("the client's port");
+    assert_ne!(port, 0);
+
+    // Its refusals read as they did.
+    let reply = mx_send(&daemon, "Subject: legacy-reject please\r\n\r\nhello\r\n");
+    assert!(
+        reply.starts_with("550 5.7.1 refused by a 0.1.0 plugin"),
+        "{reply}"
+    );
+}
