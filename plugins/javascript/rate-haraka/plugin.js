@@ -15,8 +15,8 @@
  *   ip-messages-per-minute = 60  per client IP, whoever is logged in
  *   allow = ["newsletter@example.org"]   accounts without limits
  */
-import { json } from 'portcullis:filter/config@0.1.0';
-import { log } from 'portcullis:filter/log@0.1.0';
+import { json } from 'portcullis:filter/config@0.2.0';
+import { log } from 'portcullis:filter/log@0.2.0';
 
 // Haraka's return codes.
 const CONT = 'CONT';

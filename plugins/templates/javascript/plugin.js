@@ -7,7 +7,7 @@
  * Build: ./build.sh (needs node and npm; installs componentize-js 0.23.0 locally).
  * Try: portcullis plugin test starter.wasm --hook spam message.eml
  */
-import { get } from 'portcullis:filter/config@0.1.0';
+import { get } from 'portcullis:filter/config@0.2.0';
 
 export const spam = {
   classify(session, envelope, message) {

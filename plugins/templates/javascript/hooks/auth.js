@@ -11,7 +11,7 @@
  * Build: ./build.sh (needs node and npm; installs componentize-js 0.23.0 locally).
  * Try: portcullis plugin test starter.wasm --hook auth --user alice@example.org --password ...
  */
-import { get } from 'portcullis:filter/config@0.1.0';
+import { get } from 'portcullis:filter/config@0.2.0';
 
 // Compares without stopping at the first difference, so the time taken does not tell how
 // much of a guess was right.

@@ -10,7 +10,7 @@
  * Build: ./build.sh (needs node and npm; installs componentize-js 0.23.0 locally).
  * Try: portcullis plugin test starter.wasm --hook rate --usage 12 message.eml
  */
-import { get } from 'portcullis:filter/config@0.1.0';
+import { get } from 'portcullis:filter/config@0.2.0';
 
 // A whole number from the config, or `fallback` when the key is absent or not a number.
 function limit(key, fallback) {

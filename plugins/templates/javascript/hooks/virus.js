@@ -14,7 +14,7 @@
  * Build: ./build.sh (needs node and npm; installs componentize-js 0.23.0 locally).
  * Try: portcullis plugin test starter.wasm --hook virus message.eml
  */
-import { get } from 'portcullis:filter/config@0.1.0';
+import { get } from 'portcullis:filter/config@0.2.0';
 
 const EICAR = 'X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*';
 const CHUNK = 64 * 1024;
