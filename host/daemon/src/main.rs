@@ -163,7 +163,7 @@ enum PluginCommand {
         /// The folder to create; also the plugin's name.
         name: String,
     },
-    /// Write the WIT contract (portcullis:filter@0.1.0) into DIR.
+    /// Write the WIT contract (portcullis:filter@0.2.0) into DIR.
     Wit {
         /// The folder to write the .wit files into.
         dir: PathBuf,
