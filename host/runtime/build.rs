@@ -17,6 +17,7 @@ const OUTPUTS: &[&str] = &[
     "virus_signatures",
     "spam_rules",
     "clamav",
+    "dnsbl",
     "hostile",
     "probe",
     "legacy",
@@ -38,6 +39,7 @@ fn main() {
         "virus-signatures",
         "spam-rules",
         "clamav",
+        "dnsbl",
         "testing",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());

@@ -371,3 +371,124 @@ mode = "facts"
         "{reply}"
     );
 }
+
+/// Sends `message` over MX from `source` (a loopback address) with Python's smtplib; prints
+/// the reply to the final dot, whether it accepted or refused.
+const SEND_FROM: &str = r#"
+import smtplib, sys
+port, source, message = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=30) as s:
+    s.ehlo("client.far.example")
+    s.mail("carol@far.example")
+    s.rcpt("alice@example.org")
+    try:
+        code, text = s.data(message.encode())
+    except smtplib.SMTPDataError as e:
+        code, text = e.smtp_code, e.smtp_error
+    print(code, text.decode())
+"#;
+
+fn send_from(daemon: &Daemon, source: &str, message: &str) -> String {
+    let port = daemon.addr("mx").port().to_string();
+    python(SEND_FROM, &[&port, source, message]).trim().to_string()
+}
+
+#[test]
+fn dnsbl_plugin_refuses_listed_clients_and_domains_through_the_granted_resolver() {
+    use portcullis_testkit::dns::{Answer, Dns};
+    let ip = |s: &str| Answer::A(s.parse().expect("ip"));
+    let dns = Dns::start(&[
+        // 127.0.0.1 is listed, with a reason; 127.0.0.2 is not.
+        ("1.0.0.127.bl.test", ip("127.0.0.2")),
+        (
+            "1.0.0.127.bl.test",
+            Answer::Txt(vec!["Listed for testing, see https://bl.test/".into()]),
+        ),
+        // A list answering its error code ("queries refused"): never a listing.
+        ("1.0.0.127.broken.test", ip("127.255.255.254")),
+        ("2.0.0.127.broken.test", ip("127.255.255.254")),
+        // A domain list knowing one link domain.
+        ("evil.test.dbl.test", ip("127.0.1.2")),
+    ]);
+    let setup = Setup::new(&format!("[dns]\nnameservers = [\"{}\"]\n", dns.addr));
+    let section = format!(
+        r#"
+[[plugin]]
+hook = "spam"
+path = "{path}"
+grant-dns = true
+[plugin.config]
+zones = ["broken.test", "bl.test"]
+domain-zones = ["dbl.test"]
+action = "reject"
+"#,
+        path = setup.plugin("dnsbl.wasm").display()
+    );
+    let config = std::fs::read_to_string(setup.config()).expect("config") + &section;
+    std::fs::write(setup.config(), config).expect("config");
+    let said = check_config(&setup);
+    assert!(
+        said.contains(
+            "spam: dnsbl (dnsbl.wasm, portcullis:filter@0.2.0) may look up DNS (100 lookups per call)"
+        ),
+        "{said}"
+    );
+    let mut daemon = setup.start();
+    daemon.wait_log("plugin loaded");
+
+    // Listed: refused with the zone and the list's reason; the error code of the broken list
+    // was logged, not taken for a listing.
+    let plain = "From: carol@far.example\r\nTo: alice@example.org\r\nSubject: hello\r\n\r\nhi\r\n";
+    let reply = mx_send(&daemon, plain);
+    assert!(
+        reply.starts_with(
+            "554 5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test; Listed for testing"
+        ),
+        "{reply}"
+    );
+    daemon.wait_log("broken.test answered 127.255.255.254");
+    // Not listed (another source address): delivered, without an X-DNSBL header.
+    let reply = send_from(&daemon, "127.0.0.2", &plain.replace("hello", "clean"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    assert!(
+        text.contains("Subject: clean") && !text.contains("X-DNSBL"),
+        "{text}"
+    );
+    // A link to a listed domain, in quoted-printable HTML: refused, the domain named.
+    let linked = "From: carol@far.example\r\nTo: alice@example.org\r\nSubject: deal\r\nMIME-Version: 1.0\r\n\
+                  Content-Type: text/html\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n\
+                  <a href=3D\"https://www.shop.test/\">shop</a> <a href=3D\"HTTPS://Evil.Test/=\r\nclaim\">claim</a>\r\n";
+    let reply = send_from(&daemon, "127.0.0.2", linked);
+    assert!(
+        reply.starts_with("554 5.7.1 Service unavailable; domain evil.test blocked using dbl.test"),
+        "{reply}"
+    );
+    let asked = dns.queries.lock().expect("lock").clone();
+    for name in [
+        "1.0.0.127.bl.test A",
+        "1.0.0.127.bl.test TXT",
+        "2.0.0.127.bl.test A",
+        "far.example.dbl.test A",
+        "www.shop.test.dbl.test A",
+        "evil.test.dbl.test A",
+    ] {
+        assert!(asked.iter().any(|q| q == name), "{name} not asked: {asked:?}");
+    }
+
+    // Scored instead: the listed client's message goes to Junk, the listing in a header.
+    setup.edit_config("action = \"reject\"", "action = \"score\"\njunk-threshold = 4.0");
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded");
+    let reply = mx_send(&daemon, &plain.replace("hello", "scored"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let junked = wait_for_mail(&setup.junk("alice"), 1);
+    let text = std::fs::read_to_string(&junked[0]).expect("read");
+    assert!(
+        text.contains("X-DNSBL: 127.0.0.1 listed in bl.test (127.0.0.2)"),
+        "{text}"
+    );
+    assert!(text.contains("X-DNSBL-Score: 5.0"), "{text}");
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 1);
+}

@@ -14,15 +14,19 @@ pub const VIRUS_SIGNATURES: &[u8] = include_bytes!(concat!(
 pub const SPAM_RULES: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/spam_rules.wasm"));
 /// `clamav`: streams every message to clamd over a granted socket (contract 0.2.0).
 pub const CLAMAV: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/clamav.wasm"));
+/// `dnsbl`: the client's address and the message's domains against DNS blocklists, through
+/// the granted resolver (contract 0.2.0).
+pub const DNSBL: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/dnsbl.wasm"));
 
 /// Every shipped plugin, with the file names configs use (the embedded default config uses
 /// the first four).
-pub const ALL: [(&str, &[u8]); 5] = [
+pub const ALL: [(&str, &[u8]); 6] = [
     ("auth_table.wasm", AUTH_TABLE),
     ("rate_limit.wasm", RATE_LIMIT),
     ("virus_signatures.wasm", VIRUS_SIGNATURES),
     ("spam_rules.wasm", SPAM_RULES),
     ("clamav.wasm", CLAMAV),
+    ("dnsbl.wasm", DNSBL),
 ];
 
 /// Where the build script left every plugin it built, test-only ones included.
