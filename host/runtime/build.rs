@@ -18,6 +18,7 @@ const OUTPUTS: &[&str] = &[
     "spam_rules",
     "clamav",
     "dnsbl",
+    "rspamd",
     "hostile",
     "probe",
     "legacy",
@@ -40,6 +41,7 @@ fn main() {
         "spam-rules",
         "clamav",
         "dnsbl",
+        "rspamd",
         "testing",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());

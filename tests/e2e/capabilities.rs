@@ -492,3 +492,72 @@ action = "reject"
     assert!(text.contains("X-DNSBL-Score: 5.0"), "{text}");
     assert_eq!(new_files(&setup.maildir("alice")).len(), 1);
 }
+
+#[test]
+fn rspamd_plugin_asks_a_real_rspamd_and_applies_on_error_when_it_is_down() {
+    use portcullis_testkit::rspamd::{GTUBE, Rspamd};
+    let mut rspamd = Rspamd::start(empty_dns());
+    let setup = setup_with(|s| {
+        format!(
+            r#"
+[[plugin]]
+hook = "spam"
+path = "{path}"
+timeout = "20s"
+on-error = "defer"
+grant-connect = ["tcp:{at}"]
+[plugin.config]
+address = "tcp:{at}"
+"#,
+            path = s.plugin("rspamd.wasm").display(),
+            at = rspamd.normal
+        )
+    });
+    let said = check_config(&setup);
+    assert!(
+        said.contains(&format!(
+            "spam: rspamd (rspamd.wasm, portcullis:filter@0.2.0) may connect to tcp:{}",
+            rspamd.normal
+        )),
+        "{said}"
+    );
+    let mut daemon = setup.start();
+    daemon.wait_log("plugin loaded");
+
+    // GTUBE: rspamd says reject, the session refuses; nothing delivered.
+    let gtube =
+        format!("From: carol@far.example\r\nTo: alice@example.org\r\nSubject: gtube\r\n\r\n{GTUBE}\r\n");
+    let reply = mx_send(&daemon, &gtube);
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    // A normal message: delivered with rspamd's score, symbols and its milter headers.
+    let plain = "From: Carol <carol@far.example>\r\nTo: alice@example.org\r\nSubject: plain\r\n\
+                 Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <plain@far.example>\r\n\r\n\
+                 Just a normal message.\r\n";
+    let reply = mx_send(&daemon, plain);
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    assert!(text.contains("Subject: plain"), "{text}");
+    assert!(text.contains("X-Spam-Status: No, score="), "{text}");
+    assert!(text.contains("action=no action"), "{text}");
+    assert!(text.contains("X-Spam-Flag: NO"), "{text}");
+    assert!(text.contains("X-Spam-Symbols: "), "{text}");
+    assert!(
+        text.contains("X-Spamd-Result: "),
+        "rspamd's milter headers: {text}"
+    );
+    daemon.wait_log("rspamd: no action");
+
+    // rspamd stopped: the plugin fails, on-error (defer) answers 451; back: accepted.
+    rspamd.stop();
+    let again = plain.replace("Subject: plain", "Subject: while rspamd was away");
+    let reply = mx_send(&daemon, &again);
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    daemon.wait_log("kind=\"failed\"");
+    rspamd.resume();
+    let reply = mx_send(&daemon, &again);
+    assert!(reply.starts_with("250"), "{reply}");
+    wait_for_mail(&setup.maildir("alice"), 2);
+    wait_spool_empty(&setup.data());
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 2);
+}

@@ -17,16 +17,19 @@ pub const CLAMAV: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"
 /// `dnsbl`: the client's address and the message's domains against DNS blocklists, through
 /// the granted resolver (contract 0.2.0).
 pub const DNSBL: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/dnsbl.wasm"));
+/// `rspamd`: asks rspamd's `/checkv2` over a granted endpoint (contract 0.2.0).
+pub const RSPAMD: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/rspamd.wasm"));
 
 /// Every shipped plugin, with the file names configs use (the embedded default config uses
 /// the first four).
-pub const ALL: [(&str, &[u8]); 6] = [
+pub const ALL: [(&str, &[u8]); 7] = [
     ("auth_table.wasm", AUTH_TABLE),
     ("rate_limit.wasm", RATE_LIMIT),
     ("virus_signatures.wasm", VIRUS_SIGNATURES),
     ("spam_rules.wasm", SPAM_RULES),
     ("clamav.wasm", CLAMAV),
     ("dnsbl.wasm", DNSBL),
+    ("rspamd.wasm", RSPAMD),
 ];
 
 /// Where the build script left every plugin it built, test-only ones included.

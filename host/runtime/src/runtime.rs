@@ -669,10 +669,11 @@ impl Runtime {
                         spam.call_classify(&mut *store, &session, &envelope, handle).await
                     })
                     .await?;
-                compat::spam_result(result)
+                Ok(compat::spam_result(result))
             }
             _ => return Err(PluginError::Unavailable("not a spam plugin".into())),
         };
+        let result = result.map_err(|reason| PluginError::Failed(reason.chars().take(200).collect()))?;
         if !result.score.is_finite() {
             return Err(PluginError::Malformed("the score is not a finite number".into()));
         }

@@ -270,18 +270,10 @@ fn header(name: &str, value: String) -> Header {
 struct Dnsbl;
 
 impl Guest for Dnsbl {
-    fn classify(session: SessionInfo, envelope: Envelope, message: &Message) -> SpamResult {
-        let config: Config = match serde_json::from_str(&portcullis::filter::config::json()) {
-            Ok(config) => config,
-            Err(e) => {
-                log::log(Level::Error, &format!("bad config: {e}; nothing checked"));
-                return SpamResult {
-                    score: 0.0,
-                    verdict: Verdict::Accept,
-                    headers: Vec::new(),
-                };
-            }
-        };
+    fn classify(session: SessionInfo, envelope: Envelope, message: &Message) -> Result<SpamResult, String> {
+        // A config it cannot read is the plugin failing: `on-error` applies.
+        let config: Config = serde_json::from_str(&portcullis::filter::config::json())
+            .map_err(|e| format!("bad [plugin.config]: {e}"))?;
         let mut listings = Vec::new();
         match session.client_ip.parse::<IpAddr>() {
             Ok(ip) => {
@@ -349,11 +341,11 @@ impl Guest for Dnsbl {
                 }
             }
         };
-        SpamResult {
+        Ok(SpamResult {
             score: total,
             verdict,
             headers,
-        }
+        })
     }
 }
 

@@ -336,7 +336,7 @@ fn phrase_hits(config: &Config, facts: &Facts, hit: &mut impl FnMut(&str, f64)) 
 struct SpamRules;
 
 impl Guest for SpamRules {
-    fn classify(session: SessionInfo, envelope: Envelope, message: &Message) -> SpamResult {
+    fn classify(session: SessionInfo, envelope: Envelope, message: &Message) -> Result<SpamResult, String> {
         let config: Config = match serde_json::from_str(&portcullis::filter::config::json()) {
             Ok(c) => c,
             Err(e) => {
@@ -396,11 +396,11 @@ impl Guest for SpamRules {
         } else {
             Verdict::Accept
         };
-        SpamResult {
+        Ok(SpamResult {
             score: total,
             verdict,
             headers,
-        }
+        })
     }
 }
 

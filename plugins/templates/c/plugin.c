@@ -22,10 +22,14 @@ static char *lower_copy(const uint8_t *text, size_t len) {
     return out;
 }
 
-void exports_portcullis_filter_spam_classify(exports_portcullis_filter_spam_session_info_t *session,
+// Returns true with `ret` filled in; false with `err` set says the plugin could not
+// decide, and the host applies its on-error policy.
+bool exports_portcullis_filter_spam_classify(exports_portcullis_filter_spam_session_info_t *session,
                                              exports_portcullis_filter_spam_envelope_t *envelope,
                                              exports_portcullis_filter_spam_borrow_message_t message,
-                                             exports_portcullis_filter_spam_spam_result_t *ret) {
+                                             exports_portcullis_filter_spam_spam_result_t *ret,
+                                             spam_plugin_string_t *err) {
+    (void)err;
     // The word comes from the operator's [plugin.config] table.
     spam_plugin_string_t key, value;
     spam_plugin_string_set(&key, "word");
@@ -63,4 +67,5 @@ void exports_portcullis_filter_spam_classify(exports_portcullis_filter_spam_sess
     portcullis_filter_types_message_drop_borrow(message);
     exports_portcullis_filter_spam_session_info_free(session);
     exports_portcullis_filter_spam_envelope_free(envelope);
+    return true;
 }

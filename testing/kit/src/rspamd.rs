@@ -64,6 +64,11 @@ impl Rspamd {
                 "local_addrs = [];\ndisable_hyperscan = true;\ndns {{\n  nameserver = [\"{dns}\"];\n  timeout = 1s;\n  retransmits = 1;\n}}\n"
             ),
         );
+        // The headers rspamd's HTTP clients are asked to add, for local clients too.
+        write(
+            "local.d/milter_headers.conf",
+            "extended_spam_headers = true;\nskip_local = false;\nskip_authenticated = false;\n".to_string(),
+        );
         write(
             "override.d/logging.inc",
             format!(

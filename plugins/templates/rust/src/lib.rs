@@ -14,7 +14,7 @@ use portcullis::filter::types::{Envelope, Header, Message, SessionInfo, Verdict}
 struct Starter;
 
 impl Guest for Starter {
-    fn classify(_session: SessionInfo, _envelope: Envelope, message: &Message) -> SpamResult {
+    fn classify(_session: SessionInfo, _envelope: Envelope, message: &Message) -> Result<SpamResult, String> {
         // The word comes from the operator's [plugin.config] table.
         let word = config::get("word").unwrap_or_else(|| "crypto".to_string()).to_lowercase();
         let subject = message
@@ -24,14 +24,14 @@ impl Guest for Starter {
             .map(|h| h.value.to_lowercase())
             .unwrap_or_default();
         let hit = !word.is_empty() && subject.contains(&word);
-        SpamResult {
+        Ok(SpamResult {
             score: if hit { 10.0 } else { 0.0 },
             verdict: if hit { Verdict::Junk } else { Verdict::Accept },
             headers: vec![Header {
                 name: "X-Starter".into(),
                 value: if hit { "hit" } else { "miss" }.into(),
             }],
-        }
+        })
     }
 }
 

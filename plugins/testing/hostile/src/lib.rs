@@ -62,7 +62,7 @@ fn facts(session: &SessionInfo, envelope: &Envelope) -> Vec<Header> {
 }
 
 impl Guest for Hostile {
-    fn classify(session: SessionInfo, envelope: Envelope, _message: &Message) -> SpamResult {
+    fn classify(session: SessionInfo, envelope: Envelope, _message: &Message) -> Result<SpamResult, String> {
         let mode = portcullis::filter::config::get("mode").unwrap_or_default();
         let headers = match mode.as_str() {
             "loop" => {
@@ -192,11 +192,11 @@ impl Guest for Hostile {
                 value: "behaved".into(),
             }],
         };
-        SpamResult {
+        Ok(SpamResult {
             score: 0.0,
             verdict: Verdict::Accept,
             headers,
-        }
+        })
     }
 }
 

@@ -10,20 +10,24 @@ use portcullis::filter::types::{Envelope, Header, Message, SessionInfo, Verdict}
 struct Probe;
 
 impl Guest for Probe {
-    fn classify(_session: SessionInfo, _envelope: Envelope, _message: &Message) -> SpamResult {
+    fn classify(
+        _session: SessionInfo,
+        _envelope: Envelope,
+        _message: &Message,
+    ) -> Result<SpamResult, String> {
         let (tag, verdict) = if cfg!(feature = "version-b") {
             ("b", Verdict::Junk)
         } else {
             ("a", Verdict::Accept)
         };
-        SpamResult {
+        Ok(SpamResult {
             score: 0.0,
             verdict,
             headers: vec![Header {
                 name: "X-Probe".into(),
                 value: tag.into(),
             }],
-        }
+        })
     }
 }
 
