@@ -75,6 +75,7 @@ pub fn session(pipeline: PipelineKind) -> SessionInfo {
             mechanism: None,
         },
         added_headers: Vec::new(),
+        reverse: None,
         client_port: 0,
         local: None,
         implicit_tls: false,

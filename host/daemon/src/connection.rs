@@ -383,6 +383,14 @@ impl<P: Pipeline> Driver<P> {
     }
 
     async fn call_hook(&mut self, call: portcullis_smtp::HookCall) -> io::Result<Step> {
+        // Plugins see the client's reverse name: looked up once per session, at its first
+        // hook call (a session that never reaches a hook costs no lookup).
+        if self.session.info().reverse.is_none() {
+            let (name, confirmed) = self.live.resolver.reverse_name(self.peer.ip()).await;
+            tracing::debug!(name = name.as_deref().unwrap_or("-"), confirmed, "reverse name");
+            self.session
+                .reverse_looked_up(portcullis_smtp::session::ReverseName { name, confirmed });
+        }
         let decision = self.ctx.hooks.call(&call, self.session.info()).await;
         let outcome = match &decision.verdict {
             Verdict::Reject(_) => Some("refused"),

@@ -184,6 +184,7 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
                 .then_some(portcullis_smtp::command::Mechanism::Plain),
         },
         added_headers: Vec::new(),
+        reverse: None,
         client_port: 49152,
         local: Some(match pipeline {
             PipelineKind::Mx => "192.0.2.25:25".parse().expect("a socket address"),

@@ -1,12 +1,13 @@
 //! The server's one DNS resolver: built from `[dns]`, shared by outbound MX lookups and the
 //! mail authentication checks, with one cache (hickory's, which honours each record's TTL).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 
 /// `[dns]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct ResolverError(String);
 /// A handle on the shared resolver; clones share its cache and connections.
 #[derive(Clone)]
 pub struct Resolver(TokioResolver);
+
+/// PTR names tried for forward confirmation (Postfix and mail-auth's iprev stop early too).
+const MAX_PTR_NAMES: usize = 5;
 
 impl std::fmt::Debug for Resolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,6 +69,11 @@ impl Resolver {
             )
         };
         let opts = builder.options_mut();
+        // Named servers are the whole truth: /etc/hosts is read only with the system's
+        // configuration (as the system's own lookups would).
+        if !settings.nameservers.is_empty() {
+            opts.use_hosts_file = ResolveHosts::Never;
+        }
         opts.timeout = settings.timeout;
         opts.attempts = 2;
         // Every name we look up is absolute: no search list.
@@ -76,5 +85,44 @@ impl Resolver {
     /// The hickory resolver itself, for the crates that take one (mail-auth).
     pub fn hickory(&self) -> &TokioResolver {
         &self.0
+    }
+
+    /// The reverse name of `ip`: its PTR names (the first [`MAX_PTR_NAMES`] tried), the
+    /// first whose A or AAAA records include `ip` (forward-confirmed, `true`), else the
+    /// first PTR name (`false`). `(None, false)` without a PTR record or when the lookup
+    /// fails: a missing name is what a spam filter weighs, not a reason to stop.
+    pub async fn reverse_name(&self, ip: IpAddr) -> (Option<String>, bool) {
+        let Ok(ptr) = self.0.lookup(Name::from(ip), RecordType::PTR).await else {
+            return (None, false);
+        };
+        let names: Vec<Name> = ptr
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::PTR(name) => Some(name.0.clone()),
+                _ => None,
+            })
+            .take(MAX_PTR_NAMES)
+            .collect();
+        let text = |name: &Name| name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
+        let forward = if ip.is_ipv4() {
+            RecordType::A
+        } else {
+            RecordType::AAAA
+        };
+        for name in &names {
+            let Ok(addresses) = self.0.lookup(name.clone(), forward).await else {
+                continue;
+            };
+            let confirmed = addresses.answers().iter().any(|record| match &record.data {
+                RData::A(a) => IpAddr::V4(a.0) == ip,
+                RData::AAAA(aaaa) => IpAddr::V6(aaaa.0) == ip,
+                _ => false,
+            });
+            if confirmed {
+                return (Some(text(name)), true);
+            }
+        }
+        (names.first().map(text), false)
     }
 }

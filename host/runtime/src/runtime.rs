@@ -720,6 +720,8 @@ fn session_info(info: &SessionInfo) -> types::SessionInfo {
         }),
         account: info.security.account.clone(),
         auth_mechanism: info.security.mechanism.map(|m| m.name().to_string()),
+        reverse_name: info.reverse.as_ref().and_then(|r| r.name.clone()),
+        reverse_confirmed: info.reverse.as_ref().is_some_and(|r| r.confirmed),
     }
 }
 

@@ -70,6 +70,7 @@ mod tests {
                 mechanism: None,
             },
             added_headers: Vec::new(),
+            reverse: None,
             client_port: 0,
             local: None,
             implicit_tls: false,

@@ -24,8 +24,9 @@
 //! | `discard` | discard |
 //! | `quarantine` | junk |
 //!
-//! The facts go with the message as rspamd's request headers: `IP`, `Helo`, `From`, one
-//! `Rcpt` per recipient, `User` (an authenticated account). Every message gets
+//! The facts go with the message as rspamd's request headers: `IP`, `Hostname` (the
+//! forward-confirmed reverse name, else `unknown`), `Helo`, `From`, one `Rcpt` per
+//! recipient, `User` (an authenticated account). Every message gets
 //! `X-Spam-Status`, `X-Spam-Flag` and `X-Spam-Symbols` (rspamd's score, action and
 //! symbols), and the headers rspamd's `milter_headers` module asks to add (trace and
 //! authentication headers excepted: the host writes those). rspamd's requests to remove
@@ -93,6 +94,12 @@ fn request_head(session: &SessionInfo, envelope: &Envelope, size: u64) -> String
     ));
     for rcpt in &envelope.rcpt_to {
         head.push_str(&format!("Rcpt: <{}>\r\n", clean(rcpt)));
+    }
+    // rspamd reads `unknown` as "no reverse name" (its RDNS_NONE); only a forward-confirmed
+    // name is given as the client's host name.
+    match (&session.reverse_name, session.reverse_confirmed) {
+        (Some(name), true) => head.push_str(&format!("Hostname: {}\r\n", clean(name))),
+        _ => head.push_str("Hostname: unknown\r\n"),
     }
     if let Some(account) = &session.account {
         head.push_str(&format!("User: {}\r\n", clean(account)));

@@ -38,7 +38,7 @@ pub use pipeline::{Mx, Pipeline, PipelineKind, RoutedRecipient, Submission};
 pub use sasl::Credentials;
 pub use types::{
     Action, AuthOutcome, Directory, Folder, Greeting, Header, Hook, HookCall, Limits, Message, ReadTimeout,
-    Security, SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
+    ReverseName, Security, SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
 };
 
 use crate::data::ContentReceiver;
@@ -128,6 +128,7 @@ impl<P: Pipeline> Session<P> {
                     ..Security::default()
                 },
                 added_headers: Vec::new(),
+                reverse: None,
             },
             settings,
             directory,
@@ -148,6 +149,11 @@ impl<P: Pipeline> Session<P> {
     pub fn connected(&mut self, client_port: u16, local: std::net::SocketAddr) {
         self.info.client_port = client_port;
         self.info.local = Some(local);
+    }
+
+    /// Records what the host found in the reverse DNS of the client's address.
+    pub fn reverse_looked_up(&mut self, reverse: ReverseName) {
+        self.info.reverse = Some(reverse);
     }
 
     /// Who the client is, as far as the session knows.

@@ -141,6 +141,19 @@ pub struct SessionInfo {
     /// message under way (on MX, the `Authentication-Results` of the checks first), which
     /// a content hook sees in front of the message.
     pub added_headers: Vec<Header>,
+    /// The client's reverse DNS name, once the host looked it up (before the first hook
+    /// call of the session); `None` until then.
+    pub reverse: Option<ReverseName>,
+}
+
+/// What the reverse DNS of the client's address says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReverseName {
+    /// The name: the first PTR name whose addresses include the client's, else the first
+    /// PTR name; `None` without a PTR record (or when the lookup failed).
+    pub name: Option<String>,
+    /// Whether `name` resolves back to the client's address (forward-confirmed).
+    pub confirmed: bool,
 }
 
 /// A decision point a plugin answers: the one vocabulary of the session, the config

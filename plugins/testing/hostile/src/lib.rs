@@ -58,6 +58,14 @@ fn facts(session: &SessionInfo, envelope: &Envelope) -> Vec<Header> {
         ),
         header("X-Facts-Rcpt", rcpt),
         header("X-Facts-Mechanism", shown(&session.auth_mechanism)),
+        header(
+            "X-Facts-Reverse",
+            format!(
+                "{} confirmed={}",
+                shown(&session.reverse_name),
+                session.reverse_confirmed
+            ),
+        ),
     ]
 }
 
