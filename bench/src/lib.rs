@@ -76,6 +76,8 @@ pub fn session(pipeline: PipelineKind) -> SessionInfo {
         },
         added_headers: Vec::new(),
         reverse: None,
+        queue_id: None,
+        earlier: Vec::new(),
         client_port: 0,
         local: None,
         implicit_tls: false,

@@ -299,6 +299,10 @@ fn a_plugin_built_against_0_1_0_runs_beside_0_2_0_ones_and_sees_the_facts_it_kne
         format!(
             r#"
 [[plugin]]
+hook = "virus"
+path = "{virus}"
+
+[[plugin]]
 hook = "spam"
 path = "{legacy}"
 
@@ -309,6 +313,7 @@ path = "{hostile}"
 [plugin.config]
 mode = "facts"
 "#,
+            virus = s.plugin("virus_signatures.wasm").display(),
             legacy = s.plugin("legacy.wasm").display(),
             hostile = s.plugin("hostile.wasm").display()
         )
@@ -338,6 +343,7 @@ mode = "facts"
     assert!(c.cmd("DATA").starts_with("354"));
     let reply = c.cmd("Subject: both\r\n\r\nhello\r\n.");
     assert!(reply.starts_with("250"), "{reply}");
+    let queued = reply.split_whitespace().last().expect("the queue id").to_string();
     let delivered = wait_for_mail(&setup.maildir("alice"), 1);
     let text = std::fs::read_to_string(&delivered[0]).expect("read");
     // What 0.1.0 told it, as before.
@@ -357,6 +363,11 @@ mode = "facts"
         // The reverse name of a loopback client is `localhost` by RFC 6761 (the resolver
         // answers it without asking; host/outbound/tests/reverse.rs asks a DNS server).
         "X-Facts-Reverse: localhost confirmed=true".to_string(),
+        // The id the 250 names, before the message was accepted.
+        format!("X-Facts-Queue-Id: {queued}"),
+        // Every plugin before it on this message, the virus hook's first.
+        "X-Facts-Earlier: virus:virus_signatures=accept/-/failed=false spam:legacy=tag/1.5/failed=false"
+            .to_string(),
     ] {
         assert!(text.contains(&expected), "{expected}: {text}");
     }

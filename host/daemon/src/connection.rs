@@ -391,6 +391,12 @@ impl<P: Pipeline> Driver<P> {
             self.session
                 .reverse_looked_up(portcullis_smtp::session::ReverseName { name, confirmed });
         }
+        // The queue id is given before the first hook of a transaction, so that plugins
+        // and the log name the message as the spool and Received: will.
+        if self.session.info().queue_id.is_none() {
+            self.session
+                .assign_queue_id(portcullis_spool::QueueId::generate().to_string());
+        }
         let decision = self.ctx.hooks.call(&call, self.session.info()).await;
         let outcome = match &decision.verdict {
             Verdict::Reject(_) => Some("refused"),
@@ -414,6 +420,7 @@ impl<P: Pipeline> Driver<P> {
                 .virus_from_account(hostname, &account, &virus, &client, &message)
                 .await;
         }
+        self.session.record_plugin_verdicts(decision.verdicts);
         self.session
             .resolve_hook(decision.verdict)
             .map_err(io::Error::other)?;
@@ -499,7 +506,11 @@ async fn spool(
     info: &SessionInfo,
     request: SpoolRequest,
 ) -> Result<String, SpoolFailure> {
-    let id = QueueId::generate();
+    let id = request
+        .queue_id
+        .as_deref()
+        .and_then(QueueId::parse)
+        .unwrap_or_else(QueueId::generate);
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use portcullis_runtime::{LoadedPlugin, PluginError, PluginSet, ScanOutcome};
-use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, SessionInfo};
+use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, PluginVerdict, SessionInfo};
 use portcullis_smtp::{Envelope, Hook, HookCall, Message, Verdict, replies};
 
 use crate::accounts::Accounts;
@@ -33,6 +33,8 @@ pub struct Hooks {
 pub struct Decision {
     /// For the session.
     pub verdict: Verdict,
+    /// What each plugin decided, in order, for the plugins of later hooks.
+    pub verdicts: Vec<PluginVerdict>,
     /// For the daemon.
     pub event: Option<Event>,
 }
@@ -141,11 +143,11 @@ impl Hooks {
     pub async fn call(&self, call: &HookCall, info: &SessionInfo) -> Decision {
         let hook = call.hook();
         let mut event = None;
-        let verdict = match call {
+        let (verdict, verdicts) = match call {
             HookCall::Rate(envelope) => self.rate(info, envelope).await,
             HookCall::Virus(message) => {
                 let found = self.virus(info, message).await;
-                if let (Some(virus), PipelineKind::Submission) = (&found.1, info.pipeline)
+                if let (Some(virus), PipelineKind::Submission) = (&found.2, info.pipeline)
                     && let Some(account) = &info.security.account
                 {
                     // DESIGN: on submission the account is told its machine or password is
@@ -156,50 +158,58 @@ impl Hooks {
                         message: Arc::clone(message),
                     });
                 }
-                found.0
+                (found.0, found.1)
             }
             HookCall::Spam(message) => {
                 let plugins = self.plugins();
                 let runtime = plugins.runtime();
-                self.run(&plugins, hook, |plugin| async move {
-                    let outcome = runtime.spam(&plugin, info, message).await?;
+                self.run(&plugins, hook, info, |plugin, info| async move {
+                    let outcome = runtime.spam(&plugin, &info, message).await?;
                     tracing::info!(plugin = %plugin.meta.name, score = outcome.score, "spam score");
-                    Ok(outcome.verdict)
+                    Ok((outcome.verdict, Some(outcome.score)))
                 })
                 .await
             }
         };
-        Decision { verdict, event }
+        Decision {
+            verdict,
+            verdicts,
+            event,
+        }
     }
 
-    async fn rate(&self, info: &SessionInfo, envelope: &Envelope) -> Verdict {
+    async fn rate(&self, info: &SessionInfo, envelope: &Envelope) -> (Verdict, Vec<PluginVerdict>) {
         let account = info.security.account.clone().unwrap_or_default();
         let ip = info.peer.to_string();
         let usage = self.counters.usage(&account, &ip);
         let plugins = self.plugins();
         let runtime = plugins.runtime();
         let usage = &usage;
-        let verdict = self
-            .run(&plugins, Hook::Rate, |plugin| async move {
-                runtime.rate(&plugin, info, envelope, usage).await
+        let (verdict, verdicts) = self
+            .run(&plugins, Hook::Rate, info, |plugin, info| async move {
+                Ok((runtime.rate(&plugin, &info, envelope, usage).await?, None))
             })
             .await;
         if matches!(verdict, Verdict::Accept | Verdict::Tag(_)) {
             self.counters
                 .record(&account, &ip, envelope.recipients.len() as u32);
         }
-        verdict
+        (verdict, verdicts)
     }
 
-    /// The virus hook's verdict, and the malware's name when one was found.
-    async fn virus(&self, info: &SessionInfo, message: &Arc<Message>) -> (Verdict, Option<String>) {
+    /// The virus hook's verdict, each plugin's, and the malware's name when one was found.
+    async fn virus(
+        &self,
+        info: &SessionInfo,
+        message: &Arc<Message>,
+    ) -> (Verdict, Vec<PluginVerdict>, Option<String>) {
         let plugins = self.plugins();
         let runtime = plugins.runtime();
         let found = std::sync::Mutex::new(None);
         let seen = &found;
-        let verdict = self
-            .run(&plugins, Hook::Virus, |plugin| async move {
-                Ok(match runtime.virus(&plugin, info, message).await? {
+        let (verdict, verdicts) = self
+            .run(&plugins, Hook::Virus, info, |plugin, info| async move {
+                let verdict = match runtime.virus(&plugin, &info, message).await? {
                     ScanOutcome::Clean => Verdict::Accept,
                     ScanOutcome::Infected(name) => {
                         tracing::warn!(plugin = %plugin.meta.name, virus = %name, from = %message.envelope.reverse_path(), "virus found; refusing the message");
@@ -207,52 +217,75 @@ impl Hooks {
                         *seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(name);
                         Verdict::Reject(reply)
                     }
-                })
+                };
+                Ok((verdict, None))
             })
             .await;
         let found = found
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (verdict, found)
+        (verdict, verdicts, found)
     }
 
-    /// The one loop over the plugins of `hook`: calls each with `call`, applies its
-    /// `on-error` policy when it fails, logs and counts each verdict, and combines them
-    /// by the hook's rule.
-    async fn run<F, Fut>(&self, plugins: &PluginSet, hook: Hook, mut call: F) -> Verdict
+    /// The one loop over the plugins of `hook`: calls each with `call` (and the session as
+    /// it stands: the verdicts and headers of the plugins before it included), applies its
+    /// `on-error` policy when it fails, logs and counts each verdict, and combines them by
+    /// the hook's rule. Returns the combined verdict and each plugin's.
+    async fn run<F, Fut>(
+        &self,
+        plugins: &PluginSet,
+        hook: Hook,
+        info: &SessionInfo,
+        mut call: F,
+    ) -> (Verdict, Vec<PluginVerdict>)
     where
-        F: FnMut(Arc<LoadedPlugin>) -> Fut,
-        Fut: std::future::Future<Output = Result<Verdict, PluginError>> + Send,
+        F: FnMut(Arc<LoadedPlugin>, Arc<SessionInfo>) -> Fut,
+        Fut: std::future::Future<Output = Result<(Verdict, Option<f64>), PluginError>> + Send,
     {
         let rule = combine(hook);
         let mut headers = Vec::new();
+        let mut verdicts = Vec::new();
+        let mut now = info.clone();
         for slot in plugins.on(hook) {
             let plugin = slot.current();
             let started = Instant::now();
-            let verdict = match call(Arc::clone(&plugin)).await {
-                Ok(verdict) => verdict,
+            let (verdict, score, failure) = match call(Arc::clone(&plugin), Arc::new(now.clone())).await {
+                Ok((verdict, score)) => (verdict, score, false),
                 Err(e) => {
                     failed(&plugin, hook, &e);
-                    plugin.spec.on_error.verdict()
+                    (plugin.spec.on_error.verdict(), None, true)
                 }
             };
             log_verdict(&plugin, hook, &verdict, started);
+            let said = PluginVerdict {
+                hook,
+                plugin: plugin.meta.name.clone(),
+                verdict: verdict_kind(&verdict),
+                score,
+                failed: failure,
+            };
+            now.earlier.push(said.clone());
+            verdicts.push(said);
             match verdict {
                 Verdict::Accept => {}
-                Verdict::Tag(more) if rule == Combine::AddHeaders => headers.extend(more),
+                Verdict::Tag(more) if rule == Combine::AddHeaders => {
+                    now.added_headers.extend(more.iter().cloned());
+                    headers.extend(more);
+                }
                 Verdict::Tag(_) => {}
                 Verdict::Junk(more) => {
                     headers.extend(more);
-                    return Verdict::Junk(headers);
+                    return (Verdict::Junk(headers), verdicts);
                 }
-                decided => return decided,
+                decided => return (decided, verdicts),
             }
         }
-        if headers.is_empty() {
+        let verdict = if headers.is_empty() {
             Verdict::Accept
         } else {
             Verdict::Tag(headers)
-        }
+        };
+        (verdict, verdicts)
     }
 }
 

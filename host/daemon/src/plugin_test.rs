@@ -185,6 +185,8 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
         },
         added_headers: Vec::new(),
         reverse: None,
+        queue_id: None,
+        earlier: Vec::new(),
         client_port: 49152,
         local: Some(match pipeline {
             PipelineKind::Mx => "192.0.2.25:25".parse().expect("a socket address"),

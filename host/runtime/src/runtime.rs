@@ -722,6 +722,18 @@ fn session_info(info: &SessionInfo) -> types::SessionInfo {
         auth_mechanism: info.security.mechanism.map(|m| m.name().to_string()),
         reverse_name: info.reverse.as_ref().and_then(|r| r.name.clone()),
         reverse_confirmed: info.reverse.as_ref().is_some_and(|r| r.confirmed),
+        queue_id: info.queue_id.clone(),
+        earlier: info
+            .earlier
+            .iter()
+            .map(|v| types::PluginVerdict {
+                hook: v.hook.name().to_string(),
+                plugin: v.plugin.clone(),
+                verdict: v.verdict.to_string(),
+                score: v.score,
+                failed: v.failed,
+            })
+            .collect(),
     }
 }
 

@@ -52,6 +52,8 @@ fn session(pipeline: PipelineKind) -> SessionInfo {
         },
         added_headers: Vec::new(),
         reverse: None,
+        queue_id: None,
+        earlier: Vec::new(),
         client_port: 0,
         local: None,
         implicit_tls: false,

@@ -71,6 +71,8 @@ mod tests {
             },
             added_headers: Vec::new(),
             reverse: None,
+            queue_id: None,
+            earlier: Vec::new(),
             client_port: 0,
             local: None,
             implicit_tls: false,

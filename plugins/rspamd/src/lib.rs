@@ -26,7 +26,7 @@
 //!
 //! The facts go with the message as rspamd's request headers: `IP`, `Hostname` (the
 //! forward-confirmed reverse name, else `unknown`), `Helo`, `From`, one `Rcpt` per
-//! recipient, `User` (an authenticated account). Every message gets
+//! recipient, `User` (an authenticated account), `Queue-Id` (as in our log and Received:). Every message gets
 //! `X-Spam-Status`, `X-Spam-Flag` and `X-Spam-Symbols` (rspamd's score, action and
 //! symbols), and the headers rspamd's `milter_headers` module asks to add (trace and
 //! authentication headers excepted: the host writes those). rspamd's requests to remove
@@ -100,6 +100,9 @@ fn request_head(session: &SessionInfo, envelope: &Envelope, size: u64) -> String
     match (&session.reverse_name, session.reverse_confirmed) {
         (Some(name), true) => head.push_str(&format!("Hostname: {}\r\n", clean(name))),
         _ => head.push_str("Hostname: unknown\r\n"),
+    }
+    if let Some(id) = &session.queue_id {
+        head.push_str(&format!("Queue-Id: {}\r\n", clean(id)));
     }
     if let Some(account) = &session.account {
         head.push_str(&format!("User: {}\r\n", clean(account)));

@@ -37,8 +37,9 @@ pub use counts::{CommandCounts, Verb};
 pub use pipeline::{Mx, Pipeline, PipelineKind, RoutedRecipient, Submission};
 pub use sasl::Credentials;
 pub use types::{
-    Action, AuthOutcome, Directory, Folder, Greeting, Header, Hook, HookCall, Limits, Message, ReadTimeout,
-    ReverseName, Security, SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
+    Action, AuthOutcome, Directory, Folder, Greeting, Header, Hook, HookCall, Limits, Message, PluginVerdict,
+    ReadTimeout, ReverseName, Security, SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo,
+    UsageError, Verdict,
 };
 
 use crate::data::ContentReceiver;
@@ -129,6 +130,8 @@ impl<P: Pipeline> Session<P> {
                 },
                 added_headers: Vec::new(),
                 reverse: None,
+                queue_id: None,
+                earlier: Vec::new(),
             },
             settings,
             directory,
@@ -149,6 +152,24 @@ impl<P: Pipeline> Session<P> {
     pub fn connected(&mut self, client_port: u16, local: std::net::SocketAddr) {
         self.info.client_port = client_port;
         self.info.local = Some(local);
+    }
+
+    /// Gives the transaction under way the queue id its message will be spooled under, so
+    /// that hooks and logs can name it before it is accepted. Nothing without a
+    /// transaction.
+    pub fn assign_queue_id(&mut self, id: String) {
+        if let Some(txn) = self.txn.as_mut() {
+            txn.queue_id = Some(id.clone());
+            self.info.queue_id = Some(id);
+        }
+    }
+
+    /// Records what the plugins of a hook decided, for the hooks after it (call it before
+    /// [`Session::resolve_hook`]). Nothing without a transaction.
+    pub fn record_plugin_verdicts(&mut self, verdicts: Vec<PluginVerdict>) {
+        if let Some(txn) = self.txn.as_mut() {
+            txn.earlier.extend(verdicts);
+        }
     }
 
     /// Records what the host found in the reverse DNS of the client's address.

@@ -11,7 +11,7 @@ use crate::replies;
 use crate::reply::Reply;
 
 use super::verdicts::Stage;
-use super::{Folder, Header, Message, Pipeline, Session, State};
+use super::{Folder, Header, Message, Pipeline, PluginVerdict, Session, State};
 
 /// Where a transaction is.
 #[derive(Debug)]
@@ -46,6 +46,12 @@ pub(super) struct Transaction {
     /// Headers the hooks asked to add, in order.
     pub(super) headers: Vec<Header>,
     pub(super) disposition: Disposition,
+    /// The queue id the host gave the message under way ([`Session::assign_queue_id`]).
+    ///
+    /// [`Session::assign_queue_id`]: super::Session::assign_queue_id
+    pub(super) queue_id: Option<String>,
+    /// What the plugins of the hooks so far decided, in order.
+    pub(super) earlier: Vec<PluginVerdict>,
 }
 
 impl Transaction {
@@ -100,6 +106,8 @@ impl<P: Pipeline> Session<P> {
             phase: Phase::Envelope,
             headers: Vec::new(),
             disposition: Disposition::Deliver(Folder::Inbox),
+            queue_id: None,
+            earlier: Vec::new(),
         });
         self.reply(replies::SENDER_OK);
     }

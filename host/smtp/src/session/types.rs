@@ -144,6 +144,31 @@ pub struct SessionInfo {
     /// The client's reverse DNS name, once the host looked it up (before the first hook
     /// call of the session); `None` until then.
     pub reverse: Option<ReverseName>,
+    /// While a hook runs: the queue id the message under way will be spooled under, once
+    /// the host gave it one ([`Session::assign_queue_id`]).
+    ///
+    /// [`Session::assign_queue_id`]: crate::session::Session::assign_queue_id
+    pub queue_id: Option<String>,
+    /// While a hook runs: what the plugins before it decided about the message under way,
+    /// in order ([`Session::record_plugin_verdicts`]).
+    ///
+    /// [`Session::record_plugin_verdicts`]: crate::session::Session::record_plugin_verdicts
+    pub earlier: Vec<PluginVerdict>,
+}
+
+/// What one plugin decided about the message under way, shown to the plugins after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginVerdict {
+    /// The hook it served.
+    pub hook: Hook,
+    /// Its name (`[[plugin]] name`).
+    pub plugin: String,
+    /// The verdict's kind: `accept`, `tag`, `junk`, `reject`, `defer` or `discard`.
+    pub verdict: &'static str,
+    /// Its score (spam plugins).
+    pub score: Option<f64>,
+    /// Whether it failed, so that `verdict` is its `on-error` policy's.
+    pub failed: bool,
 }
 
 /// What the reverse DNS of the client's address says.
@@ -292,6 +317,8 @@ pub struct SpoolRequest {
     pub headers: Vec<Header>,
     /// Where local copies go.
     pub folder: Folder,
+    /// The queue id the hooks saw, if the host gave one.
+    pub queue_id: Option<String>,
 }
 
 /// The host's answer to [`Action::Authenticate`].

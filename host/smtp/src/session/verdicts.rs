@@ -74,8 +74,11 @@ impl<P: Pipeline> Session<P> {
             });
             match call {
                 Some(call) => {
-                    self.info.added_headers =
-                        self.txn.as_ref().map(|t| t.headers.clone()).unwrap_or_default();
+                    if let Some(txn) = self.txn.as_ref() {
+                        self.info.added_headers = txn.headers.clone();
+                        self.info.queue_id = txn.queue_id.clone();
+                        self.info.earlier = txn.earlier.clone();
+                    }
                     self.state = State::AwaitingVerdict {
                         call,
                         stage,
@@ -117,6 +120,7 @@ impl<P: Pipeline> Session<P> {
                         message: Arc::clone(message),
                         headers: txn.headers.clone(),
                         folder,
+                        queue_id: txn.queue_id.clone(),
                     });
                 }
                 _ => {

@@ -58,6 +58,22 @@ fn facts(session: &SessionInfo, envelope: &Envelope) -> Vec<Header> {
         ),
         header("X-Facts-Rcpt", rcpt),
         header("X-Facts-Mechanism", shown(&session.auth_mechanism)),
+        header("X-Facts-Queue-Id", shown(&session.queue_id)),
+        header(
+            "X-Facts-Earlier",
+            session
+                .earlier
+                .iter()
+                .map(|v| {
+                    let score = v.score.map_or_else(|| "-".into(), |s| format!("{s:.1}"));
+                    format!(
+                        "{}:{}={}/{score}/failed={}",
+                        v.hook, v.plugin, v.verdict, v.failed
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         header(
             "X-Facts-Reverse",
             format!(
