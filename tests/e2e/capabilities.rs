@@ -509,7 +509,7 @@ action = "reject"
 
 #[test]
 fn rspamd_plugin_asks_a_real_rspamd_and_applies_on_error_when_it_is_down() {
-    use portcullis_testkit::rspamd::{GTUBE, Rspamd};
+    use portcullis_testkit::rspamd::{GTUBE, REWRITE_ME, Rspamd};
     let mut rspamd = Rspamd::start(empty_dns());
     let setup = setup_with(|s| {
         format!(
@@ -543,14 +543,17 @@ address = "tcp:{at}"
         format!("From: carol@far.example\r\nTo: alice@example.org\r\nSubject: gtube\r\n\r\n{GTUBE}\r\n");
     let reply = mx_send(&daemon, &gtube);
     assert!(reply.starts_with("554 5.7.1"), "{reply}");
-    // A normal message: delivered with rspamd's score, symbols and its milter headers.
+    // A normal message: delivered with rspamd's score, symbols and its milter headers, in
+    // place of the ones the sender forged.
     let plain = "From: Carol <carol@far.example>\r\nTo: alice@example.org\r\nSubject: plain\r\n\
-                 Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <plain@far.example>\r\n\r\n\
+                 Date: Tue, 01 Dec 2026 10:00:00 +0000\r\nMessage-ID: <plain@far.example>\r\n\
+                 X-Spam-Flag: forged\r\nX-Spamd-Result: forged\r\n\tfolded on\r\n\r\n\
                  Just a normal message.\r\n";
     let reply = mx_send(&daemon, plain);
     assert!(reply.starts_with("250"), "{reply}");
     let delivered = wait_for_mail(&setup.maildir("alice"), 1);
     let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    let count = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
     assert!(text.contains("Subject: plain"), "{text}");
     assert!(text.contains("X-Spam-Status: No, score="), "{text}");
     assert!(text.contains("action=no action"), "{text}");
@@ -560,7 +563,36 @@ address = "tcp:{at}"
         text.contains("X-Spamd-Result: "),
         "rspamd's milter headers: {text}"
     );
+    assert!(!text.contains("forged") && !text.contains("folded on"), "{text}");
+    assert_eq!(
+        (count("X-Spam-Flag:"), count("X-Spamd-Result:")),
+        (1, 1),
+        "{text}"
+    );
+    assert!(text.contains("Just a normal message."), "{text}");
     daemon.wait_log("rspamd: no action");
+    daemon.wait_log("removed header fields the hooks asked to remove");
+
+    // rewrite subject: delivered (tagged) under rspamd's subject, the old one gone.
+    let rewrite = plain
+        .replace("Subject: plain", &format!("Subject: {REWRITE_ME} offer"))
+        .replace("<plain@", "<rewrite@");
+    let reply = mx_send(&daemon, &rewrite);
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 2);
+    let newest = delivered
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .find(|t| t.contains("<rewrite@far.example>"))
+        .expect("the rewritten message");
+    let subjects: Vec<&str> = newest.lines().filter(|l| l.starts_with("Subject:")).collect();
+    assert_eq!(
+        subjects,
+        [format!("Subject: ***SPAM*** {REWRITE_ME} offer")],
+        "{newest}"
+    );
+    assert!(newest.contains("action=rewrite subject"), "{newest}");
+    assert!(newest.contains("X-Spam-Flag: YES"), "{newest}");
 
     // rspamd stopped: the plugin fails, on-error (defer) answers 451; back: accepted.
     rspamd.stop();
@@ -571,7 +603,7 @@ address = "tcp:{at}"
     rspamd.resume();
     let reply = mx_send(&daemon, &again);
     assert!(reply.starts_with("250"), "{reply}");
-    wait_for_mail(&setup.maildir("alice"), 2);
+    wait_for_mail(&setup.maildir("alice"), 3);
     wait_spool_empty(&setup.data());
-    assert_eq!(new_files(&setup.maildir("alice")).len(), 2);
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 3);
 }

@@ -421,6 +421,7 @@ impl<P: Pipeline> Driver<P> {
                 .await;
         }
         self.session.record_plugin_verdicts(decision.verdicts);
+        self.session.remove_header_fields(decision.remove);
         self.session
             .resolve_hook(decision.verdict)
             .map_err(io::Error::other)?;
@@ -499,6 +500,26 @@ async fn sign(live: &Live, message: &Arc<portcullis_smtp::Message>) -> Result<St
     }
 }
 
+/// The ranges of `section` (a header section) holding fields named in `names`.
+fn named_fields(section: &[u8], names: &[String]) -> Vec<(u64, u64)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    portcullis_smtp::fields::fields(section)
+        .into_iter()
+        .filter(|field| names.iter().any(|name| field.is(name)))
+        .map(|field| (field.range.start as u64, field.range.end as u64))
+        .collect()
+}
+
+/// Two lists of whole fields' ranges as one, in order, each field once.
+fn merge_ranges(mut a: Vec<(u64, u64)>, b: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    a.extend(b);
+    a.sort_unstable();
+    a.dedup();
+    a
+}
+
 /// Hands the message to the spool writer ([`crate::spool_writer`]); answers once it is durable.
 async fn spool(
     ctx: &Arc<Context>,
@@ -535,14 +556,25 @@ async fn spool(
             None => tracing::warn!(name = %header.name, "dropped a hook header with an invalid name"),
         }
     }
-    // Authentication-Results that claim to be ours came from outside: left out.
-    let omit = live.checks.forged_results(&message.body.header_section());
-    if !omit.is_empty() {
+    // Authentication-Results that claim to be ours came from outside: left out; so are the
+    // fields the hooks asked to remove.
+    let section = message.body.header_section();
+    let forged = live.checks.forged_results(&section);
+    if !forged.is_empty() {
         tracing::info!(
-            fields = omit.len(),
+            fields = forged.len(),
             "removed Authentication-Results header fields that claim to be ours"
         );
     }
+    let removed = named_fields(&section, &request.remove);
+    if !removed.is_empty() {
+        tracing::info!(
+            fields = removed.len(),
+            names = ?request.remove,
+            "removed header fields the hooks asked to remove"
+        );
+    }
+    let omit = merge_ranges(forged, removed);
     let accepted = portcullis_spool::Accepted {
         id,
         message,

@@ -35,6 +35,8 @@ pub struct Decision {
     pub verdict: Verdict,
     /// What each plugin decided, in order, for the plugins of later hooks.
     pub verdicts: Vec<PluginVerdict>,
+    /// Names of the message's own header fields to leave out when it is delivered.
+    pub remove: Vec<String>,
     /// For the daemon.
     pub event: Option<Event>,
 }
@@ -54,13 +56,39 @@ pub enum Event {
     },
 }
 
+/// What one plugin answered.
+struct Answer {
+    verdict: Verdict,
+    /// Its score, on the spam hook.
+    score: Option<f64>,
+    /// The message's header fields it asked to remove (the spam hook).
+    remove: Vec<String>,
+}
+
+impl Answer {
+    fn verdict(verdict: Verdict) -> Self {
+        Answer {
+            verdict,
+            score: None,
+            remove: Vec::new(),
+        }
+    }
+}
+
+/// What the plugins of one hook decided together, and each of them.
+struct Combined {
+    verdict: Verdict,
+    verdicts: Vec<PluginVerdict>,
+    remove: Vec<String>,
+}
+
 /// How the verdicts of the plugins on one hook make one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Combine {
     /// The first verdict that is not an accept decides; headers of accepts are dropped.
     FirstDecision,
-    /// Headers of every plugin add up; a junk verdict files with all of them, any other
-    /// decision ends the loop.
+    /// Headers of every plugin add up, and so do the fields they remove; a junk verdict
+    /// files with all of them, any other decision ends the loop.
     AddHeaders,
 }
 
@@ -143,11 +171,11 @@ impl Hooks {
     pub async fn call(&self, call: &HookCall, info: &SessionInfo) -> Decision {
         let hook = call.hook();
         let mut event = None;
-        let (verdict, verdicts) = match call {
+        let combined = match call {
             HookCall::Rate(envelope) => self.rate(info, envelope).await,
             HookCall::Virus(message) => {
                 let found = self.virus(info, message).await;
-                if let (Some(virus), PipelineKind::Submission) = (&found.2, info.pipeline)
+                if let (Some(virus), PipelineKind::Submission) = (&found.1, info.pipeline)
                     && let Some(account) = &info.security.account
                 {
                     // DESIGN: on submission the account is told its machine or password is
@@ -158,56 +186,59 @@ impl Hooks {
                         message: Arc::clone(message),
                     });
                 }
-                (found.0, found.1)
+                found.0
             }
             HookCall::Spam(message) => {
                 let plugins = self.plugins();
                 let runtime = plugins.runtime();
                 self.run(&plugins, hook, info, |plugin, info| async move {
                     let outcome = runtime.spam(&plugin, &info, message).await?;
-                    tracing::info!(plugin = %plugin.meta.name, score = outcome.score, "spam score");
-                    Ok((outcome.verdict, Some(outcome.score)))
+                    tracing::info!(plugin = %plugin.meta.name, score = outcome.score, remove = ?outcome.remove, "spam score");
+                    Ok(Answer {
+                        verdict: outcome.verdict,
+                        score: Some(outcome.score),
+                        remove: outcome.remove,
+                    })
                 })
                 .await
             }
         };
         Decision {
-            verdict,
-            verdicts,
+            verdict: combined.verdict,
+            verdicts: combined.verdicts,
+            remove: combined.remove,
             event,
         }
     }
 
-    async fn rate(&self, info: &SessionInfo, envelope: &Envelope) -> (Verdict, Vec<PluginVerdict>) {
+    async fn rate(&self, info: &SessionInfo, envelope: &Envelope) -> Combined {
         let account = info.security.account.clone().unwrap_or_default();
         let ip = info.peer.to_string();
         let usage = self.counters.usage(&account, &ip);
         let plugins = self.plugins();
         let runtime = plugins.runtime();
         let usage = &usage;
-        let (verdict, verdicts) = self
+        let combined = self
             .run(&plugins, Hook::Rate, info, |plugin, info| async move {
-                Ok((runtime.rate(&plugin, &info, envelope, usage).await?, None))
+                Ok(Answer::verdict(
+                    runtime.rate(&plugin, &info, envelope, usage).await?,
+                ))
             })
             .await;
-        if matches!(verdict, Verdict::Accept | Verdict::Tag(_)) {
+        if matches!(combined.verdict, Verdict::Accept | Verdict::Tag(_)) {
             self.counters
                 .record(&account, &ip, envelope.recipients.len() as u32);
         }
-        (verdict, verdicts)
+        combined
     }
 
     /// The virus hook's verdict, each plugin's, and the malware's name when one was found.
-    async fn virus(
-        &self,
-        info: &SessionInfo,
-        message: &Arc<Message>,
-    ) -> (Verdict, Vec<PluginVerdict>, Option<String>) {
+    async fn virus(&self, info: &SessionInfo, message: &Arc<Message>) -> (Combined, Option<String>) {
         let plugins = self.plugins();
         let runtime = plugins.runtime();
         let found = std::sync::Mutex::new(None);
         let seen = &found;
-        let (verdict, verdicts) = self
+        let combined = self
             .run(&plugins, Hook::Virus, info, |plugin, info| async move {
                 let verdict = match runtime.virus(&plugin, &info, message).await? {
                     ScanOutcome::Clean => Verdict::Accept,
@@ -218,44 +249,44 @@ impl Hooks {
                         Verdict::Reject(reply)
                     }
                 };
-                Ok((verdict, None))
+                Ok(Answer::verdict(verdict))
             })
             .await;
         let found = found
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (verdict, verdicts, found)
+        (combined, found)
     }
 
     /// The one loop over the plugins of `hook`: calls each with `call` (and the session as
     /// it stands: the verdicts and headers of the plugins before it included), applies its
     /// `on-error` policy when it fails, logs and counts each verdict, and combines them by
     /// the hook's rule. Returns the combined verdict and each plugin's.
-    async fn run<F, Fut>(
-        &self,
-        plugins: &PluginSet,
-        hook: Hook,
-        info: &SessionInfo,
-        mut call: F,
-    ) -> (Verdict, Vec<PluginVerdict>)
+    async fn run<F, Fut>(&self, plugins: &PluginSet, hook: Hook, info: &SessionInfo, mut call: F) -> Combined
     where
         F: FnMut(Arc<LoadedPlugin>, Arc<SessionInfo>) -> Fut,
-        Fut: std::future::Future<Output = Result<(Verdict, Option<f64>), PluginError>> + Send,
+        Fut: std::future::Future<Output = Result<Answer, PluginError>> + Send,
     {
         let rule = combine(hook);
         let mut headers = Vec::new();
+        let mut remove: Vec<String> = Vec::new();
         let mut verdicts = Vec::new();
         let mut now = info.clone();
         for slot in plugins.on(hook) {
             let plugin = slot.current();
             let started = Instant::now();
-            let (verdict, score, failure) = match call(Arc::clone(&plugin), Arc::new(now.clone())).await {
-                Ok((verdict, score)) => (verdict, score, false),
+            let (answer, failure) = match call(Arc::clone(&plugin), Arc::new(now.clone())).await {
+                Ok(answer) => (answer, false),
                 Err(e) => {
                     failed(&plugin, hook, &e);
-                    (plugin.spec.on_error.verdict(), None, true)
+                    (Answer::verdict(plugin.spec.on_error.verdict()), true)
                 }
             };
+            let Answer {
+                verdict,
+                score,
+                remove: removed,
+            } = answer;
             log_verdict(&plugin, hook, &verdict, started);
             let said = PluginVerdict {
                 hook,
@@ -266,6 +297,15 @@ impl Hooks {
             };
             now.earlier.push(said.clone());
             verdicts.push(said);
+            if rule == Combine::AddHeaders
+                && matches!(verdict, Verdict::Accept | Verdict::Tag(_) | Verdict::Junk(_))
+            {
+                for name in removed {
+                    if !remove.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                        remove.push(name);
+                    }
+                }
+            }
             match verdict {
                 Verdict::Accept => {}
                 Verdict::Tag(more) if rule == Combine::AddHeaders => {
@@ -275,9 +315,19 @@ impl Hooks {
                 Verdict::Tag(_) => {}
                 Verdict::Junk(more) => {
                     headers.extend(more);
-                    return (Verdict::Junk(headers), verdicts);
+                    return Combined {
+                        verdict: Verdict::Junk(headers),
+                        verdicts,
+                        remove,
+                    };
                 }
-                decided => return (decided, verdicts),
+                decided => {
+                    return Combined {
+                        verdict: decided,
+                        verdicts,
+                        remove: Vec::new(),
+                    };
+                }
             }
         }
         let verdict = if headers.is_empty() {
@@ -285,7 +335,11 @@ impl Hooks {
         } else {
             Verdict::Tag(headers)
         };
-        (verdict, verdicts)
+        Combined {
+            verdict,
+            verdicts,
+            remove,
+        }
     }
 }
 

@@ -408,6 +408,12 @@ async fn call(
             // `+ 0.0` turns a negative zero into zero: no "score -0.00".
             let mut lines = vec![format!("score {:.2}", o.score + 0.0)];
             lines.extend(describe(&o.verdict));
+            if !o.remove.is_empty()
+                && matches!(o.verdict, Verdict::Accept | Verdict::Tag(_) | Verdict::Junk(_))
+            {
+                lines.push("removing the message's header fields:".into());
+                lines.extend(o.remove.iter().map(|name| format!("  {name}")));
+            }
             lines
         }),
     }

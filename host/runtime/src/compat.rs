@@ -105,6 +105,7 @@ pub fn spam_result(
         score: result.score,
         verdict: verdict(result.verdict),
         headers: result.headers.into_iter().map(header).collect(),
+        remove_headers: Vec::new(),
     }
 }
 

@@ -177,6 +177,50 @@ pub fn headers(list: Vec<types::Header>) -> Result<Vec<portcullis_smtp::session:
         .collect()
 }
 
+/// Header fields no plugin may remove: the trace and the authentication record, which the
+/// next hops and the reader's filters rely on.
+pub const PROTECTED_FIELDS: [&str; 5] = [
+    "Received",
+    "Return-Path",
+    "Delivered-To",
+    "Authentication-Results",
+    "DKIM-Signature",
+];
+
+/// Checks the names of header fields a plugin asks to remove: at most [`MAX_HEADERS`],
+/// each a valid field name, none protected ([`PROTECTED_FIELDS`] and every `ARC-` field).
+/// Duplicates are dropped.
+pub fn removals(names: Vec<String>) -> Result<Vec<String>, PluginError> {
+    if names.len() > MAX_HEADERS {
+        return Err(PluginError::Malformed(format!(
+            "{} header names to remove (at most {MAX_HEADERS})",
+            names.len()
+        )));
+    }
+    let mut checked: Vec<String> = Vec::with_capacity(names.len());
+    for name in names {
+        if portcullis_smtp::session::Header::sanitized(&name, "").is_none() {
+            return Err(PluginError::Malformed(format!(
+                "bad header name to remove {:?}",
+                truncate(&name, 80)
+            )));
+        }
+        let protected = PROTECTED_FIELDS.iter().any(|p| p.eq_ignore_ascii_case(&name))
+            || name
+                .get(..4)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case("ARC-"));
+        if protected {
+            return Err(PluginError::Malformed(format!(
+                "{name} header fields may not be removed"
+            )));
+        }
+        if !checked.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+            checked.push(name);
+        }
+    }
+    Ok(checked)
+}
+
 fn truncate(text: &str, max: usize) -> String {
     text.chars().take(max).collect()
 }
@@ -212,5 +256,45 @@ pub fn verdict(v: types::Verdict, headers: Vec<portcullis_smtp::session::Header>
         types::Verdict::Reject(r) => Verdict::Reject(reply(r)),
         types::Verdict::Defer(r) => Verdict::Defer(reply(r)),
         types::Verdict::Discard => Verdict::Discard,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn removals_keep_valid_names_once() {
+        let checked = removals(names(&["X-Spam-Flag", "x-spam-flag", "Subject"])).unwrap();
+        assert_eq!(checked, ["X-Spam-Flag", "Subject"]);
+    }
+
+    #[test]
+    fn removals_never_touch_trace_or_authentication_fields() {
+        for name in [
+            "Received",
+            "return-path",
+            "Delivered-To",
+            "AUTHENTICATION-RESULTS",
+            "DKIM-Signature",
+            "ARC-Seal",
+            "arc-message-signature",
+        ] {
+            let e = removals(names(&["X-Ok", name])).unwrap_err();
+            assert_eq!(e.kind(), "malformed", "{name}");
+        }
+    }
+
+    #[test]
+    fn removals_are_bounded_and_well_formed() {
+        let many: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("X-{i}")).collect();
+        assert!(removals(many).is_err());
+        assert!(removals(names(&["Bad Name"])).is_err());
+        assert!(removals(names(&["X-Colon:"])).is_err());
+        assert!(removals(names(&[""])).is_err());
     }
 }

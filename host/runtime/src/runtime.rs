@@ -179,6 +179,9 @@ pub struct SpamOutcome {
     pub score: f64,
     /// The verdict, with the headers to add.
     pub verdict: Verdict,
+    /// Names of the message's own header fields to leave out when it is delivered
+    /// (checked: none of the trace or authentication fields).
+    pub remove: Vec<String>,
 }
 
 /// Clocks that always read zero: a plugin's only clock is the host's `clock` import.
@@ -678,9 +681,11 @@ impl Runtime {
             return Err(PluginError::Malformed("the score is not a finite number".into()));
         }
         let headers = plugin::headers(result.headers)?;
+        let remove = plugin::removals(result.remove_headers)?;
         Ok(SpamOutcome {
             score: result.score,
             verdict: plugin::verdict(result.verdict, headers),
+            remove,
         })
     }
 }

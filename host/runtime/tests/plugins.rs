@@ -242,6 +242,12 @@ async fn spam_rules_tags_clean_mail_and_junks_spam() {
     let mx = session(PipelineKind::Mx);
     let clean = "From: Bob <bob@far.example>\nTo: alice@example.org\nSubject: Lunch tomorrow?\nDate: Sat, 28 Nov 2026 10:00:00 +0000\nMessage-ID: <1@far.example>\n\nShall we meet at noon?\n";
     let outcome = rt.spam(&plugin, &mx, &message(clean)).await.expect("classify");
+    // Its fields replace any the message came with.
+    assert_eq!(
+        outcome.remove,
+        ["X-Spam-Score", "X-Spam-Status", "X-Spam-Flag"],
+        "{outcome:?}"
+    );
     let Verdict::Tag(headers) = outcome.verdict else {
         panic!("clean mail is accepted with headers: {outcome:?}");
     };
@@ -391,12 +397,13 @@ async fn auth_table_checks_argon2_hashes() {
 async fn hostile_plugins_fail_within_their_limits_and_the_runtime_carries_on() {
     let rt = runtime(None);
     let mx = session(PipelineKind::Mx);
-    let cases: [(&str, &str); 5] = [
+    let cases: [(&str, &str); 6] = [
         ("loop", "timeout"),
         ("memory", "memory"),
         ("trap", "trap"),
         ("stack", "trap"),
         ("oversized", "malformed"),
+        ("remove-trace", "malformed"),
     ];
     let fine = rt
         .load(spec(

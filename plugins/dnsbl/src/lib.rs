@@ -345,6 +345,8 @@ impl Guest for Dnsbl {
             score: total,
             verdict,
             headers,
+            // Ours stand in place of any the message came with.
+            remove_headers: vec!["X-DNSBL".into(), "X-DNSBL-Score".into()],
         })
     }
 }

@@ -97,4 +97,5 @@ class Spam(exports.Spam):
             verdict = types.Verdict_Junk()
         else:
             verdict = types.Verdict_Accept()
-        return SpamResult(score, verdict, headers)
+        # Ours stand in place of any the message came with.
+        return SpamResult(score, verdict, headers, [h.name for h in headers])

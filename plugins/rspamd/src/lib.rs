@@ -28,11 +28,13 @@
 //! forward-confirmed reverse name, else `unknown`), `Helo`, `From`, one `Rcpt` per
 //! recipient, `User` (an authenticated account), `Queue-Id` (as in our log and Received:). Every message gets
 //! `X-Spam-Status`, `X-Spam-Flag` and `X-Spam-Symbols` (rspamd's score, action and
-//! symbols), and the headers rspamd's `milter_headers` module asks to add (trace and
-//! authentication headers excepted: the host writes those). rspamd's requests to remove
-//! headers and its rewritten subject cannot be applied yet (the contract adds headers
-//! only): they are logged. rspamd unreachable, an HTTP error or an answer that does not
-//! parse is an `err`, so the plugin's `on-error` applies.
+//! symbols; fields of those names already in the message are removed, so a sender cannot
+//! pass off its own), and the header changes of rspamd's `milter_headers` module: the
+//! fields it adds, the fields it removes (every field of the name, whatever occurrence
+//! rspamd names), and for `rewrite subject` the new `Subject:` in place of the old — trace
+//! and authentication fields excepted both ways (the host writes and keeps those). rspamd
+//! unreachable, an HTTP error or an answer that does not parse is an `err`, so the
+//! plugin's `on-error` applies.
 
 use serde_json::Value;
 
@@ -55,17 +57,26 @@ const MAX_ANSWER: usize = 4 << 20;
 const MAX_HEADERS: usize = 20;
 /// The host's limit on a header value.
 const MAX_VALUE: usize = 1000;
-/// Header fields only the host writes.
+/// Header fields only the host writes, and which no plugin removes (with every `ARC-`).
 const PROTECTED: &[&str] = &[
     "received",
     "return-path",
     "delivered-to",
     "authentication-results",
     "dkim-signature",
-    "arc-seal",
-    "arc-message-signature",
-    "arc-authentication-results",
 ];
+/// The fields this plugin always writes, in place of any the message came with.
+const OURS: [&str; 3] = ["X-Spam-Status", "X-Spam-Flag", "X-Spam-Symbols"];
+
+/// A field name the host takes: printable ASCII without a colon, at most 64 octets.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+fn protected(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    PROTECTED.contains(&lower.as_str()) || lower.starts_with("arc-")
+}
 
 fn failure(e: ConnectError) -> String {
     match e {
@@ -150,8 +161,14 @@ fn ask(address: &str, head: &str, message: &Message) -> Result<Value, String> {
     serde_json::from_str(body).map_err(|e| format!("rspamd's answer is not JSON: {e}"))
 }
 
-fn header(name: &str, value: String) -> Header {
-    let value: String = value.chars().take(MAX_VALUE).collect();
+fn header(name: &str, mut value: String) -> Header {
+    if value.len() > MAX_VALUE {
+        let mut end = MAX_VALUE;
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
+    }
     Header {
         name: name.into(),
         value,
@@ -212,10 +229,13 @@ fn milter_headers(answer: &Value, room: usize, into: &mut Vec<Header>) {
         return;
     };
     for (name, spec) in add {
-        if PROTECTED.contains(&name.to_ascii_lowercase().as_str()) {
+        if protected(name) || !valid_name(name) {
             log::log(
                 Level::Info,
-                &format!("rspamd asked to add {name}: the host writes those; left out"),
+                &format!(
+                    "rspamd asked to add {:?}: not a field a plugin may add; left out",
+                    clean(name)
+                ),
             );
             continue;
         }
@@ -239,6 +259,40 @@ fn milter_headers(answer: &Value, room: usize, into: &mut Vec<Header>) {
                 }
                 into.push(header(name, value.replace(['\r', '\n', '\t'], " ")));
             }
+        }
+    }
+}
+
+/// The fields rspamd's `milter_headers` asks to remove (a name and which occurrence: all
+/// of them are removed, the contract removes by name), protected ones excepted, up to the
+/// host's limit.
+fn milter_removals(answer: &Value, into: &mut Vec<String>) {
+    let Some(remove) = answer
+        .pointer("/milter/remove_headers")
+        .and_then(Value::as_object)
+    else {
+        return;
+    };
+    for name in remove.keys() {
+        if into.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        if protected(name) || !valid_name(name) {
+            log::log(
+                Level::Info,
+                &format!(
+                    "rspamd asked to remove {:?}: the host keeps those; left in",
+                    clean(name)
+                ),
+            );
+        } else if into.len() >= MAX_HEADERS {
+            log::log(
+                Level::Warn,
+                &format!("more removals than a verdict may ask; {name} left in"),
+            );
+            return;
+        } else {
+            into.push(name.clone());
         }
     }
 }
@@ -270,6 +324,7 @@ impl Guest for Rspamd {
                     "X-Spam-Status",
                     format!("Unknown, not scanned ({size} octets)"),
                 )],
+                remove_headers: vec!["X-Spam-Status".into()],
             });
         }
         let answer = ask(&address, &request_head(&session, &envelope, size), message)?;
@@ -308,29 +363,15 @@ impl Guest for Rspamd {
             header("X-Spam-Flag", if spam { "YES" } else { "NO" }.into()),
             header("X-Spam-Symbols", symbols(&answer)),
         ];
-        milter_headers(&answer, MAX_HEADERS, &mut headers);
-        if let Some(remove) = answer
-            .pointer("/milter/remove_headers")
-            .and_then(Value::as_object)
+        let mut remove: Vec<String> = OURS.iter().map(|name| name.to_string()).collect();
+        if action == "rewrite subject"
+            && let Some(subject) = answer.get("subject").and_then(Value::as_str)
         {
-            let names: Vec<&str> = remove.keys().map(String::as_str).collect();
-            log::log(
-                Level::Info,
-                &format!(
-                    "rspamd asked to remove {}: not applied (the contract adds headers only)",
-                    names.join(", ")
-                ),
-            );
+            headers.push(header("Subject", clean(subject)));
+            remove.push("Subject".into());
         }
-        if let Some(subject) = answer.get("subject").and_then(Value::as_str) {
-            log::log(
-                Level::Info,
-                &format!(
-                    "rspamd rewrote the subject to {:?}: not applied (the contract adds headers only)",
-                    clean(subject)
-                ),
-            );
-        }
+        milter_headers(&answer, MAX_HEADERS, &mut headers);
+        milter_removals(&answer, &mut remove);
         log::log(
             Level::Info,
             &format!("rspamd: {action}, score {score:.2} of {required:.2}"),
@@ -339,6 +380,7 @@ impl Guest for Rspamd {
             score,
             verdict,
             headers,
+            remove_headers: remove,
         })
     }
 }

@@ -396,10 +396,13 @@ impl Guest for SpamRules {
         } else {
             Verdict::Accept
         };
+        // Ours stand in place of any the message came with: a sender cannot pass off its own.
+        let remove_headers = headers.iter().map(|h| h.name.clone()).collect();
         Ok(SpamResult {
             score: total,
             verdict,
             headers,
+            remove_headers,
         })
     }
 }

@@ -62,6 +62,10 @@ bool exports_portcullis_filter_spam_classify(exports_portcullis_filter_spam_sess
     ret->headers.ptr = malloc(sizeof(portcullis_filter_types_header_t));
     spam_plugin_string_dup(&ret->headers.ptr[0].name, "X-Starter");
     spam_plugin_string_dup(&ret->headers.ptr[0].value, hit ? "hit" : "miss");
+    // Ours replaces any X-Starter the message came with.
+    ret->remove_headers.len = 1;
+    ret->remove_headers.ptr = malloc(sizeof(*ret->remove_headers.ptr));
+    spam_plugin_string_dup(&ret->remove_headers.ptr[0], "X-Starter");
 
     // A borrowed handle must be given back before returning, or the call traps.
     portcullis_filter_types_message_drop_borrow(message);

@@ -19,6 +19,8 @@ export const spam = {
       score: hit ? 10 : 0,
       verdict: hit ? { tag: 'junk' } : { tag: 'accept' },
       headers: [{ name: 'X-Starter', value: hit ? 'hit' : 'miss' }],
+      // Ours replaces any X-Starter the message came with.
+      removeHeaders: ['X-Starter'],
     };
   },
 };

@@ -22,4 +22,6 @@ class Spam(exports.Spam):
             10.0 if hit else 0.0,
             types.Verdict_Junk() if hit else types.Verdict_Accept(),
             [types.Header("X-Starter", "hit" if hit else "miss")],
+            # Ours replaces any X-Starter the message came with.
+            ["X-Starter"],
         )

@@ -39,4 +39,4 @@ class Spam(exports.Spam):
             ("X-Escape-Tcp", attempt(lambda: tcp(port))),
         ]
         headers = [types.Header(name, value) for name, value in results]
-        return SpamResult(0.0, types.Verdict_Accept(), headers)
+        return SpamResult(0.0, types.Verdict_Accept(), headers, [])

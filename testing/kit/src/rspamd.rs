@@ -14,6 +14,10 @@ use crate::postfix::free_port;
 /// The GTUBE line: rspamd rejects any message that carries it.
 pub const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 
+/// A word that, in a subject, makes this rspamd answer `rewrite subject` (score 9 of the
+/// `rewrite_subject` threshold 8; `reject` stays at 15).
+pub const REWRITE_ME: &str = "portcullis-rewrite-me";
+
 /// A running rspamd, killed when dropped.
 pub struct Rspamd {
     dir: tempfile::TempDir,
@@ -68,6 +72,16 @@ impl Rspamd {
         write(
             "local.d/milter_headers.conf",
             "extended_spam_headers = true;\nskip_local = false;\nskip_authenticated = false;\n".to_string(),
+        );
+        // A subject holding REWRITE_ME scores past `rewrite_subject` (and below `reject`),
+        // so a test can see rspamd's `rewrite subject` action.
+        write(
+            "local.d/regexp.conf",
+            format!("PORTCULLIS_REWRITE_ME {{\n  re = 'Subject=/{REWRITE_ME}/i';\n  score = 9.0;\n}}\n"),
+        );
+        write(
+            "local.d/actions.conf",
+            "rewrite_subject = 8;\nsubject = \"***SPAM*** %s\";\n".to_string(),
         );
         write(
             "override.d/logging.inc",

@@ -172,6 +172,19 @@ impl<P: Pipeline> Session<P> {
         }
     }
 
+    /// Records the names of header fields a hook's plugins asked to remove from the
+    /// message as received (checked by the host), applied when it is delivered if the
+    /// hook's verdict lets it go on. Nothing without a transaction.
+    pub fn remove_header_fields(&mut self, names: Vec<String>) {
+        if let Some(txn) = self.txn.as_mut() {
+            for name in names {
+                if !txn.remove.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                    txn.remove.push(name);
+                }
+            }
+        }
+    }
+
     /// Records what the host found in the reverse DNS of the client's address.
     pub fn reverse_looked_up(&mut self, reverse: ReverseName) {
         self.info.reverse = Some(reverse);

@@ -34,6 +34,8 @@ impl Directory for TestDirectory {
 struct Host<P: Pipeline> {
     session: Session<P>,
     verdicts: Vec<(Hook, Verdict)>,
+    /// Header fields a hook's plugins ask to remove, given with its verdict.
+    removals: Vec<(Hook, Vec<String>)>,
     /// What the authentication checks decide (MX), and how often they ran.
     checks: Verdict,
     checked: usize,
@@ -71,6 +73,7 @@ impl<P: Pipeline> Host<P> {
         let mut host = Host {
             session: Session::new(settings, Arc::new(TestDirectory), peer, tls),
             verdicts: Vec::new(),
+            removals: Vec::new(),
             checks: Verdict::Accept,
             checked: 0,
             added_seen: Vec::new(),
@@ -121,6 +124,10 @@ impl<P: Pipeline> Host<P> {
                         Some(i) => self.verdicts.remove(i).1,
                         None => Verdict::Accept,
                     };
+                    if let Some(i) = self.removals.iter().position(|(h, _)| *h == hook) {
+                        let names = self.removals.remove(i).1;
+                        self.session.remove_header_fields(names);
+                    }
                     self.session.resolve_hook(verdict).unwrap();
                 }
                 Action::CheckAuthentication(message) => {
@@ -502,6 +509,38 @@ fn hook_verdicts_decide_the_outcome() {
         // The session is clean afterwards: a new transaction works.
         h.script(&[("MAIL FROM:<a@b.example>", &["250 2.1.0"])]);
     }
+}
+
+#[test]
+fn header_removals_go_with_the_message_once_and_only_with_it() {
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut h = mx_in_data();
+    h.removals = vec![(Hook::Spam, names(&["X-Spam-Flag", "x-spam-flag", "X-Other"]))];
+    assert_eq!(
+        h.send(b"x\r\n.\r\n"),
+        ["hook virus", "hook spam", "spool", "250 2.0.0"]
+    );
+    assert_eq!(h.spooled[0].remove, names(&["X-Spam-Flag", "X-Other"]));
+    // A refused message takes its removals with it; the next one starts clean.
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    h.removals = vec![(Hook::Spam, names(&["X-Gone"]))];
+    h.verdicts = vec![(Hook::Spam, Verdict::Reject(Reply::fixed(550, None, "spam")))];
+    assert_eq!(h.send(b"x\r\n.\r\n"), ["hook virus", "hook spam", "550"]);
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    assert_eq!(
+        h.send(b"x\r\n.\r\n"),
+        ["hook virus", "hook spam", "spool", "250 2.0.0"]
+    );
+    assert_eq!(h.spooled.len(), 2);
+    assert!(h.spooled[1].remove.is_empty());
 }
 
 #[test]

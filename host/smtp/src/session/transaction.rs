@@ -45,6 +45,8 @@ pub(super) struct Transaction {
     pub(super) phase: Phase,
     /// Headers the hooks asked to add, in order.
     pub(super) headers: Vec<Header>,
+    /// Names of the message's own header fields the hooks asked to remove.
+    pub(super) remove: Vec<String>,
     pub(super) disposition: Disposition,
     /// The queue id the host gave the message under way ([`Session::assign_queue_id`]).
     ///
@@ -105,6 +107,7 @@ impl<P: Pipeline> Session<P> {
             recipients: Vec::new(),
             phase: Phase::Envelope,
             headers: Vec::new(),
+            remove: Vec::new(),
             disposition: Disposition::Deliver(Folder::Inbox),
             queue_id: None,
             earlier: Vec::new(),

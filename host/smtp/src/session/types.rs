@@ -315,6 +315,11 @@ pub struct SpoolRequest {
     pub message: Arc<Message>,
     /// Headers the hooks asked to add.
     pub headers: Vec<Header>,
+    /// Names of the message's own header fields the hooks asked to remove
+    /// ([`Session::remove_header_fields`]).
+    ///
+    /// [`Session::remove_header_fields`]: crate::session::Session::remove_header_fields
+    pub remove: Vec<String>,
     /// Where local copies go.
     pub folder: Folder,
     /// The queue id the hooks saw, if the host gave one.

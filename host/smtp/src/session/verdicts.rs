@@ -119,6 +119,7 @@ impl<P: Pipeline> Session<P> {
                     self.state = State::AwaitingSpool(SpoolRequest {
                         message: Arc::clone(message),
                         headers: txn.headers.clone(),
+                        remove: txn.remove.clone(),
                         folder,
                         queue_id: txn.queue_id.clone(),
                     });

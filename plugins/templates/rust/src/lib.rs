@@ -31,6 +31,8 @@ impl Guest for Starter {
                 name: "X-Starter".into(),
                 value: if hit { "hit" } else { "miss" }.into(),
             }],
+            // Ours replaces any X-Starter the message came with.
+            remove_headers: vec!["X-Starter".into()],
         })
     }
 }

@@ -216,10 +216,16 @@ impl Guest for Hostile {
                 value: "behaved".into(),
             }],
         };
+        // Asks to remove the client's trace: the host must refuse the result.
+        let remove_headers = match mode.as_str() {
+            "remove-trace" => vec!["X-Anything".into(), "Received".into()],
+            _ => Vec::new(),
+        };
         Ok(SpamResult {
             score: 0.0,
             verdict: Verdict::Accept,
             headers,
+            remove_headers,
         })
     }
 }

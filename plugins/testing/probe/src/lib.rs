@@ -27,6 +27,7 @@ impl Guest for Probe {
                 name: "X-Probe".into(),
                 value: tag.into(),
             }],
+            remove_headers: Vec::new(),
         })
     }
 }
