@@ -316,9 +316,12 @@ fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
         ("later.test", spf_pass()),
         ("_dmarc.later.test", dmarc("reject")),
     ]);
+    // A spam plugin that writes the typed results it is given into a header.
     let setup = Setup::new(&format!(
-        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n[limits]\nexempt = []\n[authentication]\ntimeout = \"3s\"\n",
-        dns.addr
+        "[dns]\nnameservers = [\"{}\"]\ntimeout = \"1s\"\n[limits]\nexempt = []\n[authentication]\ntimeout = \"3s\"\n\
+         [[plugin]]\nhook = \"spam\"\npath = \"{}\"\n[plugin.config]\nmode = \"facts\"\n",
+        dns.addr,
+        built_plugin("hostile.wasm").display()
     ));
     let mut daemon = setup.start();
     let mx = daemon.addr("mx");
@@ -352,6 +355,13 @@ fn mail_arriving_on_mx_is_checked_and_dmarc_decides() {
     assert!(
         results.contains("(example.org: domain of bob@sender.test designates 127.0.0.1"),
         "{results}"
+    );
+    // The plugins after the checks got the same results, typed, with their domains.
+    assert!(
+        copy.contains(
+            "X-Facts-Auth: iprev=pass/- spf=pass/sender.test dkim=pass/sender.test arc=none/- dmarc=pass/sender.test"
+        ),
+        "{copy}"
     );
 
     // Signed for a p=reject domain whose SPF fails: DKIM alone carries DMARC.

@@ -368,6 +368,9 @@ mode = "facts"
         // Every plugin before it on this message, the virus hook's first.
         "X-Facts-Earlier: virus:virus_signatures=accept/-/failed=false spam:legacy=tag/1.5/failed=false"
             .to_string(),
+        // The mail authentication checks, typed: the test's DNS server knows nothing.
+        "X-Facts-Auth: iprev=pass/- spf=none/far.example dkim=none/- arc=none/- dmarc=permerror/-"
+            .to_string(),
     ] {
         assert!(text.contains(&expected), "{expected}: {text}");
     }

@@ -294,6 +294,13 @@ fn starters_work(lang: &str) {
         out.contains("junk") && out.contains("X-Starter: hit"),
         "{lang}: {out}"
     );
+    // Its header replaces any the message came with.
+    let removed = out
+        .lines()
+        .skip_while(|l| !l.contains("removing the message's header fields:"))
+        .nth(1)
+        .map(str::trim);
+    assert_eq!(removed, Some("X-Starter"), "{lang}: {out}");
     let out = plugin_test(dir, &wasm, "spam", "word = \"deal\"\n", &[&ham]);
     assert!(
         out.contains("accept") && out.contains("X-Starter: miss"),

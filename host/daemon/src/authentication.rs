@@ -15,7 +15,7 @@ use mail_auth::{
 };
 use portcullis_outbound::Resolver;
 use portcullis_smtp::content::Storage;
-use portcullis_smtp::session::{Header, SessionInfo};
+use portcullis_smtp::session::{AuthMethod, AuthResult, AuthStatus, Header, SessionInfo};
 use portcullis_smtp::{Enhanced, Message, Reply, Verdict};
 
 use crate::config::Network;
@@ -33,12 +33,17 @@ pub struct Checks {
     authenticator: MessageAuthenticator,
 }
 
-/// What one method found, for the header, the log line and the metrics.
-struct Found {
-    method: &'static str,
-    result: &'static str,
-    /// The method's part of the header, starting `method=`.
-    text: String,
+/// What one method found (one DKIM signature), for the header, the log line, the
+/// metrics and the hooks.
+type Found = AuthResult;
+
+fn found(method: AuthMethod, status: AuthStatus, domain: Option<&str>, text: String) -> Found {
+    AuthResult {
+        method,
+        status,
+        domain: domain.filter(|d| !d.is_empty()).map(str::to_string),
+        text,
+    }
 }
 
 impl Checks {
@@ -63,8 +68,13 @@ impl Checks {
     /// `[authentication] timeout`, and says what the session does: `Tag` with the results
     /// header, `Junk` for a DMARC quarantine, `Reject` (DMARC reject, or not exactly one
     /// From field) or `Defer` (DMARC could not be checked), as `[authentication] dmarc`
-    /// and the client's exemption allow.
-    pub async fn run(&self, info: &SessionInfo, message: &Arc<Message>, storage: &Storage) -> Verdict {
+    /// and the client's exemption allow; and each method's result, for the hooks.
+    pub async fn run(
+        &self,
+        info: &SessionInfo,
+        message: &Arc<Message>,
+        storage: &Storage,
+    ) -> (Verdict, Vec<AuthResult>) {
         let froms = portcullis_smtp::fields::fields(&message.body.header_section())
             .iter()
             .filter(|f| f.is("From"))
@@ -88,7 +98,7 @@ impl Checks {
         for f in &found {
             value.push_str("; ");
             value.push_str(&f.text);
-            crate::metrics::authentication(f.method, f.result);
+            crate::metrics::authentication(f.method.name(), f.status.name());
         }
         tracing::info!(results = %value, "authentication checked");
         let header = vec![Header {
@@ -96,19 +106,21 @@ impl Checks {
             value,
         }];
         if self.settings.dmarc != DmarcMode::Enforce || crate::abuse::is_exempt(&self.exempt, info.peer) {
-            return Verdict::Tag(header);
+            return (Verdict::Tag(header), found);
         }
-        match dmarc {
+        let verdict = match dmarc {
             Decision::Deliver => Verdict::Tag(header),
             Decision::Quarantine => Verdict::Junk(header),
             Decision::Reject(text) => Verdict::Reject(Reply::new(550, Some(Enhanced(5, 7, 1)), text)),
             Decision::Retry(text) => Verdict::Defer(Reply::new(451, Some(Enhanced(4, 7, 0)), text)),
-        }
+        };
+        (verdict, found)
     }
 
     /// Every method `temperror`: the checks took longer than they may.
     fn timed_out(&self) -> (Vec<Found>, Decision) {
-        let all = ["iprev", "spf", "dkim", "arc", "dmarc"];
+        use AuthMethod::*;
+        let all = [Iprev, Spf, Dkim, Arc, Dmarc];
         self.unchecked(Vec::new(), &all, "the checks timed out")
     }
 
@@ -132,7 +144,11 @@ impl Checks {
             Ok(bytes) => bytes,
             Err(why) => {
                 tracing::warn!(reason = %why, "DKIM, ARC and DMARC not checked");
-                return self.unchecked(found, &["dkim", "arc", "dmarc"], &why);
+                return self.unchecked(
+                    found,
+                    &[AuthMethod::Dkim, AuthMethod::Arc, AuthMethod::Dmarc],
+                    &why,
+                );
             }
         };
         let Some(parsed) = AuthenticatedMessage::parse(&bytes) else {
@@ -147,7 +163,7 @@ impl Checks {
         };
         if s.dkim {
             let header_from = parsed.from.first().cloned().unwrap_or_default();
-            found.push(dkim_found(&dkim, &header_from));
+            found.extend(dkim_found(&dkim, &header_from));
         }
         let arc = if s.arc {
             let arc = self.authenticator.verify_arc(&parsed).await;
@@ -195,26 +211,18 @@ impl Checks {
 
     /// `methods` could not be checked (`why`): each one switched on is `temperror`, and
     /// under DMARC the sender is asked to retry.
-    fn unchecked(
-        &self,
-        mut found: Vec<Found>,
-        methods: &[&'static str],
-        why: &str,
-    ) -> (Vec<Found>, Decision) {
+    fn unchecked(&self, mut found: Vec<Found>, methods: &[AuthMethod], why: &str) -> (Vec<Found>, Decision) {
         let s = &self.settings;
-        let on = |method: &str| match method {
-            "iprev" => s.iprev,
-            "spf" => s.spf,
-            "dkim" => s.dkim,
-            "arc" => s.arc,
-            _ => s.dmarc != DmarcMode::Off,
+        let on = |method: AuthMethod| match method {
+            AuthMethod::Iprev => s.iprev,
+            AuthMethod::Spf => s.spf,
+            AuthMethod::Dkim => s.dkim,
+            AuthMethod::Arc => s.arc,
+            AuthMethod::Dmarc => s.dmarc != DmarcMode::Off,
         };
-        for &method in methods.iter().filter(|m| on(m)) {
-            found.push(Found {
-                method,
-                result: "temperror",
-                text: format!("{method}=temperror (not checked: {why})"),
-            });
+        for &method in methods.iter().filter(|m| on(**m)) {
+            let text = format!("{}=temperror (not checked: {why})", method.name());
+            found.push(self::found(method, AuthStatus::Temperror, None, text));
         }
         let decision = if s.dmarc == DmarcMode::Off {
             Decision::Deliver
@@ -228,15 +236,12 @@ impl Checks {
     /// and so is DMARC (refused under `enforce`), as for a message without one From field.
     fn unreadable(&self, mut found: Vec<Found>, froms: usize) -> (Vec<Found>, Decision) {
         let s = &self.settings;
-        for (method, _) in [("dkim", s.dkim), ("arc", s.arc)]
+        for (method, _) in [(AuthMethod::Dkim, s.dkim), (AuthMethod::Arc, s.arc)]
             .into_iter()
             .filter(|(_, on)| *on)
         {
-            found.push(Found {
-                method,
-                result: "permerror",
-                text: format!("{method}=permerror (no header section to verify)"),
-            });
+            let text = format!("{}=permerror (no header section to verify)", method.name());
+            found.push(self::found(method, AuthStatus::Permerror, None, text));
         }
         if s.dmarc == DmarcMode::Off {
             return (found, Decision::Deliver);
@@ -244,11 +249,8 @@ impl Checks {
         let why = format!(
             "{froms} From header fields in a header section that cannot be read; DMARC needs exactly one"
         );
-        found.push(Found {
-            method: "dmarc",
-            result: "permerror",
-            text: format!("dmarc=permerror ({why})"),
-        });
+        let text = format!("dmarc=permerror ({why})");
+        found.push(self::found(AuthMethod::Dmarc, AuthStatus::Permerror, None, text));
         (
             found,
             Decision::Reject(format!("message refused: {why} (RFC 5322, RFC 7489)")),
@@ -268,11 +270,8 @@ impl Checks {
     ) -> (Found, Decision) {
         if froms != 1 {
             let why = format!("{froms} From header fields; DMARC needs exactly one");
-            let found = Found {
-                method: "dmarc",
-                result: "permerror",
-                text: format!("dmarc=permerror ({why})"),
-            };
+            let text = format!("dmarc=permerror ({why})");
+            let found = found(AuthMethod::Dmarc, AuthStatus::Permerror, None, text);
             return (
                 found,
                 Decision::Reject(format!("message refused: {why} (RFC 5322, RFC 7489)")),
@@ -288,11 +287,12 @@ impl Checks {
                 .with_dmarc_result(&dmarc)
                 .to_string(),
         ) + &comment;
-        let found = Found {
-            method: "dmarc",
-            result: dmarc_name(&dmarc.result()),
+        let found = found(
+            AuthMethod::Dmarc,
+            dmarc_status(&dmarc.result()),
+            Some(dmarc.domain()),
             text,
-        };
+        );
         (found, decision)
     }
 
@@ -423,110 +423,80 @@ fn spf_found(authserv_id: &str, spf: &SpfOutput, ip: IpAddr, sender: &str, helo:
     } else {
         AuthenticationResults::new(authserv_id).with_spf_mailfrom_result(spf, ip, sender, helo)
     };
-    Found {
-        method: "spf",
-        result: match spf.result() {
-            SpfResult::Pass => "pass",
-            SpfResult::Fail => "fail",
-            SpfResult::SoftFail => "softfail",
-            SpfResult::Neutral => "neutral",
-            SpfResult::TempError => "temperror",
-            SpfResult::PermError => "permerror",
-            SpfResult::None => "none",
-        },
-        text: unfold(text.to_string().trim_start_matches(authserv_id)),
-    }
+    let status = match spf.result() {
+        SpfResult::Pass => AuthStatus::Pass,
+        SpfResult::Fail => AuthStatus::Fail,
+        SpfResult::SoftFail => AuthStatus::Softfail,
+        SpfResult::Neutral => AuthStatus::Neutral,
+        SpfResult::TempError => AuthStatus::Temperror,
+        SpfResult::PermError => AuthStatus::Permerror,
+        SpfResult::None => AuthStatus::None,
+    };
+    let text = unfold(text.to_string().trim_start_matches(authserv_id));
+    found(AuthMethod::Spf, status, Some(spf.domain()), text)
 }
 
-fn dkim_found(dkim: &[DkimOutput<'_>], header_from: &str) -> Found {
+/// One result per signature, in the message's order (`none` without one).
+fn dkim_found(dkim: &[DkimOutput<'_>], header_from: &str) -> Vec<Found> {
     if dkim.is_empty() {
-        return Found {
-            method: "dkim",
-            result: "none",
-            text: "dkim=none (no signature)".into(),
-        };
+        let text = "dkim=none (no signature)".to_string();
+        return vec![found(AuthMethod::Dkim, AuthStatus::None, None, text)];
     }
-    let text = AuthenticationResults::new("")
-        .with_dkim_results(dkim, header_from)
-        .to_string();
-    // One result for the metrics: the best of the signatures.
-    let best = dkim
-        .iter()
-        .map(|d| dkim_name(d.result()))
-        .min_by_key(|name| {
-            [
-                "pass",
-                "temperror",
-                "permerror",
-                "fail",
-                "neutral",
-                "policy",
-                "none",
-            ]
-            .iter()
-            .position(|n| n == name)
+    dkim.iter()
+        .map(|output| {
+            let text = AuthenticationResults::new("")
+                .with_dkim_results(std::slice::from_ref(output), header_from)
+                .to_string();
+            let domain = output.signature().map(|signature| signature.d.as_str());
+            found(
+                AuthMethod::Dkim,
+                dkim_status(output.result()),
+                domain,
+                unfold(&text),
+            )
         })
-        .unwrap_or("none");
-    Found {
-        method: "dkim",
-        result: best,
-        text: text
-            .split(";\r\n\t")
-            .filter(|part| !part.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" "),
-    }
+        .collect()
 }
 
 fn arc_found(arc: &ArcOutput<'_>, ip: IpAddr) -> Found {
     let text = AuthenticationResults::new("")
         .with_arc_result(arc, ip)
         .to_string();
-    Found {
-        method: "arc",
-        result: dkim_name(arc.result()),
-        text: unfold(&text),
-    }
+    found(AuthMethod::Arc, dkim_status(arc.result()), None, unfold(&text))
 }
 
 fn iprev_found(iprev: &IprevOutput, ip: IpAddr) -> Found {
     let text = AuthenticationResults::new("")
         .with_iprev_result(iprev, ip)
         .to_string();
-    Found {
-        method: "iprev",
-        result: match &iprev.result {
-            IprevResult::Pass => "pass",
-            IprevResult::Fail(_) => "fail",
-            IprevResult::TempError(_) => "temperror",
-            IprevResult::PermError(_) => "permerror",
-            IprevResult::None => "none",
-        },
-        text: unfold(&text),
+    let status = match &iprev.result {
+        IprevResult::Pass => AuthStatus::Pass,
+        IprevResult::Fail(_) => AuthStatus::Fail,
+        IprevResult::TempError(_) => AuthStatus::Temperror,
+        IprevResult::PermError(_) => AuthStatus::Permerror,
+        IprevResult::None => AuthStatus::None,
+    };
+    found(AuthMethod::Iprev, status, None, unfold(&text))
+}
+
+fn dkim_status(result: &DkimResult) -> AuthStatus {
+    match result {
+        DkimResult::Pass => AuthStatus::Pass,
+        DkimResult::Neutral(_) => AuthStatus::Neutral,
+        DkimResult::Fail(_) => AuthStatus::Fail,
+        DkimResult::PermError(_) => AuthStatus::Permerror,
+        DkimResult::TempError(_) => AuthStatus::Temperror,
+        DkimResult::None => AuthStatus::None,
     }
 }
 
-fn dkim_name(result: &DkimResult) -> &'static str {
+fn dmarc_status(result: &DmarcResult) -> AuthStatus {
     match result {
-        DkimResult::Pass => "pass",
-        DkimResult::Neutral(_) => "neutral",
-        DkimResult::Fail(_) => "fail",
-        DkimResult::PermError(_) => "permerror",
-        DkimResult::TempError(_) => "temperror",
-        DkimResult::None => "none",
-    }
-}
-
-fn dmarc_name(result: &DmarcResult) -> &'static str {
-    match result {
-        DmarcResult::Pass => "pass",
-        DmarcResult::Fail(_) => "fail",
-        DmarcResult::TempError(_) => "temperror",
-        DmarcResult::PermError(_) => "permerror",
-        DmarcResult::None => "none",
+        DmarcResult::Pass => AuthStatus::Pass,
+        DmarcResult::Fail(_) => AuthStatus::Fail,
+        DmarcResult::TempError(_) => AuthStatus::Temperror,
+        DmarcResult::PermError(_) => AuthStatus::Permerror,
+        DmarcResult::None => AuthStatus::None,
     }
 }
 

@@ -431,11 +431,12 @@ impl<P: Pipeline> Driver<P> {
     /// The mail authentication checks of MX, whose verdict the session applies like a
     /// hook's.
     async fn check_authentication(&mut self, message: Arc<portcullis_smtp::Message>) -> io::Result<Step> {
-        let verdict = self
+        let (verdict, results) = self
             .live
             .checks
             .run(self.session.info(), &message, &self.live.settings.storage)
             .await;
+        self.session.record_authentication(results);
         let outcome = match &verdict {
             Verdict::Reject(_) => Some("refused"),
             Verdict::Defer(_) => Some("deferred"),

@@ -165,8 +165,6 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
         Hook::Virus | Hook::Spam => PipelineKind::Mx,
     };
     SessionInfo {
-        pipeline,
-        peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
         greeting: Some(Greeting::Ehlo("client.example".into())),
         security: Security {
             tls: Some(TlsInfo {
@@ -183,16 +181,12 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
             mechanism: (pipeline == PipelineKind::Submission)
                 .then_some(portcullis_smtp::command::Mechanism::Plain),
         },
-        added_headers: Vec::new(),
-        reverse: None,
-        queue_id: None,
-        earlier: Vec::new(),
         client_port: 49152,
         local: Some(match pipeline {
             PipelineKind::Mx => "192.0.2.25:25".parse().expect("a socket address"),
             PipelineKind::Submission => "192.0.2.25:587".parse().expect("a socket address"),
         }),
-        implicit_tls: false,
+        ..SessionInfo::new(pipeline, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
     }
 }
 

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, SessionInfo};
+use portcullis_smtp::session::{
+    AuthMethod, AuthOutcome, AuthResult, AuthStatus, Credentials, PipelineKind, SessionInfo,
+};
 use portcullis_smtp::{Envelope, Message, Verdict};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker, Resource};
@@ -739,6 +741,31 @@ fn session_info(info: &SessionInfo) -> types::SessionInfo {
                 failed: v.failed,
             })
             .collect(),
+        authentication: info.authentication.iter().map(auth_result).collect(),
+    }
+}
+
+fn auth_result(result: &AuthResult) -> types::AuthResult {
+    types::AuthResult {
+        method: match result.method {
+            AuthMethod::Iprev => types::AuthMethod::Iprev,
+            AuthMethod::Spf => types::AuthMethod::Spf,
+            AuthMethod::Dkim => types::AuthMethod::Dkim,
+            AuthMethod::Arc => types::AuthMethod::Arc,
+            AuthMethod::Dmarc => types::AuthMethod::Dmarc,
+        },
+        status: match result.status {
+            AuthStatus::Pass => types::AuthStatus::Pass,
+            AuthStatus::Fail => types::AuthStatus::Fail,
+            AuthStatus::Softfail => types::AuthStatus::Softfail,
+            AuthStatus::Neutral => types::AuthStatus::Neutral,
+            AuthStatus::None => types::AuthStatus::None,
+            AuthStatus::Policy => types::AuthStatus::Policy,
+            AuthStatus::Temperror => types::AuthStatus::Temperror,
+            AuthStatus::Permerror => types::AuthStatus::Permerror,
+        },
+        domain: result.domain.clone(),
+        text: result.text.clone(),
     }
 }
 

@@ -42,21 +42,13 @@ fn spec(file: &str, hook: Hook, config: serde_json::Value) -> Arc<PluginSpec> {
 
 fn session(pipeline: PipelineKind) -> SessionInfo {
     SessionInfo {
-        pipeline,
-        peer: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)),
         greeting: Some(Greeting::Ehlo("client.example".into())),
         security: Security {
             tls: None,
             account: (pipeline == PipelineKind::Submission).then(|| "alice@example.org".to_string()),
             mechanism: None,
         },
-        added_headers: Vec::new(),
-        reverse: None,
-        queue_id: None,
-        earlier: Vec::new(),
-        client_port: 0,
-        local: None,
-        implicit_tls: false,
+        ..SessionInfo::new(pipeline, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 9)))
     }
 }
 

@@ -58,8 +58,6 @@ mod tests {
 
     fn info(peer: &str, tls: bool, account: bool) -> SessionInfo {
         SessionInfo {
-            pipeline: PipelineKind::Submission,
-            peer: peer.parse().expect("ip"),
             greeting: Some(Greeting::Ehlo("client.example".into())),
             security: Security {
                 tls: tls.then(|| TlsInfo {
@@ -69,13 +67,7 @@ mod tests {
                 account: account.then(|| "alice@example.org".into()),
                 mechanism: None,
             },
-            added_headers: Vec::new(),
-            reverse: None,
-            queue_id: None,
-            earlier: Vec::new(),
-            client_port: 0,
-            local: None,
-            implicit_tls: false,
+            ..SessionInfo::new(PipelineKind::Submission, peer.parse().expect("ip"))
         }
     }
 

@@ -37,9 +37,9 @@ pub use counts::{CommandCounts, Verb};
 pub use pipeline::{Mx, Pipeline, PipelineKind, RoutedRecipient, Submission};
 pub use sasl::Credentials;
 pub use types::{
-    Action, AuthOutcome, Directory, Folder, Greeting, Header, Hook, HookCall, Limits, Message, PluginVerdict,
-    ReadTimeout, ReverseName, Security, SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo,
-    UsageError, Verdict,
+    Action, AuthMethod, AuthOutcome, AuthResult, AuthStatus, Directory, Folder, Greeting, Header, Hook,
+    HookCall, Limits, Message, PluginVerdict, ReadTimeout, ReverseName, Security, SessionInfo, Settings,
+    SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
 };
 
 use crate::data::ContentReceiver;
@@ -118,20 +118,12 @@ impl<P: Pipeline> Session<P> {
         outbox.push_back(Action::Reply(replies::greeting(&settings.hostname)));
         Session {
             info: SessionInfo {
-                pipeline: P::KIND,
-                peer,
-                client_port: 0,
-                local: None,
                 implicit_tls: tls.is_some(),
-                greeting: None,
                 security: Security {
                     tls,
                     ..Security::default()
                 },
-                added_headers: Vec::new(),
-                reverse: None,
-                queue_id: None,
-                earlier: Vec::new(),
+                ..SessionInfo::new(P::KIND, peer)
             },
             settings,
             directory,
@@ -169,6 +161,15 @@ impl<P: Pipeline> Session<P> {
     pub fn record_plugin_verdicts(&mut self, verdicts: Vec<PluginVerdict>) {
         if let Some(txn) = self.txn.as_mut() {
             txn.earlier.extend(verdicts);
+        }
+    }
+
+    /// Records what the mail authentication checks found about the message under way, for
+    /// its content hooks (call it before [`Session::resolve_checks`]). Nothing without a
+    /// transaction.
+    pub fn record_authentication(&mut self, results: Vec<AuthResult>) {
+        if let Some(txn) = self.txn.as_mut() {
+            txn.authentication = results;
         }
     }
 

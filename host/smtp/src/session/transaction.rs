@@ -11,7 +11,7 @@ use crate::replies;
 use crate::reply::Reply;
 
 use super::verdicts::Stage;
-use super::{Folder, Header, Message, Pipeline, PluginVerdict, Session, State};
+use super::{AuthResult, Folder, Header, Message, Pipeline, PluginVerdict, Session, State};
 
 /// Where a transaction is.
 #[derive(Debug)]
@@ -54,6 +54,8 @@ pub(super) struct Transaction {
     pub(super) queue_id: Option<String>,
     /// What the plugins of the hooks so far decided, in order.
     pub(super) earlier: Vec<PluginVerdict>,
+    /// What the mail authentication checks found (MX).
+    pub(super) authentication: Vec<AuthResult>,
 }
 
 impl Transaction {
@@ -111,6 +113,7 @@ impl<P: Pipeline> Session<P> {
             disposition: Disposition::Deliver(Folder::Inbox),
             queue_id: None,
             earlier: Vec::new(),
+            authentication: Vec::new(),
         });
         self.reply(replies::SENDER_OK);
     }

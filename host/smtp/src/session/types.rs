@@ -154,6 +154,113 @@ pub struct SessionInfo {
     ///
     /// [`Session::record_plugin_verdicts`]: crate::session::Session::record_plugin_verdicts
     pub earlier: Vec<PluginVerdict>,
+    /// While a content hook runs on MX: what the mail authentication checks found about
+    /// the message under way, one entry per method (per signature for DKIM), in the order
+    /// of its `Authentication-Results` ([`Session::record_authentication`]); empty when
+    /// none ran.
+    ///
+    /// [`Session::record_authentication`]: crate::session::Session::record_authentication
+    pub authentication: Vec<AuthResult>,
+}
+
+impl SessionInfo {
+    /// A session of `pipeline` from `peer` that has said and shown nothing yet.
+    pub fn new(pipeline: PipelineKind, peer: IpAddr) -> SessionInfo {
+        SessionInfo {
+            pipeline,
+            peer,
+            client_port: 0,
+            local: None,
+            implicit_tls: false,
+            greeting: None,
+            security: Security::default(),
+            added_headers: Vec::new(),
+            reverse: None,
+            queue_id: None,
+            earlier: Vec::new(),
+            authentication: Vec::new(),
+        }
+    }
+}
+
+/// A mail authentication method (RFC 8601 §2.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// The client's reverse DNS, forward-confirmed (RFC 8601 §3).
+    Iprev,
+    /// SPF, of the MAIL FROM domain (or of the EHLO name for `<>`).
+    Spf,
+    /// One DKIM signature.
+    Dkim,
+    /// The ARC chain.
+    Arc,
+    /// DMARC, of the From domain.
+    Dmarc,
+}
+
+impl AuthMethod {
+    /// Its name in `Authentication-Results`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMethod::Iprev => "iprev",
+            AuthMethod::Spf => "spf",
+            AuthMethod::Dkim => "dkim",
+            AuthMethod::Arc => "arc",
+            AuthMethod::Dmarc => "dmarc",
+        }
+    }
+}
+
+/// What a method found (the result names of RFC 8601 and RFC 7208).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthStatus {
+    /// Authenticated.
+    Pass,
+    /// Checked, and failed.
+    Fail,
+    /// SPF: probably not authorised.
+    Softfail,
+    /// Checked; the domain asserts nothing.
+    Neutral,
+    /// Nothing to check (no record, no signature).
+    None,
+    /// DKIM: a valid signature the verifier's policy does not accept.
+    Policy,
+    /// A transient error (DNS): the same check may pass later.
+    Temperror,
+    /// A permanent error (a broken record or signature).
+    Permerror,
+}
+
+impl AuthStatus {
+    /// Its name in `Authentication-Results`.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthStatus::Pass => "pass",
+            AuthStatus::Fail => "fail",
+            AuthStatus::Softfail => "softfail",
+            AuthStatus::Neutral => "neutral",
+            AuthStatus::None => "none",
+            AuthStatus::Policy => "policy",
+            AuthStatus::Temperror => "temperror",
+            AuthStatus::Permerror => "permerror",
+        }
+    }
+}
+
+/// What one mail authentication check found about a message received on MX.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthResult {
+    /// The method.
+    pub method: AuthMethod,
+    /// Its result.
+    pub status: AuthStatus,
+    /// What the result is about: the domain SPF checked, a DKIM signature's `d=`, the
+    /// From domain of DMARC; `None` for iprev and ARC, or when there was nothing to check.
+    pub domain: Option<String>,
+    /// The method's clause of the `Authentication-Results` header, on one line (such as
+    /// `spf=pass smtp.mailfrom=a@example.org`).
+    pub text: String,
 }
 
 /// What one plugin decided about the message under way, shown to the plugins after it.

@@ -78,6 +78,7 @@ impl<P: Pipeline> Session<P> {
                         self.info.added_headers = txn.headers.clone();
                         self.info.queue_id = txn.queue_id.clone();
                         self.info.earlier = txn.earlier.clone();
+                        self.info.authentication = txn.authentication.clone();
                     }
                     self.state = State::AwaitingVerdict {
                         call,

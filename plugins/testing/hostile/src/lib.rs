@@ -6,7 +6,7 @@
 wit_bindgen::generate!({ path: "../../../wit", world: "spam-plugin" });
 
 use exports::portcullis::filter::spam::{Guest, SpamResult};
-use portcullis::filter::types::{Envelope, Header, Message, SessionInfo, Verdict};
+use portcullis::filter::types::{AuthMethod, AuthStatus, Envelope, Header, Message, SessionInfo, Verdict};
 use portcullis::filter::{connect, dns};
 
 /// Recursion that lives in wasm locals (not Rust's shadow stack in linear memory), so it
@@ -58,6 +58,15 @@ fn facts(session: &SessionInfo, envelope: &Envelope) -> Vec<Header> {
         ),
         header("X-Facts-Rcpt", rcpt),
         header("X-Facts-Mechanism", shown(&session.auth_mechanism)),
+        header(
+            "X-Facts-Auth",
+            session
+                .authentication
+                .iter()
+                .map(|r| format!("{}={}/{}", method(r.method), status(r.status), shown(&r.domain)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         header("X-Facts-Queue-Id", shown(&session.queue_id)),
         header(
             "X-Facts-Earlier",
@@ -83,6 +92,29 @@ fn facts(session: &SessionInfo, envelope: &Envelope) -> Vec<Header> {
             ),
         ),
     ]
+}
+
+fn method(m: AuthMethod) -> &'static str {
+    match m {
+        AuthMethod::Iprev => "iprev",
+        AuthMethod::Spf => "spf",
+        AuthMethod::Dkim => "dkim",
+        AuthMethod::Arc => "arc",
+        AuthMethod::Dmarc => "dmarc",
+    }
+}
+
+fn status(s: AuthStatus) -> &'static str {
+    match s {
+        AuthStatus::Pass => "pass",
+        AuthStatus::Fail => "fail",
+        AuthStatus::Softfail => "softfail",
+        AuthStatus::Neutral => "neutral",
+        AuthStatus::None => "none",
+        AuthStatus::Policy => "policy",
+        AuthStatus::Temperror => "temperror",
+        AuthStatus::Permerror => "permerror",
+    }
 }
 
 impl Guest for Hostile {
