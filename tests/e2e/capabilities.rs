@@ -405,6 +405,95 @@ with smtplib.SMTP("127.0.0.1", port, source_address=(source, 0), timeout=30) as 
     print(code, text.decode())
 "#;
 
+/// Sends a message over MX inside STARTTLS, presenting the certificate and key in the
+/// files named (or none when they are `-`); prints the reply to the final dot.
+const SEND_WITH_CERTIFICATE: &str = r#"
+import smtplib, ssl, sys
+port, cert, key, subject = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+if cert != "-":
+    context.load_cert_chain(cert, key)
+with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
+    s.ehlo("client.far.example")
+    s.starttls(context=context)
+    s.ehlo("client.far.example")
+    refused = s.sendmail("carol@far.example", ["alice@example.org"],
+                         f"From: carol@far.example\r\nSubject: {subject}\r\n\r\nhello\r\n")
+    print("250 sent" if not refused else f"refused {refused}")
+"#;
+
+#[test]
+fn a_client_certificate_the_host_asked_for_is_a_fact_for_the_plugins() {
+    let setup = setup_with(|s| {
+        format!(
+            "\n[[plugin]]\nname = \"facts\"\nhook = \"spam\"\npath = \"{}\"\n[plugin.config]\nmode = \"facts\"\n",
+            s.plugin("hostile.wasm").display()
+        )
+    });
+    setup.edit_config("[tls]\n", "[tls]\nask-client-certificate = true\n");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("client.pem"), dir.path().join("client.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/O=Far Example/CN=client.far.example",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut daemon = setup.start();
+    let port = daemon.addr("mx").port().to_string();
+    let send =
+        |cert: &str, key: &str, subject: &str| python(SEND_WITH_CERTIFICATE, &[&port, cert, key, subject]);
+    let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+
+    // With a certificate: its subject reaches the plugin and the log.
+    assert!(send(cert, key, "with").contains("250"));
+    // Asked, a client without one goes on as before.
+    assert!(send("-", "-", "without").contains("250"));
+    let delivered = wait_for_mail(&setup.maildir("alice"), 2);
+    let texts: Vec<String> = delivered
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("read"))
+        .collect();
+    let facts = |subject: &str| {
+        let text = texts
+            .iter()
+            .find(|t| t.contains(&format!("Subject: {subject}")))
+            .expect("delivered");
+        text.lines()
+            .find_map(|l| l.strip_prefix("X-Facts-Tls: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no X-Facts-Tls: {text}"))
+    };
+    let with = facts("with");
+    assert!(
+        with.starts_with("TLSv1.3 peer=")
+            && with.contains("CN=client.far.example")
+            && with.contains("O=Far Example"),
+        "{with}"
+    );
+    assert_eq!(facts("without"), "TLSv1.3 peer=-");
+    daemon.wait_log("the client presented a certificate");
+}
+
 fn send_from(daemon: &Daemon, source: &str, message: &str) -> String {
     let port = daemon.addr("mx").port().to_string();
     python(SEND_FROM, &[&port, source, message]).trim().to_string()

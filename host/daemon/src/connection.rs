@@ -317,7 +317,12 @@ impl<P: Pipeline> Driver<P> {
                 return Err(e);
             }
         };
-        tracing::info!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
+        match &info.peer_subject {
+            Some(subject) => {
+                tracing::info!(protocol = %info.protocol, cipher = %info.cipher, peer_subject = %subject, "TLS established; the client presented a certificate")
+            }
+            None => tracing::info!(protocol = %info.protocol, cipher = %info.cipher, "TLS established"),
+        }
         self.session.tls_established(info).map_err(io::Error::other)?;
         Ok(Step::Continue)
     }

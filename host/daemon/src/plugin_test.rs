@@ -170,6 +170,7 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
             tls: Some(TlsInfo {
                 protocol: "TLSv1.3".into(),
                 cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                peer_subject: None,
             }),
             account: (pipeline == PipelineKind::Submission).then(|| {
                 message

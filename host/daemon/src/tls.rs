@@ -5,9 +5,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use portcullis_smtp::session::TlsInfo;
-use rustls::ServerConfig;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsSection;
@@ -79,11 +82,86 @@ pub fn acceptor(section: &TlsSection) -> Result<TlsAcceptor, TlsError> {
     }
     let key = PrivateKeyDer::from_pem_file(&section.key).map_err(|e| file_error(&section.key, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let algorithms = provider.signature_verification_algorithms;
+    let builder = ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()?;
+    let builder = if section.ask_client_certificate {
+        builder.with_client_cert_verifier(Arc::new(AnyClientCertificate { algorithms }))
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder.with_single_cert(certs, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Asks every client for a certificate, requires none, and takes any one it presents
+/// once the client has proven it holds the key (the handshake signature is checked as
+/// always); no CA is consulted. What it shows is a fact for the plugins, not an identity
+/// the host relies on.
+#[derive(Debug)]
+struct AnyClientCertificate {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClientCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The most of a client certificate's subject kept: it is the client's text.
+const MAX_SUBJECT: usize = 256;
+
+/// The subject of a DER certificate as RFC 4514 text, printable and bounded; `None` when
+/// it does not parse.
+fn subject(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let text: String = certificate
+        .subject()
+        .to_string()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_SUBJECT)
+        .collect();
+    Some(text)
 }
 
 /// What a finished handshake negotiated, for the session and trace headers.
@@ -97,5 +175,13 @@ pub fn info(connection: &rustls::ServerConnection) -> TlsInfo {
     let cipher = connection
         .negotiated_cipher_suite()
         .map_or_else(|| "unknown".to_string(), |s| format!("{:?}", s.suite()));
-    TlsInfo { protocol, cipher }
+    let peer_subject = connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(subject);
+    TlsInfo {
+        protocol,
+        cipher,
+        peer_subject,
+    }
 }

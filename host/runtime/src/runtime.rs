@@ -724,6 +724,7 @@ fn session_info(info: &SessionInfo) -> types::SessionInfo {
         tls: info.security.tls.as_ref().map(|t| types::TlsInfo {
             protocol: t.protocol.clone(),
             cipher: t.cipher.clone(),
+            peer_subject: t.peer_subject.clone(),
         }),
         account: info.security.account.clone(),
         auth_mechanism: info.security.mechanism.map(|m| m.name().to_string()),

@@ -63,6 +63,7 @@ mod tests {
                 tls: tls.then(|| TlsInfo {
                     protocol: "TLSv1.3".into(),
                     cipher: "X".into(),
+                    peer_subject: None,
                 }),
                 account: account.then(|| "alice@example.org".into()),
                 mechanism: None,

@@ -253,6 +253,12 @@ pub struct TlsSection {
     /// missing. Default: `false` (missing files are an error).
     #[serde(default)]
     pub self_signed: bool,
+    /// Ask every TLS client for a certificate (never require one) and show the subject of
+    /// one it presents to the plugins and in the log, as Postfix's `smtpd_tls_ask_ccert`.
+    /// Not verified against any CA: it proves the client holds the certificate's key,
+    /// nothing more. Default: `false` (a few old clients stumble when asked).
+    #[serde(default)]
+    pub ask_client_certificate: bool,
 }
 
 /// One `[[listener]]`.

@@ -57,6 +57,7 @@ fn tls_info() -> TlsInfo {
     TlsInfo {
         protocol: "TLSv1.3".into(),
         cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        peer_subject: None,
     }
 }
 

@@ -87,6 +87,10 @@ pub struct TlsInfo {
     pub protocol: String,
     /// For example `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
+    /// The subject of the certificate the client presented (RFC 4514 text, such as
+    /// `CN=mail.example.org, O=Example`), when the host asked for one and it gave one.
+    /// Not verified against any CA.
+    pub peer_subject: Option<String>,
 }
 
 /// How far the client has proven itself.

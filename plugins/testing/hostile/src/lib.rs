@@ -59,6 +59,13 @@ fn facts(session: &SessionInfo, envelope: &Envelope) -> Vec<Header> {
         header("X-Facts-Rcpt", rcpt),
         header("X-Facts-Mechanism", shown(&session.auth_mechanism)),
         header(
+            "X-Facts-Tls",
+            session.tls.as_ref().map_or_else(
+                || "-".into(),
+                |t| format!("{} peer={}", t.protocol, shown(&t.peer_subject)),
+            ),
+        ),
+        header(
             "X-Facts-Auth",
             session
                 .authentication
