@@ -101,6 +101,8 @@ fn clamav_plugin_asks_a_real_clamd_on_both_pipelines() {
     let delivered = wait_for_mail(&setup.maildir("alice"), 1);
     let text = std::fs::read_to_string(&delivered[0]).expect("read");
     assert!(text.contains("Subject: mx clean"), "{text}");
+    // With the header the virus hook added to a clean message.
+    assert!(text.contains("X-Virus-Scanned: ClamAV\r\n"), "{text}");
 
     // Submission: refused too, and the account is told.
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);

@@ -356,7 +356,10 @@ fn starters_work(lang: &str) {
     let out = plugin_test(dir, &wasm, "virus", worm, &[&split]);
     assert!(out.contains("infected: Demo.Worm"), "{lang}: {out}");
     let out = plugin_test(dir, &wasm, "virus", worm, &[&ham]);
-    assert!(out.contains("clean"), "{lang}: {out}");
+    assert!(
+        out.contains("clean (accept), adding headers:") && out.contains("X-Starter-Scan: clean"),
+        "{lang}: {out}"
+    );
 }
 
 #[test]

@@ -94,8 +94,8 @@ enum Combine {
 
 fn combine(hook: Hook) -> Combine {
     match hook {
-        Hook::Spam => Combine::AddHeaders,
-        Hook::Auth | Hook::Rate | Hook::Virus => Combine::FirstDecision,
+        Hook::Spam | Hook::Virus => Combine::AddHeaders,
+        Hook::Auth | Hook::Rate => Combine::FirstDecision,
     }
 }
 
@@ -241,7 +241,8 @@ impl Hooks {
         let combined = self
             .run(&plugins, Hook::Virus, info, |plugin, info| async move {
                 let verdict = match runtime.virus(&plugin, &info, message).await? {
-                    ScanOutcome::Clean => Verdict::Accept,
+                    ScanOutcome::Clean(headers) if headers.is_empty() => Verdict::Accept,
+                    ScanOutcome::Clean(headers) => Verdict::Tag(headers),
                     ScanOutcome::Infected(name) => {
                         tracing::warn!(plugin = %plugin.meta.name, virus = %name, from = %message.envelope.reverse_path(), "virus found; refusing the message");
                         let reply = replies::virus_found(&name);

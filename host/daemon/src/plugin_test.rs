@@ -391,7 +391,11 @@ async fn call(
                 .map(|v| describe(&v))
         }
         Hook::Virus => runtime.virus(plugin, info, message).await.map(|o| match o {
-            ScanOutcome::Clean => vec!["clean (accept)".into()],
+            ScanOutcome::Clean(headers) if headers.is_empty() => vec!["clean (accept)".into()],
+            ScanOutcome::Clean(headers) => describe(&Verdict::Tag(headers))
+                .into_iter()
+                .map(|line| line.replacen("accept,", "clean (accept),", 1))
+                .collect(),
             ScanOutcome::Infected(name) => {
                 vec![format!(
                     "infected: {name} (reject {})",

@@ -87,13 +87,17 @@ pub fn auth_result(
 /// A scan result of 0.1.0.
 pub fn scan_result(
     result: v1::virus::exports::portcullis::filter::virus::ScanResult,
-) -> virus::exports::portcullis::filter::virus::ScanResult {
+) -> virus::exports::portcullis::filter::virus::ScanReport {
     use v1::virus::exports::portcullis::filter::virus::ScanResult as Then;
     use virus::exports::portcullis::filter::virus::ScanResult as Now;
-    match result {
+    let found = match result {
         Then::Clean => Now::Clean,
         Then::Infected(name) => Now::Infected(name),
         Then::Error(reason) => Now::Error(reason),
+    };
+    virus::exports::portcullis::filter::virus::ScanReport {
+        found,
+        headers: Vec::new(),
     }
 }
 

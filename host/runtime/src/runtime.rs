@@ -168,8 +168,8 @@ impl std::fmt::Debug for LoadedPlugin {
 /// What the virus hook found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ScanOutcome {
-    /// Nothing.
-    Clean,
+    /// Nothing; these headers to add.
+    Clean(Vec<portcullis_smtp::session::Header>),
     /// Malware, by name.
     Infected(String),
 }
@@ -631,8 +631,8 @@ impl Runtime {
             }
             _ => return Err(PluginError::Unavailable("not a virus plugin".into())),
         };
-        match result {
-            ScanResult::Clean => Ok(ScanOutcome::Clean),
+        match result.found {
+            ScanResult::Clean => Ok(ScanOutcome::Clean(plugin::headers(result.headers)?)),
             ScanResult::Infected(name) => {
                 let name: String = name.chars().filter(|c| !c.is_control()).take(100).collect();
                 Ok(ScanOutcome::Infected(if name.is_empty() {

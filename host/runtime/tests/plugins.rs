@@ -114,7 +114,7 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
         .virus(&plugin, &mx, &message("Subject: hi\n\nhello\n"))
         .await
         .expect("scan");
-    assert_eq!(clean, ScanOutcome::Clean);
+    assert_eq!(clean, ScanOutcome::Clean(Vec::new()));
     // Plain text needs no decoding: the raw search finds it.
     let plain = "Subject: x\nContent-Type: text/plain; charset=utf-8\n\nplease run the evil macro\n";
     let found = rt.virus(&plugin, &mx, &message(plain)).await.expect("scan");
@@ -128,7 +128,7 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
     let clean16: String = "good macro".chars().flat_map(|c| [c, '\0']).collect();
     let clean16 = format!("Subject: x\nContent-Type: text/plain; charset=utf-16le\n\n{clean16}\n");
     let clean = rt.virus(&plugin, &mx, &message(&clean16)).await.expect("scan");
-    assert_eq!(clean, ScanOutcome::Clean);
+    assert_eq!(clean, ScanOutcome::Clean(Vec::new()));
 }
 
 /// `inner` wrapped in `levels` message/rfc822 parts.

@@ -66,7 +66,10 @@ static void log_info(const char *text) {
 void exports_portcullis_filter_virus_scan(exports_portcullis_filter_virus_session_info_t *session,
                                           exports_portcullis_filter_virus_envelope_t *envelope,
                                           exports_portcullis_filter_virus_borrow_message_t message,
-                                          exports_portcullis_filter_virus_scan_result_t *ret) {
+                                          exports_portcullis_filter_virus_scan_report_t *report) {
+    exports_portcullis_filter_virus_scan_result_t *ret = &report->found;
+    report->headers.len = 0;
+    report->headers.ptr = NULL;
     // Our own config: one optional key.
     char *config = NULL;
     virus_plugin_string_t key, value;

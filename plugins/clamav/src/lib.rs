@@ -11,7 +11,8 @@
 //! max-size = 26214400          # octets; keep it below clamd's StreamMaxLength
 //! ```
 //!
-//! - `stream: OK` → clean; `stream: NAME FOUND` → infected with clamd's signature name.
+//! - `stream: OK` → clean, with `X-Virus-Scanned: ClamAV` (`scanned-header = false` leaves
+//!   it out); `stream: NAME FOUND` → infected with clamd's signature name.
 //! - Never clean by default: clamd unreachable or erroring, a message over `max-size`, and
 //!   clamd's `Heuristics.Limits.Exceeded` finding (a part past its scan limits, reported
 //!   with `AlertExceedsMax yes`) are errors, so the plugin's `on-error` applies (default:
@@ -19,9 +20,9 @@
 
 wit_bindgen::generate!({ path: "../../wit", world: "virus-plugin" });
 
-use exports::portcullis::filter::virus::{Guest, ScanResult};
+use exports::portcullis::filter::virus::{Guest, ScanReport, ScanResult};
 use portcullis::filter::connect::{self, ConnectError, Connection};
-use portcullis::filter::types::{Envelope, Message, SessionInfo};
+use portcullis::filter::types::{Envelope, Header, Message, SessionInfo};
 use portcullis::filter::{config, log};
 
 /// The default `max-size`: clamd's default `StreamMaxLength` is 25 MiB.
@@ -91,33 +92,46 @@ fn verdict(answer: &str) -> ScanResult {
 }
 
 impl Guest for Clamav {
-    fn scan(_session: SessionInfo, _envelope: Envelope, message: &Message) -> ScanResult {
-        let Some(address) = config::get("address") else {
-            return ScanResult::Error(
-                "no address in [plugin.config] (such as unix:/run/clamav/clamd.ctl)".into(),
-            );
+    fn scan(_session: SessionInfo, _envelope: Envelope, message: &Message) -> ScanReport {
+        let found = scan(message);
+        let say = config::get("scanned-header").is_none_or(|v| v != "false");
+        let headers = match found {
+            ScanResult::Clean if say => vec![Header {
+                name: "X-Virus-Scanned".into(),
+                value: "ClamAV".into(),
+            }],
+            _ => Vec::new(),
         };
-        let max_size = config::get("max-size")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MAX_SIZE);
-        let size = message.size();
-        if size > max_size {
-            return ScanResult::Error(format!(
-                "the message ({size} octets) is over max-size ({max_size}): not scanned"
-            ));
+        ScanReport { found, headers }
+    }
+}
+
+fn scan(message: &Message) -> ScanResult {
+    let Some(address) = config::get("address") else {
+        return ScanResult::Error(
+            "no address in [plugin.config] (such as unix:/run/clamav/clamd.ctl)".into(),
+        );
+    };
+    let max_size = config::get("max-size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_SIZE);
+    let size = message.size();
+    if size > max_size {
+        return ScanResult::Error(format!(
+            "the message ({size} octets) is over max-size ({max_size}): not scanned"
+        ));
+    }
+    match instream(&address, message) {
+        Ok(answer) => {
+            let result = verdict(&answer);
+            if let ScanResult::Error(why) = &result {
+                log::log(log::Level::Warn, why);
+            }
+            result
         }
-        match instream(&address, message) {
-            Ok(answer) => {
-                let result = verdict(&answer);
-                if let ScanResult::Error(why) = &result {
-                    log::log(log::Level::Warn, why);
-                }
-                result
-            }
-            Err(why) => {
-                log::log(log::Level::Warn, &why);
-                ScanResult::Error(why)
-            }
+        Err(why) => {
+            log::log(log::Level::Warn, &why);
+            ScanResult::Error(why)
         }
     }
 }

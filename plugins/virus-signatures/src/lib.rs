@@ -30,7 +30,7 @@ use walk::{leaves, needs_decoding};
 
 wit_bindgen::generate!({ path: "../../wit", world: "virus-plugin" });
 
-use exports::portcullis::filter::virus::{Guest, ScanResult};
+use exports::portcullis::filter::virus::{Guest, ScanReport, ScanResult};
 use portcullis::filter::types::{Envelope, Message, SessionInfo};
 
 /// The EICAR anti-virus test file, split so that this source is not itself "infected".
@@ -115,33 +115,40 @@ fn read_all(message: &Message) -> Vec<u8> {
 struct VirusSignatures;
 
 impl Guest for VirusSignatures {
-    fn scan(_session: SessionInfo, _envelope: Envelope, message: &Message) -> ScanResult {
-        let (signatures, max_size) = match settings() {
-            Ok(s) => s,
-            Err(e) => return ScanResult::Error(format!("bad config: {e}")),
-        };
-        if message.size() > max_size {
-            return ScanResult::Error(format!(
-                "message of {} octets is larger than max-size ({max_size}): not scanned",
-                message.size()
-            ));
+    fn scan(_session: SessionInfo, _envelope: Envelope, message: &Message) -> ScanReport {
+        ScanReport {
+            found: scan(message),
+            headers: Vec::new(),
         }
-        let raw = read_all(message);
-        let mut decoded = Vec::new();
-        let unscannable = if needs_decoding(&raw) {
-            leaves(&raw, 0, &mut decoded).err()
-        } else {
-            None
-        };
-        for part in std::iter::once(&raw).chain(&decoded) {
-            if let Some(found) = signatures.iter().find(|s| s.finder.find(part).is_some()) {
-                return ScanResult::Infected(found.name.clone());
-            }
+    }
+}
+
+fn scan(message: &Message) -> ScanResult {
+    let (signatures, max_size) = match settings() {
+        Ok(s) => s,
+        Err(e) => return ScanResult::Error(format!("bad config: {e}")),
+    };
+    if message.size() > max_size {
+        return ScanResult::Error(format!(
+            "message of {} octets is larger than max-size ({max_size}): not scanned",
+            message.size()
+        ));
+    }
+    let raw = read_all(message);
+    let mut decoded = Vec::new();
+    let unscannable = if needs_decoding(&raw) {
+        leaves(&raw, 0, &mut decoded).err()
+    } else {
+        None
+    };
+    for part in std::iter::once(&raw).chain(&decoded) {
+        if let Some(found) = signatures.iter().find(|s| s.finder.find(part).is_some()) {
+            return ScanResult::Infected(found.name.clone());
         }
-        match unscannable {
-            Some(why) => ScanResult::Infected(why.name().into()),
-            None => ScanResult::Clean,
-        }
+    }
+    match unscannable {
+        Some(why) => ScanResult::Infected(why.name().into()),
+        None => ScanResult::Clean,
     }
 }
 

@@ -49,7 +49,8 @@ static int contains(const uint8_t *hay, size_t hay_len, const uint8_t *needle, s
 void exports_portcullis_filter_virus_scan(exports_portcullis_filter_virus_session_info_t *session,
                                           exports_portcullis_filter_virus_envelope_t *envelope,
                                           exports_portcullis_filter_virus_borrow_message_t message,
-                                          exports_portcullis_filter_virus_scan_result_t *ret) {
+                                          exports_portcullis_filter_virus_scan_report_t *report) {
+    exports_portcullis_filter_virus_scan_result_t *ret = &report->found;
     size_t sig_len = 0, name_len = 0;
     uint8_t *signature = config_bytes("signature", &sig_len);
     uint8_t *name = signature ? config_bytes("name", &name_len) : NULL;
@@ -87,6 +88,11 @@ void exports_portcullis_filter_virus_scan(exports_portcullis_filter_virus_sessio
     } else {
         ret->tag = EXPORTS_PORTCULLIS_FILTER_VIRUS_SCAN_RESULT_CLEAN;
     }
+    // A clean message is delivered with this header (only a clean one).
+    report->headers.len = 1;
+    report->headers.ptr = malloc(sizeof(*report->headers.ptr));
+    virus_plugin_string_dup(&report->headers.ptr[0].name, "X-Starter-Scan");
+    virus_plugin_string_dup(&report->headers.ptr[0].value, "clean");
     free(window);
     free(signature);
     free(name);

@@ -32,25 +32,30 @@ function indexOf(hay, needle) {
 
 export const virus = {
   scan(session, envelope, message) {
-    let text = get('signature') ?? '';
-    let name = get('name') ?? 'Starter-Signature';
-    if (text === '') {
-      text = EICAR;
-      name = 'Eicar-Test-Signature';
-    }
-    const signature = new TextEncoder().encode(text);
-    // The tail of the previous chunk plus the new one.
-    let window = new Uint8Array(0);
-    let offset = 0n;
-    for (;;) {
-      const chunk = message.read(offset, CHUNK);
-      if (chunk.length === 0) return { tag: 'clean' };
-      offset += BigInt(chunk.length);
-      const joined = new Uint8Array(window.length + chunk.length);
-      joined.set(window);
-      joined.set(chunk, window.length);
-      if (indexOf(joined, signature) >= 0) return { tag: 'infected', val: name };
-      window = joined.slice(Math.max(0, joined.length - (signature.length - 1)));
-    }
+    // A clean message is delivered with this header (only a clean one).
+    return { found: scan(message), headers: [{ name: 'X-Starter-Scan', value: 'clean' }] };
   },
 };
+
+function scan(message) {
+  let text = get('signature') ?? '';
+  let name = get('name') ?? 'Starter-Signature';
+  if (text === '') {
+    text = EICAR;
+    name = 'Eicar-Test-Signature';
+  }
+  const signature = new TextEncoder().encode(text);
+  // The tail of the previous chunk plus the new one.
+  let window = new Uint8Array(0);
+  let offset = 0n;
+  for (;;) {
+    const chunk = message.read(offset, CHUNK);
+    if (chunk.length === 0) return { tag: 'clean' };
+    offset += BigInt(chunk.length);
+    const joined = new Uint8Array(window.length + chunk.length);
+    joined.set(window);
+    joined.set(chunk, window.length);
+    if (indexOf(joined, signature) >= 0) return { tag: 'infected', val: name };
+    window = joined.slice(Math.max(0, joined.length - (signature.length - 1)));
+  }
+}

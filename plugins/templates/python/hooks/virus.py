@@ -15,8 +15,8 @@ Try: portcullis plugin test starter.wasm --hook virus message.eml
 """
 
 from wit_world import exports
-from wit_world.exports.virus import ScanResult_Clean, ScanResult_Infected
-from wit_world.imports import config
+from wit_world.exports.virus import ScanReport, ScanResult_Clean, ScanResult_Infected
+from wit_world.imports import config, types
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 CHUNK = 64 * 1024
@@ -24,18 +24,23 @@ CHUNK = 64 * 1024
 
 class Virus(exports.Virus):
     def scan(self, session, envelope, message):
-        signature = (config.get("signature") or "").encode()
-        name = config.get("name") or "Starter-Signature"
-        if not signature:
-            signature, name = EICAR, "Eicar-Test-Signature"
-        window = b""  # the tail of the previous chunk plus the new one
-        offset = 0
-        while True:
-            chunk = message.read(offset, CHUNK)
-            if not chunk:
-                return ScanResult_Clean()
-            offset += len(chunk)
-            window += bytes(chunk)
-            if signature in window:
-                return ScanResult_Infected(name)
-            window = window[-(len(signature) - 1):] if len(signature) > 1 else b""
+        # A clean message is delivered with this header (only a clean one).
+        return ScanReport(scan(message), [types.Header("X-Starter-Scan", "clean")])
+
+
+def scan(message):
+    signature = (config.get("signature") or "").encode()
+    name = config.get("name") or "Starter-Signature"
+    if not signature:
+        signature, name = EICAR, "Eicar-Test-Signature"
+    window = b""  # the tail of the previous chunk plus the new one
+    offset = 0
+    while True:
+        chunk = message.read(offset, CHUNK)
+        if not chunk:
+            return ScanResult_Clean()
+        offset += len(chunk)
+        window += bytes(chunk)
+        if signature in window:
+            return ScanResult_Infected(name)
+        window = window[-(len(signature) - 1):] if len(signature) > 1 else b""
