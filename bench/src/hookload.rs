@@ -4,13 +4,17 @@
 //! concurrency costs (memory-mapping changes are process-wide: TLB shoot-downs).
 //!
 //! Usage: `hookload [--workers W] [--tasks T] [--calls N] [--kib K] [--hooks virus,spam]
-//! [--spam FILE]`. `--spam probe.wasm` (a plugin with a fixed verdict) measures what a hook
-//! costs by itself: the fresh instance, the call and the teardown.
+//! [--virus FILE] [--spam FILE] [--mime yes]`. `--spam probe.wasm` (a plugin with a fixed
+//! verdict) measures what a hook costs by itself: the fresh instance, the call and the
+//! teardown. `--mime yes` sends a MIME message that needs decoding (quoted-printable text,
+//! a base64 attachment) instead of plain text. Each message is a new one, as in the daemon:
+//! what the host derives from a message (its MIME structure) is shared by the plugins of
+//! that message only. A FILE with a `/` is a path (an earlier build, to compare).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use portcullis_bench::{message, session};
+use portcullis_bench::{message_of, session};
 use portcullis_runtime::{Hook, PluginSpec, Runtime, RuntimeConfig};
 use portcullis_smtp::session::PipelineKind;
 
@@ -33,6 +37,8 @@ fn main() {
     let mut kib = 10;
     let (mut run_virus, mut run_spam) = (true, true);
     let mut spam_plugin = "spam_rules.wasm".to_string();
+    let mut virus_plugin = "virus_signatures.wasm".to_string();
+    let mut mime = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().expect("a value after each option");
@@ -43,6 +49,8 @@ fn main() {
             "--calls" => calls = number(),
             "--kib" => kib = number(),
             "--spam" => spam_plugin = value,
+            "--virus" => virus_plugin = value,
+            "--mime" => mime = value == "yes",
             "--hooks" => {
                 run_virus = value.split(',').any(|h| h == "virus");
                 run_spam = value.split(',').any(|h| h == "spam");
@@ -58,32 +66,33 @@ fn main() {
         })
         .expect("runtime"),
     );
-    let virus = Arc::new(
-        runtime
-            .load(spec("virus_signatures.wasm", Hook::Virus))
-            .expect("load"),
-    );
+    let virus = Arc::new(runtime.load(spec(&virus_plugin, Hook::Virus)).expect("load"));
     let spam = Arc::new(runtime.load(spec(&spam_plugin, Hook::Spam)).expect("load"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
         .build()
         .expect("tokio");
-    let msg = message(kib * 1024);
+    let content = if mime {
+        portcullis_bench::mime_message(kib * 1024, 1)
+    } else {
+        portcullis_bench::sample_message(kib * 1024, 1)
+    };
     let cpu = cpu_seconds();
     let started = Instant::now();
     rt.block_on(async {
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                let (runtime, virus, spam, msg) = (
+                let (runtime, virus, spam, content) = (
                     Arc::clone(&runtime),
                     Arc::clone(&virus),
                     Arc::clone(&spam),
-                    Arc::clone(&msg),
+                    content.clone(),
                 );
                 tokio::spawn(async move {
                     let mx = session(PipelineKind::Mx);
                     for _ in 0..calls / tasks {
+                        let msg = message_of(content.clone());
                         if run_virus {
                             runtime.virus(&virus, &mx, &msg).await.expect("scan");
                         }
@@ -101,7 +110,7 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu;
     println!(
-        "{workers} workers, {tasks} tasks, {kib} KiB, virus {run_virus} spam {run_spam}: {:.0} messages/s, {:.0} µs CPU per message",
+        "{workers} workers, {tasks} tasks, {kib} KiB, mime {mime}, virus {run_virus} spam {run_spam}: {:.0} messages/s, {:.0} µs CPU per message",
         calls as f64 / elapsed,
         cpu * 1e6 / calls as f64
     );

@@ -40,10 +40,47 @@ pub fn sample_message(size: usize, n: usize) -> String {
     text
 }
 
+/// A MIME message of about `size` octets that needs decoding: a quoted-printable text part
+/// in ISO-8859-1, an HTML alternative, and a base64 attachment taking most of the size.
+pub fn mime_message(size: usize, n: usize) -> String {
+    let mut text = format!(
+        "From: Bob <bob@far.example>\r\nTo: alice@example.org\r\nSubject: =?UTF-8?Q?Quarterly_r=C3=A9port?= {n}\r\n\
+         Date: Sat, 28 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{n}.mime@far.example>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"outer\"\r\n\r\n\
+         --outer\r\nContent-Type: multipart/alternative; boundary=\"inner\"\r\n\r\n\
+         --inner\r\nContent-Type: text/plain; charset=ISO-8859-1\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    );
+    let line =
+        "The quick brown fox jumps over the lazy dog; le r=E9sum=E9 est ci-joint, voir ci-dessous.\r\n";
+    for _ in 0..20 {
+        text.push_str(line);
+    }
+    text.push_str("\r\n--inner\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<p>The quarterly report is attached.</p>\r\n--inner--\r\n");
+    text.push_str(
+        "--outer\r\nContent-Type: application/pdf; name=\"report.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"report.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    );
+    let encoded = "JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFIvRmlsdGVyIC9GbGF0ZURlY29k\r\n";
+    while text.len() + 12 < size {
+        text.push_str(encoded);
+    }
+    text.push_str("--outer--\r\n");
+    text
+}
+
+/// A received message of `content` as the hooks see it.
+pub fn message_of(content: String) -> Arc<Message> {
+    let message = message(0);
+    Arc::new(Message::new(
+        message.envelope.clone(),
+        portcullis_smtp::Content::from_bytes(content.into_bytes()),
+    ))
+}
+
 /// A received message as the hooks see it.
 pub fn message(size: usize) -> Arc<Message> {
-    Arc::new(Message {
-        envelope: Envelope {
+    Arc::new(Message::new(
+        Envelope {
             mail_from: Some(Mailbox {
                 local: "bob".into(),
                 domain: "far.example".into(),
@@ -59,8 +96,8 @@ pub fn message(size: usize) -> Arc<Message> {
                 deliver_to: None,
             }],
         },
-        body: portcullis_smtp::Content::from_bytes(sample_message(size, 1).into_bytes()),
-    })
+        portcullis_smtp::Content::from_bytes(sample_message(size, 1).into_bytes()),
+    ))
 }
 
 /// A session of `pipeline`, authenticated on submission.
@@ -81,7 +118,12 @@ pub fn spec(file: &str, hook: Hook, config: serde_json::Map<String, serde_json::
     Arc::new(PluginSpec {
         name: file.into(),
         hook,
-        path: PathBuf::from(BUILD_DIR).join(file),
+        // A bare name is one of the plugins built with the host; a path is taken as it is.
+        path: if file.contains('/') {
+            PathBuf::from(file)
+        } else {
+            PathBuf::from(BUILD_DIR).join(file)
+        },
         timeout: Duration::from_secs(5),
         memory: 128 << 20,
         on_error: OnError::Defer,

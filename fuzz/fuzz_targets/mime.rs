@@ -1,20 +1,29 @@
-//! Feeds arbitrary messages to the MIME walk the virus-signatures plugin runs (this very
-//! file: `plugins/virus-signatures/src/walk.rs`, compiled natively): every decoded leaf or
-//! a reason it cannot be scanned, never a panic, and never deeper than its limit.
+//! Feeds arbitrary messages to the host's MIME parse (`portcullis_smtp::mime`, what
+//! `message.parts` gives every plugin) and to the check the virus-signatures plugin runs
+//! before asking for it (`plugins/virus-signatures/src/walk.rs`, compiled natively): a
+//! structure whose every part's parent comes before it, or a clean error; never a panic.
 //!
 //! Run: `cargo +nightly fuzz run mime` (from `fuzz/`).
 
 #![no_main]
 
 #[path = "../../plugins/virus-signatures/src/walk.rs"]
-#[allow(dead_code)] // the plugin uses all of it; this target only the walk
 mod walk;
 
 use libfuzzer_sys::fuzz_target;
+use portcullis_smtp::mime::{MimeError, Structure};
 
 fuzz_target!(|data: &[u8]| {
-    let mut leaves = Vec::new();
-    if walk::needs_decoding(data) || data.len() < 4096 {
-        let _ = walk::leaves(data, 0, &mut leaves);
+    let _ = walk::needs_decoding(data);
+    match Structure::parse(data) {
+        Ok(structure) => {
+            for (index, part) in structure.parts.iter().enumerate() {
+                if let Some(parent) = part.parent {
+                    assert!((parent as usize) < index, "a parent after its part");
+                }
+            }
+        }
+        Err(MimeError::NestedTooDeep | MimeError::Unreadable(_)) => {}
+        Err(MimeError::TooLarge(_)) => unreachable!("no size limit in Structure::parse"),
     }
 });

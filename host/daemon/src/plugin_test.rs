@@ -147,14 +147,14 @@ fn test_message(args: &TestArgs) -> Result<Arc<Message>, String> {
             deliver_to: None,
         })
         .collect();
-    Ok(Arc::new(Message {
-        envelope: Envelope {
+    Ok(Arc::new(Message::new(
+        Envelope {
             mail_from,
             params: MailParams::default(),
             recipients,
         },
-        body: portcullis_smtp::Content::from_bytes(body),
-    }))
+        portcullis_smtp::Content::from_bytes(body),
+    )))
 }
 
 /// A session the hook would run in: submission (authenticated as the sender) for auth and

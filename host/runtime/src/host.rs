@@ -171,6 +171,30 @@ impl MessageHandle {
         buf.truncate(n);
         Ok(buf)
     }
+
+    /// The message's MIME structure (parsed once per message, whoever asks first).
+    pub(crate) fn structure(
+        &self,
+    ) -> Result<Arc<portcullis_smtp::mime::Structure>, portcullis_smtp::mime::MimeError> {
+        self.message.structure()
+    }
+
+    /// Up to `max` octets of part `part`'s decoded content from `offset` on (see
+    /// `message.read-part`).
+    pub(crate) fn read_part(&self, part: u32, offset: u64, max: u32) -> Vec<u8> {
+        let Ok(structure) = self.structure() else {
+            return Vec::new();
+        };
+        let Some(part) = structure.parts.get(part as usize) else {
+            return Vec::new();
+        };
+        let content = &part.content;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(content.len());
+        let end = start
+            .saturating_add(max.min(MAX_READ) as usize)
+            .min(content.len());
+        content[start..end].to_vec()
+    }
 }
 
 impl State {
@@ -216,6 +240,9 @@ fn now() -> u64 {
 /// behaviour is the same.
 macro_rules! shared_imports {
     ($filter:path) => {
+        shared_imports!($filter, {});
+    };
+    ($filter:path, { $($since_0_2:item)* }) => {
         const _: () = {
             use filter::{clock, config, log, types};
             use wasmtime::component::Resource;
@@ -256,6 +283,8 @@ macro_rules! shared_imports {
                     self.table.delete(this)?;
                     Ok(())
                 }
+
+                $($since_0_2)*
             }
 
             impl log::Host for State {
@@ -290,7 +319,41 @@ macro_rules! shared_imports {
     };
 }
 
-shared_imports!(crate::bindings::virus::portcullis::filter);
+shared_imports!(crate::bindings::virus::portcullis::filter, {
+    fn parts(&mut self, this: Resource<MessageHandle>) -> Result<Vec<types::MimePart>, types::PartsError> {
+        use portcullis_smtp::mime::MimeError;
+        let handle = self
+            .table
+            .get(&this)
+            .map_err(|e| types::PartsError::Unreadable(e.to_string()))?;
+        let structure = handle.structure().map_err(|e| match e {
+            MimeError::NestedTooDeep => types::PartsError::NestedTooDeep,
+            MimeError::TooLarge(_) => types::PartsError::TooLarge,
+            MimeError::Unreadable(why) => types::PartsError::Unreadable(why),
+        })?;
+        Ok(structure
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(index, part)| types::MimePart {
+                index: index as u32,
+                parent: part.parent,
+                content_type: part.content_type.clone(),
+                charset: part.charset.clone(),
+                disposition: part.disposition.clone(),
+                filename: part.filename.clone(),
+                size: part.content.len() as u64,
+                problem: part.problem,
+            })
+            .collect())
+    }
+
+    fn read_part(&mut self, this: Resource<MessageHandle>, part: u32, offset: u64, max: u32) -> Vec<u8> {
+        self.table
+            .get(&this)
+            .map_or_else(|_| Vec::new(), |handle| handle.read_part(part, offset, max))
+    }
+});
 shared_imports!(crate::bindings::v1::virus::portcullis::filter);
 
 #[cfg(test)]

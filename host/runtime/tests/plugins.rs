@@ -59,8 +59,8 @@ fn message(body: &str) -> Arc<Message> {
 }
 
 fn message_with(body: portcullis_smtp::Content) -> Message {
-    Message {
-        envelope: Envelope {
+    Message::new(
+        Envelope {
             mail_from: Some(Mailbox {
                 local: "sender".into(),
                 domain: "far.example".into(),
@@ -77,7 +77,7 @@ fn message_with(body: portcullis_smtp::Content) -> Message {
             }],
         },
         body,
-    }
+    )
 }
 
 const EICAR: &str = concat!(

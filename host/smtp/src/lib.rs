@@ -33,6 +33,7 @@ pub mod data;
 pub mod envelope;
 pub mod escape;
 pub mod fields;
+pub mod mime;
 pub mod received;
 pub mod replies;
 pub mod reply;

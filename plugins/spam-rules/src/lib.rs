@@ -7,8 +7,10 @@
 //! `reject-threshold` (off by default) on it is refused with `550 5.7.1`.
 //!
 //! Plain-text mail (one UTF-8 or ASCII part, no transfer encoding, a plain subject and From)
-//! is read as it is; anything else is parsed as MIME first (mail-parser), every text part
-//! decoded.
+//! is read as it is; for anything else the body is the decoded text of the parts the host
+//! parsed (`message.parts`, contract 0.2.0: every `text/plain` part that is not an
+//! attachment nor inside an enclosed message, else the `text/html` ones), and the subject
+//! and From come from the header section alone (mail-parser, for RFC 2047).
 //!
 //! ```toml
 //! [plugin.config]
@@ -30,7 +32,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "spam-plugin" });
 
 use exports::portcullis::filter::spam::{Guest, SpamResult};
 use portcullis::filter::types::{
-    EnhancedCode, Envelope, Header, Message, Pipeline, Reply, SessionInfo, Verdict,
+    EnhancedCode, Envelope, Header, Message, MimePart, Pipeline, Reply, SessionInfo, Verdict,
 };
 
 #[derive(Deserialize, Clone)]
@@ -100,7 +102,7 @@ fn read_all(message: &Message) -> Vec<u8> {
     }
 }
 
-fn facts(raw: &[u8], headers: Vec<Header>) -> Facts {
+fn facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts {
     match plain_text(raw, &headers) {
         Some((body, subject, from_domain)) => Facts {
             subject,
@@ -108,7 +110,7 @@ fn facts(raw: &[u8], headers: Vec<Header>) -> Facts {
             from_domain,
             ..header_facts(headers)
         },
-        None => parsed_facts(raw, headers),
+        None => parsed_facts(message, raw, headers),
     }
 }
 
@@ -198,24 +200,18 @@ fn plain_text(raw: &[u8], headers: &[Header]) -> Option<(String, Option<String>,
 }
 
 /// The facts of any message, from a MIME parse.
-fn parsed_facts(raw: &[u8], headers: Vec<Header>) -> Facts {
-    let parsed = MessageParser::default().parse(raw);
-    let mut body = String::new();
-    if let Some(m) = &parsed {
-        for i in 0..m.text_body.len() {
-            if let Some(text) = m.body_text(i) {
-                body.push_str(&text);
-                body.push('\n');
-            }
+fn parsed_facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts {
+    let parsed = MessageParser::default().parse_headers(raw);
+    let body = match message.parts() {
+        Ok(parts) => body_text(message, &parts),
+        Err(e) => {
+            portcullis::filter::log::log(
+                portcullis::filter::log::Level::Info,
+                &format!("no MIME structure ({e:?}): the body is not scored"),
+            );
+            String::new()
         }
-        if body.is_empty() {
-            for i in 0..m.html_body.len() {
-                if let Some(html) = m.body_html(i) {
-                    body.push_str(&html);
-                }
-            }
-        }
-    }
+    };
     let from_domain = parsed
         .as_ref()
         .and_then(|m| m.from())
@@ -227,6 +223,51 @@ fn parsed_facts(raw: &[u8], headers: Vec<Header>) -> Facts {
         from_domain,
         body,
         ..header_facts(headers)
+    }
+}
+
+/// The text a reader sees: every `text/plain` part that is not an attachment and not
+/// inside an enclosed message, each followed by a line break; without one, the `text/html`
+/// parts.
+fn body_text(message: &Message, parts: &[MimePart]) -> String {
+    let enclosed = |part: &MimePart| {
+        let mut parent = part.parent;
+        while let Some(index) = parent {
+            let Some(up) = parts.get(index as usize) else {
+                return true;
+            };
+            if up.content_type == "message/rfc822" {
+                return true;
+            }
+            parent = up.parent;
+        }
+        false
+    };
+    let text_of = |kind: &str| {
+        let mut text = String::new();
+        for part in parts.iter().filter(|p| {
+            p.content_type == kind && p.disposition.as_deref() != Some("attachment") && !enclosed(p)
+        }) {
+            let mut content = Vec::with_capacity(part.size as usize);
+            loop {
+                let chunk = message.read_part(part.index, content.len() as u64, 1 << 20);
+                if chunk.is_empty() {
+                    break;
+                }
+                content.extend_from_slice(&chunk);
+            }
+            text.push_str(&String::from_utf8_lossy(&content));
+            if kind == "text/plain" {
+                text.push('\n');
+            }
+        }
+        text
+    };
+    let plain = text_of("text/plain");
+    if plain.is_empty() {
+        text_of("text/html")
+    } else {
+        plain
     }
 }
 
@@ -354,7 +395,7 @@ impl Guest for SpamRules {
             }
         };
         let raw = read_all(message);
-        let facts = facts(&raw, message.headers());
+        let facts = facts(message, &raw, message.headers());
         let (total, tests) = score(&config, &facts, &session, &envelope);
         let spam = total >= config.tag_threshold;
         let headers = vec![

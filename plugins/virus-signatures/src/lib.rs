@@ -1,5 +1,6 @@
-//! `virus-signatures`: decodes every MIME part (base64, quoted-printable, nested messages)
-//! and looks for the EICAR test string and configured byte signatures.
+//! `virus-signatures`: looks for the EICAR test string and configured byte signatures in
+//! the message and in every decoded MIME part (base64, quoted-printable, charsets, nested
+//! messages), which the host parses (`message.parts`, contract 0.2.0).
 //!
 //! ```toml
 //! [[plugin.config.signatures]]
@@ -18,20 +19,20 @@
 //! answer, so it is refused); one larger than `max-size` (default 25 MiB) is an error, and
 //! the plugin's `on-error` policy applies.
 //!
-//! The raw message is searched first; the MIME parse and decoding run only when they could
+//! The raw message is searched first; the decoded parts are asked for only when they could
 //! show bytes the raw message hides (see [`needs_decoding`]), so plain-text mail, most of
-//! it, costs one pass over its bytes.
+//! it, costs one pass over its bytes and no parse at all.
 
 use serde::Deserialize;
 
 mod walk;
 
-use walk::{leaves, needs_decoding};
+use walk::needs_decoding;
 
 wit_bindgen::generate!({ path: "../../wit", world: "virus-plugin" });
 
 use exports::portcullis::filter::virus::{Guest, ScanReport, ScanResult};
-use portcullis::filter::types::{Envelope, Message, SessionInfo};
+use portcullis::filter::types::{Envelope, Message, PartsError, SessionInfo};
 
 /// The EICAR anti-virus test file, split so that this source is not itself "infected".
 const EICAR: [&str; 2] = [
@@ -135,20 +136,40 @@ fn scan(message: &Message) -> ScanResult {
         ));
     }
     let raw = read_all(message);
-    let mut decoded = Vec::new();
-    let unscannable = if needs_decoding(&raw) {
-        leaves(&raw, 0, &mut decoded).err()
-    } else {
-        None
+    let hit = |bytes: &[u8]| signatures.iter().find(|s| s.finder.find(bytes).is_some());
+    if let Some(found) = hit(&raw) {
+        return ScanResult::Infected(found.name.clone());
+    }
+    if !needs_decoding(&raw) {
+        return ScanResult::Clean;
+    }
+    // What cannot be scanned is refused (a retry gets the same answer), never clean.
+    let parts = match message.parts() {
+        Ok(parts) => parts,
+        Err(PartsError::NestedTooDeep) => return ScanResult::Infected("Unscannable.NestedTooDeep".into()),
+        Err(PartsError::Unreadable(_)) => return ScanResult::Infected("Unscannable.Malformed".into()),
+        Err(PartsError::TooLarge) => {
+            return ScanResult::Error("the message is larger than the host parses: not scanned".into());
+        }
     };
-    for part in std::iter::once(&raw).chain(&decoded) {
-        if let Some(found) = signatures.iter().find(|s| s.finder.find(part).is_some()) {
+    for part in parts.iter().filter(|p| p.size > 0) {
+        let content = read_part(message, part.index, part.size);
+        if let Some(found) = hit(&content) {
             return ScanResult::Infected(found.name.clone());
         }
     }
-    match unscannable {
-        Some(why) => ScanResult::Infected(why.name().into()),
-        None => ScanResult::Clean,
+    ScanResult::Clean
+}
+
+/// The whole decoded content of part `index` (`size` octets), in 1 MiB chunks.
+fn read_part(message: &Message, index: u32, size: u64) -> Vec<u8> {
+    let mut content = Vec::with_capacity(size as usize);
+    loop {
+        let chunk = message.read_part(index, content.len() as u64, 1 << 20);
+        if chunk.is_empty() {
+            return content;
+        }
+        content.extend_from_slice(&chunk);
     }
 }
 

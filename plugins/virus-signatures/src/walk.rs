@@ -1,33 +1,8 @@
-//! The MIME walk: which messages need decoding, and every decoded leaf of one, nested
-//! messages included. Plain Rust over bytes (no WIT), so that the fuzz target in `fuzz/`
-//! compiles this very file natively.
-
-use mail_parser::{MessageParser, PartType};
-
-/// `message/rfc822` levels followed; a message nested deeper is unscannable.
-pub const MAX_DEPTH: usize = 8;
-
-/// Why a message cannot be scanned: reported as an infection, never as clean.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Unscannable {
-    /// Nested deeper than [`MAX_DEPTH`] messages.
-    NestedTooDeep,
-    /// The MIME structure cannot be parsed.
-    Malformed,
-}
-
-impl Unscannable {
-    /// The name it is reported infected under.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Unscannable::NestedTooDeep => "Unscannable.NestedTooDeep",
-            Unscannable::Malformed => "Unscannable.Malformed",
-        }
-    }
-}
+//! Which messages need decoding before a scan. Plain Rust over bytes (no WIT), so that the
+//! fuzz target in `fuzz/` compiles this very file natively.
 
 /// Whether decoding could reveal bytes that the raw message does not hold as they are.
-/// mail-parser changes a part's bytes in two ways only: a transfer encoding (base64,
+/// MIME decoding changes a part's bytes in two ways only: a transfer encoding (base64,
 /// quoted-printable) and, for text parts, a charset conversion to UTF-8. So decoding is
 /// needed when either encoding is named anywhere (case-insensitively; a mention in the body
 /// only costs a parse, never a miss) or a charset is declared that is not UTF-8, or not
@@ -57,20 +32,4 @@ pub fn needs_decoding(raw: &[u8]) -> bool {
             _ => true,
         }
     })
-}
-
-/// Every decoded leaf of a MIME tree, nested messages included, or why it cannot be had.
-pub fn leaves(raw: &[u8], depth: usize, out: &mut Vec<Vec<u8>>) -> Result<(), Unscannable> {
-    let parsed = MessageParser::default()
-        .parse(raw)
-        .ok_or(Unscannable::Malformed)?;
-    for part in &parsed.parts {
-        match &part.body {
-            PartType::Multipart(_) => {}
-            PartType::Message(_) if depth >= MAX_DEPTH => return Err(Unscannable::NestedTooDeep),
-            PartType::Message(nested) => leaves(nested.raw_message(), depth + 1, out)?,
-            _ => out.push(part.contents().to_vec()),
-        }
-    }
-    Ok(())
 }

@@ -293,10 +293,7 @@ impl<P: Pipeline> Session<P> {
         let Some(txn) = self.txn.as_mut() else {
             return self.reply(replies::MAIL_FIRST);
         };
-        let message = Arc::new(Message {
-            envelope: txn.envelope(),
-            body,
-        });
+        let message = Arc::new(Message::new(txn.envelope(), body));
         txn.phase = Phase::Received(Arc::clone(&message));
         if P::CHECKS_AUTHENTICATION {
             self.state = State::AwaitingChecks(message);

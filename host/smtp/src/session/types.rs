@@ -417,6 +417,45 @@ pub struct Message {
     /// The content as received (CRLF lines, dot-unstuffed), in memory or in its spool
     /// file.
     pub body: Content,
+    /// Its MIME structure, parsed on first use ([`Message::structure`]).
+    mime: std::sync::OnceLock<Result<Arc<crate::mime::Structure>, crate::mime::MimeError>>,
+}
+
+impl Message {
+    /// A message of `envelope` and `body`.
+    pub fn new(envelope: Envelope, body: Content) -> Message {
+        Message {
+            envelope,
+            body,
+            mime: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Its MIME structure, parsed the first time anyone asks (then shared by every hook
+    /// and plugin of the message), or why it cannot be had: larger than
+    /// [`crate::mime::MAX_SIZE`], unreadable from its file, or not parseable.
+    pub fn structure(&self) -> Result<Arc<crate::mime::Structure>, crate::mime::MimeError> {
+        use crate::mime::{MAX_SIZE, MimeError};
+        self.mime
+            .get_or_init(|| {
+                let size = self.body.len();
+                if size > MAX_SIZE {
+                    return Err(MimeError::TooLarge(size));
+                }
+                let parsed = match self.body.in_memory() {
+                    Some(bytes) => crate::mime::Structure::parse(bytes),
+                    None => {
+                        let bytes = self
+                            .body
+                            .to_vec()
+                            .map_err(|e| MimeError::Unreadable(format!("cannot read the content: {e}")))?;
+                        crate::mime::Structure::parse(&bytes)
+                    }
+                };
+                parsed.map(Arc::new)
+            })
+            .clone()
+    }
 }
 
 /// What the host must make durable before the session may say 250.
