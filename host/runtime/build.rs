@@ -19,6 +19,7 @@ const OUTPUTS: &[&str] = &[
     "clamav",
     "dnsbl",
     "rspamd",
+    "milter",
     "hostile",
     "probe",
     "legacy",
@@ -42,6 +43,7 @@ fn main() {
         "clamav",
         "dnsbl",
         "rspamd",
+        "milter",
         "testing",
     ] {
         println!("cargo:rerun-if-changed={}", plugins.join(watched).display());

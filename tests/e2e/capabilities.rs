@@ -68,6 +68,17 @@ address = "{address}"
     )
 }
 
+/// A `milter` plugin on the spam hook, granted the milter at `addr`.
+fn milter_setup(addr: std::net::SocketAddr) -> Setup {
+    setup_with(|s| {
+        format!(
+            "\n[[plugin]]\nhook = \"spam\"\npath = \"{path}\"\ntimeout = \"30s\"\ngrant-connect = [\"tcp:{addr}\"]\n\
+             [plugin.config]\naddress = \"tcp:{addr}\"\nhostname = \"mx.example.org\"\n",
+            path = s.plugin("milter.wasm").display()
+        )
+    })
+}
+
 fn check_config(setup: &Setup) -> String {
     let out = Command::new(binary())
         .args(["check-config", "--config"])
@@ -146,6 +157,26 @@ fn clamav_plugin_asks_a_real_clamd_on_both_pipelines() {
     // Nothing bounced: the queue empties and alice holds exactly the three.
     wait_spool_empty(&setup.data());
     assert_eq!(new_files(&setup.maildir("alice")).len(), 3);
+
+    // The milter plugin, on Debian's clamav-milter asking the same clamd (OnInfected
+    // Reject): the test signature is refused with its reply, clean mail delivered with the
+    // milter's headers.
+    let milter = portcullis_testkit::clamav_milter::ClamavMilter::start(&clamd);
+    let setup = milter_setup(milter.addr);
+    let mut daemon = setup.start();
+    let reply = mx_send(&daemon, &infected("through the milter"));
+    assert!(reply.starts_with("550"), "{reply}");
+    daemon.wait_log("milter: 550");
+    let reply = mx_send(&daemon, &with_attachment("milter clean", b"nothing to see"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    assert!(text.contains("Subject: milter clean"), "{text}");
+    assert!(text.contains("X-Virus-Status: Clean"), "{text}");
+    daemon.wait_log("milter: accept");
+    // The refused one is nowhere: not delivered, not bounced.
+    wait_spool_empty(&setup.data());
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 1);
 }
 
 #[test]

@@ -19,10 +19,12 @@ pub const CLAMAV: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"
 pub const DNSBL: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/dnsbl.wasm"));
 /// `rspamd`: asks rspamd's `/checkv2` over a granted endpoint (contract 0.2.0).
 pub const RSPAMD: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/rspamd.wasm"));
+/// `milter`: asks one milter (protocol version 6) over a granted endpoint (contract 0.2.0).
+pub const MILTER: &[u8] = include_bytes!(concat!(env!("PORTCULLIS_BUILT_PLUGINS"), "/milter.wasm"));
 
 /// Every shipped plugin, with the file names configs use (the embedded default config uses
 /// the first four).
-pub const ALL: [(&str, &[u8]); 7] = [
+pub const ALL: [(&str, &[u8]); 8] = [
     ("auth_table.wasm", AUTH_TABLE),
     ("rate_limit.wasm", RATE_LIMIT),
     ("virus_signatures.wasm", VIRUS_SIGNATURES),
@@ -30,6 +32,7 @@ pub const ALL: [(&str, &[u8]); 7] = [
     ("clamav.wasm", CLAMAV),
     ("dnsbl.wasm", DNSBL),
     ("rspamd.wasm", RSPAMD),
+    ("milter.wasm", MILTER),
 ];
 
 /// Where the build script left every plugin it built, test-only ones included.
