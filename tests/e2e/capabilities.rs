@@ -731,4 +731,26 @@ address = "tcp:{at}"
     wait_for_mail(&setup.maildir("alice"), 3);
     wait_spool_empty(&setup.data());
     assert_eq!(new_files(&setup.maildir("alice")).len(), 3);
+
+    // The milter plugin, on the same rspamd's proxy worker in milter mode: GTUBE refused
+    // with rspamd's reply; a normal message delivered with rspamd's milter headers, the
+    // forged X-Spamd-Result deleted as rspamd asks (a change to an empty value).
+    let setup = milter_setup(rspamd.milter);
+    let mut daemon = setup.start();
+    let reply = mx_send(&daemon, &gtube);
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    daemon.wait_log("milter: 554");
+    let reply = mx_send(&daemon, &plain.replace("<plain@", "<milter@"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    assert!(text.contains("X-Spamd-Result: default: False"), "{text}");
+    assert!(text.contains("X-Rspamd-Action: no action"), "{text}");
+    assert!(
+        !text.contains("X-Spamd-Result: forged") && !text.contains("folded on"),
+        "{text}"
+    );
+    daemon.wait_log("milter: accept");
+    wait_spool_empty(&setup.data());
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 1);
 }

@@ -167,7 +167,8 @@ impl Milter {
     /// Sends macros for the step `command`.
     fn macros(&self, command: u8, pairs: &[(&str, String)]) -> Result<(), String> {
         let mut data = vec![command];
-        for (name, value) in pairs {
+        // As Postfix: a macro without a value is not sent.
+        for (name, value) in pairs.iter().filter(|(_, value)| !value.is_empty()) {
             data.extend_from_slice(name.as_bytes());
             data.push(0);
             data.extend_from_slice(value.as_bytes());

@@ -24,7 +24,8 @@ pub struct Rspamd {
     child: Option<Child>,
     /// The normal worker: HTTP, `POST /checkv2`.
     pub normal: SocketAddr,
-    /// The proxy worker in milter mode, scanning by itself.
+    /// The proxy worker in milter mode, asking the normal worker (Debian's upstream
+    /// `local` points at port 11333, which a test's rspamd does not use).
     pub milter: SocketAddr,
     /// The controller (HTTP, statistics and learning).
     pub controller: SocketAddr,
@@ -59,7 +60,8 @@ impl Rspamd {
         write(
             "override.d/worker-proxy.inc",
             format!(
-                "bind_socket = \"{milter}\";\nmilter = yes;\nself_scan = yes;\ncount = 1;\ntimeout = 120s;\n"
+                "bind_socket = \"{milter}\";\nmilter = yes;\ncount = 1;\ntimeout = 120s;\n\
+                 upstream \"local\" {{\n  default = yes;\n  hosts = \"{normal}\";\n}}\n"
             ),
         );
         write(
