@@ -67,6 +67,7 @@ fn run<P: Pipeline>(data: &[u8]) {
                 let info = TlsInfo {
                     protocol: "TLSv1.3".into(),
                     cipher: "x".into(),
+                    peer_subject: None,
                 };
                 session.tls_established(info).expect("waiting for TLS");
             }
