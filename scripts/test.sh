@@ -56,6 +56,8 @@ if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl, authres' 
   target/e2e-python/bin/pip install -q dkimpy==1.1.8 dnspython==2.9.2 pynacl authres==1.2.0
 fi
 
+# The helpers the shipped plugins share are plain Rust: their unit tests run natively.
+(cd plugins && cargo test --locked --quiet -p plugin-kit --target-dir ../target/plugins)
 cargo test --workspace --locked "$@"
 
 # Every fuzz target for a short, fixed time (nightly and cargo-fuzz, installed if missing):

@@ -68,11 +68,11 @@ address = "{address}"
     )
 }
 
-/// A `milter` plugin on the spam hook, granted the milter at `addr`.
-fn milter_setup(addr: std::net::SocketAddr) -> Setup {
+/// A `milter` plugin on `hook`, granted the milter at `addr`.
+fn milter_setup(hook: &str, addr: std::net::SocketAddr) -> Setup {
     setup_with(|s| {
         format!(
-            "\n[[plugin]]\nhook = \"spam\"\npath = \"{path}\"\ntimeout = \"30s\"\ngrant-connect = [\"tcp:{addr}\"]\n\
+            "\n[[plugin]]\nhook = \"{hook}\"\npath = \"{path}\"\ntimeout = \"30s\"\ngrant-connect = [\"tcp:{addr}\"]\n\
              [plugin.config]\naddress = \"tcp:{addr}\"\nhostname = \"mx.example.org\"\n",
             path = s.plugin("milter.wasm").display()
         )
@@ -162,7 +162,7 @@ fn clamav_plugin_asks_a_real_clamd_on_both_pipelines() {
     // Reject): the test signature is refused with its reply, clean mail delivered with the
     // milter's headers.
     let milter = portcullis_testkit::clamav_milter::ClamavMilter::start(&clamd);
-    let setup = milter_setup(milter.addr);
+    let setup = milter_setup("spam", milter.addr);
     let mut daemon = setup.start();
     let reply = mx_send(&daemon, &infected("through the milter"));
     assert!(reply.starts_with("550"), "{reply}");
@@ -177,6 +177,42 @@ fn clamav_plugin_asks_a_real_clamd_on_both_pipelines() {
     // The refused one is nowhere: not delivered, not bounced.
     wait_spool_empty(&setup.data());
     assert_eq!(new_files(&setup.maildir("alice")).len(), 1);
+    drop(daemon);
+
+    // The same component on the virus hook: the milter's refusal is the finding (554, named
+    // by its reply), and its headers come with clean mail.
+    let setup = milter_setup("virus", milter.addr);
+    let mut daemon = setup.start();
+    let reply = mx_send(&daemon, &infected("virus hook, rejected"));
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    assert!(
+        reply.contains(&format!("Virus found: {TEST_SIGNATURE_NAME}")),
+        "{reply}"
+    );
+    let reply = mx_send(&daemon, &with_attachment("virus hook clean", b"nothing to see"));
+    assert!(reply.starts_with("250"), "{reply}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
+    let text = std::fs::read_to_string(&delivered[0]).expect("read");
+    assert!(text.contains("X-Virus-Status: Clean"), "{text}");
+    assert!(text.contains("X-Virus-Scanned: "), "{text}");
+    // The milter gone: an error, so on-error (defer) answers 451 and nothing is kept.
+    drop(milter);
+    let reply = mx_send(&daemon, &with_attachment("milter away", b"nothing to see"));
+    assert!(reply.starts_with("451"), "{reply}");
+    daemon.wait_log("kind=\"failed\"");
+    wait_spool_empty(&setup.data());
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 1);
+    drop(daemon);
+
+    // A milter that quarantines (clamav-milter's default): infected on the virus hook.
+    let milter = portcullis_testkit::clamav_milter::ClamavMilter::start_with(&clamd, "Quarantine");
+    let setup = milter_setup("virus", milter.addr);
+    let mut daemon = setup.start();
+    let reply = mx_send(&daemon, &infected("virus hook, quarantined"));
+    assert!(reply.starts_with("554 5.7.1"), "{reply}");
+    daemon.wait_log("milter: quarantine");
+    wait_spool_empty(&setup.data());
+    assert!(new_files(&setup.maildir("alice")).is_empty());
 }
 
 #[test]
@@ -735,7 +771,7 @@ address = "tcp:{at}"
     // The milter plugin, on the same rspamd's proxy worker in milter mode: GTUBE refused
     // with rspamd's reply; a normal message delivered with rspamd's milter headers, the
     // forged X-Spamd-Result deleted as rspamd asks (a change to an empty value).
-    let setup = milter_setup(rspamd.milter);
+    let setup = milter_setup("spam", rspamd.milter);
     let mut daemon = setup.start();
     let reply = mx_send(&daemon, &gtube);
     assert!(reply.starts_with("554 5.7.1"), "{reply}");

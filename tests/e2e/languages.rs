@@ -253,13 +253,9 @@ fn plugin_test(
         .args(args)
         .output()
         .expect("plugin test");
-    let text = String::from_utf8_lossy(&test.stdout).into_owned();
-    assert!(
-        test.status.success(),
-        "{}: {text}{}",
-        wasm.display(),
-        String::from_utf8_lossy(&test.stderr)
-    );
+    // The verdict (stdout), then what the plugin logged (stderr).
+    let text = String::from_utf8_lossy(&test.stdout).into_owned() + &String::from_utf8_lossy(&test.stderr);
+    assert!(test.status.success(), "{}: {text}", wasm.display());
     text
 }
 
@@ -305,6 +301,51 @@ fn starters_work(lang: &str) {
     assert!(
         out.contains("accept") && out.contains("X-Starter: miss"),
         "{lang}: {out}"
+    );
+    // With a DNSBL zone and the DNS grant, asked through the host's resolver of a real DNS
+    // server: a listed client is junk, another is not; without the grant the lookup is
+    // denied, logged, and the rule skipped.
+    let dns = portcullis_testkit::dns::Dns::start(&[(
+        "1.2.0.192.dnsbl.test",
+        portcullis_testkit::dns::Answer::A(std::net::Ipv4Addr::new(127, 0, 0, 2)),
+    )]);
+    let ns = dns.addr.to_string();
+    let zone = "word = \"deal\"\ndnsbl = \"dnsbl.test\"\n";
+    let granted = ["--grant-dns", "--nameserver", ns.as_str()];
+    let out = plugin_test(
+        dir,
+        &wasm,
+        "spam",
+        zone,
+        &[&granted[..], &[ham.as_str()]].concat(),
+    );
+    assert!(
+        out.contains("junk") && out.contains("X-Starter: listed"),
+        "{lang}: {out}"
+    );
+    let other = ["--client-ip", "192.0.2.2", ham.as_str()];
+    let out = plugin_test(dir, &wasm, "spam", zone, &[&granted[..], &other[..]].concat());
+    assert!(
+        out.contains("accept") && out.contains("X-Starter: miss"),
+        "{lang}: {out}"
+    );
+    let asked = dns.queries.lock().expect("lock").clone();
+    assert!(
+        asked.contains(&"1.2.0.192.dnsbl.test A".to_string())
+            && asked.contains(&"2.2.0.192.dnsbl.test A".to_string()),
+        "{lang}: {asked:?}"
+    );
+    let out = plugin_test(dir, &wasm, "spam", zone, &[&ham]);
+    assert!(
+        out.contains("accept")
+            && out.contains("X-Starter: miss")
+            && out.contains("dnsbl.test: DNS is not granted to this plugin"),
+        "{lang}: {out}"
+    );
+    assert_eq!(
+        dns.queries.lock().expect("lock").len(),
+        asked.len(),
+        "{lang}: asked without the grant"
     );
 
     // auth: the configured password and nothing else.

@@ -7,8 +7,11 @@
 //! cargo build --release -p portcullis -p portcullis-bench
 //! ./target/release/compare [--seconds S] [--sessions 1,10,100] [--sizes 1024,10240,102400]
 //!                          [--idle N] [--portcullis PATH]
-//!                          [--tables all|mx,group,submission,idle,authentication]
+//!                          [--tables all|mx,group,submission,idle,authentication,services]
 //! ```
+//!
+//! `services` (MX with clamd and rspamd behind both servers, `services.rs`) is not part of
+//! `all`: it needs clamav-daemon, clamav-milter and rspamd (`scripts/test.sh` installs them).
 //!
 //! `--sessions none` skips the MX and group-commit tables (`--sizes none` the MX table),
 //! `--idle 0` the idle-connection count.
@@ -28,6 +31,7 @@
 mod authentication;
 mod measure;
 mod postfix;
+mod services;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -125,6 +129,9 @@ fn main() {
     }
     if a.wants("authentication") {
         authentication::authentication_cost(&a);
+    }
+    if a.tables.iter().any(|t| t == "services") {
+        services::services_path(&a, &mut kept);
     }
 }
 

@@ -23,6 +23,11 @@ pub(crate) struct Postfix {
 
 impl Postfix {
     pub(crate) fn start() -> Postfix {
+        Postfix::start_with("")
+    }
+
+    /// [`Postfix::start`], with `main_cf` added to its main.cf (such as `smtpd_milters`).
+    pub(crate) fn start_with(main_cf: &str) -> Postfix {
         let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
         let cert = certified.cert.pem();
         let submission_port = free_port();
@@ -53,7 +58,7 @@ impl Postfix {
             (
                 format!(
                     "smtpd_tls_cert_file = {root}/cert.pem\nsmtpd_tls_key_file = {root}/key.pem\n\
-                     cyrus_sasl_config_path = {root}/etc/sasl\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\n"
+                     cyrus_sasl_config_path = {root}/etc/sasl\nsmtpd_sasl_type = cyrus\nsmtpd_sasl_path = smtpd\n{main_cf}"
                 ),
                 format!(
                     "127.0.0.1:{submission_port} inet n - n - - smtpd -o smtpd_tls_security_level=encrypt \

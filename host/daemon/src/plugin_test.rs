@@ -6,7 +6,7 @@
 //! (trap, timeout, memory, malformed answer), 2 when the input was wrong (no such file, not
 //! a component, a bad option).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +50,9 @@ pub struct TestArgs {
     /// Password, for the auth hook.
     #[arg(long)]
     pub password: Option<String>,
+    /// The client's address the plugin sees.
+    #[arg(long, default_value = "192.0.2.1")]
+    pub client_ip: IpAddr,
     /// Time limit of the call.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -94,6 +97,17 @@ fn mailbox(text: &str) -> Option<Mailbox> {
 
 /// Runs the test; the exit code is 0 for a verdict, 1 for a plugin failure, 2 for bad input.
 pub fn run(args: TestArgs) -> u8 {
+    // What the plugin logs goes to stderr, so that its author sees it (stdout keeps the
+    // verdict, for scripts).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .try_init();
     match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt.block_on(test(args)).unwrap_or_else(|e| {
             eprintln!("portcullis plugin test: {e}");
@@ -159,7 +173,7 @@ fn test_message(args: &TestArgs) -> Result<Arc<Message>, String> {
 
 /// A session the hook would run in: submission (authenticated as the sender) for auth and
 /// rate, MX for virus and spam; TLS up.
-fn session_for(hook: Hook, message: &Message) -> SessionInfo {
+fn session_for(hook: Hook, message: &Message, client: IpAddr) -> SessionInfo {
     let pipeline = match hook {
         Hook::Auth | Hook::Rate => PipelineKind::Submission,
         Hook::Virus | Hook::Spam => PipelineKind::Mx,
@@ -187,7 +201,7 @@ fn session_for(hook: Hook, message: &Message) -> SessionInfo {
             PipelineKind::Mx => "192.0.2.25:25".parse().expect("a socket address"),
             PipelineKind::Submission => "192.0.2.25:587".parse().expect("a socket address"),
         }),
-        ..SessionInfo::new(pipeline, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)))
+        ..SessionInfo::new(pipeline, client)
     }
 }
 
@@ -287,7 +301,7 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         None => serde_json::Map::new(),
     };
     let message = test_message(&args)?;
-    let info = session_for(hook, &message);
+    let info = session_for(hook, &message, args.client_ip);
 
     let spec = Arc::new(PluginSpec {
         name: args

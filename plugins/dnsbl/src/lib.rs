@@ -187,17 +187,6 @@ fn reason(name: &str) -> Option<String> {
     }
 }
 
-fn read_all(message: &Message) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(message.size() as usize);
-    loop {
-        let chunk = message.read(raw.len() as u64, 1 << 20);
-        if chunk.is_empty() {
-            return raw;
-        }
-        raw.extend_from_slice(&chunk);
-    }
-}
-
 /// The host names of `http://` and `https://` links in `text`, lower-cased, in order.
 fn link_hosts(text: &str, into: &mut Vec<String>) {
     let lower = text.to_ascii_lowercase();
@@ -237,7 +226,7 @@ fn domains(envelope: &Envelope, message: &Message, max_links: usize) -> Vec<Stri
     if max_links == 0 {
         return found;
     }
-    let raw = read_all(message);
+    let raw = plugin_kit::read_all(message.size(), |at, max| message.read(at, max));
     let Some(parsed) = MessageParser::default().parse(&raw[..]) else {
         return found;
     };

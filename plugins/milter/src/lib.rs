@@ -1,5 +1,5 @@
-//! `milter`: asks one existing milter about every message received on MX — rspamd's proxy
-//! in milter mode, clamav-milter, OpenDKIM or OpenDMARC in verify mode — speaking the
+//! `milter`: asks one existing milter about every message — rspamd's proxy in milter
+//! mode, clamav-milter, OpenDKIM or OpenDMARC in verify mode — speaking the
 //! milter protocol (version 6, as Postfix does) over a connection the operator granted.
 //!
 //! ```toml
@@ -12,7 +12,7 @@
 //! [plugin.config]
 //! address = "tcp:127.0.0.1:11332"
 //! hostname = "mx.example.org"     # the `j` macro; default: "localhost"
-//! max-size = 20971520             # octets; a larger message is not sent, and accepted
+//! max-size = 20971520             # octets; a larger message is not sent
 //! ```
 //!
 //! The milter sees the connection (the client's forward-confirmed reverse name, else
@@ -20,15 +20,20 @@
 //! Postfix sends by default (`j`, `{daemon_name}`, `_`, `{client_addr}`, `{client_name}`,
 //! `i`, `{auth_authen}`, `{mail_addr}`, `{rcpt_addr}`), and may skip any stage or answer
 //! none of them, as it negotiates. It is offered header actions only (add, insert,
-//! change — no recipient or body changes) and quarantine:
+//! change — no recipient or body changes) and quarantine. One component serves both
+//! content hooks (world `content-plugin`); `hook` in its `[[plugin]]` section decides:
 //!
-//! | the milter answers | verdict |
-//! |---|---|
-//! | accept, continue | accept, with its header changes |
-//! | reject, or a 5xx reply | reject (`550 5.7.1`, or its reply) |
-//! | tempfail, or a 4xx reply | defer (`451 4.7.1`, or its reply) |
-//! | discard | discard |
-//! | quarantine | junk |
+//! | the milter answers | on the spam hook | on the virus hook |
+//! |---|---|---|
+//! | accept, continue | accept, with its header changes | clean, with its header additions |
+//! | reject, or a 5xx reply | reject (`550 5.7.1`, or its reply) | infected (named by its reply) |
+//! | tempfail, or a 4xx reply | defer (`451 4.7.1`, or its reply) | error: `on-error` applies |
+//! | discard | discard | infected |
+//! | quarantine | junk | infected (named by its reason) |
+//!
+//! A message over `max-size` is not sent: accepted on the spam hook, an error (never clean)
+//! on the virus hook. The virus hook removes no header field: a milter's change there only
+//! adds the new value.
 //!
 //! A recipient refused at RCPT refuses the message when every recipient is refused; when
 //! only some are, the contract decides per message: it goes on, and the refusal is
@@ -37,9 +42,11 @@
 //! removed. The milter unreachable, closing early or answering what the protocol does not
 //! allow is an `err`: the plugin's `on-error` applies.
 
-wit_bindgen::generate!({ path: "../../wit", world: "spam-plugin" });
+wit_bindgen::generate!({ path: "../../wit", world: "content-plugin" });
 
-use exports::portcullis::filter::spam::{Guest, SpamResult};
+use exports::portcullis::filter::spam::{self, SpamResult};
+use exports::portcullis::filter::virus::{self, ScanReport, ScanResult};
+use plugin_kit::{MAX_HEADERS, header_value, protected, valid_name};
 use portcullis::filter::config;
 use portcullis::filter::connect::{self, ConnectError, Connection};
 use portcullis::filter::log::{self, Level};
@@ -75,10 +82,6 @@ const BODY_CHUNK: usize = 65535;
 const MAX_PACKET: usize = 1 << 20;
 /// The default `max-size`.
 const DEFAULT_MAX_SIZE: u64 = 20 << 20;
-/// The host keeps at most 20 headers and 20 removals per verdict.
-const MAX_HEADERS: usize = 20;
-/// The host's limit on a header value.
-const MAX_VALUE: usize = 1000;
 
 /// How a conversation with the milter ended.
 enum End {
@@ -252,36 +255,10 @@ fn strings(data: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Header fields only the host writes, and which no plugin removes (with every `ARC-`).
-fn protected(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    [
-        "received",
-        "return-path",
-        "delivered-to",
-        "authentication-results",
-        "dkim-signature",
-    ]
-    .contains(&lower.as_str())
-        || lower.starts_with("arc-")
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-}
-
 fn header(name: &str, value: &str) -> Header {
-    let mut value: String = value.replace(['\r', '\n', '\t'], " ").trim().to_string();
-    if value.len() > MAX_VALUE {
-        let mut end = MAX_VALUE;
-        while !value.is_char_boundary(end) {
-            end -= 1;
-        }
-        value.truncate(end);
-    }
     Header {
         name: name.into(),
-        value,
+        value: header_value(value),
     }
 }
 
@@ -333,18 +310,6 @@ fn change(command: u8, data: &[u8], changes: &mut Changes) -> Result<(), String>
         }
     }
     Ok(())
-}
-
-/// The whole message, in 1 MiB chunks.
-fn read_all(message: &Message) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(message.size() as usize);
-    loop {
-        let chunk = message.read(raw.len() as u64, 1 << 20);
-        if chunk.is_empty() {
-            return raw;
-        }
-        raw.extend_from_slice(&chunk);
-    }
 }
 
 /// Where the body starts: after the empty line that ends the header section.
@@ -480,7 +445,7 @@ fn converse(
         if let Some(end) = milter.step(NO_DATA, NR_DATA, b'T', &[], &mut changes)? {
             return Ok(Some(end));
         }
-        let raw = read_all(message);
+        let raw = plugin_kit::read_all(message.size(), |at, max| message.read(at, max));
         if milter.protocol & NO_HDRS == 0 {
             for h in message.headers() {
                 if let Some(end) =
@@ -530,28 +495,51 @@ fn decide_early(command: u8, data: &[u8]) -> Result<Option<End>, String> {
 
 struct MilterPlugin;
 
-impl Guest for MilterPlugin {
+/// The plugin's `address` and `max-size`.
+fn settings() -> Result<(String, u64), String> {
+    let address =
+        config::get("address").ok_or("no address in [plugin.config] (such as tcp:127.0.0.1:11332)")?;
+    let max_size = config::get("max-size")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_SIZE);
+    Ok((address, max_size))
+}
+
+/// What the milter said, for the log.
+fn said(end: &End, changes: &Changes) -> String {
+    let what = match end {
+        End::Accept => match &changes.quarantine {
+            Some(why) => format!("quarantine ({why})"),
+            None => "accept".to_string(),
+        },
+        End::Reject(r) | End::Defer(r) => format!("{} {}", r.code, r.text),
+        End::Discard => "discard".into(),
+    };
+    format!(
+        "milter: {what}; {} header(s) added, {} removed",
+        changes.add.len(),
+        changes.remove.len()
+    )
+}
+
+impl spam::Guest for MilterPlugin {
     fn classify(session: SessionInfo, envelope: Envelope, message: &Message) -> Result<SpamResult, String> {
-        let address =
-            config::get("address").ok_or("no address in [plugin.config] (such as tcp:127.0.0.1:11332)")?;
-        let max_size = config::get("max-size")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(DEFAULT_MAX_SIZE);
+        let (address, max_size) = settings()?;
         let size = message.size();
-        let accept = |headers| SpamResult {
-            score: 0.0,
-            verdict: Verdict::Accept,
-            headers,
-            remove_headers: Vec::new(),
-        };
         if size > max_size {
             log::log(
                 Level::Info,
                 &format!("{size} octets, over max-size ({max_size}): not asked"),
             );
-            return Ok(accept(Vec::new()));
+            return Ok(SpamResult {
+                score: 0.0,
+                verdict: Verdict::Accept,
+                headers: Vec::new(),
+                remove_headers: Vec::new(),
+            });
         }
         let (end, changes) = converse(&session, &envelope, message, &address)?;
+        log::log(Level::Info, &said(&end, &changes));
         let verdict = match end {
             End::Accept if changes.quarantine.is_some() => Verdict::Junk,
             End::Accept => Verdict::Accept,
@@ -559,26 +547,67 @@ impl Guest for MilterPlugin {
             End::Defer(reply) => Verdict::Defer(reply),
             End::Discard => Verdict::Discard,
         };
-        let said = match &verdict {
-            Verdict::Accept => "accept".to_string(),
-            Verdict::Junk => format!("quarantine ({})", changes.quarantine.clone().unwrap_or_default()),
-            Verdict::Reject(r) | Verdict::Defer(r) => format!("{} {}", r.code, r.text),
-            Verdict::Discard => "discard".into(),
-        };
-        log::log(
-            Level::Info,
-            &format!(
-                "milter: {said}; {} header(s) added, {} removed",
-                changes.add.len(),
-                changes.remove.len()
-            ),
-        );
         Ok(SpamResult {
             score: 0.0,
             verdict,
             headers: changes.add,
             remove_headers: changes.remove,
         })
+    }
+}
+
+/// On the virus hook the milter's refusal is the finding: a reject, a quarantine or a
+/// discard is `infected` (named by the milter's reply or quarantine reason), a tempfail is
+/// `error` (the plugin's `on-error` applies), and a message over `max-size` is `error`,
+/// never clean. Header additions are kept with `clean`; the virus hook removes nothing.
+impl virus::Guest for MilterPlugin {
+    fn scan(session: SessionInfo, envelope: Envelope, message: &Message) -> ScanReport {
+        let report = |found| ScanReport {
+            found,
+            headers: Vec::new(),
+        };
+        let (address, max_size) = match settings() {
+            Ok(settings) => settings,
+            Err(why) => return report(ScanResult::Error(why)),
+        };
+        let size = message.size();
+        if size > max_size {
+            return report(ScanResult::Error(format!(
+                "{size} octets, over max-size ({max_size}): not scanned"
+            )));
+        }
+        let (end, changes) = match converse(&session, &envelope, message, &address) {
+            Ok(answer) => answer,
+            Err(why) => return report(ScanResult::Error(why)),
+        };
+        log::log(Level::Info, &said(&end, &changes));
+        if !changes.remove.is_empty() {
+            log::log(
+                Level::Info,
+                &format!(
+                    "the virus hook removes no header field; {} left in",
+                    changes.remove.join(", ")
+                ),
+            );
+        }
+        match end {
+            End::Accept => match changes.quarantine {
+                Some(why) if why.is_empty() => {
+                    report(ScanResult::Infected("quarantined by the milter".into()))
+                }
+                Some(why) => report(ScanResult::Infected(why)),
+                None => ScanReport {
+                    found: ScanResult::Clean,
+                    headers: changes.add,
+                },
+            },
+            End::Reject(reply) => report(ScanResult::Infected(reply.text)),
+            End::Discard => report(ScanResult::Infected("discarded by the milter".into())),
+            End::Defer(reply) => report(ScanResult::Error(format!(
+                "the milter answered {} {}",
+                reply.code, reply.text
+            ))),
+        }
     }
 }
 

@@ -41,6 +41,7 @@ use serde_json::Value;
 wit_bindgen::generate!({ path: "../../wit", world: "spam-plugin" });
 
 use exports::portcullis::filter::spam::{Guest, SpamResult};
+use plugin_kit::{MAX_HEADERS, header_value, protected, valid_name};
 use portcullis::filter::config;
 use portcullis::filter::connect::{self, ConnectError};
 use portcullis::filter::log::{self, Level};
@@ -53,30 +54,8 @@ const DEFAULT_MAX_SIZE: u64 = 20 << 20;
 const CHUNK: u32 = 256 << 10;
 /// The longest answer read from rspamd.
 const MAX_ANSWER: usize = 4 << 20;
-/// The host keeps at most 20 headers per verdict; ours take three.
-const MAX_HEADERS: usize = 20;
-/// The host's limit on a header value.
-const MAX_VALUE: usize = 1000;
-/// Header fields only the host writes, and which no plugin removes (with every `ARC-`).
-const PROTECTED: &[&str] = &[
-    "received",
-    "return-path",
-    "delivered-to",
-    "authentication-results",
-    "dkim-signature",
-];
 /// The fields this plugin always writes, in place of any the message came with.
 const OURS: [&str; 3] = ["X-Spam-Status", "X-Spam-Flag", "X-Spam-Symbols"];
-
-/// A field name the host takes: printable ASCII without a colon, at most 64 octets.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-}
-
-fn protected(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    PROTECTED.contains(&lower.as_str()) || lower.starts_with("arc-")
-}
 
 fn failure(e: ConnectError) -> String {
     match e {
@@ -161,17 +140,10 @@ fn ask(address: &str, head: &str, message: &Message) -> Result<Value, String> {
     serde_json::from_str(body).map_err(|e| format!("rspamd's answer is not JSON: {e}"))
 }
 
-fn header(name: &str, mut value: String) -> Header {
-    if value.len() > MAX_VALUE {
-        let mut end = MAX_VALUE;
-        while !value.is_char_boundary(end) {
-            end -= 1;
-        }
-        value.truncate(end);
-    }
+fn header(name: &str, value: String) -> Header {
     Header {
         name: name.into(),
-        value,
+        value: header_value(&value),
     }
 }
 
@@ -257,7 +229,7 @@ fn milter_headers(answer: &Value, room: usize, into: &mut Vec<Header>) {
                     );
                     return;
                 }
-                into.push(header(name, value.replace(['\r', '\n', '\t'], " ")));
+                into.push(header(name, value.to_string()));
             }
         }
     }

@@ -91,17 +91,6 @@ struct Facts {
     from_domain: Option<String>,
 }
 
-fn read_all(message: &Message) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(message.size() as usize);
-    loop {
-        let chunk = message.read(raw.len() as u64, 1 << 20);
-        if chunk.is_empty() {
-            return raw;
-        }
-        raw.extend_from_slice(&chunk);
-    }
-}
-
 fn facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts {
     match plain_text(raw, &headers) {
         Some((body, subject, from_domain)) => Facts {
@@ -394,7 +383,7 @@ impl Guest for SpamRules {
                 }
             }
         };
-        let raw = read_all(message);
+        let raw = plugin_kit::read_all(message.size(), |at, max| message.read(at, max));
         let facts = facts(message, &raw, message.headers());
         let (total, tests) = score(&config, &facts, &session, &envelope);
         let spam = total >= config.tag_threshold;

@@ -101,18 +101,6 @@ fn settings() -> Result<(Vec<Signature>, u64), String> {
     Ok((out, max_size))
 }
 
-/// Reads the whole message from the host in 1 MiB chunks.
-fn read_all(message: &Message) -> Vec<u8> {
-    let mut raw = Vec::with_capacity(message.size() as usize);
-    loop {
-        let chunk = message.read(raw.len() as u64, 1 << 20);
-        if chunk.is_empty() {
-            return raw;
-        }
-        raw.extend_from_slice(&chunk);
-    }
-}
-
 struct VirusSignatures;
 
 impl Guest for VirusSignatures {
@@ -135,7 +123,7 @@ fn scan(message: &Message) -> ScanResult {
             message.size()
         ));
     }
-    let raw = read_all(message);
+    let raw = plugin_kit::read_all(message.size(), |at, max| message.read(at, max));
     let hit = |bytes: &[u8]| signatures.iter().find(|s| s.finder.find(bytes).is_some());
     if let Some(found) = hit(&raw) {
         return ScanResult::Infected(found.name.clone());

@@ -1,5 +1,6 @@
 //! clamav-milter (Debian's package) of a test's own, on a free loopback port, asking a test
-//! [`crate::clamd::Clamd`]: infected mail is refused (`OnInfected Reject`), clean mail
+//! [`crate::clamd::Clamd`]: infected mail is refused (`OnInfected Reject`, with the reply
+//! "Virus found: NAME") or quarantined ([`ClamavMilter::start_with`]), clean mail
 //! accepted with its `X-Virus-Scanned` and `X-Virus-Status` headers, and a clamd that does not answer means
 //! "try again later" (`OnFail Defer`). The milter the comparison with Postfix uses, and one
 //! a milter plugin can be tested against.
@@ -20,8 +21,14 @@ pub struct ClamavMilter {
 }
 
 impl ClamavMilter {
-    /// Starts it for `clamd`; returns once it listens.
+    /// Starts it for `clamd`, refusing infected mail; returns once it listens.
     pub fn start(clamd: &Clamd) -> ClamavMilter {
+        ClamavMilter::start_with(clamd, "Reject")
+    }
+
+    /// Starts it for `clamd` with `on_infected` (`Reject`, `Quarantine`, `Blackhole`,
+    /// `Accept`); returns once it listens.
+    pub fn start_with(clamd: &Clamd, on_infected: &str) -> ClamavMilter {
         assert!(
             std::path::Path::new("/usr/sbin/clamav-milter").exists(),
             "clamav-milter is missing: apt-get install clamav-milter (scripts/test.sh does)"
@@ -36,7 +43,8 @@ impl ClamavMilter {
             d.join("clamav-milter.conf"),
             format!(
                 "MilterSocket inet:{port}@127.0.0.1\nClamdSocket unix:{clamd}\nUser root\nForeground true\n\
-                 OnClean Accept\nOnInfected Reject\nOnFail Defer\nAddHeader Replace\n\
+                 OnClean Accept\nOnInfected {on_infected}\nRejectMsg Virus found: %v\nOnFail Defer\n\
+                 AddHeader Replace\n\
                  LogFile {root}/milter.log\nLogInfected Basic\nTemporaryDirectory {root}\n\
                  PidFile {root}/milter.pid\nMaxFileSize 25M\n",
                 port = addr.port(),
