@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use portcullis_testkit::dovecot::{Dovecot, Mail};
+
 use crate::harness::*;
 use crate::sink::{Script, Sink};
 
@@ -277,86 +279,6 @@ fn success_reports_on_submission_relayed_reports_and_none_on_mx() {
     assert_eq!(new_files(&alice).len(), 2, "no report for the MX message");
 }
 
-/// A private Dovecot (Debian's dovecot-imapd) on loopback, reading the daemon's Maildirs.
-struct Dovecot {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Dovecot {
-    fn start(dir: &Path, mail_root: &Path, user: &str, group: &str) -> Dovecot {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        std::fs::create_dir_all(dir).expect("dovecot dir");
-        let config = format!(
-            r#"base_dir = {dir}/run
-state_dir = {dir}/state
-instance_name = portcullis-test-{port}
-listen = 127.0.0.1
-protocols = imap
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-log_path = {dir}/dovecot.log
-mail_location = maildir:{root}/%d/%n
-passdb {{
-  driver = static
-  args = password=imap-secret
-}}
-userdb {{
-  driver = static
-  args = uid={user} gid={group} home={root}/%d/%n
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-"#,
-            dir = dir.display(),
-            root = mail_root.display(),
-        );
-        let path = dir.join("dovecot.conf");
-        std::fs::write(&path, config).expect("dovecot.conf");
-        let child = Command::new("dovecot")
-            .args(["-F", "-c"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start dovecot (apt-get install dovecot-imapd; scripts/test.sh does)");
-        let deadline = Instant::now() + PATIENCE;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "dovecot did not listen: {}",
-                std::fs::read_to_string(dir.join("dovecot.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Dovecot {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(self.dir.join("run"));
-    }
-}
-
 const IMAP_READ: &str = r#"
 import base64, imaplib, json, sys
 c = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
@@ -423,13 +345,16 @@ s.quit()
     );
     assert!(setup.junk("alice").join("maildirfolder").is_file());
 
+    let mail = setup.data().join("mail");
     let dovecot = Dovecot::start(
-        &setup.dir.path().join("dovecot"),
-        &setup.data().join("mail"),
-        &nobody.name,
-        &group,
+        &[("alice@example.org", "imap-secret")],
+        Some(Mail {
+            root: &mail,
+            user: &nobody.name,
+            group: &group,
+        }),
     );
-    let out = python(IMAP_READ, &[&dovecot.port.to_string()]);
+    let out = python(IMAP_READ, &[&dovecot.imap.port().to_string()]);
     let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
     let names = |key: &str| -> Vec<String> {
         seen[key]

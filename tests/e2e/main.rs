@@ -20,3 +20,4 @@ mod privileges;
 mod service;
 mod shutdown;
 mod sink;
+mod stack;

@@ -314,6 +314,18 @@ impl Accounts {
         normalize_name(username, &self.domains).is_ok_and(|n| self.hashes.contains_key(&n))
     }
 
+    /// The account name of a user another service (Dovecot) authenticated: lower-cased,
+    /// in the primary domain when it names none, so that it may send as its own address
+    /// and its `+detail` forms as an account of the users file does.
+    pub fn account_name(&self, user: &str) -> String {
+        let user = user.trim().to_lowercase();
+        if user.contains('@') {
+            user
+        } else {
+            format!("{user}@{}", self.domains[0])
+        }
+    }
+
     /// Checks credentials; CPU-heavy (argon2), so callers run it off the async threads.
     pub fn verify(&self, credentials: &Credentials) -> AuthOutcome {
         let name = normalize_name(&credentials.username, &self.domains).ok();

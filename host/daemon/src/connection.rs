@@ -369,7 +369,7 @@ impl<P: Pipeline> Driver<P> {
         Ok(Step::Continue)
     }
 
-    /// The credential check itself (users file, auth plugins), waiting its turn at most a
+    /// The credential check itself (users file, Dovecot, auth plugins), waiting its turn at most a
     /// command timeout.
     async fn check(
         &self,
@@ -380,6 +380,7 @@ impl<P: Pipeline> Driver<P> {
             .hooks
             .authenticate(
                 Arc::clone(&self.live.accounts),
+                self.live.dovecot.as_ref(),
                 self.session.info(),
                 credentials,
                 wait,

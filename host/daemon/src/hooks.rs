@@ -14,9 +14,11 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use portcullis_runtime::{LoadedPlugin, PluginError, PluginSet, ScanOutcome};
 use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, PluginVerdict, SessionInfo};
+use portcullis_smtp::escape::Escaped;
 use portcullis_smtp::{Envelope, Hook, HookCall, Message, Verdict, replies};
 
 use crate::accounts::Accounts;
+use crate::dovecot::DovecotAuth;
 use crate::rate::RateCounters;
 
 /// Answers hook calls for every session.
@@ -120,12 +122,14 @@ impl Hooks {
         self.plugins.store(plugins);
     }
 
-    /// Checks credentials: the users file first, then the auth plugins in order; at most
-    /// one check per core at a time, an AUTH waiting longer than `wait` for its turn gets
-    /// a temporary failure.
+    /// Checks credentials: the users file for its own accounts, then Dovecot (`[auth]
+    /// dovecot`) when configured, then the auth plugins in order; at most one check per
+    /// core at a time, an AUTH waiting longer than `wait` for its turn gets a temporary
+    /// failure.
     pub async fn authenticate(
         &self,
         accounts: Arc<Accounts>,
+        dovecot: Option<&DovecotAuth>,
         info: &SessionInfo,
         credentials: Credentials,
         wait: std::time::Duration,
@@ -136,7 +140,40 @@ impl Hooks {
             return AuthOutcome::TempFail;
         };
         let plugins = self.plugins();
-        if accounts.knows(&credentials.username) || !plugins.has(Hook::Auth) {
+        if let Some(dovecot) = dovecot
+            && !accounts.knows(&credentials.username)
+        {
+            // A PLAIN authzid different from the user is impersonation: never asked.
+            if credentials.authzid.is_some() {
+                return AuthOutcome::Reject;
+            }
+            let started = Instant::now();
+            let answer = dovecot
+                .verify(&crate::dovecot::Check {
+                    user: &credentials.username,
+                    password: &credentials.password,
+                    client: info.peer,
+                    local: info.local,
+                    secured: info.security.tls.is_some() || info.implicit_tls,
+                })
+                .await;
+            let micros = started.elapsed().as_micros() as u64;
+            match answer {
+                crate::dovecot::Answer::Accept(user) => {
+                    tracing::info!(user = %Escaped(&user), micros, "Dovecot accepted the password");
+                    return AuthOutcome::Accept {
+                        account: accounts.account_name(&user),
+                    };
+                }
+                crate::dovecot::Answer::Unavailable(why) => {
+                    tracing::warn!(error = %why, micros, "Dovecot could not check the password; answering a temporary failure");
+                    crate::metrics::dovecot_unavailable();
+                    return AuthOutcome::TempFail;
+                }
+                crate::dovecot::Answer::Reject if !plugins.has(Hook::Auth) => return AuthOutcome::Reject,
+                crate::dovecot::Answer::Reject => {}
+            }
+        } else if accounts.knows(&credentials.username) || !plugins.has(Hook::Auth) {
             // The users file decides for its own accounts (and, with no auth plugin, for
             // everyone: unknown names are checked against a decoy hash, in constant time).
             let checked = credentials.clone();

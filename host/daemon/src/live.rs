@@ -14,6 +14,7 @@ use crate::accounts::Accounts;
 use crate::authentication::Checks;
 use crate::config::Config;
 use crate::dkim::Signers;
+use crate::dovecot::DovecotAuth;
 use crate::start_error::StartError;
 use crate::tls;
 
@@ -33,6 +34,8 @@ pub struct Live {
     pub resolver: Resolver,
     /// The mail authentication checks of MX (`[authentication]`).
     pub checks: Arc<Checks>,
+    /// `[auth] dovecot`: Dovecot's authentication service, when configured.
+    pub dovecot: Option<DovecotAuth>,
 }
 
 impl Live {
@@ -65,6 +68,7 @@ impl Live {
             tls_available: tls.is_some(),
             storage: Default::default(),
         });
+        let dovecot = config.dovecot.clone().map(DovecotAuth::new);
         Ok(Live {
             config,
             settings,
@@ -73,6 +77,7 @@ impl Live {
             signers: Arc::new(signers),
             resolver,
             checks: Arc::new(checks),
+            dovecot,
         })
     }
 }
@@ -110,6 +115,7 @@ impl Live {
             signers: Arc::clone(&self.signers),
             resolver: self.resolver.clone(),
             checks: Arc::clone(&self.checks),
+            dovecot: self.dovecot.clone(),
         }
     }
 }

@@ -43,6 +43,7 @@ mod connection;
 mod context;
 mod control;
 mod dkim;
+mod dovecot;
 mod hooks;
 mod live;
 mod metrics;
@@ -438,6 +439,18 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 c.plugins.len()
             );
             println!("{}: {}", c.origin, c.authentication_summary());
+            if let Some(endpoint) = &c.dovecot {
+                println!(
+                    "{}: AUTH: the users file's accounts, then Dovecot at {endpoint} for every other name",
+                    c.origin
+                );
+                if let Err(e) = reachable(endpoint) {
+                    eprintln!(
+                        "{}: warning: auth.dovecot: {endpoint} cannot be reached now ({e}); AUTH will answer 454 until it can",
+                        c.origin
+                    );
+                }
+            }
             for plugin in plugins {
                 println!("{}: {plugin}", c.origin);
             }
@@ -449,6 +462,17 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             }
             eprintln!("{}: {} problem(s)", c.origin, problems.len());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether a connection to `endpoint` opens now.
+fn reachable(endpoint: &portcullis_runtime::capability::Endpoint) -> std::io::Result<()> {
+    use portcullis_runtime::capability::Endpoint;
+    match endpoint {
+        Endpoint::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
+        Endpoint::Tcp(address) => {
+            std::net::TcpStream::connect_timeout(address, std::time::Duration::from_secs(2)).map(drop)
         }
     }
 }

@@ -47,6 +47,12 @@ pub fn auth_throttled() {
     metrics::counter!("portcullis_auth_total", "result" => "throttled").increment(1);
 }
 
+/// An AUTH Dovecot (`[auth] dovecot`) could not check: unreachable, or answering a
+/// temporary failure.
+pub fn dovecot_unavailable() {
+    metrics::counter!("portcullis_dovecot_auth_unavailable_total").increment(1);
+}
+
 /// A TLS handshake on `listener`: `result` is `"ok"` or `"failed"`.
 pub fn tls_handshake(listener: &'static str, result: &'static str) {
     metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => result)

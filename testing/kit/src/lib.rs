@@ -7,9 +7,12 @@
 //!   test's own.
 //! - [`rspamd`]: Debian's rspamd on free loopback ports, asking the test's DNS server.
 //! - [`clamav_milter`]: Debian's clamav-milter, asking a test clamd.
+//! - [`dovecot`]: Debian's Dovecot: IMAP over a test's Maildirs, and its authentication
+//!   service with a passwd-file of the test's users.
 
 pub mod clamav_milter;
 pub mod clamd;
 pub mod dns;
+pub mod dovecot;
 pub mod postfix;
 pub mod rspamd;

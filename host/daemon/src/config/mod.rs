@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use portcullis_runtime::capability::Endpoint;
 use portcullis_runtime::{Hook, PluginSpec};
 use serde::Deserialize;
 
@@ -290,6 +291,10 @@ pub struct DomainsSection {
 pub struct AuthSection {
     /// The accounts file written by `portcullis user add`. Default: `<data-dir>/users.toml`.
     pub users_file: Option<PathBuf>,
+    /// Dovecot's authentication service (`unix:/run/dovecot/auth-client` or
+    /// `tcp:IP:PORT`): AUTH on submission is checked there for every name the users file
+    /// does not hold. Default: none.
+    pub dovecot: Option<String>,
 }
 
 /// `[metrics]`.
@@ -343,6 +348,8 @@ pub struct Config {
     pub postmaster: Option<String>,
     /// The accounts file, absolute.
     pub users_file: PathBuf,
+    /// `[auth] dovecot`: Dovecot's authentication service.
+    pub dovecot: Option<Endpoint>,
     /// `[limits]`.
     pub limits: LimitsSection,
     /// The plugins, in config order, paths absolute.
@@ -488,10 +495,21 @@ impl Config {
         check_listeners(&raw.listener, tls.is_some(), &mut problems);
         let (local_domains, postmaster) = domains(raw.domains, &mut problems);
         raw.limits.check(&mut problems);
-        let users_file = match raw.auth.and_then(|a| a.users_file) {
+        let (users_file, dovecot) = match raw.auth {
+            Some(auth) => (auth.users_file, auth.dovecot),
+            None => (None, None),
+        };
+        let users_file = match users_file {
             Some(p) => resolve(base, &p),
             None => server.data_dir.join("users.toml"),
         };
+        let dovecot = dovecot.and_then(|text| match Endpoint::parse(&text) {
+            Ok(endpoint) => Some(endpoint),
+            Err(e) => {
+                problems.push("auth.dovecot", e);
+                None
+            }
+        });
         let plugins = plugin::specs(raw.plugin, base, &mut problems);
         let dkim = dkim::keys(raw.dkim, base, &mut problems);
         let mut renamed = Vec::new();
@@ -519,6 +537,7 @@ impl Config {
             local_domains,
             postmaster,
             users_file,
+            dovecot,
             limits: raw.limits,
             plugins,
             metrics: raw.metrics,

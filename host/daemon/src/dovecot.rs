@@ -1,0 +1,203 @@
+//! Dovecot's authentication service as the password database of AUTH on submission, over
+//! its client protocol (the `auth-client` socket), as Postfix's `smtpd_sasl_type = dovecot`
+//! does: one password database serves IMAP and SMTP.
+//!
+//! Written by hand: the protocol is a dozen tab-separated lines (Dovecot's
+//! `auth_protocol` design document), and no maintained crate speaks it.
+//!
+//! One connection per check: the handshake (`VERSION`, `CPID`; Dovecot answers `VERSION`,
+//! `MECH`…, `SPID`, `CUID`, `COOKIE`, `DONE`), then one `AUTH` of mechanism PLAIN with the
+//! initial response (LOGIN is carried as PLAIN: the host has both strings), `service=smtp`,
+//! `nologin` (we authenticate, nobody logs in), `secured` (the session is inside TLS), and
+//! the client's and our addresses (`rip`, `lip`), so Dovecot's own throttling and logs see
+//! the real client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use base64::Engine as _;
+use portcullis_runtime::capability::Endpoint;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// How long one check may take, connection and handshake included. Dovecot delays a
+/// failure by `auth_failure_delay` (2 s by default): well inside.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest answer read, in all (Dovecot's lines are at most 16 KiB).
+const MAX_ANSWER: u64 = 64 << 10;
+
+/// `[auth] dovecot`: where Dovecot's authentication service listens.
+#[derive(Clone, Debug)]
+pub struct DovecotAuth {
+    endpoint: Endpoint,
+}
+
+/// One check: the credentials and where the session runs.
+pub struct Check<'a> {
+    /// The user name as the client gave it.
+    pub user: &'a str,
+    /// The password.
+    pub password: &'a str,
+    /// The client's address (`rip`).
+    pub client: IpAddr,
+    /// The listener's address (`lip`).
+    pub local: Option<SocketAddr>,
+    /// The session is inside TLS (`secured`).
+    pub secured: bool,
+}
+
+/// What Dovecot said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The password is right: the user name Dovecot gives (its canonical form).
+    Accept(String),
+    /// The password is wrong, or the user unknown or disabled.
+    Reject,
+    /// Dovecot could not be asked or could not decide: try again later, never a pass.
+    Unavailable(String),
+}
+
+impl DovecotAuth {
+    /// Dovecot's authentication service at `endpoint`.
+    pub fn new(endpoint: Endpoint) -> DovecotAuth {
+        DovecotAuth { endpoint }
+    }
+
+    /// Asks Dovecot whether the credentials are right.
+    pub async fn verify(&self, check: &Check<'_>) -> Answer {
+        let asked = async {
+            match &self.endpoint {
+                Endpoint::Unix(path) => exchange(tokio::net::UnixStream::connect(path).await?, check).await,
+                Endpoint::Tcp(address) => exchange(tokio::net::TcpStream::connect(address).await?, check).await,
+            }
+        };
+        match tokio::time::timeout(TIMEOUT, asked).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Answer::Unavailable(format!("Dovecot at {}: {e}", self.endpoint)),
+            Err(_) => Answer::Unavailable(format!(
+                "Dovecot at {} did not answer within {TIMEOUT:?}",
+                self.endpoint
+            )),
+        }
+    }
+}
+
+fn protocol_error(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// The handshake and one AUTH on `stream`.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: S, check: &Check<'_>) -> std::io::Result<Answer> {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut lines = BufReader::new(read.take(MAX_ANSWER));
+    write
+        .write_all(format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id()).as_bytes())
+        .await?;
+
+    let mut plain = false;
+    loop {
+        let line = next_line(&mut lines).await?;
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields.as_slice() {
+            ["VERSION", major, ..] if *major != "1" => {
+                return Err(protocol_error(format!(
+                    "Dovecot speaks version {major} of its auth protocol; we speak 1"
+                )));
+            }
+            ["MECH", mechanism, ..] if mechanism.eq_ignore_ascii_case("PLAIN") => plain = true,
+            ["DONE", ..] => break,
+            _ => {}
+        }
+    }
+    if !plain {
+        return Err(protocol_error(
+            "Dovecot does not offer PLAIN (auth_mechanisms)".into(),
+        ));
+    }
+
+    let response = base64::engine::general_purpose::STANDARD.encode(format!("\0{}\0{}", check.user, check.password));
+    let mut auth = String::from("AUTH\t1\tPLAIN\tservice=smtp\tnologin");
+    if check.secured {
+        auth.push_str("\tsecured");
+    }
+    auth.push_str(&format!("\trip={}", check.client));
+    if let Some(local) = check.local {
+        auth.push_str(&format!("\tlip={}", local.ip()));
+    }
+    auth.push_str(&format!("\tresp={response}\n"));
+    write.write_all(auth.as_bytes()).await?;
+
+    let line = next_line(&mut lines).await?;
+    let fields: Vec<&str> = line.split('\t').collect();
+    let parameter = |name: &str| {
+        fields
+            .iter()
+            .skip(2)
+            .find_map(|f| f.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .map(unescape)
+    };
+    let flag = |name: &str| fields.iter().skip(2).any(|f| *f == name);
+    match fields.as_slice() {
+        ["OK", "1", ..] => Ok(Answer::Accept(
+            parameter("user").unwrap_or_else(|| check.user.to_string()),
+        )),
+        ["FAIL", "1", ..] if flag("temp") || parameter("code").as_deref() == Some("temp_fail") => {
+            Ok(Answer::Unavailable(format!(
+                "Dovecot could not check the password now{}",
+                parameter("reason").map(|r| format!(": {r}")).unwrap_or_default()
+            )))
+        }
+        ["FAIL", "1", ..] => Ok(Answer::Reject),
+        _ => Err(protocol_error(format!(
+            "Dovecot answered {:?} to AUTH",
+            line.chars().take(200).collect::<String>()
+        ))),
+    }
+}
+
+/// One line without its LF; end of stream is an error.
+async fn next_line<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut R) -> std::io::Result<String> {
+    let mut line = String::new();
+    if lines.read_line(&mut line).await? == 0 || !line.ends_with('\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "Dovecot closed the connection",
+        ));
+    }
+    line.pop();
+    Ok(line)
+}
+
+/// Dovecot's tab-escaping: `\x01` then `0`, `1`, `t`, `r`, `n` (or `l`) for NUL, `\x01`,
+/// TAB, CR, LF; anything else stands for itself.
+fn unescape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '\x01' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('0') => out.push('\0'),
+            Some('1') => out.push('\x01'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('n' | 'l') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tab_escaping_is_undone() {
+        assert_eq!(unescape("alice@example.org"), "alice@example.org");
+        assert_eq!(unescape("a\x01tb\x011c\x010"), "a\tb\x01c\0");
+        assert_eq!(unescape("x\x01"), "x");
+    }
+}
