@@ -2,9 +2,8 @@
 //! smtplib and raw clients send (plus addresses, postmaster, long lines, bare LF, DSN
 //! parameters, lenient envelopes, SMTPUTF8, IPv6), and a real Dovecot reading the Maildir.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
 use portcullis_testkit::dovecot::{Dovecot, Mail};
 

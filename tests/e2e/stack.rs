@@ -28,7 +28,11 @@ fn submission_checks_passwords_with_dovecot_and_never_passes_while_it_is_away() 
         .output()
         .expect("check-config");
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         said.contains(&format!("the users file's accounts, then Dovecot at {endpoint}")),
         "{said}"

@@ -67,7 +67,9 @@ impl DovecotAuth {
         let asked = async {
             match &self.endpoint {
                 Endpoint::Unix(path) => exchange(tokio::net::UnixStream::connect(path).await?, check).await,
-                Endpoint::Tcp(address) => exchange(tokio::net::TcpStream::connect(address).await?, check).await,
+                Endpoint::Tcp(address) => {
+                    exchange(tokio::net::TcpStream::connect(address).await?, check).await
+                }
             }
         };
         match tokio::time::timeout(TIMEOUT, asked).await {
@@ -86,7 +88,10 @@ fn protocol_error(what: String) -> std::io::Error {
 }
 
 /// The handshake and one AUTH on `stream`.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: S, check: &Check<'_>) -> std::io::Result<Answer> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    check: &Check<'_>,
+) -> std::io::Result<Answer> {
     let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read.take(MAX_ANSWER));
     write
@@ -114,7 +119,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(stream: S, check: &Check<'_
         ));
     }
 
-    let response = base64::engine::general_purpose::STANDARD.encode(format!("\0{}\0{}", check.user, check.password));
+    let response =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0{}\0{}", check.user, check.password));
     let mut auth = String::from("AUTH\t1\tPLAIN\tservice=smtp\tnologin");
     if check.secured {
         auth.push_str("\tsecured");

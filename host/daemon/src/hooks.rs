@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use portcullis_runtime::{LoadedPlugin, PluginError, PluginSet, ScanOutcome};
-use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, PluginVerdict, SessionInfo};
 use portcullis_smtp::escape::Escaped;
+use portcullis_smtp::session::{AuthOutcome, Credentials, PipelineKind, PluginVerdict, SessionInfo};
 use portcullis_smtp::{Envelope, Hook, HookCall, Message, Verdict, replies};
 
 use crate::accounts::Accounts;

@@ -135,11 +135,7 @@ service imap-login {{
         while TcpStream::connect(self.imap).is_err()
             || std::os::unix::net::UnixStream::connect(&self.auth_client).is_err()
         {
-            assert!(
-                Instant::now() < deadline,
-                "dovecot did not start: {}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "dovecot did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -153,7 +149,8 @@ service imap-login {{
         // Its helper processes outlive the master for a moment: wait until the socket is
         // dead, so that a test sees Dovecot gone.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&self.auth_client).is_ok() && Instant::now() < deadline {
+        while std::os::unix::net::UnixStream::connect(&self.auth_client).is_ok() && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = std::fs::remove_dir_all(self.dir.path().join("run"));
