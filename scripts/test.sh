@@ -49,6 +49,8 @@ need tests/e2e "command -v openssl" openssl
 need testing/kit "test -x /usr/sbin/clamd" clamav-daemon
 need testing/kit "test -x /usr/bin/rspamd" rspamd
 need testing/kit "test -x /usr/sbin/clamav-milter" clamav-milter
+# Redis, for the rate counters two nodes share (tests/e2e/stack.rs).
+need testing/kit "test -x /usr/bin/redis-server && command -v redis-cli" redis-server
 # An independent DKIM signer and verifier (dkimpy, with dnspython, PyNaCl for Ed25519 and
 # authres for ARC) from PyPI, in a venv of its own.
 if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl, authres' >/dev/null 2>&1; then

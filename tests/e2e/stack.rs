@@ -1,6 +1,7 @@
 //! Portcullis in the mail stack operators run: Dovecot's authentication service checks
 //! the passwords of submission (`[auth] dovecot`), against Debian's Dovecot started by the
-//! test with a passwd-file of its own.
+//! test with a passwd-file of its own; and two nodes share their rate counters in Debian's
+//! Redis (`[rate] store`), started by the test on its own port.
 
 use std::process::Command;
 
@@ -97,4 +98,86 @@ fn submission_checks_passwords_with_dovecot_and_never_passes_while_it_is_away() 
         "{}",
         dovecot.log()
     );
+}
+
+/// A node whose rate counters live in `store`, with the rate-limit plugin allowing an
+/// account three messages a minute.
+fn node(store: &str, on_store_error: &str) -> Setup {
+    let setup = Setup::new("");
+    let extra = format!(
+        "\n[rate]\nstore = \"{store}\"\non-store-error = \"{on_store_error}\"\n\n[[plugin]]\nhook = \"rate\"\npath = \"{}\"\n\
+         [plugin.config.account]\nmessages-per-minute = 3\n",
+        setup.plugin("rate_limit.wasm").display()
+    );
+    let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
+    std::fs::write(setup.config(), config).expect("config");
+    setup
+}
+
+/// alice submits one message through `daemon`; the reply to DATA (or to its end).
+fn submit_one(daemon: &Daemon, setup: &Setup, n: usize) -> String {
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    c.login("alice@example.org");
+    assert!(c.cmd("MAIL FROM:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    let reply = c.cmd("DATA");
+    if !reply.starts_with("354") {
+        return reply;
+    }
+    c.cmd(&format!(
+        "From: alice@example.org\r\nSubject: {n}\r\nDate: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <{n}@example.org>\r\n\r\nhi\r\n."
+    ))
+}
+
+fn zcard(redis: &portcullis_testkit::redis::Redis, key: &str) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &redis.addr.port().to_string(), "ZCARD", key])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn two_nodes_sharing_redis_count_one_allowance_and_a_redis_outage_defers() {
+    let mut redis = portcullis_testkit::redis::Redis::start();
+    let (a, b) = (node(&redis.url(), "defer"), node(&redis.url(), "defer"));
+    let (mut node_a, node_b) = (a.start(), b.start());
+
+    // Spread over both nodes, the account gets three messages a minute, not six.
+    for (n, (daemon, setup)) in [(&node_a, &a), (&node_b, &b), (&node_a, &a)]
+        .into_iter()
+        .enumerate()
+    {
+        let reply = submit_one(daemon, setup, n);
+        assert!(reply.starts_with("250"), "message {n}: {reply}");
+    }
+    for (daemon, setup) in [(&node_b, &b), (&node_a, &a)] {
+        let reply = submit_one(daemon, setup, 9);
+        assert!(reply.starts_with("451 4.7.0"), "{reply}");
+    }
+    // The refused ones were given back: three messages counted, in one shared key.
+    assert_eq!(zcard(&redis, "portcullis:rate:account:alice@example.org"), "3");
+
+    // Redis gone: on-store-error = "defer" answers 451 without asking the plugin, and a
+    // node told to count locally goes on alone.
+    redis.stop();
+    let reply = submit_one(&node_a, &a, 10);
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    node_a.wait_log("the rate store cannot be reached; deferring");
+    let c = node(&redis.url(), "local");
+    let mut node_c = c.start();
+    let reply = submit_one(&node_c, &c, 11);
+    assert!(reply.starts_with("250"), "{reply}");
+    node_c.wait_log("counting in this node's memory");
+
+    // Redis back (empty: it kept nothing): the nodes reconnect and count again.
+    redis.resume();
+    let reply = submit_one(&node_a, &a, 12);
+    assert!(reply.starts_with("250"), "{reply}");
+    assert_eq!(zcard(&redis, "portcullis:rate:account:alice@example.org"), "1");
+    // Every accepted message was delivered: 3 through the nodes before the outage, 1 on
+    // c, 1 after.
+    wait_for_mail(&a.maildir("alice"), 3);
+    wait_for_mail(&b.maildir("alice"), 1);
+    wait_for_mail(&c.maildir("alice"), 1);
 }

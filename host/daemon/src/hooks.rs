@@ -19,12 +19,12 @@ use portcullis_smtp::{Envelope, Hook, HookCall, Message, Verdict, replies};
 
 use crate::accounts::Accounts;
 use crate::dovecot::DovecotAuth;
-use crate::rate::RateCounters;
+use crate::rate::{RateStore, Reserve};
 
 /// Answers hook calls for every session.
 pub struct Hooks {
     plugins: ArcSwap<PluginSet>,
-    counters: RateCounters,
+    counters: RateStore,
     /// Credential checks running at once: one per core. An argon2id verification holds
     /// ~19 MiB while it runs, so without a bound a burst of AUTHs from anyone is a burst
     /// of memory.
@@ -102,12 +102,12 @@ fn combine(hook: Hook) -> Combine {
 }
 
 impl Hooks {
-    /// Hooks answered by `plugins`.
-    pub fn new(plugins: Arc<PluginSet>) -> Self {
+    /// Hooks answered by `plugins`, with the rate counters in `counters`.
+    pub fn new(plugins: Arc<PluginSet>, counters: RateStore) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         Hooks {
             plugins: ArcSwap::new(plugins),
-            counters: RateCounters::default(),
+            counters,
             checks: tokio::sync::Semaphore::new(cores),
         }
     }
@@ -251,7 +251,19 @@ impl Hooks {
     async fn rate(&self, info: &SessionInfo, envelope: &Envelope) -> Combined {
         let account = info.security.account.clone().unwrap_or_default();
         let ip = info.peer.to_string();
-        let usage = self.counters.usage(&account, &ip);
+        // Counted before the hook, so that sessions deciding together (on this node or
+        // another sharing the store) see each other; given back unless accepted.
+        let recipients = envelope.recipients.len() as u32;
+        let (usage, reservation) = match self.counters.reserve(&account, &ip, recipients).await {
+            Reserve::Counted(usage, reservation) => (usage, reservation),
+            Reserve::Unavailable => {
+                return Combined {
+                    verdict: Verdict::Defer(replies::HOOK_DEFERRED),
+                    verdicts: Vec::new(),
+                    remove: Vec::new(),
+                };
+            }
+        };
         let plugins = self.plugins();
         let runtime = plugins.runtime();
         let usage = &usage;
@@ -262,9 +274,8 @@ impl Hooks {
                 ))
             })
             .await;
-        if matches!(combined.verdict, Verdict::Accept | Verdict::Tag(_)) {
-            self.counters
-                .record(&account, &ip, envelope.recipients.len() as u32);
+        if !matches!(combined.verdict, Verdict::Accept | Verdict::Tag(_)) {
+            self.counters.release(reservation).await;
         }
         combined
     }

@@ -138,6 +138,9 @@ pub fn unchangeable(old: &Config, new: &Config) -> Option<String> {
     if old.server.spool_sync != new.server.spool_sync {
         return Some("server.spool-sync cannot change on reload; restart to change it".into());
     }
+    if old.rate != new.rate {
+        return Some("[rate] cannot change on reload; restart to change it".into());
+    }
     if old.server.data_dir != new.server.data_dir {
         return Some("server.data-dir cannot change on reload; restart to change it".into());
     }

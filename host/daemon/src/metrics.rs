@@ -53,6 +53,11 @@ pub fn dovecot_unavailable() {
     metrics::counter!("portcullis_dovecot_auth_unavailable_total").increment(1);
 }
 
+/// An operation on the shared rate store (`[rate] store`) that failed.
+pub fn rate_store_error() {
+    metrics::counter!("portcullis_rate_store_errors_total").increment(1);
+}
+
 /// A TLS handshake on `listener`: `result` is `"ok"` or `"failed"`.
 pub fn tls_handshake(listener: &'static str, result: &'static str) {
     metrics::counter!("portcullis_tls_handshakes_total", "listener" => listener, "result" => result)

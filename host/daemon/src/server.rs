@@ -215,13 +215,14 @@ fn start_workers(
         delivery.recover(id);
     }
     let connections = crate::abuse::Connections::new(config.listeners.len());
+    let rate = crate::rate::RateStore::new(&config.rate).map_err(StartError::RateStore)?;
     let ctx = Context::new(crate::context::Parts {
         live,
         config_path,
         spool,
         writer,
         delivery,
-        hooks: Hooks::new(plugins),
+        hooks: Hooks::new(plugins, rate),
         notices,
         connections,
         own_addresses: own,

@@ -31,6 +31,9 @@ pub enum StartError {
     /// A DKIM key cannot be loaded.
     #[error(transparent)]
     Dkim(#[from] crate::dkim::DkimError),
+    /// The rate store (`[rate] store`) cannot be set up.
+    #[error("rate.store: {0}")]
+    RateStore(String),
     /// A plugin cannot be loaded.
     #[error("plugin: {0}")]
     Plugin(#[from] portcullis_runtime::LoadError),

@@ -7,6 +7,7 @@
 //!   test's own.
 //! - [`rspamd`]: Debian's rspamd on free loopback ports, asking the test's DNS server.
 //! - [`clamav_milter`]: Debian's clamav-milter, asking a test clamd.
+//! - [`redis`]: Debian's redis-server on a free loopback port, keeping nothing on disk.
 //! - [`dovecot`]: Debian's Dovecot: IMAP over a test's Maildirs, and its authentication
 //!   service with a passwd-file of the test's users.
 
@@ -15,4 +16,5 @@ pub mod clamd;
 pub mod dns;
 pub mod dovecot;
 pub mod postfix;
+pub mod redis;
 pub mod rspamd;

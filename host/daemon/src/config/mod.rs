@@ -329,6 +329,19 @@ struct RawConfig {
     dns: dns::DnsSection,
     #[serde(default)]
     authentication: authentication::AuthenticationSection,
+    #[serde(default)]
+    rate: RateSection,
+}
+
+/// `[rate]`: where the rate counters live.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RateSection {
+    /// `"memory"` (the default: this process) or a Redis URL (`redis://127.0.0.1:6379/0`,
+    /// `redis+unix:///run/redis/redis.sock`), shared by every node that names it.
+    pub store: Option<String>,
+    /// What a message meets while the Redis store cannot be reached. Default: defer.
+    pub on_store_error: Option<crate::rate::OnStoreError>,
 }
 
 /// A validated configuration.
@@ -350,6 +363,8 @@ pub struct Config {
     pub users_file: PathBuf,
     /// `[auth] dovecot`: Dovecot's authentication service.
     pub dovecot: Option<Endpoint>,
+    /// `[rate]`.
+    pub rate: crate::rate::RateSettings,
     /// `[limits]`.
     pub limits: LimitsSection,
     /// The plugins, in config order, paths absolute.
@@ -528,6 +543,28 @@ impl Config {
                 None
             }
         };
+        let rate = crate::rate::RateSettings {
+            redis: match raw.rate.store.as_deref() {
+                None | Some("memory") => None,
+                Some(url) if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
+                    match redis::Client::open(url) {
+                        Ok(_) => Some(url.to_string()),
+                        Err(e) => {
+                            problems.push("rate.store", format!("{url:?}: {e}"));
+                            None
+                        }
+                    }
+                }
+                Some(other) => {
+                    problems.push(
+                        "rate.store",
+                        format!("{other:?}: \"memory\" or a Redis URL such as \"redis://127.0.0.1:6379/0\""),
+                    );
+                    None
+                }
+            },
+            on_store_error: raw.rate.on_store_error.unwrap_or_default(),
+        };
         problems.into_result()?;
         Ok(Config {
             origin: origin.to_string(),
@@ -538,6 +575,7 @@ impl Config {
             postmaster,
             users_file,
             dovecot,
+            rate,
             limits: raw.limits,
             plugins,
             metrics: raw.metrics,
