@@ -1,6 +1,7 @@
 //! Portcullis in the mail stack operators run: Dovecot's authentication service checks
-//! the passwords of submission (`[auth] dovecot`), against Debian's Dovecot started by the
-//! test with a passwd-file of its own; and two nodes share their rate counters in Debian's
+//! the passwords of submission (`[auth] dovecot`) and its user database the recipients of
+//! MX (`[auth] dovecot-userdb`), against Debian's Dovecot started by the test with a
+//! passwd-file of its own; and two nodes share their rate counters in Debian's
 //! Redis (`[rate] store`), started by the test on its own port.
 
 use std::process::Command;
@@ -16,13 +17,16 @@ fn login(daemon: &Daemon, setup: &Setup, user: &str, password: &str) -> (TlsRaw,
 }
 
 #[test]
-fn submission_checks_passwords_with_dovecot_and_never_passes_while_it_is_away() {
+fn dovecot_checks_passwords_and_recipients_and_nothing_passes_while_it_is_away() {
     let mut dovecot = Dovecot::start(
         &[("dave@example.org", "dave-secret"), ("erin", "erin-secret")],
         None,
     );
     let endpoint = format!("unix:{}", dovecot.auth_client.display());
-    let setup = Setup::new(&format!("dovecot = \"{endpoint}\"\n"));
+    let userdb = format!("unix:{}", dovecot.auth_userdb.display());
+    let setup = Setup::new(&format!(
+        "dovecot = \"{endpoint}\"\ndovecot-userdb = \"{userdb}\"\n"
+    ));
     let out = Command::new(binary())
         .args(["check-config", "--config"])
         .arg(setup.config())
@@ -35,10 +39,38 @@ fn submission_checks_passwords_with_dovecot_and_never_passes_while_it_is_away() 
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        said.contains(&format!("the users file's accounts, then Dovecot at {endpoint}")),
+        said.contains(&format!("the users file's accounts, then Dovecot at {endpoint}"))
+            && said.contains(&format!("looked up in Dovecot's userdb at {userdb}")),
         "{said}"
     );
     let mut daemon = setup.start();
+
+    // MX asks Dovecot's userdb about local addresses the users file does not hold: its
+    // users (and their +detail forms) are accepted and delivered, others refused.
+    let mut m = Raw::connect(daemon.addr("mx"));
+    assert!(m.cmd("EHLO far.example").starts_with("250"));
+    assert!(m.cmd("MAIL FROM:<carol@far.example>").starts_with("250"));
+    for (rcpt, code) in [
+        ("dave@example.org", "250"),
+        ("Dave+lists@Example.org", "250"),
+        ("nobody@example.org", "550 5.1.1"),
+        ("alice@example.org", "250"),
+    ] {
+        let reply = m.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert!(reply.starts_with(code), "{rcpt}: {reply}");
+    }
+    assert!(m.cmd("DATA").starts_with("354"));
+    let reply = m.cmd("Subject: for dave\r\n\r\nhi\r\n.");
+    assert!(reply.starts_with("250"), "{reply}");
+    let dave = setup.data().join("mail/example.org/dave");
+    let delivered = wait_for_mail(&dave, 2);
+    assert!(
+        delivered.iter().any(|p| std::fs::read_to_string(p)
+            .expect("read")
+            .contains("Delivered-To: Dave+lists@Example.org")),
+        "{delivered:?}"
+    );
+    wait_for_mail(&setup.maildir("alice"), 1);
 
     // Dovecot's user with the right password: 235, and it sends as its own address and its
     // +detail forms, never as another account.
@@ -52,9 +84,13 @@ fn submission_checks_passwords_with_dovecot_and_never_passes_while_it_is_away() 
         "From: dave+news@example.org\r\nTo: alice@example.org\r\nSubject: through dovecot\r\n\r\nhello",
     );
     assert!(reply.starts_with("250"), "{reply}");
-    let delivered = wait_for_mail(&setup.maildir("alice"), 1);
-    let text = std::fs::read_to_string(&delivered[0]).expect("read");
-    assert!(text.contains("Subject: through dovecot"), "{text}");
+    let delivered = wait_for_mail(&setup.maildir("alice"), 2);
+    assert!(
+        delivered.iter().any(|p| std::fs::read_to_string(p)
+            .expect("read")
+            .contains("Subject: through dovecot")),
+        "{delivered:?}"
+    );
     daemon.wait_log("Dovecot accepted the password");
 
     // A wrong password, and a name Dovecot does not know: 535.
@@ -86,6 +122,14 @@ fn submission_checks_passwords_with_dovecot_and_never_passes_while_it_is_away() 
     let (_, reply) = login(&daemon, &setup, "dave@example.org", "dave-secret");
     assert!(reply.starts_with("454 4.7.0"), "{reply}");
     daemon.wait_log("Dovecot could not check the password");
+    // And RCPT to its users is 451, so the sender retries; the users file's still pass.
+    let mut m = Raw::connect(daemon.addr("mx"));
+    assert!(m.cmd("EHLO far.example").starts_with("250"));
+    assert!(m.cmd("MAIL FROM:<carol@far.example>").starts_with("250"));
+    let reply = m.cmd("RCPT TO:<dave@example.org>");
+    assert!(reply.starts_with("451 4.3.0"), "{reply}");
+    assert!(m.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    daemon.wait_log("Dovecot's userdb could not say whether the recipient exists");
     let (_, reply) = login(&daemon, &setup, "alice@example.org", PASSWORD);
     assert!(reply.starts_with("235"), "{reply}");
     // Back: accepted again.

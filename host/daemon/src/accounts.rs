@@ -68,6 +68,8 @@ pub struct Accounts {
     hashes: BTreeMap<String, String>,
     /// `[domains] postmaster`: who gets `postmaster@` and `abuse@` mail.
     postmaster: Option<Mailbox>,
+    /// `[auth] dovecot-userdb` is set: unknown local addresses are looked up there.
+    userdb: bool,
 }
 
 /// The role addresses of every local domain (RFC 2142) that `[domains] postmaster`
@@ -289,6 +291,7 @@ impl Accounts {
             domains: domains.to_vec(),
             hashes,
             postmaster: None,
+            userdb: false,
         })
     }
 
@@ -296,6 +299,13 @@ impl Accounts {
     /// `[domains] postmaster`, already checked to be in a local domain).
     pub fn with_postmaster(mut self, account: Option<&str>) -> Self {
         self.postmaster = account.and_then(mailbox_of);
+        self
+    }
+
+    /// Local addresses this file does not hold are looked up in Dovecot's user database
+    /// (`[auth] dovecot-userdb`) at RCPT, when `asks` is set.
+    pub fn with_userdb(mut self, asks: bool) -> Self {
+        self.userdb = asks;
         self
     }
 
@@ -392,6 +402,10 @@ impl Directory for Accounts {
 
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
         self.account_of(mailbox).is_some_and(|a| a == account)
+    }
+
+    fn looks_up_unknown(&self) -> bool {
+        self.userdb
     }
 }
 

@@ -194,6 +194,7 @@ impl<P: Pipeline> Driver<P> {
                 }
                 Action::StartTls => self.start_tls().await?,
                 Action::Authenticate(credentials) => self.authenticate(credentials).await?,
+                Action::LookUpRecipient(mailbox) => self.look_up_recipient(mailbox).await?,
                 Action::CallHook(call) => self.call_hook(call).await?,
                 Action::CheckAuthentication(message) => self.check_authentication(message).await?,
                 Action::Spool(request) => self.spool(request).await?,
@@ -366,6 +367,37 @@ impl<P: Pipeline> Driver<P> {
         };
         crate::metrics::auth(result);
         self.session.resolve_auth(outcome).map_err(io::Error::other)?;
+        Ok(Step::Continue)
+    }
+
+    /// Asks Dovecot's user database whether a local address the users file does not hold
+    /// exists.
+    async fn look_up_recipient(&mut self, mailbox: portcullis_smtp::Mailbox) -> io::Result<Step> {
+        use crate::dovecot::UserAnswer;
+        use portcullis_smtp::session::RecipientLookup;
+        let base = mailbox.without_detail();
+        let accounts = &self.live.accounts;
+        let user = accounts.account_name(&format!("{}@{}", base.local, base.domain));
+        let lookup = match &self.live.userdb {
+            None => RecipientLookup::Unknown,
+            Some(userdb) => match userdb.lookup(&user).await {
+                UserAnswer::Exists(_) => match user.rsplit_once('@') {
+                    Some((local, domain)) => RecipientLookup::Exists(portcullis_smtp::Mailbox {
+                        local: local.to_string(),
+                        domain: domain.to_string(),
+                    }),
+                    None => RecipientLookup::Unknown,
+                },
+                UserAnswer::Unknown => RecipientLookup::Unknown,
+                UserAnswer::Unavailable(why) => {
+                    tracing::warn!(recipient = %Escaped(&mailbox.to_string()), error = %why, "Dovecot's userdb could not say whether the recipient exists; answering 451");
+                    crate::metrics::dovecot_unavailable("userdb");
+                    RecipientLookup::TempFail
+                }
+            },
+        };
+        tracing::debug!(recipient = %Escaped(&mailbox.to_string()), lookup = ?lookup, "recipient looked up in Dovecot's userdb");
+        self.session.resolve_recipient(lookup).map_err(io::Error::other)?;
         Ok(Step::Continue)
     }
 

@@ -1,6 +1,8 @@
 //! Dovecot's authentication service as the password database of AUTH on submission, over
 //! its client protocol (the `auth-client` socket), as Postfix's `smtpd_sasl_type = dovecot`
-//! does: one password database serves IMAP and SMTP.
+//! does: one password database serves IMAP and SMTP. And Dovecot's user database (the
+//! `auth-userdb` socket, its master protocol's `USER` lookup) as the directory RCPT asks
+//! about local addresses the users file does not hold.
 //!
 //! Written by hand: the protocol is a dozen tab-separated lines (Dovecot's
 //! `auth_protocol` design document), and no maintained crate speaks it.
@@ -81,6 +83,110 @@ impl DovecotAuth {
             )),
         }
     }
+}
+
+/// `[auth] dovecot-userdb`: Dovecot's user database (its `auth-userdb` socket), asked at
+/// RCPT whether a local address the users file does not hold exists.
+#[derive(Clone, Debug)]
+pub struct DovecotUserdb {
+    endpoint: Endpoint,
+}
+
+/// What Dovecot's user database said of a user.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UserAnswer {
+    /// The user exists, under this name.
+    Exists(String),
+    /// No such user.
+    Unknown,
+    /// Dovecot could not be asked or could not answer.
+    Unavailable(String),
+}
+
+impl DovecotUserdb {
+    /// Dovecot's user database at `endpoint`.
+    pub fn new(endpoint: Endpoint) -> DovecotUserdb {
+        DovecotUserdb { endpoint }
+    }
+
+    /// Asks whether `user` exists (`USER` with `service=smtp`, as Postfix's and chasquid's
+    /// recipient checks do).
+    pub async fn lookup(&self, user: &str) -> UserAnswer {
+        let asked = async {
+            match &self.endpoint {
+                Endpoint::Unix(path) => user_lookup(tokio::net::UnixStream::connect(path).await?, user).await,
+                Endpoint::Tcp(address) => {
+                    user_lookup(tokio::net::TcpStream::connect(address).await?, user).await
+                }
+            }
+        };
+        match tokio::time::timeout(TIMEOUT, asked).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => UserAnswer::Unavailable(format!("Dovecot's userdb at {}: {e}", self.endpoint)),
+            Err(_) => UserAnswer::Unavailable(format!(
+                "Dovecot's userdb at {} did not answer within {TIMEOUT:?}",
+                self.endpoint
+            )),
+        }
+    }
+}
+
+/// The handshake of the master protocol and one `USER` lookup on `stream`.
+async fn user_lookup<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    user: &str,
+) -> std::io::Result<UserAnswer> {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut lines = BufReader::new(read.take(MAX_ANSWER));
+    write
+        .write_all(format!("VERSION\t1\t0\nUSER\t1\t{}\tservice=smtp\n", escape(user)).as_bytes())
+        .await?;
+    loop {
+        let line = next_line(&mut lines).await?;
+        let fields: Vec<&str> = line.split('\t').collect();
+        match fields.as_slice() {
+            ["VERSION", major, ..] if *major != "1" => {
+                return Err(protocol_error(format!(
+                    "Dovecot speaks version {major} of its userdb protocol; we speak 1"
+                )));
+            }
+            ["VERSION", ..] | ["SPID", ..] => {}
+            ["USER", "1", name, ..] => return Ok(UserAnswer::Exists(unescape(name))),
+            ["NOTFOUND", "1", ..] => return Ok(UserAnswer::Unknown),
+            ["FAIL", "1", rest @ ..] => {
+                let reason = rest
+                    .iter()
+                    .find_map(|f| f.strip_prefix("reason="))
+                    .map(unescape)
+                    .unwrap_or_else(|| "no reason given".into());
+                return Ok(UserAnswer::Unavailable(format!(
+                    "Dovecot's userdb failed: {reason}"
+                )));
+            }
+            _ => {
+                return Err(protocol_error(format!(
+                    "Dovecot answered {:?} to USER",
+                    line.chars().take(200).collect::<String>()
+                )));
+            }
+        }
+    }
+}
+
+/// Dovecot's tab-escaping of a value we send.
+fn escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\0' => out.push_str("\x010"),
+            '\x01' => out.push_str("\x011"),
+            '\t' => out.push_str("\x01t"),
+            '\r' => out.push_str("\x01r"),
+            '\n' => out.push_str("\x01n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn protocol_error(what: String) -> std::io::Error {
@@ -205,5 +311,8 @@ mod tests {
         assert_eq!(unescape("alice@example.org"), "alice@example.org");
         assert_eq!(unescape("a\x01tb\x011c\x010"), "a\tb\x01c\0");
         assert_eq!(unescape("x\x01"), "x");
+        let odd = "a\tb\nc\x01d\0";
+        assert!(!escape(odd).contains(['\t', '\n', '\0']));
+        assert_eq!(unescape(&escape(odd)), odd);
     }
 }

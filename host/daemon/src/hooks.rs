@@ -167,7 +167,7 @@ impl Hooks {
                 }
                 crate::dovecot::Answer::Unavailable(why) => {
                     tracing::warn!(error = %why, micros, "Dovecot could not check the password; answering a temporary failure");
-                    crate::metrics::dovecot_unavailable();
+                    crate::metrics::dovecot_unavailable("auth");
                     return AuthOutcome::TempFail;
                 }
                 crate::dovecot::Answer::Reject if !plugins.has(Hook::Auth) => return AuthOutcome::Reject,

@@ -14,7 +14,7 @@ use crate::accounts::Accounts;
 use crate::authentication::Checks;
 use crate::config::Config;
 use crate::dkim::Signers;
-use crate::dovecot::DovecotAuth;
+use crate::dovecot::{DovecotAuth, DovecotUserdb};
 use crate::start_error::StartError;
 use crate::tls;
 
@@ -36,6 +36,8 @@ pub struct Live {
     pub checks: Arc<Checks>,
     /// `[auth] dovecot`: Dovecot's authentication service, when configured.
     pub dovecot: Option<DovecotAuth>,
+    /// `[auth] dovecot-userdb`: Dovecot's user database, when configured.
+    pub userdb: Option<DovecotUserdb>,
 }
 
 impl Live {
@@ -52,7 +54,8 @@ impl Live {
             None => None,
         };
         let accounts = Accounts::load(&config.users_file, &config.local_domains)?
-            .with_postmaster(config.postmaster.as_deref());
+            .with_postmaster(config.postmaster.as_deref())
+            .with_userdb(config.dovecot_userdb.is_some());
         let signers = Signers::load(&config.dkim)?;
         let resolver = Resolver::new(&config.dns)?;
         let checks = Checks::new(
@@ -69,6 +72,7 @@ impl Live {
             storage: Default::default(),
         });
         let dovecot = config.dovecot.clone().map(DovecotAuth::new);
+        let userdb = config.dovecot_userdb.clone().map(DovecotUserdb::new);
         Ok(Live {
             config,
             settings,
@@ -78,6 +82,7 @@ impl Live {
             resolver,
             checks: Arc::new(checks),
             dovecot,
+            userdb,
         })
     }
 }
@@ -101,7 +106,8 @@ impl Live {
     pub fn reload_accounts(&self) -> Result<Live, crate::accounts::AccountsError> {
         let config = &self.config;
         let accounts = Accounts::load(&config.users_file, &config.local_domains)?
-            .with_postmaster(config.postmaster.as_deref());
+            .with_postmaster(config.postmaster.as_deref())
+            .with_userdb(config.dovecot_userdb.is_some());
         Ok(self.with_accounts(Arc::new(accounts)))
     }
 
@@ -116,6 +122,7 @@ impl Live {
             resolver: self.resolver.clone(),
             checks: Arc::clone(&self.checks),
             dovecot: self.dovecot.clone(),
+            userdb: self.userdb.clone(),
         }
     }
 }

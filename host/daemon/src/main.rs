@@ -295,7 +295,10 @@ fn check_files(c: &Config) -> Result<(accounts::Accounts, Vec<String>), Vec<Stri
         }
     }
     let accounts = accounts::Accounts::load(&c.users_file, &c.local_domains)
-        .map(|a| a.with_postmaster(c.postmaster.as_deref()))
+        .map(|a| {
+            a.with_postmaster(c.postmaster.as_deref())
+                .with_userdb(c.dovecot_userdb.is_some())
+        })
         .map_err(|e| problems.push(format!("auth.users-file: {e}")))
         .ok();
     if let Err(e) = dkim::Signers::load(&c.dkim) {
@@ -447,6 +450,18 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                 if let Err(e) = reachable(endpoint) {
                     eprintln!(
                         "{}: warning: auth.dovecot: {endpoint} cannot be reached now ({e}); AUTH will answer 454 until it can",
+                        c.origin
+                    );
+                }
+            }
+            if let Some(endpoint) = &c.dovecot_userdb {
+                println!(
+                    "{}: RCPT: local addresses outside the users file are looked up in Dovecot's userdb at {endpoint}",
+                    c.origin
+                );
+                if let Err(e) = reachable(endpoint) {
+                    eprintln!(
+                        "{}: warning: auth.dovecot-userdb: {endpoint} cannot be reached now ({e}); RCPT to such addresses will answer 451 until it can",
                         c.origin
                     );
                 }

@@ -47,10 +47,11 @@ pub fn auth_throttled() {
     metrics::counter!("portcullis_auth_total", "result" => "throttled").increment(1);
 }
 
-/// An AUTH Dovecot (`[auth] dovecot`) could not check: unreachable, or answering a
-/// temporary failure.
-pub fn dovecot_unavailable() {
-    metrics::counter!("portcullis_dovecot_auth_unavailable_total").increment(1);
+/// A question Dovecot could not answer (unreachable, or a temporary failure): `service` is
+/// `"auth"` (a password, `[auth] dovecot`) or `"userdb"` (a recipient, `[auth]
+/// dovecot-userdb`).
+pub fn dovecot_unavailable(service: &'static str) {
+    metrics::counter!("portcullis_dovecot_unavailable_total", "service" => service).increment(1);
 }
 
 /// An operation on the shared rate store (`[rate] store`) that failed.

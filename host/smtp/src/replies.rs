@@ -137,6 +137,9 @@ pub const TOO_MANY_RECIPIENTS: Reply = Reply::fixed(452, e(4, 5, 3), "Too many r
 pub const RELAY_DENIED: Reply = Reply::fixed(550, e(5, 7, 1), "Relaying denied");
 /// 550 no such mailbox in a local domain.
 pub const UNKNOWN_USER: Reply = Reply::fixed(550, e(5, 1, 1), "Mailbox unavailable: user unknown");
+/// 451 the user database that says whether a local recipient exists could not answer.
+pub const RECIPIENT_TEMPFAIL: Reply =
+    Reply::fixed(451, e(4, 3, 0), "Temporary lookup failure, try again later");
 /// 501 RCPT TO:<>.
 pub const NULL_RECIPIENT: Reply = Reply::fixed(501, e(5, 1, 3), "Null recipient not allowed");
 

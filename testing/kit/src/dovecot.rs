@@ -1,6 +1,6 @@
 //! Dovecot (Debian's `dovecot-core` and `dovecot-imapd`) of a test's own, on loopback: IMAP
-//! on a free port over the Maildirs a test names, and its authentication service on a
-//! private `auth-client` socket, with a passwd-file of the test's users. Failures are
+//! on a free port over the Maildirs a test names, and its authentication service on private
+//! `auth-client` and `auth-userdb` sockets, with a passwd-file of the test's users. Failures are
 //! answered at once (`auth_failure_delay = 0`), so a wrong password costs a test no time,
 //! and logged with the user and the client's address (`auth_verbose`).
 
@@ -31,6 +31,8 @@ pub struct Dovecot {
     pub imap: SocketAddr,
     /// Its authentication service's client socket (`auth-client`).
     pub auth_client: PathBuf,
+    /// Its user database's socket (`auth-userdb`).
+    pub auth_userdb: PathBuf,
 }
 
 impl Dovecot {
@@ -96,6 +98,9 @@ service auth {{
   unix_listener auth-client {{
     mode = 0666
   }}
+  unix_listener auth-userdb {{
+    mode = 0666
+  }}
 }}
 service imap-login {{
   inet_listener imap {{
@@ -113,6 +118,7 @@ service imap-login {{
         let mut dovecot = Dovecot {
             imap: SocketAddr::from(([127, 0, 0, 1], port)),
             auth_client: d.join("run/auth-client"),
+            auth_userdb: d.join("run/auth-userdb"),
             dir,
             child: None,
         };

@@ -295,6 +295,9 @@ pub struct AuthSection {
     /// `tcp:IP:PORT`): AUTH on submission is checked there for every name the users file
     /// does not hold. Default: none.
     pub dovecot: Option<String>,
+    /// Dovecot's user database (`unix:/run/dovecot/auth-userdb` or `tcp:IP:PORT`): RCPT
+    /// asks it about local addresses the users file does not hold. Default: none.
+    pub dovecot_userdb: Option<String>,
 }
 
 /// `[metrics]`.
@@ -363,6 +366,8 @@ pub struct Config {
     pub users_file: PathBuf,
     /// `[auth] dovecot`: Dovecot's authentication service.
     pub dovecot: Option<Endpoint>,
+    /// `[auth] dovecot-userdb`: Dovecot's user database.
+    pub dovecot_userdb: Option<Endpoint>,
     /// `[rate]`.
     pub rate: crate::rate::RateSettings,
     /// `[limits]`.
@@ -510,21 +515,25 @@ impl Config {
         check_listeners(&raw.listener, tls.is_some(), &mut problems);
         let (local_domains, postmaster) = domains(raw.domains, &mut problems);
         raw.limits.check(&mut problems);
-        let (users_file, dovecot) = match raw.auth {
-            Some(auth) => (auth.users_file, auth.dovecot),
-            None => (None, None),
+        let (users_file, dovecot, dovecot_userdb) = match raw.auth {
+            Some(auth) => (auth.users_file, auth.dovecot, auth.dovecot_userdb),
+            None => (None, None, None),
         };
         let users_file = match users_file {
             Some(p) => resolve(base, &p),
             None => server.data_dir.join("users.toml"),
         };
-        let dovecot = dovecot.and_then(|text| match Endpoint::parse(&text) {
-            Ok(endpoint) => Some(endpoint),
-            Err(e) => {
-                problems.push("auth.dovecot", e);
-                None
-            }
-        });
+        let mut endpoint = |key: &str, text: Option<String>| {
+            text.and_then(|text| match Endpoint::parse(&text) {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    problems.push(key, e);
+                    None
+                }
+            })
+        };
+        let dovecot = endpoint("auth.dovecot", dovecot);
+        let dovecot_userdb = endpoint("auth.dovecot-userdb", dovecot_userdb);
         let plugins = plugin::specs(raw.plugin, base, &mut problems);
         let dkim = dkim::keys(raw.dkim, base, &mut problems);
         let mut renamed = Vec::new();
@@ -575,6 +584,7 @@ impl Config {
             postmaster,
             users_file,
             dovecot,
+            dovecot_userdb,
             rate,
             limits: raw.limits,
             plugins,

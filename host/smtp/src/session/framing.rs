@@ -68,6 +68,7 @@ impl<P: Pipeline> Session<P> {
             State::Chunk { .. } => self.chunk_content(),
             State::AwaitingTls
             | State::AwaitingAuth(_)
+            | State::AwaitingRecipient { .. }
             | State::AwaitingVerdict { .. }
             | State::AwaitingChecks(_)
             | State::AwaitingSpool(_)

@@ -38,10 +38,11 @@ pub use pipeline::{Mx, Pipeline, PipelineKind, RoutedRecipient, Submission};
 pub use sasl::Credentials;
 pub use types::{
     Action, AuthMethod, AuthOutcome, AuthResult, AuthStatus, Directory, Folder, Greeting, Header, Hook,
-    HookCall, Limits, Message, PluginVerdict, ReadTimeout, ReverseName, Security, SessionInfo, Settings,
-    SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
+    HookCall, Limits, Message, PluginVerdict, ReadTimeout, RecipientLookup, ReverseName, Security,
+    SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
 };
 
+use crate::address::Mailbox;
 use crate::data::ContentReceiver;
 use crate::envelope::Envelope;
 use crate::replies;
@@ -80,6 +81,11 @@ enum State {
     },
     AwaitingTls,
     AwaitingAuth(Credentials),
+    /// A RCPT whose local address the outside user database is asked about.
+    AwaitingRecipient {
+        mailbox: Mailbox,
+        params: crate::envelope::RcptParams,
+    },
     AwaitingVerdict {
         call: HookCall,
         stage: Stage,
@@ -253,6 +259,7 @@ impl<P: Pipeline> Session<P> {
             match &self.state {
                 State::AwaitingTls => return Action::StartTls,
                 State::AwaitingAuth(c) => return Action::Authenticate(c.clone()),
+                State::AwaitingRecipient { mailbox, .. } => return Action::LookUpRecipient(mailbox.clone()),
                 State::AwaitingVerdict { call, .. } => return Action::CallHook(call.clone()),
                 State::AwaitingChecks(message) => return Action::CheckAuthentication(Arc::clone(message)),
                 State::AwaitingSpool(request) => return Action::Spool(request.clone()),
@@ -322,6 +329,33 @@ impl<P: Pipeline> Session<P> {
             }
             AuthOutcome::TempFail => self.reply(replies::AUTH_TEMPFAIL),
             AuthOutcome::Throttled => self.reply(replies::AUTH_TOO_MANY_RECENTLY),
+        }
+        Ok(())
+    }
+
+    /// The outside user database's answer for [`Action::LookUpRecipient`].
+    pub fn resolve_recipient(&mut self, lookup: RecipientLookup) -> Result<(), UsageError> {
+        let (mailbox, params) = match std::mem::replace(&mut self.state, State::Command) {
+            State::AwaitingRecipient { mailbox, params } => (mailbox, params),
+            other => {
+                self.state = other;
+                return Err(UsageError("a recipient lookup"));
+            }
+        };
+        match lookup {
+            RecipientLookup::Exists(owner) => {
+                self.add_recipient(
+                    RoutedRecipient {
+                        mailbox,
+                        local: true,
+                        deliver_to: Some(owner),
+                    },
+                    params,
+                );
+                self.reply(replies::RECIPIENT_OK);
+            }
+            RecipientLookup::Unknown => self.refuse_command(replies::UNKNOWN_USER),
+            RecipientLookup::TempFail => self.reply(replies::RECIPIENT_TEMPFAIL),
         }
         Ok(())
     }

@@ -30,6 +30,28 @@ impl Directory for TestDirectory {
     }
 }
 
+/// The test directory, with an outside user database that knows `dave` and cannot answer
+/// for `down`.
+struct LookingDirectory;
+
+impl Directory for LookingDirectory {
+    fn primary_domain(&self) -> &str {
+        TestDirectory.primary_domain()
+    }
+    fn is_local_domain(&self, domain: &str) -> bool {
+        TestDirectory.is_local_domain(domain)
+    }
+    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+        TestDirectory.resolve(address)
+    }
+    fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
+        TestDirectory.may_send_as(account, mailbox)
+    }
+    fn looks_up_unknown(&self) -> bool {
+        true
+    }
+}
+
 /// Plays the host: answers every request the way a test says, records what it saw.
 struct Host<P: Pipeline> {
     session: Session<P>,
@@ -130,6 +152,15 @@ impl<P: Pipeline> Host<P> {
                         self.session.remove_header_fields(names);
                     }
                     self.session.resolve_hook(verdict).unwrap();
+                }
+                Action::LookUpRecipient(mailbox) => {
+                    out.push(format!("lookup {mailbox}"));
+                    let lookup = match mailbox.without_detail().local.as_str() {
+                        "dave" => RecipientLookup::Exists(mailbox.without_detail()),
+                        "down" => RecipientLookup::TempFail,
+                        _ => RecipientLookup::Unknown,
+                    };
+                    self.session.resolve_recipient(lookup).unwrap();
                 }
                 Action::CheckAuthentication(message) => {
                     assert!(
@@ -423,6 +454,49 @@ fn mx_accepts_only_existing_local_mailboxes() {
     );
     let recipients = &h.spooled[0].message.envelope.recipients;
     assert_eq!(recipients[1].mailbox.to_string(), "postmaster@example.org");
+}
+
+#[test]
+fn an_unknown_local_recipient_is_looked_up_before_the_answer() {
+    let mut h = mx();
+    h.session = Session::new(
+        settings(true),
+        Arc::new(LookingDirectory),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        None,
+    );
+    assert_eq!(h.run(), ["220"]);
+    // Pipelined: each RCPT is answered in order, the lookups in between.
+    assert_eq!(
+        h.send(
+            b"EHLO c\r\nMAIL FROM:<a@far.example>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<dave+news@example.org>\r\n\
+              RCPT TO:<nobody@example.org>\r\nRCPT TO:<down@example.org>\r\nRCPT TO:<x@far.example>\r\n"
+        )[1..],
+        [
+            "250 2.1.0",
+            "250 2.1.5",
+            "lookup dave+news@example.org",
+            "250 2.1.5",
+            "lookup nobody@example.org",
+            "550 5.1.1",
+            "lookup down@example.org",
+            "451 4.3.0",
+            "550 5.7.1"
+        ]
+    );
+    h.script(&[("DATA", &["354"])]);
+    h.send(b"x\r\n.\r\n");
+    let recipients = &h.spooled[0].message.envelope.recipients;
+    assert_eq!(recipients.len(), 2);
+    assert_eq!(recipients[1].mailbox.to_string(), "dave+news@example.org");
+    assert_eq!(
+        recipients[1]
+            .deliver_to
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("dave@example.org")
+    );
 }
 
 #[test]

@@ -11,7 +11,7 @@ use crate::replies;
 use crate::reply::Reply;
 
 use super::verdicts::Stage;
-use super::{AuthResult, Folder, Header, Message, Pipeline, PluginVerdict, Session, State};
+use super::{AuthResult, Folder, Header, Message, Pipeline, PluginVerdict, RoutedRecipient, Session, State};
 
 /// Where a transaction is.
 #[derive(Debug)]
@@ -133,19 +133,35 @@ impl<P: Pipeline> Session<P> {
         }
         match P::check_recipient(&path, self.directory.as_ref()) {
             Ok(routed) => {
-                if let Some(txn) = self.txn.as_mut()
-                    && !txn.recipients.iter().any(|r| r.mailbox == routed.mailbox)
-                {
-                    txn.recipients.push(Recipient {
-                        mailbox: routed.mailbox,
-                        params,
-                        local: routed.local,
-                        deliver_to: routed.deliver_to,
-                    });
-                }
+                self.add_recipient(routed, params);
                 self.reply(replies::RECIPIENT_OK);
             }
+            Err(reply) if reply == replies::UNKNOWN_USER && self.directory.looks_up_unknown() => {
+                // A local address the directory does not know: the host asks its outside
+                // user database before the answer.
+                let Some(mut mailbox) = path.mailbox else {
+                    return self.refuse_command(reply);
+                };
+                if mailbox.domain.is_empty() {
+                    mailbox.domain = self.directory.primary_domain().to_string();
+                }
+                self.state = State::AwaitingRecipient { mailbox, params };
+            }
             Err(reply) => self.refuse_command(reply),
+        }
+    }
+
+    /// Adds a recipient to the open transaction, once.
+    pub(super) fn add_recipient(&mut self, routed: RoutedRecipient, params: RcptParams) {
+        if let Some(txn) = self.txn.as_mut()
+            && !txn.recipients.iter().any(|r| r.mailbox == routed.mailbox)
+        {
+            txn.recipients.push(Recipient {
+                mailbox: routed.mailbox,
+                params,
+                local: routed.local,
+                deliver_to: routed.deliver_to,
+            });
         }
     }
 

@@ -25,6 +25,23 @@ pub trait Directory: Send + Sync {
     fn resolve(&self, address: &Mailbox) -> Option<Mailbox>;
     /// Whether the authenticated `account` may use `mailbox` as its sender.
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool;
+    /// Whether an address of a local domain that [`Directory::resolve`] does not know is
+    /// looked up by the host in an outside user database (Dovecot's) before it is refused:
+    /// the session then asks with [`Action::LookUpRecipient`].
+    fn looks_up_unknown(&self) -> bool {
+        false
+    }
+}
+
+/// What the host's outside user database said about a recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecipientLookup {
+    /// It exists: its mail goes to this mailbox.
+    Exists(Mailbox),
+    /// Nobody of that name (`550 5.1.1`).
+    Unknown,
+    /// The database could not answer (`451 4.3.0`: the client tries again later).
+    TempFail,
 }
 
 /// Per-session limits, all from the operator's config.
@@ -514,6 +531,10 @@ pub enum Action {
     Authenticate(Credentials),
     /// Run this hook (with [`Session::info`]), then call [`Session::resolve_hook`].
     CallHook(HookCall),
+    /// Ask the outside user database whether this local address exists (without its
+    /// `+detail`, lower-cased as the host keeps accounts), then call
+    /// [`Session::resolve_recipient`].
+    LookUpRecipient(Mailbox),
     /// Run the host's mail authentication checks (SPF, DKIM, ARC, DMARC, iprev) on the
     /// received message, before the content hooks ([`Pipeline::CHECKS_AUTHENTICATION`]),
     /// then call [`Session::resolve_checks`] with what they decided.
