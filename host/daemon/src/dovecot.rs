@@ -66,22 +66,38 @@ impl DovecotAuth {
 
     /// Asks Dovecot whether the credentials are right.
     pub async fn verify(&self, check: &Check<'_>) -> Answer {
-        let asked = async {
-            match &self.endpoint {
-                Endpoint::Unix(path) => exchange(tokio::net::UnixStream::connect(path).await?, check).await,
-                Endpoint::Tcp(address) => {
-                    exchange(tokio::net::TcpStream::connect(address).await?, check).await
-                }
-            }
-        };
-        match tokio::time::timeout(TIMEOUT, asked).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => Answer::Unavailable(format!("Dovecot at {}: {e}", self.endpoint)),
-            Err(_) => Answer::Unavailable(format!(
-                "Dovecot at {} did not answer within {TIMEOUT:?}",
-                self.endpoint
-            )),
+        match ask(&self.endpoint, "Dovecot", |stream| exchange(stream, check)).await {
+            Ok(answer) => answer,
+            Err(why) => Answer::Unavailable(why),
         }
+    }
+}
+
+/// A connection to Dovecot, over either kind of endpoint.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+/// Connects to `endpoint` and runs `talk` on the connection, all within [`TIMEOUT`]; what
+/// went wrong, for `who`, otherwise.
+async fn ask<'a, T, F>(
+    endpoint: &Endpoint,
+    who: &str,
+    talk: impl FnOnce(Box<dyn Stream + 'a>) -> F,
+) -> Result<T, String>
+where
+    F: std::future::Future<Output = std::io::Result<T>>,
+{
+    let asked = async {
+        let stream: Box<dyn Stream> = match endpoint {
+            Endpoint::Unix(path) => Box::new(tokio::net::UnixStream::connect(path).await?),
+            Endpoint::Tcp(address) => Box::new(tokio::net::TcpStream::connect(address).await?),
+        };
+        talk(stream).await
+    };
+    match tokio::time::timeout(TIMEOUT, asked).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(format!("{who} at {endpoint}: {e}")),
+        Err(_) => Err(format!("{who} at {endpoint} did not answer within {TIMEOUT:?}")),
     }
 }
 
@@ -112,21 +128,13 @@ impl DovecotUserdb {
     /// Asks whether `user` exists (`USER` with `service=smtp`, as Postfix's and chasquid's
     /// recipient checks do).
     pub async fn lookup(&self, user: &str) -> UserAnswer {
-        let asked = async {
-            match &self.endpoint {
-                Endpoint::Unix(path) => user_lookup(tokio::net::UnixStream::connect(path).await?, user).await,
-                Endpoint::Tcp(address) => {
-                    user_lookup(tokio::net::TcpStream::connect(address).await?, user).await
-                }
-            }
-        };
-        match tokio::time::timeout(TIMEOUT, asked).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => UserAnswer::Unavailable(format!("Dovecot's userdb at {}: {e}", self.endpoint)),
-            Err(_) => UserAnswer::Unavailable(format!(
-                "Dovecot's userdb at {} did not answer within {TIMEOUT:?}",
-                self.endpoint
-            )),
+        match ask(&self.endpoint, "Dovecot's userdb", |stream| {
+            user_lookup(stream, user)
+        })
+        .await
+        {
+            Ok(answer) => answer,
+            Err(why) => UserAnswer::Unavailable(why),
         }
     }
 }
