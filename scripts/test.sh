@@ -40,7 +40,8 @@ need plugins/c "command -v clang-19 && test -f /usr/lib/wasm32-wasi/libc.a" \
   clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc
 plugins/c/build.sh
 # Real mail services the end-to-end tests start on loopback with their own config.
-need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap" dovecot-core dovecot-imapd
+need tests/e2e "command -v dovecot && test -x /usr/lib/dovecot/imap && test -x /usr/lib/dovecot/lmtp" \
+  dovecot-core dovecot-imapd dovecot-lmtpd
 # OpenSSL makes the keys of the independent DKIM signer (tests/e2e/authentication.rs).
 need tests/e2e "command -v openssl" openssl
 # clamd (with a socket and a signature database of the test's own), rspamd and

@@ -225,3 +225,153 @@ fn two_nodes_sharing_redis_count_one_allowance_and_a_redis_outage_defers() {
     wait_for_mail(&b.maildir("alice"), 1);
     wait_for_mail(&c.maildir("alice"), 1);
 }
+
+/// Every message of `user`'s INBOX and Junk over IMAP (Python's imaplib), as JSON:
+/// `{"inbox": [base64…], "junk": [base64…]}`.
+const IMAP_ALL: &str = r#"
+import base64, imaplib, json, sys
+c = imaplib.IMAP4("127.0.0.1", int(sys.argv[1]))
+c.login(sys.argv[2], sys.argv[3])
+out = {}
+for folder in ["INBOX", "Junk"]:
+    typ, data = c.select(folder, readonly=True)
+    messages = []
+    if typ == "OK" and int(data[0]) > 0:
+        typ, data = c.fetch("1:*", "(BODY.PEEK[])")
+        messages = [base64.b64encode(part[1]).decode() for part in data if isinstance(part, tuple)]
+    out[folder.lower()] = messages
+c.logout()
+print(json.dumps(out))
+"#;
+
+/// `user`'s messages over IMAP: (INBOX, Junk).
+fn imap_all(dovecot: &Dovecot, user: &str, password: &str) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    use base64::Engine as _;
+    let out = python(IMAP_ALL, &[&dovecot.imap.port().to_string(), user, password]);
+    let seen: serde_json::Value = serde_json::from_str(out.trim()).expect("json");
+    let folder = |key: &str| -> Vec<Vec<u8>> {
+        seen[key]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|m| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(m.as_str().expect("base64 text"))
+                    .expect("base64")
+            })
+            .collect()
+    };
+    (folder("inbox"), folder("junk"))
+}
+
+fn queue_cmd(setup: &Setup, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(setup.config())
+        .output()
+        .expect("queue");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn lmtp_delivers_into_dovecot_per_recipient_and_nothing_acknowledged_is_lost() {
+    let mut dovecot = Dovecot::start_with_full(
+        &[
+            ("alice@example.org", "alice-imap"),
+            ("dave@example.org", "dave-secret"),
+            ("erin@example.org", "erin-secret"),
+            ("full@example.org", "full-secret"),
+        ],
+        None,
+        &["full@example.org"],
+    );
+    let setup = Setup::new(&format!(
+        "dovecot-userdb = \"unix:{}\"\n\n[delivery]\nlocal = \"lmtp\"\nlmtp = \"unix:{}\"\n",
+        dovecot.auth_userdb.display(),
+        dovecot.lmtp.display()
+    ));
+    let spam = format!(
+        "\n[[plugin]]\nhook = \"spam\"\npath = \"{}\"\n[plugin.config]\ntag-threshold = 3.0\njunk-threshold = 6.0\n",
+        setup.plugin("spam_rules.wasm").display()
+    );
+    let config = std::fs::read_to_string(setup.config()).expect("config") + &spam;
+    std::fs::write(setup.config(), config).expect("config");
+    let mut daemon = setup.start();
+    daemon.wait_log("local recipients are delivered over LMTP");
+
+    // One message to three users: two are delivered, the one over quota is deferred alone.
+    let original = "From: carol@far.example\r\nTo: dave@example.org\r\nSubject: Minutes of the meeting\r\n\
+                    Date: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <lmtp-1@far.example>\r\n\r\n\
+                    Attached are the minutes.\r\n..and a line that starts with a dot.\r\n";
+    let mut m = Raw::connect(daemon.addr("mx"));
+    assert!(m.cmd("EHLO far.example").starts_with("250"));
+    assert!(m.cmd("MAIL FROM:<carol@far.example>").starts_with("250"));
+    for rcpt in ["dave@example.org", "erin@example.org", "full@example.org"] {
+        assert!(m.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"), "{rcpt}");
+    }
+    assert!(m.cmd("DATA").starts_with("354"));
+    let reply = m.cmd(&format!("{}.", original.replace("\r\n.", "\r\n..")));
+    assert!(reply.starts_with("250"), "{reply}");
+    daemon.wait_log_count("delivered over LMTP", 2);
+    daemon.wait_log("LMTP delivery deferred");
+
+    // Read back over IMAP: what follows Dovecot's own header lines is our trace fields,
+    // then byte for byte what was sent.
+    let (inbox, junk) = imap_all(&dovecot, "dave@example.org", "dave-secret");
+    assert_eq!((inbox.len(), junk.len()), (1, 0));
+    let got = String::from_utf8_lossy(&inbox[0]).into_owned();
+    assert!(got.ends_with(original), "{got}");
+    let ours = got.find("Received: from far.example").expect("our Received:");
+    assert!(got[ours..].contains("by mx.example.org (Portcullis)"), "{got}");
+    assert!(
+        !got[ours..].contains("Delivered-To:"),
+        "no Delivered-To of ours: {got}"
+    );
+    assert_eq!(imap_all(&dovecot, "erin@example.org", "erin-secret").0.len(), 1);
+    // full@ stays queued; a retry now tries it alone (dave and erin get no second copy).
+    assert_eq!(queued_messages(&setup.data()), 1);
+    queue_cmd(&setup, &["flush"]);
+    daemon.wait_log_count("LMTP delivery deferred", 2);
+    assert_eq!(imap_all(&dovecot, "dave@example.org", "dave-secret").0.len(), 1);
+    assert_eq!(imap_all(&dovecot, "erin@example.org", "erin-secret").0.len(), 1);
+
+    // A junk verdict lands in the user's Junk folder, through the +Junk detail.
+    let mut m = Raw::connect(daemon.addr("mx"));
+    assert!(m.cmd("EHLO far.example").starts_with("250"));
+    assert!(m.cmd("MAIL FROM:<someone@far.example>").starts_with("250"));
+    assert!(m.cmd("RCPT TO:<dave@example.org>").starts_with("250"));
+    assert!(m.cmd("DATA").starts_with("354"));
+    let reply = m.cmd(
+        "From: someone@far.example\r\nTo: dave@example.org\r\nSubject: YOU HAVE WON THE LOTTERY!!!\r\n\
+         Date: Mon, 07 Dec 2026 10:00:00 +0000\r\nMessage-ID: <w@far.example>\r\n\r\n\
+         CLICK HERE TO CLAIM YOUR VIAGRA PRIZE NOW, 100% FREE, ACT NOW BEFORE IT IS TOO LATE\r\n.",
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    daemon.wait_log_count("delivered over LMTP", 3);
+    let (inbox, junk) = imap_all(&dovecot, "dave@example.org", "dave-secret");
+    assert_eq!((inbox.len(), junk.len()), (1, 1));
+
+    // Dovecot down: a message acknowledged with 250 waits in the queue, and arrives once
+    // Dovecot is back.
+    dovecot.stop();
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    let reply = c.submit(
+        "alice@example.org",
+        "<alice@example.org>",
+        &["<alice@example.org>"],
+        "From: alice@example.org\r\nTo: alice@example.org\r\nSubject: while dovecot was away\r\n\r\nhello",
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    daemon.wait_log("LMTP delivery broke off");
+    dovecot.resume();
+    queue_cmd(&setup, &["flush"]);
+    daemon.wait_log_count("delivered over LMTP", 4);
+    let (inbox, _) = imap_all(&dovecot, "alice@example.org", "alice-imap");
+    assert_eq!(inbox.len(), 1);
+    assert!(String::from_utf8_lossy(&inbox[0]).contains("Subject: while dovecot was away"));
+    // Nothing was written into Maildirs of ours.
+    assert!(!setup.data().join("mail/example.org/dave").exists());
+}

@@ -145,6 +145,9 @@ pub fn unchangeable(old: &Config, new: &Config) -> Option<String> {
     if old.server.spool_sync != new.server.spool_sync {
         return Some("server.spool-sync cannot change on reload; restart to change it".into());
     }
+    if old.delivery.lmtp != new.delivery.lmtp {
+        return Some("[delivery] local and lmtp cannot change on reload; restart to change them".into());
+    }
     if old.rate != new.rate {
         return Some("[rate] cannot change on reload; restart to change it".into());
     }

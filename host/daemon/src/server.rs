@@ -163,7 +163,13 @@ fn open_storage(config: &Config) -> Result<Storage, StartError> {
     tracing::info!(mail = %mail_root.display(), "mailboxes");
     // With group commit and the mailboxes on the spool's file system, a message's local
     // copies are written before the spool's flush and share it (docs/architecture.md).
-    let maildir = Maildir::new(mail_root, &config.server.hostname).sharing_spool_flush(spool.flush_device());
+    // Over LMTP no copy is written here: the scheduler hands every local recipient to the
+    // LMTP courier.
+    let maildir = Maildir::new(mail_root, &config.server.hostname);
+    let maildir = match config.delivery.lmtp {
+        None => maildir.sharing_spool_flush(spool.flush_device()),
+        Some(_) => maildir,
+    };
     Ok(Storage {
         spool,
         maildir,
@@ -199,8 +205,25 @@ fn start_workers(
     let mut delivery_settings = config.delivery.clone();
     delivery_settings.own_addresses = own.clone();
     let outbound_context = portcullis_outbound::Routing::new(delivery_settings, live.resolver.clone());
-    let (delivery, retire_sweep) =
-        portcullis_outbound::Delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context);
+    let (delivery, retire_sweep) = match &config.delivery.lmtp {
+        None => portcullis_outbound::Delivery::start(Arc::clone(&spool), maildir.clone(), outbound_context),
+        Some(address) => {
+            tracing::info!(lmtp = %address, "local recipients are delivered over LMTP");
+            let settings = &config.delivery;
+            let courier = portcullis_outbound::courier::lmtp::LmtpCourier::new(
+                address.clone(),
+                &settings.hostname,
+                settings.connect_timeout,
+                settings.command_timeout,
+                settings.data_timeout,
+            );
+            portcullis_outbound::Delivery::start_with_local(
+                Arc::clone(&spool),
+                Arc::new(courier),
+                outbound_context,
+            )
+        }
+    };
     let writer =
         crate::spool_writer::SpoolWriter::start(Arc::clone(&spool), maildir, delivery.clone(), retire_sweep)
             .map_err(|e| StartError::Delivery(format!("cannot start the spool writer: {e}")))?;

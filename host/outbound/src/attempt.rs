@@ -370,6 +370,8 @@ fn settle(entry: &mut Entry, outcomes: Vec<Outcome>) -> Owed {
         };
         if !to.local {
             log_remote(&entry.id, &to.mailbox, host.as_deref(), &result);
+        } else if let Some(server) = host.as_deref() {
+            log_lmtp(&entry.id, &to.mailbox, server, &result);
         }
         let report = |reply: Reply| RecipientReport {
             index,
@@ -399,6 +401,21 @@ fn settle(entry: &mut Entry, outcomes: Vec<Outcome>) -> Owed {
         }
     }
     owed
+}
+
+/// The log line of a local recipient's outcome at an LMTP server.
+fn log_lmtp(id: &QueueId, to: &portcullis_smtp::Mailbox, server: &str, result: &RecipientResult) {
+    match result {
+        RecipientResult::Deliver(reply) => {
+            tracing::info!(queue_id = %id, %to, lmtp = server, reply = %reply.to_string().trim_end(), "delivered over LMTP")
+        }
+        RecipientResult::Fail(reply) => {
+            tracing::warn!(queue_id = %id, %to, lmtp = server, reply = %reply.to_string().trim_end(), "LMTP delivery failed permanently")
+        }
+        RecipientResult::Defer(reply) => {
+            tracing::info!(queue_id = %id, %to, lmtp = server, reply = %reply.to_string().trim_end(), "LMTP delivery deferred")
+        }
+    }
 }
 
 /// The log line and metric of a remote recipient's outcome.

@@ -91,12 +91,23 @@ impl Delivery {
     /// sweeper that releases the spool files of messages the spool writer delivered
     /// (`portcullis_spool::writer`) when no session's flush comes.
     pub fn start(spool: Arc<Spool>, maildir: Maildir, routing: Routing) -> (Self, Arc<Notify>) {
+        let local = Arc::new(MaildirCourier::new(Arc::clone(&spool), maildir));
+        Delivery::start_with_local(spool, local, routing)
+    }
+
+    /// [`Delivery::start`], with local recipients carried by `local` (such as the
+    /// [LMTP courier](crate::courier::lmtp::LmtpCourier)).
+    pub fn start_with_local(
+        spool: Arc<Spool>,
+        local: Arc<dyn Courier>,
+        routing: Routing,
+    ) -> (Self, Arc<Notify>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let routing = Arc::new(ArcSwap::from_pointee(routing));
         let shared = Arc::new(Shared {
             spool: Arc::clone(&spool),
             routing: Arc::clone(&routing),
-            local: Arc::new(MaildirCourier::new(Arc::clone(&spool), maildir)),
+            local,
             remote: Arc::new(SmtpCourier::new(Arc::clone(&routing))),
             tx: tx.clone(),
         });

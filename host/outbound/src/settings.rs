@@ -97,6 +97,9 @@ pub struct DeliverySettings {
     /// that loops back to ourselves (Postfix's "mail for X loops back to myself"): such
     /// hosts are never connected to. Empty unless the daemon fills it in after binding.
     pub own_addresses: Vec<SocketAddr>,
+    /// Local recipients go to this LMTP server (`[delivery] local = "lmtp"`); `None`: into
+    /// Maildirs we write ourselves.
+    pub lmtp: Option<crate::courier::lmtp::LmtpAddress>,
 }
 
 impl DeliverySettings {
@@ -121,6 +124,7 @@ impl DeliverySettings {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             own_addresses: Vec::new(),
+            lmtp: None,
         }
     }
 

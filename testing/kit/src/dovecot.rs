@@ -1,6 +1,7 @@
-//! Dovecot (Debian's `dovecot-core` and `dovecot-imapd`) of a test's own, on loopback: IMAP
+//! Dovecot (Debian's `dovecot-core`, `-imapd` and `-lmtpd`) of a test's own, on loopback: IMAP
 //! on a free port over the Maildirs a test names, and its authentication service on private
-//! `auth-client` and `auth-userdb` sockets, with a passwd-file of the test's users. Failures are
+//! `auth-client` and `auth-userdb` sockets, with a passwd-file of the test's users, and LMTP
+//! on a private socket (`+Junk` files into Junk; quotas kept, a full one answered 4xx). Failures are
 //! answered at once (`auth_failure_delay = 0`), so a wrong password costs a test no time,
 //! and logged with the user and the client's address (`auth_verbose`).
 
@@ -33,12 +34,23 @@ pub struct Dovecot {
     pub auth_client: PathBuf,
     /// Its user database's socket (`auth-userdb`).
     pub auth_userdb: PathBuf,
+    /// Its LMTP service's socket (`lmtp`): local delivery into the users' Maildirs,
+    /// `+Junk` into their Junk folder.
+    pub lmtp: PathBuf,
+    /// Where mail goes when no [`Mail`] was given: `<this>/<domain>/<user>`.
+    pub mail_root: PathBuf,
 }
 
 impl Dovecot {
     /// Starts Dovecot with `users` (`name`, `password`) in its passwd-file and, when given,
     /// IMAP over `mail`; returns once it listens.
     pub fn start(users: &[(&str, &str)], mail: Option<Mail<'_>>) -> Dovecot {
+        Dovecot::start_with_full(users, mail, &[])
+    }
+
+    /// [`Dovecot::start`], with the users of `full` over their quota (a quota of one
+    /// octet; `quota_full_tempfail = yes`, so LMTP answers them with a 4xx).
+    pub fn start_with_full(users: &[(&str, &str)], mail: Option<Mail<'_>>, full: &[&str]) -> Dovecot {
         assert!(
             Path::new("/usr/sbin/dovecot").exists(),
             "dovecot is missing: apt-get install dovecot-core dovecot-imapd (scripts/test.sh does)"
@@ -52,35 +64,44 @@ impl Dovecot {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let passwd: String = users
             .iter()
-            .map(|(name, password)| format!("{name}:{{PLAIN}}{password}::::::\n"))
+            .map(|(name, password)| {
+                let quota = if full.contains(name) {
+                    "userdb_quota_rule=*:storage=1b quota_rule=*:storage=1b"
+                } else {
+                    ""
+                };
+                format!("{name}:{{PLAIN}}{password}::::::{quota}\n")
+            })
             .collect();
         std::fs::write(d.join("passwd"), passwd).expect("passwd");
         let port = free_port();
-        let (mail_location, userdb) = match &mail {
-            Some(m) => (
-                format!("maildir:{}/%d/%n", m.root.display()),
-                format!(
-                    "driver = static\n  args = uid={} gid={} home={}/%d/%n",
-                    m.user,
-                    m.group,
-                    m.root.display()
-                ),
-            ),
-            None => (
-                format!("maildir:{}/mail/%d/%n", d.display()),
-                format!(
-                    "driver = static\n  args = uid=nobody gid=nogroup home={}/mail/%d/%n",
-                    d.display()
-                ),
-            ),
+        // Mail is written (over LMTP) as the mail's owner: nobody, unless given.
+        let own_root = d.join("mail");
+        std::fs::create_dir_all(&own_root).expect("mail root");
+        crate::postfix::sh(Command::new("chown").arg("nobody:nogroup").arg(&own_root));
+        let (root, user, group) = match &mail {
+            Some(m) => (m.root, m.user, m.group),
+            None => (own_root.as_path(), "nobody", "nogroup"),
         };
+        let mail_location = format!("maildir:{}/%d/%n", root.display());
+        let userdb = format!(
+            "driver = passwd-file\n  args = {}/passwd\n  default_fields = uid={user} gid={group} home={}/%d/%n",
+            d.display(),
+            root.display()
+        );
         let config = format!(
             r#"base_dir = {root}/run
 state_dir = {root}/state
 instance_name = portcullis-test-{port}
 listen = 127.0.0.1
-protocols = imap
+protocols = imap lmtp
 ssl = no
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = yes
+lda_mailbox_autocreate = yes
+lda_mailbox_autosubscribe = yes
+mail_plugins = $mail_plugins quota
+quota_full_tempfail = yes
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
@@ -102,6 +123,14 @@ service auth {{
     mode = 0666
   }}
 }}
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+}}
+plugin {{
+  quota = maildir:User quota
+}}
 service imap-login {{
   inet_listener imap {{
     address = 127.0.0.1
@@ -119,6 +148,8 @@ service imap-login {{
             imap: SocketAddr::from(([127, 0, 0, 1], port)),
             auth_client: d.join("run/auth-client"),
             auth_userdb: d.join("run/auth-userdb"),
+            lmtp: d.join("run/lmtp"),
+            mail_root: root.to_path_buf(),
             dir,
             child: None,
         };

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use portcullis_outbound::courier::lmtp::LmtpAddress;
 use portcullis_outbound::{DeliverySettings, RelayLogin, Route, TlsPolicy};
 use serde::Deserialize;
 
@@ -45,6 +46,11 @@ pub struct DeliverySection {
     pub command_timeout: Option<Span>,
     /// Time to wait for the reply to the message content. Default: `"10m"`.
     pub data_timeout: Option<Span>,
+    /// Where local recipients' mail goes: `"maildir"` (the default: Maildirs under
+    /// `<data-dir>/mail`) or `"lmtp"` (the LMTP server at `lmtp`, such as Dovecot's).
+    pub local: Option<String>,
+    /// The LMTP server of `local = "lmtp"`: `unix:/run/dovecot/lmtp` or `tcp:IP:PORT`.
+    pub lmtp: Option<String>,
     /// Per-domain next hops. Default: none.
     #[serde(default)]
     pub routes: HashMap<String, RouteEntry>,
@@ -125,6 +131,7 @@ pub fn settings(
         s.mx_port = port;
     }
     s.mx_tls = check.tls_policy("delivery.tls", section.tls.as_deref(), TlsPolicy::Opportunistic);
+    s.lmtp = check.lmtp(section.local.as_deref(), section.lmtp.as_deref());
     if let Some(retry) = section.retry {
         if retry.is_empty() || retry.iter().any(|d| d.0.is_zero()) {
             check.problem(
@@ -203,6 +210,49 @@ impl Checker<'_> {
                 );
                 default
             }),
+        }
+    }
+
+    /// `local` and `lmtp`: the LMTP server local recipients go to, or none for Maildir.
+    fn lmtp(&mut self, local: Option<&str>, lmtp: Option<&str>) -> Option<LmtpAddress> {
+        match (local.unwrap_or("maildir"), lmtp) {
+            ("maildir", None) => None,
+            ("maildir", Some(_)) => {
+                self.problem(
+                    "delivery.lmtp",
+                    "is used only with local = \"lmtp\" (local is \"maildir\")".into(),
+                );
+                None
+            }
+            ("lmtp", None) => {
+                self.problem(
+                    "delivery.lmtp",
+                    "local = \"lmtp\" needs the server: lmtp = \"unix:/run/dovecot/lmtp\" or \"tcp:127.0.0.1:24\"".into(),
+                );
+                None
+            }
+            ("lmtp", Some(text)) => {
+                if let Some(path) = text.strip_prefix("unix:").filter(|p| p.starts_with('/')) {
+                    return Some(LmtpAddress::Unix(path.into()));
+                }
+                match text.strip_prefix("tcp:").and_then(|a| a.parse().ok()) {
+                    Some(address) => Some(LmtpAddress::Tcp(address)),
+                    None => {
+                        self.problem(
+                            "delivery.lmtp",
+                            format!("{text:?}: unix:/absolute/path or tcp:IP:PORT"),
+                        );
+                        None
+                    }
+                }
+            }
+            (other, _) => {
+                self.problem(
+                    "delivery.local",
+                    format!("{other:?} is not one of \"maildir\", \"lmtp\""),
+                );
+                None
+            }
         }
     }
 

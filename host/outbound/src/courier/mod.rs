@@ -3,8 +3,10 @@
 //! delivers and says, for each recipient, what happened.
 //!
 //! - [`maildir::MaildirCourier`]: our own domains' mailboxes.
+//! - [`lmtp::LmtpCourier`]: our own domains' mailboxes, kept by an LMTP server (Dovecot).
 //! - [`smtp::SmtpCourier`]: other domains, over SMTP (routes, relay host, MX).
 
+pub mod lmtp;
 pub mod maildir;
 pub mod smtp;
 
