@@ -99,11 +99,7 @@ impl LmtpCourier {
 
     /// One session for the parcel: a result for each of its recipients, in order, or why
     /// the session broke (recipients it answered before keep their answers).
-    async fn session(
-        &self,
-        parcel: &Parcel,
-        results: &mut [Option<RecipientResult>],
-    ) -> Result<(), Broken> {
+    async fn session(&self, parcel: &Parcel, results: &mut [Option<RecipientResult>]) -> Result<(), Broken> {
         let mut io = self.connect().await?;
         let mut parser = ReplyParser::new();
         let greeting = reply(&mut io, &mut parser, self.command_timeout).await?;
