@@ -381,4 +381,7 @@ s.quit()
         String::from_utf8_lossy(&on_disk),
         "IMAP gives the Maildir file byte for byte"
     );
+    // And Dovecot had nothing to say about our file names, folders or permissions.
+    let log = dovecot.log();
+    assert!(!log.contains("Error:") && !log.contains("Warning:"), "{log}");
 }

@@ -7,11 +7,12 @@
 //! cargo build --release -p portcullis -p portcullis-bench
 //! ./target/release/compare [--seconds S] [--sessions 1,10,100] [--sizes 1024,10240,102400]
 //!                          [--idle N] [--portcullis PATH]
-//!                          [--tables all|mx,group,submission,idle,authentication,services]
+//!                          [--tables all|mx,group,submission,idle,authentication,services,lmtp]
 //! ```
 //!
-//! `services` (MX with clamd and rspamd behind both servers, `services.rs`) is not part of
-//! `all`: it needs clamav-daemon, clamav-milter and rspamd (`scripts/test.sh` installs them).
+//! `services` (MX with clamd and rspamd behind both servers, `services.rs`) and `lmtp` (local
+//! delivery over LMTP to Dovecot, `lmtp.rs`) are not part of `all`: they need clamav-daemon,
+//! clamav-milter, rspamd and Dovecot (`scripts/test.sh` installs them).
 //!
 //! `--sessions none` skips the MX and group-commit tables (`--sizes none` the MX table),
 //! `--idle 0` the idle-connection count.
@@ -29,6 +30,7 @@
 //! connection.
 
 mod authentication;
+mod lmtp;
 mod measure;
 mod postfix;
 mod services;
@@ -132,6 +134,9 @@ fn main() {
     }
     if a.tables.iter().any(|t| t == "services") {
         services::services_path(&a, &mut kept);
+    }
+    if a.tables.iter().any(|t| t == "lmtp") {
+        lmtp::lmtp_path(&a, &mut kept);
     }
 }
 

@@ -123,9 +123,11 @@ impl Hooks {
     }
 
     /// Checks credentials: the users file for its own accounts, then Dovecot (`[auth]
-    /// dovecot`) when configured, then the auth plugins in order; at most one check per
-    /// core at a time, an AUTH waiting longer than `wait` for its turn gets a temporary
-    /// failure.
+    /// dovecot`) when configured, then the auth plugins in order; at most one check of our
+    /// own (argon2, a plugin) per core at a time, an AUTH waiting longer than `wait` for
+    /// its turn gets a temporary failure. Dovecot's checks take no turn: they cost us
+    /// nothing but a socket, and a refusal Dovecot delays (`auth_failure_delay`) must not
+    /// hold a turn other clients wait for.
     pub async fn authenticate(
         &self,
         accounts: Arc<Accounts>,
@@ -134,11 +136,6 @@ impl Hooks {
         credentials: Credentials,
         wait: std::time::Duration,
     ) -> AuthOutcome {
-        // The semaphore lives as long as the hooks and is never closed.
-        let Ok(Ok(_turn)) = tokio::time::timeout(wait, self.checks.acquire()).await else {
-            tracing::warn!("no credential check could start in time; answering a temporary failure");
-            return AuthOutcome::TempFail;
-        };
         let plugins = self.plugins();
         if let Some(dovecot) = dovecot
             && !accounts.knows(&credentials.username)
@@ -173,9 +170,16 @@ impl Hooks {
                 crate::dovecot::Answer::Reject if !plugins.has(Hook::Auth) => return AuthOutcome::Reject,
                 crate::dovecot::Answer::Reject => {}
             }
-        } else if accounts.knows(&credentials.username) || !plugins.has(Hook::Auth) {
-            // The users file decides for its own accounts (and, with no auth plugin, for
-            // everyone: unknown names are checked against a decoy hash, in constant time).
+        }
+        // The semaphore lives as long as the hooks and is never closed.
+        let Ok(Ok(_turn)) = tokio::time::timeout(wait, self.checks.acquire()).await else {
+            tracing::warn!("no credential check could start in time; answering a temporary failure");
+            return AuthOutcome::TempFail;
+        };
+        if accounts.knows(&credentials.username) || (dovecot.is_none() && !plugins.has(Hook::Auth)) {
+            // The users file decides for its own accounts (and, with neither Dovecot nor an
+            // auth plugin, for everyone: unknown names are checked against a decoy hash, in
+            // constant time).
             let checked = credentials.clone();
             return tokio::task::spawn_blocking(move || accounts.verify(&checked))
                 .await

@@ -304,6 +304,9 @@ fn check_files(c: &Config) -> Result<(accounts::Accounts, Vec<String>), Vec<Stri
     if let Err(e) = dkim::Signers::load(&c.dkim) {
         problems.push(format!("dkim: {e}"));
     }
+    if let Err(e) = rate::RateStore::new(&c.rate) {
+        problems.push(format!("rate.store: {e}"));
+    }
     if let Some(user) = &c.server.user
         && nix::unistd::User::from_name(user).ok().flatten().is_none()
     {

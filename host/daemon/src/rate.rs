@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use portcullis_runtime::bindings::rate::exports::portcullis::filter::rate::{Counters, Usage, Window};
 
+pub use crate::config::rate::{OnStoreError, RateSettings};
+
 const MINUTE: Duration = Duration::from_secs(60);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -101,28 +103,6 @@ impl RateCounters {
             }
         }
     }
-}
-
-/// `[rate] on-store-error`: what a message meets while the shared store cannot be reached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnStoreError {
-    /// 451: try again later (the default: a sender is never let past a limit it may have
-    /// reached on another node).
-    #[default]
-    Defer,
-    /// Count in this node's memory until the store is back (each node then allows the
-    /// whole limit).
-    Local,
-}
-
-/// `[rate]`, validated.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RateSettings {
-    /// `store`: `None` is this process's memory; `Some` a Redis URL.
-    pub redis: Option<String>,
-    /// `on-store-error`.
-    pub on_store_error: OnStoreError,
 }
 
 /// Where the counters live.

@@ -18,6 +18,7 @@ pub mod dkim;
 pub mod dns;
 pub mod limits;
 pub mod plugin;
+pub mod rate;
 
 pub use limits::{BareLfPolicy, LimitsSection, Network, Threshold};
 pub use plugin::PluginSection;
@@ -333,18 +334,7 @@ struct RawConfig {
     #[serde(default)]
     authentication: authentication::AuthenticationSection,
     #[serde(default)]
-    rate: RateSection,
-}
-
-/// `[rate]`: where the rate counters live.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RateSection {
-    /// `"memory"` (the default: this process) or a Redis URL (`redis://127.0.0.1:6379/0`,
-    /// `redis+unix:///run/redis/redis.sock`), shared by every node that names it.
-    pub store: Option<String>,
-    /// What a message meets while the Redis store cannot be reached. Default: defer.
-    pub on_store_error: Option<crate::rate::OnStoreError>,
+    rate: rate::RateSection,
 }
 
 /// A validated configuration.
@@ -369,7 +359,7 @@ pub struct Config {
     /// `[auth] dovecot-userdb`: Dovecot's user database.
     pub dovecot_userdb: Option<Endpoint>,
     /// `[rate]`.
-    pub rate: crate::rate::RateSettings,
+    pub rate: rate::RateSettings,
     /// `[limits]`.
     pub limits: LimitsSection,
     /// The plugins, in config order, paths absolute.
@@ -552,28 +542,7 @@ impl Config {
                 None
             }
         };
-        let rate = crate::rate::RateSettings {
-            redis: match raw.rate.store.as_deref() {
-                None | Some("memory") => None,
-                Some(url) if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
-                    match redis::Client::open(url) {
-                        Ok(_) => Some(url.to_string()),
-                        Err(e) => {
-                            problems.push("rate.store", format!("{url:?}: {e}"));
-                            None
-                        }
-                    }
-                }
-                Some(other) => {
-                    problems.push(
-                        "rate.store",
-                        format!("{other:?}: \"memory\" or a Redis URL such as \"redis://127.0.0.1:6379/0\""),
-                    );
-                    None
-                }
-            },
-            on_store_error: raw.rate.on_store_error.unwrap_or_default(),
-        };
+        let rate = rate::settings(raw.rate, &mut problems);
         problems.into_result()?;
         Ok(Config {
             origin: origin.to_string(),
