@@ -544,3 +544,16 @@ impl TlsRaw {
         }
     }
 }
+
+/// `portcullis queue ARGS --config <setup's>`; asserts success, returns what it printed.
+pub fn queue(setup: &Setup, args: &[&str]) -> String {
+    let out = Command::new(binary())
+        .arg("queue")
+        .args(args)
+        .arg("--config")
+        .arg(setup.config())
+        .output()
+        .expect("run queue");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

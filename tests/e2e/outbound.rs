@@ -1,7 +1,6 @@
 //! Outbound delivery: mail submitted for other domains leaves through routes, a smarthost
 //! or MX records, retries on 4xx, bounces with a DSN on 5xx or expiry, and survives kill -9.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::harness::*;
@@ -26,18 +25,6 @@ fn submit(setup: &Setup, daemon: &Daemon, to: &[&str], subject: &str) {
     let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
     let reply = c.submit("alice@example.org", "<alice@example.org>", to, &message(subject));
     assert!(reply.starts_with("250"), "{reply}");
-}
-
-fn queue(setup: &Setup, args: &[&str]) -> String {
-    let out = Command::new(binary())
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(setup.config())
-        .output()
-        .expect("run queue");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn read(path: &std::path::Path) -> String {

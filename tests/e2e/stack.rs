@@ -282,18 +282,6 @@ fn imap_all(dovecot: &Dovecot, user: &str, password: &str) -> (Vec<Vec<u8>>, Vec
     (folder("inbox"), folder("junk"))
 }
 
-fn queue_cmd(setup: &Setup, args: &[&str]) -> String {
-    let out = Command::new(binary())
-        .arg("queue")
-        .args(args)
-        .arg("--config")
-        .arg(setup.config())
-        .output()
-        .expect("queue");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn lmtp_delivers_into_dovecot_per_recipient_and_nothing_acknowledged_is_lost() {
     let mut dovecot = Dovecot::start_with_full(
@@ -351,7 +339,7 @@ fn lmtp_delivers_into_dovecot_per_recipient_and_nothing_acknowledged_is_lost() {
     assert_eq!(imap_all(&dovecot, "erin@example.org", "erin-secret").0.len(), 1);
     // full@ stays queued; a retry now tries it alone (dave and erin get no second copy).
     assert_eq!(queued_messages(&setup.data()), 1);
-    queue_cmd(&setup, &["flush"]);
+    queue(&setup, &["flush"]);
     daemon.wait_log_count("LMTP delivery deferred", 2);
     assert_eq!(imap_all(&dovecot, "dave@example.org", "dave-secret").0.len(), 1);
     assert_eq!(imap_all(&dovecot, "erin@example.org", "erin-secret").0.len(), 1);
@@ -385,7 +373,7 @@ fn lmtp_delivers_into_dovecot_per_recipient_and_nothing_acknowledged_is_lost() {
     assert!(reply.starts_with("250"), "{reply}");
     daemon.wait_log("LMTP delivery broke off");
     dovecot.resume();
-    queue_cmd(&setup, &["flush"]);
+    queue(&setup, &["flush"]);
     daemon.wait_log_count("delivered over LMTP", 4);
     let (inbox, _) = imap_all(&dovecot, "alice@example.org", "alice-imap");
     assert_eq!(inbox.len(), 1);

@@ -66,24 +66,14 @@ pub(crate) fn lmtp_path(a: &Args, kept: &mut Kept) {
                 };
                 measure(&mut d, kept, sessions, size, a.seconds)
             };
-            for (name, m) in [
-                ("Postfix, lmtp transport", &postfix),
-                ("Portcullis, local = \"lmtp\"", &ours),
-            ] {
-                let ratio = if std::ptr::eq(m, &postfix) {
-                    String::new()
-                } else {
-                    format!("{:.2}×", m.per_second / postfix.per_second)
-                };
-                println!(
-                    "| {sessions} | {} KiB | {name} | {:.0} | {ratio} | {:.2} | {} | {} |",
-                    size / 1024,
-                    m.per_second,
-                    m.cpu_per_1000,
-                    ms(m.p50),
-                    ms(m.p99),
-                );
-            }
+            print_rows(
+                sessions,
+                size,
+                &[
+                    ("Postfix, lmtp transport", &postfix),
+                    ("Portcullis, local = \"lmtp\"", &ours),
+                ],
+            );
         }
     }
 }

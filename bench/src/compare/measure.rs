@@ -441,3 +441,26 @@ pub(crate) fn raise_fd_limit() {
     limit.current = limit.maximum;
     let _ = setrlimit(Resource::Nofile, limit);
 }
+
+/// Rows of a table comparing servers in one scenario, each against the first (the
+/// reference): `| sessions | size | server | msgs/s | vs first | CPU s / 1000 | p50 | p99 |`.
+pub(crate) fn print_rows(sessions: usize, size: usize, rows: &[(&str, &Measured)]) {
+    let Some((_, first)) = rows.first() else {
+        return;
+    };
+    for (i, (name, m)) in rows.iter().enumerate() {
+        let ratio = if i == 0 {
+            String::new()
+        } else {
+            format!("{:.2}×", m.per_second / first.per_second)
+        };
+        println!(
+            "| {sessions} | {} KiB | {name} | {:.0} | {ratio} | {:.2} | {} | {} |",
+            size / 1024,
+            m.per_second,
+            m.cpu_per_1000,
+            ms(m.p50),
+            ms(m.p99),
+        );
+    }
+}

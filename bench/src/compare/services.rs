@@ -66,25 +66,15 @@ pub(crate) fn services_path(a: &Args, kept: &mut Kept) {
                 let mut d = start_with(&a.binary, false, "", &milters);
                 measure(&mut d, kept, sessions, size, a.seconds)
             };
-            for (name, m) in [
-                ("Postfix, clamav-milter + rspamd milter", &postfix),
-                ("Portcullis, clamav + rspamd plugins", &plugins),
-                ("Portcullis, milter plugin on both hooks", &through_milters),
-            ] {
-                let ratio = if std::ptr::eq(m, &postfix) {
-                    String::new()
-                } else {
-                    format!("{:.2}×", m.per_second / postfix.per_second)
-                };
-                println!(
-                    "| {sessions} | {} KiB | {name} | {:.0} | {ratio} | {:.2} | {} | {} |",
-                    size / 1024,
-                    m.per_second,
-                    m.cpu_per_1000,
-                    ms(m.p50),
-                    ms(m.p99),
-                );
-            }
+            print_rows(
+                sessions,
+                size,
+                &[
+                    ("Postfix, clamav-milter + rspamd milter", &postfix),
+                    ("Portcullis, clamav + rspamd plugins", &plugins),
+                    ("Portcullis, milter plugin on both hooks", &through_milters),
+                ],
+            );
         }
     }
     println!(
