@@ -652,6 +652,38 @@ mod tests {
     }
 
     #[test]
+    fn stack_settings_parse_and_name_their_key_when_wrong() {
+        let base = "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"example.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n";
+        let good = format!(
+            "{base}[auth]\ndovecot = \"unix:/run/dovecot/auth-client\"\ndovecot-userdb = \"tcp:127.0.0.1:12345\"\n\
+             [rate]\nstore = \"redis://127.0.0.1:6379/0\"\non-store-error = \"local\"\n\
+             [delivery]\nlocal = \"lmtp\"\nlmtp = \"unix:/run/dovecot/lmtp\"\n"
+        );
+        let c = Config::parse(&good, "t", Path::new("/")).unwrap();
+        assert!(c.dovecot.is_some() && c.dovecot_userdb.is_some());
+        assert_eq!(c.rate.redis.as_deref(), Some("redis://127.0.0.1:6379/0"));
+        assert_eq!(c.rate.on_store_error, rate::OnStoreError::Local);
+        assert!(c.delivery.lmtp.is_some());
+        let defaults = Config::parse(base, "t", Path::new("/")).unwrap();
+        assert_eq!(defaults.rate, rate::RateSettings::default());
+        assert!(defaults.delivery.lmtp.is_none() && defaults.dovecot.is_none());
+        for (bad, key) in [
+            ("[auth]\ndovecot = \"/run/dovecot/auth-client\"\n", "auth.dovecot"),
+            (
+                "[auth]\ndovecot-userdb = \"tcp:localhost\"\n",
+                "auth.dovecot-userdb",
+            ),
+            ("[rate]\nstore = \"mysql://x\"\n", "rate.store"),
+            ("[delivery]\nlocal = \"lmtp\"\n", "delivery.lmtp"),
+            ("[delivery]\nlmtp = \"unix:/run/dovecot/lmtp\"\n", "delivery.lmtp"),
+            ("[delivery]\nlocal = \"mbox\"\n", "delivery.local"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}"), "t", Path::new("/")).unwrap_err();
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn paths_resolve_lexically() {
         assert_eq!(
             resolve(Path::new("/a/b"), Path::new("../c/./d")),
