@@ -375,19 +375,16 @@ impl<P: Pipeline> Driver<P> {
     async fn look_up_recipient(&mut self, mailbox: portcullis_smtp::Mailbox) -> io::Result<Step> {
         use crate::dovecot::UserAnswer;
         use portcullis_smtp::session::RecipientLookup;
+        // The account the address names, as the users file keeps them: no detail, lower case.
         let base = mailbox.without_detail();
-        let accounts = &self.live.accounts;
-        let user = accounts.account_name(&format!("{}@{}", base.local, base.domain));
+        let owner = portcullis_smtp::Mailbox {
+            local: base.local.to_lowercase(),
+            domain: base.domain.to_lowercase(),
+        };
         let lookup = match &self.live.userdb {
             None => RecipientLookup::Unknown,
-            Some(userdb) => match userdb.lookup(&user).await {
-                UserAnswer::Exists(_) => match user.rsplit_once('@') {
-                    Some((local, domain)) => RecipientLookup::Exists(portcullis_smtp::Mailbox {
-                        local: local.to_string(),
-                        domain: domain.to_string(),
-                    }),
-                    None => RecipientLookup::Unknown,
-                },
+            Some(userdb) => match userdb.lookup(&owner.to_string()).await {
+                UserAnswer::Exists(_) => RecipientLookup::Exists(owner),
                 UserAnswer::Unknown => RecipientLookup::Unknown,
                 UserAnswer::Unavailable(why) => {
                     tracing::warn!(recipient = %Escaped(&mailbox.to_string()), error = %why, "Dovecot's userdb could not say whether the recipient exists; answering 451");
