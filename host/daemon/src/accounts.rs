@@ -15,9 +15,12 @@ use std::sync::OnceLock;
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use portcullis_smtp::session::{AuthOutcome, Credentials};
-use portcullis_smtp::{Directory, Mailbox};
+use portcullis_smtp::session::{AuthOutcome, Credentials, Target};
+use portcullis_smtp::{Destination, Directory, Mailbox};
 use serde::{Deserialize, Serialize};
+
+use crate::config::aliases::{AliasTable, MAX_DEPTH, MAX_TARGETS};
+use crate::srs::Srs;
 
 /// Problems with the users file.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +48,9 @@ pub enum AccountsError {
     /// Hashing failed.
     #[error("cannot hash the password: {0}")]
     Hash(String),
+    /// The aliases of `[aliases]` and its file do not hold together.
+    #[error("{0}")]
+    Aliases(String),
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -70,6 +76,10 @@ pub struct Accounts {
     postmaster: Option<Mailbox>,
     /// `[auth] dovecot-userdb` is set: unknown local addresses are looked up there.
     userdb: bool,
+    /// `[aliases]` and its file.
+    aliases: AliasTable,
+    /// The SRS rewriting of `[aliases] srs-secret`.
+    srs: Option<Srs>,
 }
 
 /// The role addresses of every local domain (RFC 2142) that `[domains] postmaster`
@@ -292,7 +302,57 @@ impl Accounts {
             hashes,
             postmaster: None,
             userdb: false,
+            aliases: AliasTable::default(),
+            srs: None,
         })
+    }
+
+    /// The directory `config` describes: the users file, the postmaster, the user
+    /// database, and the aliases of `[aliases]` with those of its file.
+    pub fn for_config(config: &crate::config::Config) -> Result<Accounts, AccountsError> {
+        let aliases = config
+            .aliases
+            .load(&config.local_domains)
+            .map_err(AccountsError::Aliases)?;
+        let srs = config.aliases.srs_secret.as_deref().map(Srs::new);
+        Ok(Accounts::load(&config.users_file, &config.local_domains)?
+            .with_postmaster(config.postmaster.as_deref())
+            .with_userdb(config.dovecot_userdb.is_some())
+            .with_aliases(aliases, srs))
+    }
+
+    /// Expands `aliases` at RCPT; forwards elsewhere with the sender rewritten by `srs`,
+    /// which also turns bounces to rewritten addresses back to their senders.
+    pub fn with_aliases(mut self, aliases: AliasTable, srs: Option<Srs>) -> Self {
+        self.aliases = aliases;
+        self.srs = srs;
+        self
+    }
+
+    /// How many aliases (catch-alls included) are in force.
+    pub fn alias_count(&self) -> usize {
+        self.aliases.entries.len()
+    }
+
+    /// The alias targets in local domains that lead nowhere (no account, alias, role or
+    /// catch-all), for `check-config`: their mail is dropped from the expansion.
+    pub fn stray_alias_targets(&self) -> Vec<(String, Mailbox)> {
+        if self.userdb {
+            return Vec::new();
+        }
+        let mut stray = Vec::new();
+        for (key, targets) in &self.aliases.entries {
+            for target in targets {
+                let known = !self.is_local_domain(&target.domain)
+                    || self.aliases.key_of(target).is_some()
+                    || self.mailbox_of_account(target).is_some()
+                    || self.aliases.get(&format!("@{}", target.domain_lower())).is_some();
+                if !known {
+                    stray.push((key.clone(), target.clone()));
+                }
+            }
+        }
+        stray
     }
 
     /// Sends `postmaster@` and `abuse@` mail of every local domain to `account` (from
@@ -369,16 +429,17 @@ impl Accounts {
     }
 }
 
-impl Directory for Accounts {
-    fn primary_domain(&self) -> &str {
-        &self.domains[0]
-    }
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
-    fn is_local_domain(&self, domain: &str) -> bool {
-        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-    }
-
-    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+/// Alias expansion.
+impl Accounts {
+    /// The mailbox an account or role address of ours delivers to: the account itself for
+    /// `account+detail`, the postmaster account for `postmaster@` and `abuse@`.
+    fn mailbox_of_account(&self, address: &Mailbox) -> Option<Mailbox> {
         let account = self.account_of(address)?;
         if self.hashes.contains_key(&account) {
             return mailbox_of(&account);
@@ -398,6 +459,154 @@ impl Directory for Accounts {
             }),
             None => None,
         }
+    }
+
+    /// A bounce to an address our SRS rewrote: where it goes back to (the original sender,
+    /// or the forwarder before us), as a target forwarded there — or delivered here, when
+    /// that is one of ours.
+    fn reversed(&self, address: &Mailbox) -> Option<Target> {
+        let original = self.srs.as_ref()?.reverse(address, unix_now())?;
+        if !self.is_local_domain(&original.domain) {
+            return Some(Target::Remote(original));
+        }
+        let mailbox = self.mailbox_of_account(&original)?;
+        Some(Target::Local {
+            address: original,
+            mailbox,
+        })
+    }
+
+    /// The targets of the alias `key` that `address` stands under, expanded: `None` when
+    /// none is deliverable.
+    fn expand(&self, address: &Mailbox, key: &str) -> Option<Destination> {
+        let mut out = Vec::new();
+        let mut path = vec![key.to_string()];
+        self.expand_into(key, &mut path, &mut out);
+        if out.is_empty() {
+            tracing::warn!(alias = %address, "no target of the alias is deliverable; refused");
+            return None;
+        }
+        Some(Destination::Alias(out))
+    }
+
+    /// Adds the targets of the alias `key` (the last of `path`, the aliases being
+    /// expanded) to `out`, each once, following aliases among them.
+    fn expand_into(&self, key: &str, path: &mut Vec<String>, out: &mut Vec<Target>) {
+        let Some(targets) = self.aliases.get(key) else {
+            return;
+        };
+        for target in targets {
+            if out.len() >= MAX_TARGETS {
+                tracing::warn!(
+                    alias = key,
+                    limit = MAX_TARGETS,
+                    "the alias expands to too many targets; the rest are dropped"
+                );
+                return;
+            }
+            let found = if !self.is_local_domain(&target.domain) {
+                Some(Target::Remote(target.clone()))
+            } else {
+                self.local_target(target, path, out)
+            };
+            if let Some(found) = found
+                && !out.contains(&found)
+            {
+                out.push(found);
+            }
+        }
+    }
+
+    /// A target in one of our domains: another alias (expanded into `out`), an account,
+    /// an address for the user database, or the domain's catch-all.
+    fn local_target(
+        &self,
+        target: &Mailbox,
+        path: &mut Vec<String>,
+        out: &mut Vec<Target>,
+    ) -> Option<Target> {
+        let catch_all = format!("@{}", target.domain_lower());
+        let next = self
+            .aliases
+            .key_of(target)
+            .or_else(|| {
+                let unknown = self.mailbox_of_account(target).is_none() && !self.userdb;
+                (unknown && self.aliases.get(&catch_all).is_some()).then(|| catch_all.clone())
+            })
+            // An alias on the way is not expanded again: naming itself, an alias keeps a
+            // copy in the account of its name (a loop check-config refuses).
+            .filter(|next| !path.contains(next));
+        if let Some(next) = next {
+            if path.len() >= MAX_DEPTH {
+                tracing::warn!(alias = %path[0], target = %target, depth = MAX_DEPTH, "aliases nest too deep; the target is dropped");
+                return None;
+            }
+            path.push(next.clone());
+            self.expand_into(&next, path, out);
+            path.pop();
+            return None;
+        }
+        let mailbox = match self.mailbox_of_account(target) {
+            Some(mailbox) => mailbox,
+            // Dovecot knows it, or says so at delivery.
+            None if self.userdb => {
+                let base = target.without_detail();
+                Mailbox {
+                    local: base.local.to_lowercase(),
+                    domain: base.domain_lower(),
+                }
+            }
+            None => {
+                tracing::warn!(alias = %path[0], target = %target, "an alias target is no account; skipped");
+                return None;
+            }
+        };
+        Some(Target::Local {
+            address: target.clone(),
+            mailbox,
+        })
+    }
+}
+
+impl Directory for Accounts {
+    fn primary_domain(&self) -> &str {
+        &self.domains[0]
+    }
+
+    fn is_local_domain(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    fn resolve(&self, address: &Mailbox) -> Option<Destination> {
+        if let Some(original) = self.reversed(address) {
+            return Some(Destination::Alias(vec![original]));
+        }
+        if let Some(key) = self.aliases.key_of(address) {
+            return self.expand(address, &key);
+        }
+        if let Some(mailbox) = self.mailbox_of_account(address) {
+            return Some(Destination::Mailbox(mailbox));
+        }
+        // With a user database, it is asked first; the catch-all comes after it.
+        if self.userdb {
+            return None;
+        }
+        self.catch_all(address)
+    }
+
+    fn catch_all(&self, address: &Mailbox) -> Option<Destination> {
+        let key = format!("@{}", address.domain_lower());
+        self.aliases.get(&key)?;
+        self.expand(address, &key)
+    }
+
+    fn forwarding_sender(&self, sender: &Mailbox, alias: &Mailbox) -> Option<Mailbox> {
+        // A sender of ours passes SPF as it is.
+        if self.is_local_domain(&sender.domain) {
+            return None;
+        }
+        let srs = self.srs.as_ref()?;
+        Some(srs.forward(sender, &alias.domain_lower(), unix_now()))
     }
 
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
@@ -449,16 +658,103 @@ mod tests {
             local: l.into(),
             domain: "example.org".into(),
         };
-        assert_eq!(accounts.resolve(&mb("Alice+lists")), Some(mb("alice")));
-        assert_eq!(accounts.resolve(&mb("Postmaster")), Some(mb("postmaster")));
+        assert_eq!(
+            accounts.resolve(&mb("Alice+lists")),
+            Some(Destination::Mailbox(mb("alice")))
+        );
+        assert_eq!(
+            accounts.resolve(&mb("Postmaster")),
+            Some(Destination::Mailbox(mb("postmaster")))
+        );
         assert_eq!(accounts.resolve(&mb("abuse")), None);
         assert_eq!(accounts.resolve(&mb("bob")), None);
         // With a postmaster account named, both role addresses go to it.
         let accounts = accounts.with_postmaster(Some("alice@example.org"));
-        assert_eq!(accounts.resolve(&mb("postmaster")), Some(mb("alice")));
-        assert_eq!(accounts.resolve(&mb("abuse+x")), Some(mb("alice")));
+        assert_eq!(
+            accounts.resolve(&mb("postmaster")),
+            Some(Destination::Mailbox(mb("alice")))
+        );
+        assert_eq!(
+            accounts.resolve(&mb("abuse+x")),
+            Some(Destination::Mailbox(mb("alice")))
+        );
         assert!(accounts.may_send_as("alice@example.org", &mb("ALICE")));
         assert!(!accounts.may_send_as("alice@example.org", &mb("bob")));
+    }
+
+    #[test]
+    fn aliases_expand_recursively_with_accounts_catch_alls_and_srs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let domains = vec!["example.org".to_string(), "example.com".to_string()];
+        let users = UsersEditor::new(&path, &domains, None);
+        users.add("alice", "pw").unwrap();
+        users.add("bob", "pw").unwrap();
+        let table = crate::config::aliases::AliasTable::parse_file(
+            "\"team@example.org\" = [\"alice@example.org\", \"sales@example.org\", \"carol@far.example\"]\n\
+             \"sales@example.org\" = [\"bob@example.org\", \"alice@example.org\", \"gone@example.org\"]\n\
+             \"bob@example.org\" = [\"bob@example.org\", \"bob@far.example\"]\n\
+             \"ghost@example.org\" = [\"gone@example.org\"]\n\
+             \"@example.com\" = [\"alice@example.org\"]\n",
+            &domains,
+        )
+        .unwrap();
+        let accounts = Accounts::load(&path, &domains)
+            .unwrap()
+            .with_aliases(table, Some(Srs::new("sixteen characters!")));
+        let mb = |text: &str| portcullis_smtp::address::parse_mailbox(text).unwrap();
+        let local = |address: &str, owner: &str| Target::Local {
+            address: mb(address),
+            mailbox: mb(owner),
+        };
+        // Each target once, aliases followed, the account that names itself kept, the
+        // target that is nobody skipped.
+        assert_eq!(
+            accounts.resolve(&mb("Team+x@example.org")),
+            Some(Destination::Alias(vec![
+                local("alice@example.org", "alice@example.org"),
+                local("bob@example.org", "bob@example.org"),
+                Target::Remote(mb("bob@far.example")),
+                Target::Remote(mb("carol@far.example")),
+            ]))
+        );
+        assert_eq!(
+            accounts.resolve(&mb("ghost@example.org")),
+            None,
+            "no target is deliverable"
+        );
+        // The catch-all takes what no account or alias takes.
+        assert_eq!(
+            accounts.resolve(&mb("whoever@example.com")),
+            Some(Destination::Alias(vec![local(
+                "alice@example.org",
+                "alice@example.org"
+            )]))
+        );
+        assert_eq!(accounts.resolve(&mb("whoever@example.org")), None);
+        assert_eq!(accounts.alias_count(), 5);
+        assert_eq!(
+            accounts.stray_alias_targets(),
+            [
+                ("ghost@example.org".to_string(), mb("gone@example.org")),
+                ("sales@example.org".to_string(), mb("gone@example.org"))
+            ]
+        );
+        // A forwarded copy's sender is rewritten, unless it is ours; the bounce to the
+        // rewritten address goes back to the sender.
+        let sender = mb("dan@origin.test");
+        let rewritten = accounts
+            .forwarding_sender(&sender, &mb("team@example.org"))
+            .expect("rewritten");
+        assert!(rewritten.local.starts_with("SRS0=") && rewritten.domain == "example.org");
+        assert_eq!(
+            accounts.forwarding_sender(&mb("alice@example.org"), &mb("team@example.org")),
+            None
+        );
+        assert_eq!(
+            accounts.resolve(&rewritten),
+            Some(Destination::Alias(vec![Target::Remote(sender)]))
+        );
     }
 
     #[test]

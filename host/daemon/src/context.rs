@@ -70,7 +70,8 @@ pub struct Context {
     pub auth_failures: crate::abuse::AuthFailures,
     own_addresses: Vec<std::net::SocketAddr>,
     watcher: Mutex<Option<notify::RecommendedWatcher>>,
-    users_watcher: Mutex<Option<notify::RecommendedWatcher>>,
+    /// The watchers of the users file and of the aliases file.
+    users_watcher: Mutex<Vec<notify::RecommendedWatcher>>,
 }
 
 impl Context {
@@ -88,7 +89,7 @@ impl Context {
             own_addresses: parts.own_addresses,
             auth_failures: crate::abuse::AuthFailures::default(),
             watcher: Mutex::new(None),
-            users_watcher: Mutex::new(None),
+            users_watcher: Mutex::new(Vec::new()),
         })
     }
 
@@ -112,8 +113,9 @@ impl Context {
         }
     }
 
-    /// Re-reads the users file into the current generation (the rest of it unchanged);
-    /// returns how many accounts are in force. A broken file keeps the accounts there were.
+    /// Re-reads the users file and the aliases file into the current generation (the rest
+    /// of it unchanged); returns how many accounts are in force. A broken file keeps the
+    /// accounts and aliases there were.
     async fn reload_accounts(&self) -> Result<usize, String> {
         let current = self.live();
         let fresh = tokio::task::spawn_blocking(move || current.reload_accounts())
@@ -126,33 +128,40 @@ impl Context {
                 // come meanwhile; its own accounts are as fresh).
                 let accounts = Arc::clone(&live.accounts);
                 self.live.rcu(|now| now.with_accounts(Arc::clone(&accounts)));
-                tracing::info!(accounts = count, users_file = %live.config.users_file.display(), "accounts reloaded");
+                tracing::info!(accounts = count, aliases = live.accounts.alias_count(), users_file = %live.config.users_file.display(), "accounts reloaded");
                 Ok(count)
             }
             Err(e) => {
-                tracing::error!(error = %e, "the users file changed but cannot be read; the accounts in force stay");
+                tracing::error!(error = %e, "the users file or the aliases file changed but cannot be read; the accounts and aliases in force stay");
                 Err(e.to_string())
             }
         }
     }
 
-    /// (Re)starts watching the users file: a change (`portcullis user ...`, an edit) is in
-    /// force within a second, without a SIGHUP.
+    /// (Re)starts watching the users file and the aliases file: a change (`portcullis user
+    /// ...`, an edit) is in force within a second, without a SIGHUP.
     pub fn watch_users(self: &Arc<Self>) {
-        let file = self.live().config.users_file.clone();
-        let watcher = match watch_file(&file, Arc::downgrade(self)) {
-            Ok(w) => {
-                tracing::info!(users_file = %file.display(), "watching the users file");
-                Some(w)
+        let config = &self.live().config;
+        let files = [
+            ("users file", Some(config.users_file.clone())),
+            ("aliases file", config.aliases.file.clone()),
+        ];
+        let mut watchers = Vec::new();
+        for (what, file) in files {
+            let Some(file) = file else { continue };
+            match watch_file(&file, Arc::downgrade(self)) {
+                Ok(w) => {
+                    tracing::info!(file = %file.display(), "watching the {what}");
+                    watchers.push(w);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot watch the {what}; reload it with SIGHUP");
+                }
             }
-            Err(e) => {
-                tracing::warn!(users_file = %file.display(), error = %e, "cannot watch the users file; reload it with SIGHUP");
-                None
-            }
-        };
+        }
         match self.users_watcher.lock() {
-            Ok(mut guard) => *guard = watcher,
-            Err(poisoned) => *poisoned.into_inner() = watcher,
+            Ok(mut guard) => *guard = watchers,
+            Err(poisoned) => *poisoned.into_inner() = watchers,
         }
     }
 

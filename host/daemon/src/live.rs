@@ -53,9 +53,7 @@ impl Live {
             }
             None => None,
         };
-        let accounts = Accounts::load(&config.users_file, &config.local_domains)?
-            .with_postmaster(config.postmaster.as_deref())
-            .with_userdb(config.dovecot_userdb.is_some());
+        let accounts = Accounts::for_config(&config)?;
         let signers = Signers::load(&config.dkim)?;
         let resolver = Resolver::new(&config.dns)?;
         let checks = Checks::new(
@@ -101,13 +99,10 @@ impl Live {
         Live { settings, ..self }
     }
 
-    /// This generation with the accounts read again from the users file (the file changed;
-    /// nothing else did).
+    /// This generation with the accounts and aliases read again from the users file and
+    /// the aliases file (one of them changed; nothing else did).
     pub fn reload_accounts(&self) -> Result<Live, crate::accounts::AccountsError> {
-        let config = &self.config;
-        let accounts = Accounts::load(&config.users_file, &config.local_domains)?
-            .with_postmaster(config.postmaster.as_deref())
-            .with_userdb(config.dovecot_userdb.is_some());
+        let accounts = Accounts::for_config(&self.config)?;
         Ok(self.with_accounts(Arc::new(accounts)))
     }
 

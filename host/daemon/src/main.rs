@@ -57,6 +57,7 @@ mod rate;
 mod sd_notify;
 mod server;
 mod spool_writer;
+mod srs;
 mod start_error;
 mod tls;
 
@@ -294,12 +295,11 @@ fn check_files(c: &Config) -> Result<(accounts::Accounts, Vec<String>), Vec<Stri
             problems.push(format!("tls: {e}"));
         }
     }
-    let accounts = accounts::Accounts::load(&c.users_file, &c.local_domains)
-        .map(|a| {
-            a.with_postmaster(c.postmaster.as_deref())
-                .with_userdb(c.dovecot_userdb.is_some())
+    let accounts = accounts::Accounts::for_config(c)
+        .map_err(|e| match e {
+            accounts::AccountsError::Aliases(e) => problems.push(e),
+            e => problems.push(format!("auth.users-file: {e}")),
         })
-        .map_err(|e| problems.push(format!("auth.users-file: {e}")))
         .ok();
     if let Err(e) = dkim::Signers::load(&c.dkim) {
         problems.push(format!("dkim: {e}"));
@@ -468,6 +468,24 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                         c.origin
                     );
                 }
+            }
+            if a.alias_count() > 0 {
+                println!(
+                    "{}: {} alias(es){}",
+                    c.origin,
+                    a.alias_count(),
+                    if c.aliases.srs_secret.is_some() {
+                        "; copies forwarded elsewhere are sent with the sender rewritten by SRS"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            for (alias, target) in a.stray_alias_targets() {
+                eprintln!(
+                    "{}: warning: aliases.{alias:?}: {target} is no account, alias or catch-all; that target is skipped",
+                    c.origin
+                );
             }
             for plugin in plugins {
                 println!("{}: {plugin}", c.origin);

@@ -54,13 +54,14 @@ impl Notices {
             mail_from: None,
             params: Default::default(),
             recipients: vec![Recipient {
-                mailbox: Mailbox {
-                    local: local.to_string(),
-                    domain: domain.to_string(),
-                },
-                params: Default::default(),
                 local: true,
-                deliver_to: None,
+                ..Recipient::remote(
+                    Mailbox {
+                        local: local.to_string(),
+                        domain: domain.to_string(),
+                    },
+                    Default::default(),
+                )
             }],
         };
         let spool = Arc::clone(&self.spool);

@@ -155,10 +155,8 @@ fn test_message(args: &TestArgs) -> Result<Arc<Message>, String> {
         .iter()
         .filter_map(|r| mailbox(r))
         .map(|mailbox| Recipient {
-            mailbox,
-            params: Default::default(),
             local: true,
-            deliver_to: None,
+            ..Recipient::remote(mailbox, Default::default())
         })
         .collect();
     Ok(Arc::new(Message::new(

@@ -29,6 +29,7 @@ struct Owed {
     failed: Vec<RecipientReport>,
     relayed: Vec<RecipientReport>,
     delivered: Vec<RecipientReport>,
+    expanded: Vec<RecipientReport>,
 }
 
 impl Attempt {
@@ -258,6 +259,8 @@ impl Attempt {
             .await;
         self.report(entry, message, ReportAction::Deliver, owed.delivered, None)
             .await;
+        self.report(entry, message, ReportAction::Expanded, owed.expanded, None)
+            .await;
     }
 
     /// Queues a DSN of `action` for `recipients` to the sender, if anyone is to hear it,
@@ -378,6 +381,15 @@ fn settle(entry: &mut Entry, outcomes: Vec<Outcome>) -> Owed {
             remote_mta: host.clone(),
             reply,
         };
+        // An alias's `expanded` report goes with the first final answer for the target
+        // that carries it, whatever that answer is: the alias was expanded.
+        if to.reports_expansion && entry.success_notices && !matches!(result, RecipientResult::Defer(_)) {
+            owed.expanded.push(report(Reply::fixed(
+                250,
+                Some(portcullis_smtp::Enhanced(2, 0, 0)),
+                "alias expanded",
+            )));
+        }
         match result {
             RecipientResult::Deliver(reply) => {
                 entry.pending.retain(|&p| p != index);

@@ -26,6 +26,8 @@ pub enum ReportAction {
     Relay,
     /// Delivered into a local mailbox (the final delivery).
     Deliver,
+    /// Delivered to an alias, which forwards it to several addresses (RFC 3464 2.3.3).
+    Expanded,
 }
 
 impl ReportAction {
@@ -35,6 +37,16 @@ impl ReportAction {
             ReportAction::Delay => "delayed",
             ReportAction::Relay => "relayed",
             ReportAction::Deliver => "delivered",
+            ReportAction::Expanded => "expanded",
+        }
+    }
+
+    /// Whether `to` is owed this kind of report: its NOTIFY asks for it, or, for an
+    /// alias's `expanded` report, it carries it ([`Recipient::reports_expansion`]).
+    pub fn wanted_for(self, to: &Recipient) -> bool {
+        match self {
+            ReportAction::Expanded => to.reports_expansion,
+            _ => self.wanted_by(to.params.notify),
         }
     }
 
@@ -46,7 +58,7 @@ impl ReportAction {
             Some(n) => match self {
                 ReportAction::Fail => n.failure,
                 ReportAction::Delay => n.delay,
-                ReportAction::Relay | ReportAction::Deliver => n.success,
+                ReportAction::Relay | ReportAction::Deliver | ReportAction::Expanded => n.success,
             },
         }
     }
@@ -158,6 +170,10 @@ fn human_part(r: &Report<'_>) -> (&'static str, String) {
             "Successful Mail Delivery Report",
             "Your message was delivered to the mailbox of each recipient below.",
         ),
+        ReportAction::Expanded => (
+            "Successful Mail Delivery Report (expanded)",
+            "Your message was delivered to each address below, an alias that passes it on\nto several addresses; their deliveries are not reported to you.",
+        ),
     };
     let mut human = format!("This is the mail system at {}.\n\n{intro}\n\n", r.hostname);
     for rcpt in &r.recipients {
@@ -169,7 +185,7 @@ fn human_part(r: &Report<'_>) -> (&'static str, String) {
                 .unwrap_or_default();
             human.push_str(&format!(
                 "<{}>{host}: {}\n",
-                to.mailbox,
+                reported(r.action, to),
                 field(&rcpt.reply.to_string())
             ));
         }
@@ -178,6 +194,15 @@ fn human_part(r: &Report<'_>) -> (&'static str, String) {
         human.push_str(&format!("\nDelivery will be tried until {}.\n", rfc2822(until)));
     }
     (subject, human)
+}
+
+/// The address a report line is about: the recipient, or for an `expanded` report the
+/// alias it came from.
+fn reported(action: ReportAction, to: &Recipient) -> &portcullis_smtp::Mailbox {
+    match (&to.alias, action) {
+        (Some(alias), ReportAction::Expanded) => alias,
+        _ => &to.mailbox,
+    }
 }
 
 /// The `message/delivery-status` part (RFC 3464 2.2 and 2.3).
@@ -196,13 +221,17 @@ fn status_part(r: &Report<'_>) -> String {
             continue;
         };
         status.push('\n');
+        // The address the sender named: its ORCPT, else the alias this recipient came
+        // from.
         if let Some(orcpt) = &to.params.orcpt {
             status.push_str(&format!("Original-Recipient: {}\n", field(&xtext_decode(orcpt))));
+        } else if let Some(alias) = to.alias.as_ref().filter(|_| r.action != ReportAction::Expanded) {
+            status.push_str(&format!("Original-Recipient: rfc822; {alias}\n"));
         }
-        status.push_str(&format!("Final-Recipient: rfc822; {}\n", to.mailbox));
+        status.push_str(&format!("Final-Recipient: rfc822; {}\n", reported(r.action, to)));
         status.push_str(&format!("Action: {}\n", r.action.field()));
         let code = match r.action {
-            ReportAction::Relay | ReportAction::Deliver => Enhanced(2, 0, 0),
+            ReportAction::Relay | ReportAction::Deliver | ReportAction::Expanded => Enhanced(2, 0, 0),
             _ => status_of(&rcpt.reply),
         };
         status.push_str(&format!("Status: {code}\n"));
@@ -321,7 +350,7 @@ pub fn queue_report(
                 .envelope
                 .recipients
                 .get(r.index)
-                .is_some_and(|to| action.wanted_by(to.params.notify))
+                .is_some_and(|to| action.wanted_for(to))
         })
         .collect();
     if recipients.is_empty() {
@@ -348,9 +377,7 @@ pub fn queue_report(
         params: MailParams::default(),
         recipients: vec![Recipient {
             local,
-            mailbox: sender,
-            params: Default::default(),
-            deliver_to: None,
+            ..Recipient::remote(sender, Default::default())
         }],
     };
     spool.store(id, envelope, Folder::Inbox, "", &text).map(Some)
@@ -398,18 +425,16 @@ mod tests {
                 envid: Some("id+2B1".into()),
                 ..Default::default()
             },
-            recipients: vec![Recipient {
-                mailbox: Mailbox {
+            recipients: vec![Recipient::remote(
+                Mailbox {
                     local: "bob".into(),
                     domain: "example.net".into(),
                 },
-                params: RcptParams {
+                RcptParams {
                     notify,
                     orcpt: Some("rfc822;bob+2Bx@example.net".into()),
                 },
-                local: false,
-                deliver_to: None,
-            }],
+            )],
         }
     }
 
@@ -451,6 +476,68 @@ mod tests {
         }
         assert!(!text.replace("\r\n", "").contains('\n'), "bare LF in the DSN");
         assert!(!text.replace("\r\n", "").contains('\r'), "bare CR in the DSN");
+    }
+
+    #[test]
+    fn reports_about_alias_targets_name_the_alias() {
+        let mut env = envelope(None, None);
+        let alias = Mailbox {
+            local: "team".into(),
+            domain: "example.org".into(),
+        };
+        env.recipients[0].params.orcpt = None;
+        env.recipients[0].alias = Some(alias);
+        env.recipients[0].reports_expansion = true;
+        let report = |action, reply| Report {
+            hostname: "h",
+            token: "T",
+            envelope: &env,
+            arrival: 0,
+            message: b"Subject: hi\r\n\r\nbody\r\n",
+            action,
+            recipients: vec![RecipientReport {
+                index: 0,
+                remote_mta: None,
+                reply,
+            }],
+            retry_until: None,
+        };
+        let failed = String::from_utf8(compose(&report(
+            ReportAction::Fail,
+            Reply::new(
+                554,
+                Some(Enhanced(5, 4, 6)),
+                "mail forwarding loop for team@example.org",
+            ),
+        )))
+        .unwrap();
+        for needle in [
+            "Original-Recipient: rfc822; team@example.org",
+            "Final-Recipient: rfc822; bob@example.net",
+            "Action: failed",
+            "Status: 5.4.6",
+        ] {
+            assert!(has_field(&failed, needle), "missing {needle:?} in\n{failed}");
+        }
+        let expanded = String::from_utf8(compose(&report(
+            ReportAction::Expanded,
+            Reply::fixed(250, Some(Enhanced(2, 0, 0)), "alias expanded"),
+        )))
+        .unwrap();
+        for needle in [
+            "Subject: Successful Mail Delivery Report (expanded)",
+            "Final-Recipient: rfc822; team@example.org",
+            "Action: expanded",
+            "Status: 2.0.0",
+            "Content-Type: text/rfc822-headers",
+        ] {
+            assert!(has_field(&expanded, needle), "missing {needle:?} in\n{expanded}");
+        }
+        assert!(!expanded.contains("bob@example.net"), "{expanded}");
+        // Owed by the target that carries it, whatever its NOTIFY says.
+        assert!(ReportAction::Expanded.wanted_for(&env.recipients[0]));
+        env.recipients[0].reports_expansion = false;
+        assert!(!ReportAction::Expanded.wanted_for(&env.recipients[0]));
     }
 
     #[test]

@@ -37,6 +37,9 @@ fn envelope(sender: Option<Mailbox>) -> Envelope {
             params: Default::default(),
             local: false,
             deliver_to: None,
+            alias: None,
+            sender: None,
+            reports_expansion: false,
         }],
     }
 }

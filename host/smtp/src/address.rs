@@ -265,7 +265,11 @@ pub fn parse_mailbox_with(text: &str, syntax: Syntax) -> Result<Mailbox, Address
         }
         (local.to_string(), &text[at + 1..])
     };
-    if local.len() > 64 {
+    // RFC 5321 4.5.3.1.1 sets 64 octets, and asks for no limit where possible: the
+    // lenient reading takes longer local parts (SRS and VERP addresses exceed 64 in the
+    // wild, and Postfix takes them); the path as a whole stays within 254.
+    let local_limit = if syntax == Syntax::Strict { 64 } else { 254 };
+    if local.len() > local_limit {
         return Err(AddressError::TooLong);
     }
     let domain = match domain.strip_suffix('.') {

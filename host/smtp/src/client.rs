@@ -440,12 +440,12 @@ mod tests {
                 ret: Some(Ret::Hdrs),
                 envid: Some("QQ+2B1".into()),
             },
-            recipients: vec![Recipient {
-                mailbox: Mailbox {
+            recipients: vec![Recipient::remote(
+                Mailbox {
                     local: "bob".into(),
                     domain: "example.net".into(),
                 },
-                params: RcptParams {
+                RcptParams {
                     notify: Some(Notify {
                         never: false,
                         success: true,
@@ -454,9 +454,7 @@ mod tests {
                     }),
                     orcpt: Some("rfc822;bob@example.net".into()),
                 },
-                local: false,
-                deliver_to: None,
-            }],
+            )],
         }
     }
 

@@ -80,6 +80,21 @@ pub struct Recipient {
     /// existed (then [`Recipient::maildir_owner`] drops the detail itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deliver_to: Option<Mailbox>,
+    /// When this recipient is a target of an alias: the address the client named (its
+    /// reports name it as the Original-Recipient, and a forwarded copy carries it in
+    /// `Delivered-To:`). `None` for a recipient the client named itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias: Option<Mailbox>,
+    /// The reverse-path this copy is sent with instead of the envelope's: for a copy an
+    /// alias forwards to another domain, the sender rewritten by SRS (so that SPF passes
+    /// at the next hop). `None`: the envelope's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Mailbox>,
+    /// This recipient carries its alias's `expanded` report (RFC 3464 2.3.3): the client
+    /// asked for NOTIFY=SUCCESS on an alias of several targets, whose own NOTIFY then
+    /// leaves SUCCESS out (RFC 3461 6.2.7.3). Set on the first target only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reports_expansion: bool,
 }
 
 impl Recipient {
@@ -90,6 +105,30 @@ impl Recipient {
             params,
             local: false,
             deliver_to: None,
+            alias: None,
+            sender: None,
+            reports_expansion: false,
+        }
+    }
+
+    /// A recipient in one of our domains whose copy goes to `owner`'s mailbox.
+    pub fn local(mailbox: Mailbox, params: RcptParams, owner: Mailbox) -> Self {
+        Recipient {
+            mailbox,
+            params,
+            local: true,
+            deliver_to: Some(owner),
+            alias: None,
+            sender: None,
+            reports_expansion: false,
+        }
+    }
+
+    /// The reverse-path this copy is sent with (`<>` for the null sender).
+    pub fn reverse_path(&self, envelope: &Envelope) -> String {
+        match &self.sender {
+            Some(sender) => format!("<{sender}>"),
+            None => envelope.reverse_path(),
         }
     }
 

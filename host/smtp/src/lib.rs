@@ -45,6 +45,6 @@ pub use content::Content;
 pub use envelope::Envelope;
 pub use reply::{Enhanced, Reply};
 pub use session::{
-    Action, AuthOutcome, Directory, Folder, Hook, HookCall, Limits, Message, Mx, Pipeline, Session, Settings,
-    SpoolRequest, Submission, Verdict,
+    Action, AuthOutcome, Destination, Directory, Folder, Hook, HookCall, Limits, Message, Mx, Pipeline,
+    Session, Settings, SpoolRequest, Submission, Verdict,
 };

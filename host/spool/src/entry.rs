@@ -128,17 +128,18 @@ impl Entry {
         self.envelope.recipients.iter().all(|r| r.local)
     }
 
-    /// Whether a local recipient is owed a report of its delivery: RFC 3461
-    /// NOTIFY=SUCCESS, on a message whose sender is known ([`Entry::success_notices`]) and
-    /// not the null sender.
+    /// Whether a local recipient is owed a report of its delivery (RFC 3461
+    /// NOTIFY=SUCCESS), or an alias its `expanded` report, on a message whose sender is
+    /// known ([`Entry::success_notices`]) and not the null sender.
     pub fn wants_success_notice(&self) -> bool {
         self.success_notices
             && self.envelope.mail_from.is_some()
             && self.envelope.recipients.iter().any(|r| {
-                r.local
-                    && r.params
-                        .notify
-                        .is_some_and(|notify| notify.success && !notify.never)
+                r.reports_expansion
+                    || r.local
+                        && r.params
+                            .notify
+                            .is_some_and(|notify| notify.success && !notify.never)
             })
     }
 }

@@ -490,6 +490,9 @@ mod tests {
             params: Default::default(),
             local: true,
             deliver_to: owner.map(mb),
+            alias: None,
+            sender: None,
+            reports_expansion: false,
         };
         let entry = Entry {
             id: crate::QueueId::parse("0000000000000A0001").unwrap(),

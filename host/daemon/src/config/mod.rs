@@ -12,6 +12,7 @@ use portcullis_runtime::capability::Endpoint;
 use portcullis_runtime::{Hook, PluginSpec};
 use serde::Deserialize;
 
+pub mod aliases;
 pub mod authentication;
 pub mod delivery;
 pub mod dkim;
@@ -335,6 +336,8 @@ struct RawConfig {
     authentication: authentication::AuthenticationSection,
     #[serde(default)]
     rate: rate::RateSection,
+    #[serde(default)]
+    aliases: aliases::AliasesSection,
 }
 
 /// A validated configuration.
@@ -360,6 +363,9 @@ pub struct Config {
     pub dovecot_userdb: Option<Endpoint>,
     /// `[rate]`.
     pub rate: rate::RateSettings,
+    /// `[aliases]`: the config's own aliases checked, the file's read at start and on
+    /// reload ([`aliases::AliasSettings::load`]).
+    pub aliases: aliases::AliasSettings,
     /// `[limits]`.
     pub limits: LimitsSection,
     /// The plugins, in config order, paths absolute.
@@ -543,6 +549,7 @@ impl Config {
             }
         };
         let rate = rate::settings(raw.rate, &mut problems);
+        let aliases = aliases::settings(raw.aliases, base, &local_domains, &mut problems);
         problems.into_result()?;
         Ok(Config {
             origin: origin.to_string(),
@@ -555,6 +562,7 @@ impl Config {
             dovecot,
             dovecot_userdb,
             rate,
+            aliases,
             limits: raw.limits,
             plugins,
             metrics: raw.metrics,

@@ -71,11 +71,33 @@ impl SmtpCourier {
             let reply = Reply::new(451, Some(Enhanced(4, 3, 0)), "shutting down");
             return Outcome::all(recipients, &RecipientResult::Defer(reply), None);
         };
+        let batch: Vec<_> = recipients
+            .iter()
+            .map(|&i| parcel.entry.envelope.recipients[i].clone())
+            .collect();
+        // A batch shares its sender and, for copies an alias forwards, its alias
+        // ([`Courier::batches`]).
+        let forwarded_by = batch.first().and_then(|r| r.alias.clone());
+        let message = match &forwarded_by {
+            Some(alias) => {
+                if let Some(reply) = forwarding_loop(&parcel.message, alias) {
+                    tracing::warn!(queue_id = %id, %alias, "mail forwarding loop: the message was delivered to this alias before");
+                    return Outcome::all(recipients, &RecipientResult::Fail(reply), None);
+                }
+                // RFC 9228: the copy names the alias that forwarded it, so that it is
+                // refused if it ever comes back.
+                let mut copy = format!("Delivered-To: {alias}\r\n").into_bytes();
+                copy.extend_from_slice(&parcel.message);
+                Arc::new(copy)
+            }
+            None => Arc::clone(&parcel.message),
+        };
         let envelope = Envelope {
-            recipients: recipients
-                .iter()
-                .map(|&i| parcel.entry.envelope.recipients[i].clone())
-                .collect(),
+            mail_from: match batch.first().and_then(|r| r.sender.clone()) {
+                Some(sender) => Some(sender),
+                None => parcel.entry.envelope.mail_from.clone(),
+            },
+            recipients: batch,
             ..parcel.entry.envelope.clone()
         };
         let mut last = None;
@@ -87,7 +109,7 @@ impl SmtpCourier {
                 auth: plan.auth.as_ref(),
             };
             tracing::debug!(queue_id = %id, host = %host.name, "connecting");
-            match client::transact(settings, &peer, &envelope, &parcel.message).await {
+            match client::transact(settings, &peer, &envelope, &message).await {
                 Ok(done) => {
                     let all_deferred = done
                         .results
@@ -130,13 +152,20 @@ impl SmtpCourier {
 
 impl Courier for SmtpCourier {
     fn batches(&self, entry: &Entry, recipients: Vec<usize>) -> Vec<Vec<usize>> {
-        let mut domains: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        // One transaction per domain, and within it per sender and forwarding alias: an
+        // alias's forwarded copies carry their own sender (SRS) and `Delivered-To:`.
+        let mut batches: BTreeMap<(String, Option<String>, Option<String>), Vec<usize>> = BTreeMap::new();
         for i in recipients {
             if let Some(r) = entry.envelope.recipients.get(i) {
-                domains.entry(r.mailbox.domain_lower()).or_default().push(i);
+                let key = (
+                    r.mailbox.domain_lower(),
+                    r.sender.as_ref().map(ToString::to_string),
+                    r.alias.as_ref().map(|a| a.to_string().to_lowercase()),
+                );
+                batches.entry(key).or_default().push(i);
             }
         }
-        domains.into_values().collect()
+        batches.into_values().collect()
     }
 
     fn carry(&self, parcel: Parcel) -> Delivering<'_> {
@@ -154,4 +183,26 @@ impl Courier for SmtpCourier {
     fn retry_after(&self, attempts: u32) -> Duration {
         self.routing.load().settings.retry_after(attempts)
     }
+}
+
+/// The refusal of a copy that `alias` would forward although the message was delivered to
+/// it before: its header names the alias in a `Delivered-To:` field (Postfix's rule).
+fn forwarding_loop(message: &[u8], alias: &portcullis_smtp::Mailbox) -> Option<Reply> {
+    let alias = alias.to_string();
+    portcullis_smtp::fields::fields(message)
+        .iter()
+        .any(|field| {
+            field.is("Delivered-To")
+                && field
+                    .value()
+                    .trim_matches(['<', '>'])
+                    .eq_ignore_ascii_case(&alias)
+        })
+        .then(|| {
+            Reply::new(
+                554,
+                Some(Enhanced(5, 4, 6)),
+                format!("mail forwarding loop for {alias}"),
+            )
+        })
 }

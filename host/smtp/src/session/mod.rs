@@ -37,9 +37,9 @@ pub use counts::{CommandCounts, Verb};
 pub use pipeline::{Mx, Pipeline, PipelineKind, RoutedRecipient, Submission};
 pub use sasl::Credentials;
 pub use types::{
-    Action, AuthMethod, AuthOutcome, AuthResult, AuthStatus, Directory, Folder, Greeting, Header, Hook,
-    HookCall, Limits, Message, PluginVerdict, ReadTimeout, RecipientLookup, ReverseName, Security,
-    SessionInfo, Settings, SpoolFailure, SpoolRequest, TlsInfo, UsageError, Verdict,
+    Action, AuthMethod, AuthOutcome, AuthResult, AuthStatus, Destination, Directory, Folder, Greeting,
+    Header, Hook, HookCall, Limits, Message, PluginVerdict, ReadTimeout, RecipientLookup, ReverseName,
+    Security, SessionInfo, Settings, SpoolFailure, SpoolRequest, Target, TlsInfo, UsageError, Verdict,
 };
 
 use crate::address::Mailbox;
@@ -342,20 +342,28 @@ impl<P: Pipeline> Session<P> {
                 return Err(UsageError("a recipient lookup"));
             }
         };
-        match lookup {
-            RecipientLookup::Exists(owner) => {
+        let destination = match lookup {
+            RecipientLookup::Exists(owner) => Some(Destination::Mailbox(owner)),
+            // Nobody of that name there either: the domain's catch-all, if any.
+            RecipientLookup::Unknown => self.directory.catch_all(&mailbox),
+            RecipientLookup::TempFail => {
+                self.reply(replies::RECIPIENT_TEMPFAIL);
+                return Ok(());
+            }
+        };
+        match destination {
+            Some(destination) => {
                 self.add_recipient(
                     RoutedRecipient {
                         mailbox,
                         local: true,
-                        deliver_to: Some(owner),
+                        destination: Some(destination),
                     },
                     params,
                 );
                 self.reply(replies::RECIPIENT_OK);
             }
-            RecipientLookup::Unknown => self.refuse_command(replies::UNKNOWN_USER),
-            RecipientLookup::TempFail => self.reply(replies::RECIPIENT_TEMPFAIL),
+            None => self.refuse_command(replies::UNKNOWN_USER),
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use crate::command::Command;
 use crate::replies;
 use crate::reply::Reply;
 
-use super::{Directory, Hook, Security};
+use super::{Destination, Directory, Hook, Security};
 
 /// Which pipeline a session runs, for logs and trace headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +27,9 @@ pub struct RoutedRecipient {
     pub mailbox: crate::address::Mailbox,
     /// Whether it is in one of our domains.
     pub local: bool,
-    /// For a local recipient, the mailbox that receives its copy ([`Directory::resolve`]).
-    pub deliver_to: Option<crate::address::Mailbox>,
+    /// For a local recipient, where its mail goes ([`Directory::resolve`]): a mailbox, or
+    /// the targets of an alias.
+    pub destination: Option<Destination>,
 }
 
 /// The policy of one fixed flow. Implemented by [`Mx`] and [`Submission`] only.
@@ -79,13 +80,13 @@ fn local_recipient(path: &Path, directory: &dyn Directory) -> Result<Option<Rout
     if mailbox.routing_hazard().is_some() {
         return Err(replies::RELAY_DENIED);
     }
-    let Some(owner) = directory.resolve(&mailbox) else {
+    let Some(destination) = directory.resolve(&mailbox) else {
         return Err(replies::UNKNOWN_USER);
     };
     Ok(Some(RoutedRecipient {
         mailbox,
         local: true,
-        deliver_to: Some(owner),
+        destination: Some(destination),
     }))
 }
 
@@ -151,7 +152,7 @@ impl Pipeline for Submission {
                 Ok(RoutedRecipient {
                     mailbox,
                     local: false,
-                    deliver_to: None,
+                    destination: None,
                 })
             }
         }

@@ -19,14 +19,39 @@ impl Directory for TestDirectory {
     fn is_local_domain(&self, domain: &str) -> bool {
         domain.eq_ignore_ascii_case("example.org")
     }
-    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+    fn resolve(&self, address: &Mailbox) -> Option<Destination> {
         let owner = address.without_detail();
-        ["alice", "bob", "postmaster"]
-            .contains(&owner.local.to_ascii_lowercase().as_str())
-            .then_some(owner)
+        let local = |name: &str| Target::Local {
+            address: mb(name, "example.org"),
+            mailbox: mb(name, "example.org"),
+        };
+        match owner.local.to_ascii_lowercase().as_str() {
+            "alice" | "bob" | "postmaster" => Some(Destination::Mailbox(owner)),
+            // An alias of two mailboxes and an address elsewhere, and one of one mailbox.
+            "team" => Some(Destination::Alias(vec![
+                local("alice"),
+                local("bob"),
+                Target::Remote(mb("carol", "far.example")),
+            ])),
+            "solo" => Some(Destination::Alias(vec![local("alice")])),
+            _ => None,
+        }
     }
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
         account == format!("{}@{}", mailbox.local, mailbox.domain_lower())
+    }
+    fn forwarding_sender(&self, sender: &Mailbox, alias: &Mailbox) -> Option<Mailbox> {
+        Some(mb(
+            &format!("SRS0={}={}", sender.domain, sender.local),
+            &alias.domain,
+        ))
+    }
+}
+
+fn mb(local: &str, domain: &str) -> Mailbox {
+    Mailbox {
+        local: local.into(),
+        domain: domain.into(),
     }
 }
 
@@ -41,7 +66,7 @@ impl Directory for LookingDirectory {
     fn is_local_domain(&self, domain: &str) -> bool {
         TestDirectory.is_local_domain(domain)
     }
-    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+    fn resolve(&self, address: &Mailbox) -> Option<Destination> {
         TestDirectory.resolve(address)
     }
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool {
@@ -49,6 +74,15 @@ impl Directory for LookingDirectory {
     }
     fn looks_up_unknown(&self) -> bool {
         true
+    }
+    /// `any…@` goes to alice when the user database does not know it.
+    fn catch_all(&self, address: &Mailbox) -> Option<Destination> {
+        address.local.starts_with("any").then(|| {
+            Destination::Alias(vec![Target::Local {
+                address: mb("alice", "example.org"),
+                mailbox: mb("alice", "example.org"),
+            }])
+        })
     }
 }
 
@@ -470,7 +504,8 @@ fn an_unknown_local_recipient_is_looked_up_before_the_answer() {
     assert_eq!(
         h.send(
             b"EHLO c\r\nMAIL FROM:<a@far.example>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<dave+news@example.org>\r\n\
-              RCPT TO:<nobody@example.org>\r\nRCPT TO:<down@example.org>\r\nRCPT TO:<x@far.example>\r\n"
+              RCPT TO:<nobody@example.org>\r\nRCPT TO:<down@example.org>\r\nRCPT TO:<x@far.example>\r\n\
+              RCPT TO:<anyone@example.org>\r\n"
         )[1..],
         [
             "250 2.1.0",
@@ -481,12 +516,16 @@ fn an_unknown_local_recipient_is_looked_up_before_the_answer() {
             "550 5.1.1",
             "lookup down@example.org",
             "451 4.3.0",
-            "550 5.7.1"
+            "550 5.7.1",
+            // Unknown there too, but the domain has a catch-all.
+            "lookup anyone@example.org",
+            "250 2.1.5"
         ]
     );
     h.script(&[("DATA", &["354"])]);
     h.send(b"x\r\n.\r\n");
     let recipients = &h.spooled[0].message.envelope.recipients;
+    // alice was named already: the catch-all adds no second copy.
     assert_eq!(recipients.len(), 2);
     assert_eq!(recipients[1].mailbox.to_string(), "dave+news@example.org");
     assert_eq!(
@@ -497,6 +536,78 @@ fn an_unknown_local_recipient_is_looked_up_before_the_answer() {
             .as_deref(),
         Some("dave@example.org")
     );
+}
+
+#[test]
+fn an_alias_adds_its_targets_once_and_counts_as_one_recipient() {
+    let mut h = mx();
+    h.session = Session::new(
+        Arc::new(Settings {
+            limits: Limits {
+                recipients: 2,
+                ..Limits::default()
+            },
+            ..Settings::clone(&settings(true))
+        }),
+        Arc::new(TestDirectory),
+        IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        None,
+    );
+    assert_eq!(h.run(), ["220"]);
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<dan@far.example>", &["250 2.1.0"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+        (
+            "RCPT TO:<team@example.org> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;team@example.org",
+            &["250 2.1.5"],
+        ),
+        // Three targets, but two RCPTs: the limit counts what the client named.
+        ("RCPT TO:<solo@example.org>", &["452 4.5.3"]),
+        ("DATA", &["354"]),
+    ]);
+    h.send(b"x\r\n.\r\n");
+    let recipients = &h.spooled[0].message.envelope.recipients;
+    let named: Vec<String> = recipients.iter().map(|r| r.mailbox.to_string()).collect();
+    // bob was named already: the alias adds alice and the address elsewhere.
+    assert_eq!(
+        named,
+        ["bob@example.org", "alice@example.org", "carol@far.example"]
+    );
+    let (bob, alice, carol) = (&recipients[0], &recipients[1], &recipients[2]);
+    assert_eq!(bob.alias, None);
+    assert_eq!(alice.alias, Some(mb("team", "example.org")));
+    assert!(alice.local && !carol.local);
+    // The alias's success report is `expanded`, carried by its first target; the targets
+    // ask only for failures, and keep the original recipient.
+    assert!(alice.reports_expansion && !carol.reports_expansion);
+    let notify = alice.params.notify.expect("notify");
+    assert!(!notify.success && notify.failure && !notify.never);
+    assert_eq!(carol.params.orcpt.as_deref(), Some("rfc822;team@example.org"));
+    // The copy forwarded elsewhere has its sender rewritten; local copies do not.
+    assert_eq!(carol.sender, Some(mb("SRS0=far.example=dan", "example.org")));
+    assert_eq!(alice.sender, None);
+    assert_eq!(
+        carol.reverse_path(&h.spooled[0].message.envelope),
+        "<SRS0=far.example=dan@example.org>"
+    );
+}
+
+#[test]
+fn a_one_target_alias_keeps_the_notify_of_its_recipient() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<>", &["250 2.1.0"]),
+        ("RCPT TO:<solo@example.org> NOTIFY=SUCCESS", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    h.send(b"x\r\n.\r\n");
+    let recipients = &h.spooled[0].message.envelope.recipients;
+    assert_eq!(recipients.len(), 1);
+    assert!(!recipients[0].reports_expansion);
+    assert!(recipients[0].params.notify.is_some_and(|n| n.success));
+    assert_eq!(recipients[0].deliver_to, Some(mb("alice", "example.org")));
 }
 
 #[test]

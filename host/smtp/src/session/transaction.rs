@@ -11,7 +11,10 @@ use crate::replies;
 use crate::reply::Reply;
 
 use super::verdicts::Stage;
-use super::{AuthResult, Folder, Header, Message, Pipeline, PluginVerdict, RoutedRecipient, Session, State};
+use super::{
+    AuthResult, Destination, Folder, Header, Message, Pipeline, PluginVerdict, RoutedRecipient, Session,
+    State, Target,
+};
 
 /// Where a transaction is.
 #[derive(Debug)]
@@ -42,6 +45,9 @@ pub(super) struct Transaction {
     mail_from: Option<Mailbox>,
     params: MailParams,
     recipients: Vec<Recipient>,
+    /// RCPT commands accepted (an alias adds its targets to `recipients`, but counts once
+    /// against the limit).
+    accepted_rcpts: usize,
     pub(super) phase: Phase,
     /// Headers the hooks asked to add, in order.
     pub(super) headers: Vec<Header>,
@@ -59,6 +65,19 @@ pub(super) struct Transaction {
 }
 
 impl Transaction {
+    /// Adds `recipient` unless the same address (delivered the same way) is there already;
+    /// returns whether it was added.
+    fn push_once(&mut self, recipient: Recipient) -> bool {
+        let known = self
+            .recipients
+            .iter()
+            .any(|r| r.mailbox == recipient.mailbox && r.local == recipient.local);
+        if !known {
+            self.recipients.push(recipient);
+        }
+        !known
+    }
+
     pub(super) fn envelope(&self) -> Envelope {
         Envelope {
             mail_from: self.mail_from.clone(),
@@ -107,6 +126,7 @@ impl<P: Pipeline> Session<P> {
             mail_from: path.mailbox,
             params,
             recipients: Vec::new(),
+            accepted_rcpts: 0,
             phase: Phase::Envelope,
             headers: Vec::new(),
             remove: Vec::new(),
@@ -125,7 +145,7 @@ impl<P: Pipeline> Session<P> {
         if !matches!(txn.phase, Phase::Envelope) {
             return self.refuse_command(replies::MAIL_FIRST);
         }
-        if txn.recipients.len() >= self.settings.limits.recipients {
+        if txn.accepted_rcpts >= self.settings.limits.recipients {
             return self.reply(replies::TOO_MANY_RECIPIENTS);
         }
         if path.mailbox.as_ref().is_some_and(Mailbox::is_utf8) && !txn.params.smtputf8 {
@@ -151,17 +171,61 @@ impl<P: Pipeline> Session<P> {
         }
     }
 
-    /// Adds a recipient to the open transaction, once.
+    /// Adds a recipient to the open transaction: the address itself, or the targets of
+    /// the alias it is, each once.
     pub(super) fn add_recipient(&mut self, routed: RoutedRecipient, params: RcptParams) {
-        if let Some(txn) = self.txn.as_mut()
-            && !txn.recipients.iter().any(|r| r.mailbox == routed.mailbox)
-        {
-            txn.recipients.push(Recipient {
-                mailbox: routed.mailbox,
-                params,
-                local: routed.local,
-                deliver_to: routed.deliver_to,
-            });
+        let Some(txn) = self.txn.as_mut() else {
+            return;
+        };
+        txn.accepted_rcpts += 1;
+        let RoutedRecipient {
+            mailbox,
+            local,
+            destination,
+        } = routed;
+        let targets = match destination {
+            Some(Destination::Alias(targets)) => targets,
+            Some(Destination::Mailbox(owner)) => {
+                txn.push_once(Recipient::local(mailbox, params, owner));
+                return;
+            }
+            None => {
+                let mut recipient = Recipient::remote(mailbox, params);
+                recipient.local = local;
+                txn.push_once(recipient);
+                return;
+            }
+        };
+        // RFC 3461 6.2.7.3: an alias of several targets is reported `expanded` when the
+        // client asked for success reports; its targets then ask for none of their own.
+        let expands = targets.len() > 1;
+        let wants_expansion_report = expands && params.notify.is_some_and(|n| n.success && !n.never);
+        let mut target_params = params.clone();
+        if wants_expansion_report && let Some(notify) = target_params.notify.as_mut() {
+            notify.success = false;
+            notify.never = !(notify.failure || notify.delay);
+        }
+        let mut report_owed = wants_expansion_report;
+        for target in targets {
+            let mut recipient = match target {
+                Target::Local {
+                    address,
+                    mailbox: owner,
+                } => Recipient::local(address, target_params.clone(), owner),
+                Target::Remote(address) => {
+                    let mut recipient = Recipient::remote(address, target_params.clone());
+                    recipient.sender = txn
+                        .mail_from
+                        .as_ref()
+                        .and_then(|sender| self.directory.forwarding_sender(sender, &mailbox));
+                    recipient
+                }
+            };
+            recipient.alias = Some(mailbox.clone());
+            recipient.reports_expansion = report_owed;
+            if txn.push_once(recipient) {
+                report_owed = false;
+            }
         }
     }
 

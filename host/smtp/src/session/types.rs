@@ -19,10 +19,10 @@ pub trait Directory: Send + Sync {
     fn primary_domain(&self) -> &str;
     /// Whether mail for `domain` is delivered here.
     fn is_local_domain(&self, domain: &str) -> bool;
-    /// The mailbox whose Maildir receives mail for `address` (in a local domain), or `None`
-    /// when nobody does (`550 5.1.1`): the account itself for `account+detail`, the
-    /// configured postmaster account for `postmaster@` and `abuse@`.
-    fn resolve(&self, address: &Mailbox) -> Option<Mailbox>;
+    /// Where mail for `address` (in a local domain) goes, or `None` when nowhere
+    /// (`550 5.1.1`): a mailbox (the account itself for `account+detail`, the configured
+    /// postmaster account for `postmaster@` and `abuse@`), or the targets of an alias.
+    fn resolve(&self, address: &Mailbox) -> Option<Destination>;
     /// Whether the authenticated `account` may use `mailbox` as its sender.
     fn may_send_as(&self, account: &str, mailbox: &Mailbox) -> bool;
     /// Whether an address of a local domain that [`Directory::resolve`] does not know is
@@ -31,6 +31,41 @@ pub trait Directory: Send + Sync {
     fn looks_up_unknown(&self) -> bool {
         false
     }
+    /// Where mail goes for a local address the outside user database does not know
+    /// either: its domain's catch-all alias, if there is one.
+    fn catch_all(&self, _address: &Mailbox) -> Option<Destination> {
+        None
+    }
+    /// The reverse-path of a copy that the alias `alias` forwards to another domain, for
+    /// a message from `sender`: the sender rewritten (SRS) so that the next hop's SPF
+    /// check passes, or `None` to keep it as it is.
+    fn forwarding_sender(&self, _sender: &Mailbox, _alias: &Mailbox) -> Option<Mailbox> {
+        None
+    }
+}
+
+/// Where mail for one address of a local domain goes ([`Directory::resolve`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// A mailbox of ours: the copy goes there.
+    Mailbox(Mailbox),
+    /// An alias: its targets once expanded (recursively), in order, each once, never
+    /// none.
+    Alias(Vec<Target>),
+}
+
+/// One target of an alias, once expanded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// An address of ours, and the mailbox its copy goes to.
+    Local {
+        /// The address as the alias names it.
+        address: Mailbox,
+        /// The mailbox that receives it.
+        mailbox: Mailbox,
+    },
+    /// An address elsewhere: the copy is forwarded through the outbound queue.
+    Remote(Mailbox),
 }
 
 /// What the host's outside user database said about a recipient.

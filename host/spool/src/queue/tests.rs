@@ -17,6 +17,9 @@ fn envelope() -> Envelope {
             params: Default::default(),
             local: true,
             deliver_to: None,
+            alias: None,
+            sender: None,
+            reports_expansion: false,
         }],
     }
 }
