@@ -52,6 +52,8 @@ need testing/kit "test -x /usr/bin/rspamd" rspamd
 need testing/kit "test -x /usr/sbin/clamav-milter" clamav-milter
 # Redis, for the rate counters two nodes share (tests/e2e/stack.rs).
 need testing/kit "test -x /usr/bin/redis-server && command -v redis-cli" redis-server
+# postsrsd, which reverses the SRS addresses of alias forwarding (tests/e2e/aliases.rs).
+need tests/e2e "test -x /usr/sbin/postsrsd" postsrsd
 # An independent DKIM signer and verifier (dkimpy, with dnspython, PyNaCl for Ed25519 and
 # authres for ARC) from PyPI, in a venv of its own.
 if ! target/e2e-python/bin/python -c 'import dkim, dns.resolver, nacl, authres' >/dev/null 2>&1; then

@@ -4,6 +4,7 @@
 //! learns the bound addresses from the daemon's own log.
 
 mod abuse;
+mod aliases;
 mod authentication;
 mod capabilities;
 mod cli;
