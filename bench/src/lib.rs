@@ -133,5 +133,6 @@ pub fn spec(file: &str, hook: Hook, config: serde_json::Map<String, serde_json::
         config,
         grant_dir: None,
         grants: Default::default(),
+        cache: None,
     })
 }

@@ -475,22 +475,34 @@ pub struct TlsRaw {
 
 impl TlsRaw {
     pub fn connect(addr: SocketAddr, cert_pem: &str) -> TlsRaw {
+        TlsRaw::connect_with(addr, &TlsRaw::config(cert_pem))
+    }
+
+    /// A client configuration trusting our test certificate. Connections made with one
+    /// configuration resume the TLS sessions of earlier ones, as mail clients do.
+    pub fn config(cert_pem: &str) -> Arc<rustls::ClientConfig> {
         use rustls::pki_types::pem::PemObject;
-        let mut plain = Raw::connect(addr);
-        assert!(plain.cmd("EHLO client.example").starts_with("250"));
-        assert!(plain.cmd("STARTTLS").starts_with("220"));
         let mut roots = rustls::RootCertStore::empty();
         roots
             .add(rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("pem"))
             .expect("root");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
+    /// [`TlsRaw::connect`] with `config`.
+    pub fn connect_with(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> TlsRaw {
+        let mut plain = Raw::connect(addr);
+        assert!(plain.cmd("EHLO client.example").starts_with("250"));
+        assert!(plain.cmd("STARTTLS").starts_with("220"));
         let connection =
-            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name"))
+            rustls::ClientConnection::new(Arc::clone(config), "localhost".try_into().expect("name"))
                 .expect("client");
         let tls = rustls::StreamOwned::new(connection, plain.stream.try_clone().expect("clone"));
         let mut c = TlsRaw {
@@ -498,6 +510,11 @@ impl TlsRaw {
         };
         assert!(c.cmd("EHLO client.example").starts_with("250"));
         c
+    }
+
+    /// Whether the TLS handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.stream.get_ref().conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     /// AUTH PLAIN as `user@domain`, then MAIL, RCPT for each of `to` and DATA with `message`

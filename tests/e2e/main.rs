@@ -5,6 +5,7 @@
 
 mod abuse;
 mod aliases;
+mod auth_cache;
 mod authentication;
 mod capabilities;
 mod cli;

@@ -19,6 +19,7 @@ use portcullis_smtp::session::{AuthOutcome, Credentials, Target};
 use portcullis_smtp::{Destination, Directory, Mailbox};
 use serde::{Deserialize, Serialize};
 
+use crate::auth_cache::{AuthCache, Source};
 use crate::config::aliases::{AliasTable, MAX_DEPTH, MAX_TARGETS};
 use crate::srs::Srs;
 
@@ -80,6 +81,10 @@ pub struct Accounts {
     aliases: AliasTable,
     /// The SRS rewriting of `[aliases] srs-secret`.
     srs: Option<Srs>,
+    /// Credentials verified lately (`[auth] cache-ttl`), this generation's own.
+    cache: AuthCache,
+    /// How long the users file's accepts are remembered.
+    cache_ttl: std::time::Duration,
 }
 
 /// The role addresses of every local domain (RFC 2142) that `[domains] postmaster`
@@ -304,7 +309,38 @@ impl Accounts {
             userdb: false,
             aliases: AliasTable::default(),
             srs: None,
+            cache: AuthCache::default(),
+            cache_ttl: std::time::Duration::ZERO,
         })
+    }
+
+    /// Remembers the users file's accepts for `ttl` (zero: not at all).
+    pub fn with_cache_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.cache_ttl = ttl;
+        self
+    }
+
+    /// The account of credentials the users file accepted lately (`[auth] cache-ttl`).
+    pub fn cached(&self, credentials: &Credentials) -> Option<String> {
+        self.cache.get(credentials, Source::UsersFile)
+    }
+
+    /// The account of credentials the auth plugin whose code has `hash` accepted lately
+    /// (its `[[plugin]] cache`).
+    pub fn cached_by_plugin(&self, credentials: &Credentials, hash: &str) -> Option<String> {
+        self.cache.get(credentials, Source::Plugin(hash))
+    }
+
+    /// Remembers an accept of the auth plugin whose code has `hash`, for `ttl`.
+    pub fn remember_plugin_accept(
+        &self,
+        credentials: &Credentials,
+        hash: &str,
+        account: &str,
+        ttl: std::time::Duration,
+    ) {
+        self.cache
+            .remember(credentials, Source::Plugin(hash), account, ttl);
     }
 
     /// The directory `config` describes: the users file, the postmaster, the user
@@ -318,7 +354,8 @@ impl Accounts {
         Ok(Accounts::load(&config.users_file, &config.local_domains)?
             .with_postmaster(config.postmaster.as_deref())
             .with_userdb(config.dovecot_userdb.is_some())
-            .with_aliases(aliases, srs))
+            .with_aliases(aliases, srs)
+            .with_cache_ttl(config.auth_cache_ttl))
     }
 
     /// Expands `aliases` at RCPT; forwards elsewhere with the sender rewritten by `srs`,
@@ -396,7 +433,8 @@ impl Accounts {
         }
     }
 
-    /// Checks credentials; CPU-heavy (argon2), so callers run it off the async threads.
+    /// Checks credentials; CPU-heavy (argon2), so callers run it off the async threads. An
+    /// accept is remembered for `[auth] cache-ttl` ([`Accounts::cached`]).
     pub fn verify(&self, credentials: &Credentials) -> AuthOutcome {
         let name = normalize_name(&credentials.username, &self.domains).ok();
         let stored = name.as_ref().and_then(|n| self.hashes.get(n));
@@ -412,7 +450,11 @@ impl Accounts {
             .is_ok();
         // A PLAIN authzid different from the user is impersonation: not offered.
         match (good && credentials.authzid.is_none(), name, stored) {
-            (true, Some(account), Some(_)) => AuthOutcome::Accept { account },
+            (true, Some(account), Some(_)) => {
+                self.cache
+                    .remember(credentials, Source::UsersFile, &account, self.cache_ttl);
+                AuthOutcome::Accept { account }
+            }
             _ => AuthOutcome::Reject,
         }
     }

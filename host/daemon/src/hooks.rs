@@ -171,23 +171,36 @@ impl Hooks {
                 crate::dovecot::Answer::Reject => {}
             }
         }
-        // The semaphore lives as long as the hooks and is never closed.
-        let Ok(Ok(_turn)) = tokio::time::timeout(wait, self.checks.acquire()).await else {
-            tracing::warn!("no credential check could start in time; answering a temporary failure");
-            return AuthOutcome::TempFail;
-        };
         if accounts.knows(&credentials.username) || (dovecot.is_none() && !plugins.has(Hook::Auth)) {
             // The users file decides for its own accounts (and, with neither Dovecot nor an
             // auth plugin, for everyone: unknown names are checked against a decoy hash, in
-            // constant time).
+            // constant time). What it accepted lately needs no turn.
+            if let Some(account) = accounts.cached(&credentials) {
+                return cache_hit("users file", account);
+            }
+            let Some(_turn) = self.turn(wait).await else {
+                return AuthOutcome::TempFail;
+            };
             let checked = credentials.clone();
             return tokio::task::spawn_blocking(move || accounts.verify(&checked))
                 .await
                 .unwrap_or(AuthOutcome::TempFail);
         }
         let runtime = plugins.runtime();
+        let mut turn = None;
         for slot in plugins.on(Hook::Auth) {
             let plugin = slot.current();
+            if plugin.spec.cache.is_some()
+                && let Some(account) = accounts.cached_by_plugin(&credentials, &plugin.meta.hash)
+            {
+                return cache_hit(&plugin.meta.name, account);
+            }
+            if turn.is_none() {
+                turn = Some(self.turn(wait).await);
+            }
+            let Some(Some(_)) = &turn else {
+                return AuthOutcome::TempFail;
+            };
             let started = Instant::now();
             let outcome = match runtime.authenticate(&plugin, info, &credentials).await {
                 Ok(outcome) => outcome,
@@ -200,11 +213,27 @@ impl Hooks {
                 }
             };
             tracing::info!(plugin = %plugin.meta.name, hash = %plugin.meta.hash, outcome = ?outcome_name(&outcome), micros = started.elapsed().as_micros() as u64, "auth plugin");
+            if let (AuthOutcome::Accept { account }, Some(ttl)) = (&outcome, plugin.spec.cache) {
+                accounts.remember_plugin_accept(&credentials, &plugin.meta.hash, account, ttl);
+            }
             if !matches!(outcome, AuthOutcome::Reject) {
                 return outcome;
             }
         }
         AuthOutcome::Reject
+    }
+
+    /// A turn for a credential check of our own (argon2, a plugin): one per core at a
+    /// time; `None` when none came within `wait`.
+    async fn turn(&self, wait: std::time::Duration) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore lives as long as the hooks and is never closed.
+        match tokio::time::timeout(wait, self.checks.acquire()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => {
+                tracing::warn!("no credential check could start in time; answering a temporary failure");
+                None
+            }
+        }
     }
 
     /// The verdict of every plugin configured on the call's hook, in order; `Accept` when
@@ -449,4 +478,11 @@ fn log_verdict(plugin: &LoadedPlugin, hook: Hook, verdict: &Verdict, started: In
         micros = started.elapsed().as_micros() as u64,
         "hook verdict"
     );
+}
+
+/// An accept found in the auth cache: counted and logged, and answered without a check.
+fn cache_hit(source: &str, account: String) -> AuthOutcome {
+    tracing::info!(source, account = %Escaped(&account), "credentials accepted from the auth cache");
+    crate::metrics::auth_cache_hit();
+    AuthOutcome::Accept { account }
 }

@@ -37,6 +37,7 @@ use clap::{Parser, Subcommand};
 
 mod abuse;
 mod accounts;
+mod auth_cache;
 mod authentication;
 mod config;
 mod connection;

@@ -7,7 +7,8 @@
 //! `portcullis_plugin_call_seconds` by hook and plugin, `portcullis_plugin_errors_total` by
 //! plugin and kind, `portcullis_queue_messages` and `portcullis_queue_oldest_seconds`,
 //! `portcullis_tls_handshakes_total` by listener and result, `portcullis_auth_total` by
-//! result (accepted, rejected, tempfail, throttled), `portcullis_reloads_total` by result,
+//! result (accepted, rejected, tempfail, throttled), `portcullis_auth_cache_hits_total`,
+//! `portcullis_reloads_total` by result,
 //! `portcullis_connections_refused_total` by listener and reason (listener, address),
 //! `portcullis_sessions_timed_out_total` by listener and what was slow,
 //! `portcullis_authentication_total` by method (spf, dkim, arc, dmarc, iprev) and result,
@@ -68,6 +69,12 @@ pub fn tls_handshake(listener: &'static str, result: &'static str) {
 /// An AUTH: `result` is `"accepted"`, `"rejected"` or `"tempfail"`.
 pub fn auth(result: &'static str) {
     metrics::counter!("portcullis_auth_total", "result" => result).increment(1);
+}
+
+/// An AUTH answered from the cache of verified credentials (`[auth] cache-ttl`, an auth
+/// plugin's `cache`).
+pub fn auth_cache_hit() {
+    metrics::counter!("portcullis_auth_cache_hits_total").increment(1);
 }
 
 /// A message's fate on `listener`: `outcome` (`accepted`, `refused`, `deferred`,

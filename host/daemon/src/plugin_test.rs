@@ -314,6 +314,7 @@ async fn test(args: TestArgs) -> Result<u8, String> {
         config,
         grant_dir: None,
         grants: grants(&args)?,
+        cache: None,
     });
     let (runtime, plugin) = load_plugin(&args, &spec)?;
     if args.grant_dns {

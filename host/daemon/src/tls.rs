@@ -71,7 +71,10 @@ pub fn ensure_self_signed(section: &TlsSection, hostname: &str) -> Result<bool, 
     Ok(true)
 }
 
-/// Loads the certificate chain and key into an acceptor.
+/// TLS 1.2 sessions kept for resumption by id (a few hundred bytes each).
+const SESSION_CACHE: usize = 4096;
+
+/// Loads the certificate chain and key into an acceptor that lets clients resume.
 pub fn acceptor(section: &TlsSection) -> Result<TlsAcceptor, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&section.cert)
         .map_err(|e| file_error(&section.cert, e))?
@@ -89,7 +92,14 @@ pub fn acceptor(section: &TlsSection) -> Result<TlsAcceptor, TlsError> {
     } else {
         builder.with_no_client_auth()
     };
-    let config = builder.with_single_cert(certs, key)?;
+    let mut config = builder.with_single_cert(certs, key)?;
+    // A returning client (a mail client's next message, Postfix's next delivery) resumes
+    // its session instead of a full handshake: TLS 1.3 tickets under a key rustls rotates
+    // every six hours (stateless: nothing kept per client), and for TLS 1.2 clients that
+    // resume by session id, a bounded cache. A reload makes a new key: older tickets then
+    // get a full handshake.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 

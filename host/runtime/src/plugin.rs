@@ -110,6 +110,9 @@ pub struct PluginSpec {
     pub grant_dir: Option<PathBuf>,
     /// DNS and connections granted to it (contract 0.2.0).
     pub grants: crate::capability::Grants,
+    /// An auth plugin's accepts are remembered this long (`[[plugin]] cache`); `None`:
+    /// the plugin decides every time.
+    pub cache: Option<Duration>,
 }
 
 /// Why a plugin call produced no usable answer.

@@ -37,6 +37,7 @@ fn spec(file: &str, hook: Hook, config: serde_json::Value) -> Arc<PluginSpec> {
         config,
         grant_dir: None,
         grants: Default::default(),
+        cache: None,
     })
 }
 

@@ -300,6 +300,11 @@ pub struct AuthSection {
     /// Dovecot's user database (`unix:/run/dovecot/auth-userdb` or `tcp:IP:PORT`): RCPT
     /// asks it about local addresses the users file does not hold. Default: none.
     pub dovecot_userdb: Option<String>,
+    /// How long a password the users file verified is remembered (under a keyed hash,
+    /// never in the clear), so that a client opening a session per message is not
+    /// verified with argon2id each time; `"0s"` turns it off. Dropped on any change of the
+    /// users file and on reload. Default: `"10m"`.
+    pub cache_ttl: Option<Span>,
 }
 
 /// `[metrics]`.
@@ -361,6 +366,8 @@ pub struct Config {
     pub dovecot: Option<Endpoint>,
     /// `[auth] dovecot-userdb`: Dovecot's user database.
     pub dovecot_userdb: Option<Endpoint>,
+    /// `[auth] cache-ttl`: how long the users file's verified passwords are remembered.
+    pub auth_cache_ttl: Duration,
     /// `[rate]`.
     pub rate: rate::RateSettings,
     /// `[aliases]`: the config's own aliases checked, the file's read at start and on
@@ -511,10 +518,11 @@ impl Config {
         check_listeners(&raw.listener, tls.is_some(), &mut problems);
         let (local_domains, postmaster) = domains(raw.domains, &mut problems);
         raw.limits.check(&mut problems);
-        let (users_file, dovecot, dovecot_userdb) = match raw.auth {
-            Some(auth) => (auth.users_file, auth.dovecot, auth.dovecot_userdb),
-            None => (None, None, None),
+        let (users_file, dovecot, dovecot_userdb, cache_ttl) = match raw.auth {
+            Some(auth) => (auth.users_file, auth.dovecot, auth.dovecot_userdb, auth.cache_ttl),
+            None => (None, None, None, None),
         };
+        let auth_cache_ttl = cache_ttl.map_or(Duration::from_secs(600), |span| span.0);
         let users_file = match users_file {
             Some(p) => resolve(base, &p),
             None => server.data_dir.join("users.toml"),
@@ -561,6 +569,7 @@ impl Config {
             users_file,
             dovecot,
             dovecot_userdb,
+            auth_cache_ttl,
             rate,
             aliases,
             limits: raw.limits,
@@ -663,7 +672,7 @@ mod tests {
     fn stack_settings_parse_and_name_their_key_when_wrong() {
         let base = "[server]\ndata-dir = \"d\"\n[domains]\nlocal = [\"example.org\"]\n[[listener]]\nkind = \"mx\"\naddress = \"127.0.0.1:1\"\n";
         let good = format!(
-            "{base}[auth]\ndovecot = \"unix:/run/dovecot/auth-client\"\ndovecot-userdb = \"tcp:127.0.0.1:12345\"\n\
+            "{base}[auth]\ndovecot = \"unix:/run/dovecot/auth-client\"\ndovecot-userdb = \"tcp:127.0.0.1:12345\"\ncache-ttl = \"1m\"\n\
              [rate]\nstore = \"redis://127.0.0.1:6379/0\"\non-store-error = \"local\"\n\
              [delivery]\nlocal = \"lmtp\"\nlmtp = \"unix:/run/dovecot/lmtp\"\n"
         );
@@ -672,8 +681,10 @@ mod tests {
         assert_eq!(c.rate.redis.as_deref(), Some("redis://127.0.0.1:6379/0"));
         assert_eq!(c.rate.on_store_error, rate::OnStoreError::Local);
         assert!(c.delivery.lmtp.is_some());
+        assert_eq!(c.auth_cache_ttl, Duration::from_secs(60));
         let defaults = Config::parse(base, "t", Path::new("/")).unwrap();
         assert_eq!(defaults.rate, rate::RateSettings::default());
+        assert_eq!(defaults.auth_cache_ttl, Duration::from_secs(600));
         assert!(defaults.delivery.lmtp.is_none() && defaults.dovecot.is_none());
         for (bad, key) in [
             ("[auth]\ndovecot = \"/run/dovecot/auth-client\"\n", "auth.dovecot"),
@@ -685,6 +696,12 @@ mod tests {
             ("[delivery]\nlocal = \"lmtp\"\n", "delivery.lmtp"),
             ("[delivery]\nlmtp = \"unix:/run/dovecot/lmtp\"\n", "delivery.lmtp"),
             ("[delivery]\nlocal = \"mbox\"\n", "delivery.local"),
+            (
+                "[[plugin]]\nhook = \"spam\"\npath = \"s.wasm\"\ncache = \"5m\"\n",
+                "plugin[0].cache",
+            ),
+            ("[aliases]\nsrs-secret = \"short\"\n", "aliases.srs-secret"),
+            ("[aliases]\n\"x@example.org\" = []\n", "aliases.\"x@example.org\""),
         ] {
             let e = Config::parse(&format!("{base}{bad}"), "t", Path::new("/")).unwrap_err();
             assert!(e.to_string().contains(key), "{bad}: {e}");

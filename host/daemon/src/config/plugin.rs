@@ -43,6 +43,10 @@ pub struct PluginSection {
     /// Most octets read and written over its connections per call. Default: `"64MiB"`.
     #[serde(default = "default_connect_bytes")]
     pub connect_bytes: Size,
+    /// Auth plugins only: how long an accept of this plugin is remembered (as the users
+    /// file's are for `[auth] cache-ttl`), such as `"5m"`. Default: none — the plugin
+    /// decides every time.
+    pub cache: Option<Span>,
     /// The plugin's own settings, passed to it as JSON. Default: empty.
     #[serde(default)]
     pub config: toml::Table,
@@ -120,6 +124,12 @@ pub fn specs(sections: Vec<PluginSection>, base: &Path, problems: &mut Problems<
                 "an auth plugin that fails must never let a client in".into(),
             );
         }
+        if p.cache.is_some() && hook != Some(Hook::Auth) {
+            problems.push(
+                &key("cache"),
+                "only an auth plugin's accepts can be remembered".into(),
+            );
+        }
         if p.timeout.0.is_zero() {
             problems.push(&key("timeout"), "must be more than zero".into());
         }
@@ -155,6 +165,7 @@ pub fn specs(sections: Vec<PluginSection>, base: &Path, problems: &mut Problems<
             config,
             grant_dir: p.grant_dir.map(|d| resolve(base, &d)),
             grants,
+            cache: p.cache.map(|span| span.0).filter(|ttl| !ttl.is_zero()),
         });
     }
     specs
