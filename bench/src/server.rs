@@ -151,8 +151,10 @@ fn install_plugins(dir: &Path, plugins: bool, hash: &str, config: &mut String) {
             std::fs::copy(built.join(file), dir.join(file)).expect("plugin");
             config.push_str(&format!("\n[[plugin]]\nhook = \"{hook}\"\npath = \"{file}\"\n"));
             match hook {
+                // Its accepts are remembered, as an operator whose clients log in for
+                // every message would configure it (docs/plugins.md).
                 "auth" => config.push_str(&format!(
-                    "[plugin.config.accounts]\n\"bench@example.org\" = \"{hash}\"\n"
+                    "cache = \"5m\"\n[plugin.config.accounts]\n\"bench@example.org\" = \"{hash}\"\n"
                 )),
                 "rate" => config.push_str("[plugin.config.account]\nmessages-per-minute = 1000000\n"),
                 _ => {}
@@ -252,9 +254,31 @@ pub fn connect(daemon: &Daemon, path: Path_) -> Client {
 }
 
 /// A session to any server at `addr` whose certificate is `cert` (PEM), logging in as
-/// `bench@example.org` with [`PASSWORD`] on submission.
+/// `bench@example.org` with [`PASSWORD`] on submission; a full TLS handshake.
 pub fn connect_to(addr: SocketAddr, cert: &str, path: Path_) -> Client {
-    let tcp = TcpStream::connect(addr).expect("connect");
+    connect_with(addr, &client_tls(cert), path).0
+}
+
+/// A TLS client configuration trusting `cert` (PEM). Sessions made with one configuration
+/// resume those of earlier ones, as Thunderbird's and Postfix's clients do.
+pub fn client_tls(cert: &str) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem"))
+        .expect("root");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// [`connect_to`] with the TLS sessions of `tls`; also whether the handshake resumed one.
+pub fn connect_with(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>, path: Path_) -> (Client, bool) {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_nodelay(true).expect("nodelay");
     let mut plain = Client {
         reader: BufReader::new(Box::new(tcp.try_clone().expect("clone"))),
@@ -262,22 +286,15 @@ pub fn connect_to(addr: SocketAddr, cert: &str, path: Path_) -> Client {
     assert!(plain.reply().starts_with("220"));
     assert!(plain.cmd("EHLO bench.client").starts_with("250"));
     if path == Path_::Mx {
-        return plain;
+        return (plain, false);
     }
     assert!(plain.cmd("STARTTLS").starts_with("220"));
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls::pki_types::pem::PemObject;
-    roots
-        .add(rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).expect("pem"))
-        .expect("root");
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().expect("name")).expect("tls");
+    let mut conn =
+        rustls::ClientConnection::new(Arc::clone(tls), "localhost".try_into().expect("name")).expect("tls");
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).expect("handshake");
+    }
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let tls = rustls::StreamOwned::new(conn, tcp);
     let mut client = Client {
         reader: BufReader::new(Box::new(tls)),
@@ -286,7 +303,7 @@ pub fn connect_to(addr: SocketAddr, cert: &str, path: Path_) -> Client {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("\0bench@example.org\0{PASSWORD}"));
     let reply = client.cmd(&format!("AUTH PLAIN {auth}"));
     assert!(reply.starts_with("235"), "{reply}");
-    client
+    (client, resumed)
 }
 
 /// User + system CPU seconds of process `pid` (its threads included; with `children`,

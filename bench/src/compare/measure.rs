@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portcullis_bench::sample_message;
-use portcullis_bench::server::{Daemon, Path_, connect_to, cpu_of};
+use portcullis_bench::server::{Daemon, Path_, client_tls, connect_with, cpu_of};
 
 use crate::postfix::sh;
 
@@ -138,6 +138,34 @@ pub(crate) fn smtp_source_mail(
     };
     sh(command.arg(addr.to_string()));
     started.elapsed()
+}
+
+/// Messages per second into Postfix's `smtp-sink`, which answers SMTP and stores nothing:
+/// the ceiling of the load path (smtp-source and the loopback) on this machine, measured
+/// like the servers (a calibration run, then about `seconds` of load).
+pub(crate) fn sink_rate(sessions: usize, size: usize, seconds: f64) -> f64 {
+    let port = portcullis_testkit::postfix::free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut sink = Command::new("smtp-sink")
+        .args(["-u", "nobody", "-c", &addr.to_string(), "1000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("smtp-sink (from Postfix's package)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "smtp-sink did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let warm = (sessions * 20).max(100);
+    let t = smtp_source(addr, sessions, warm, size);
+    let messages = ((warm as f64 / t.as_secs_f64() * seconds) as usize)
+        .max(sessions * 5)
+        .max(200);
+    let elapsed = smtp_source(addr, sessions, messages, size);
+    let _ = sink.kill();
+    let _ = sink.wait();
+    messages as f64 / elapsed.as_secs_f64()
 }
 
 pub(crate) fn count_files(dirs: &[PathBuf]) -> usize {
@@ -362,30 +390,74 @@ pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-/// Submission: STARTTLS + AUTH PLAIN, then messages; `reuse` keeps one TLS session per
-/// client thread, otherwise every message gets a new connection, TLS handshake and AUTH.
+/// How a submission client connects for its messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Connection {
+    /// One session per client thread, kept for all its messages.
+    Reused,
+    /// A new connection, TLS handshake and AUTH per message, resuming the TLS session of
+    /// an earlier connection (Thunderbird, Postfix's client).
+    NewResumed,
+    /// A new connection per message with a full TLS handshake each time (Python's
+    /// smtplib, which keeps no session).
+    NewFull,
+}
+
+impl Connection {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Connection::Reused => "reused",
+            Connection::NewResumed => "new per message, TLS resumed",
+            Connection::NewFull => "new per message, full handshake",
+        }
+    }
+}
+
+/// Submission: STARTTLS + AUTH PLAIN, then messages, connecting as `connection` says.
+/// Returns messages per second, the DATA latencies, and how many handshakes resumed.
 pub(crate) fn submission(
     addr: SocketAddr,
     cert: &str,
     sessions: usize,
     messages: usize,
     size: usize,
-    reuse: bool,
-) -> (f64, Vec<Duration>) {
+    connection: Connection,
+) -> (f64, Vec<Duration>, usize) {
     let body = Arc::new(sample_message(size, 0));
     let next = Arc::new(AtomicUsize::new(0));
     let all = Arc::new(Mutex::new(Vec::new()));
+    let resumed = Arc::new(AtomicUsize::new(0));
+    // One client configuration shared by every thread: what it keeps of one session lets
+    // the next resume it.
+    let shared = client_tls(cert);
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..sessions {
-            let (body, next, all) = (Arc::clone(&body), Arc::clone(&next), Arc::clone(&all));
+            let (body, next, all, resumed, shared) = (
+                Arc::clone(&body),
+                Arc::clone(&next),
+                Arc::clone(&all),
+                Arc::clone(&resumed),
+                Arc::clone(&shared),
+            );
             scope.spawn(move || {
-                let mut client = reuse.then(|| connect_to(addr, cert, Path_::Submission));
+                let open = || {
+                    let tls = match connection {
+                        Connection::NewFull => client_tls(cert),
+                        _ => Arc::clone(&shared),
+                    };
+                    let (client, was_resumed) = connect_with(addr, &tls, Path_::Submission);
+                    if was_resumed {
+                        resumed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    client
+                };
+                let mut client = None;
                 let mut mine = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < messages {
                     let c = match &mut client {
                         Some(c) => c,
-                        None => client.insert(connect_to(addr, cert, Path_::Submission)),
+                        None => client.insert(open()),
                     };
                     assert!(c.cmd("MAIL FROM:<bench@example.org>").starts_with("250"));
                     assert!(c.cmd("RCPT TO:<postmaster@example.org>").starts_with("250"));
@@ -394,7 +466,7 @@ pub(crate) fn submission(
                     let reply = c.cmd(&format!("{body}."));
                     mine.push(sent.elapsed());
                     assert!(reply.starts_with("250"), "{reply}");
-                    if !reuse {
+                    if connection != Connection::Reused {
                         c.cmd("QUIT");
                         client = None;
                     }
@@ -409,7 +481,7 @@ pub(crate) fn submission(
         .into_inner()
         .expect("lock");
     all.sort();
-    (rate, all)
+    (rate, all, resumed.load(Ordering::Relaxed))
 }
 
 /// Opens `count` idle sessions (greeting read, nothing sent) and returns the daemon's RSS
