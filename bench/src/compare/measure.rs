@@ -485,8 +485,13 @@ pub(crate) fn submission(
 }
 
 /// Opens `count` idle sessions (greeting read, nothing sent) and returns the daemon's RSS
-/// growth per session, in bytes.
-pub(crate) fn idle_memory(daemon: &Daemon, count: usize) -> (f64, usize) {
+/// growth per session, in bytes, how many were opened, and what `meanwhile` returned while
+/// they were all open.
+pub(crate) fn idle_memory<T>(
+    daemon: &Daemon,
+    count: usize,
+    meanwhile: impl FnOnce() -> T,
+) -> (f64, usize, T) {
     let before = rss(daemon.child.id());
     let mut open = Vec::with_capacity(count);
     for _ in 0..count {
@@ -503,8 +508,9 @@ pub(crate) fn idle_memory(daemon: &Daemon, count: usize) -> (f64, usize) {
     std::thread::sleep(Duration::from_secs(1));
     let after = rss(daemon.child.id());
     let n = open.len();
+    let during = meanwhile();
     drop(open);
-    ((after.saturating_sub(before)) as f64 / n.max(1) as f64, n)
+    ((after.saturating_sub(before)) as f64 / n.max(1) as f64, n, during)
 }
 
 pub(crate) fn raise_fd_limit() {
