@@ -82,20 +82,21 @@ const PHRASES: &[(&str, &str, f64)] = &[
 ];
 
 /// What the rules look at, extracted once.
-struct Facts {
+struct Facts<'a> {
     subject: Option<String>,
-    body: String,
+    /// The body as a reader sees it: for plain-text mail, the message's own bytes.
+    body: std::borrow::Cow<'a, str>,
     headers: Vec<(String, String)>,
     has_date: bool,
     has_message_id: bool,
     from_domain: Option<String>,
 }
 
-fn facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts {
+fn facts<'a>(message: &Message, raw: &'a [u8], headers: Vec<Header>) -> Facts<'a> {
     match plain_text(raw, &headers) {
         Some((body, subject, from_domain)) => Facts {
             subject,
-            body,
+            body: std::borrow::Cow::Borrowed(body),
             from_domain,
             ..header_facts(headers)
         },
@@ -104,11 +105,11 @@ fn facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts {
 }
 
 /// The facts the host's header list gives directly.
-fn header_facts(headers: Vec<Header>) -> Facts {
+fn header_facts(headers: Vec<Header>) -> Facts<'static> {
     let header = |name: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
     Facts {
         subject: None,
-        body: String::new(),
+        body: std::borrow::Cow::Borrowed(""),
         has_date: header("date"),
         has_message_id: header("message-id"),
         from_domain: None,
@@ -120,7 +121,7 @@ fn header_facts(headers: Vec<Header>) -> Facts {
 /// one part of plain text in UTF-8 or ASCII, not transfer-encoded, with a plain subject
 /// and one plain From address. There a parse would return the body as it is and the
 /// headers as the host already split them; anything else (`None`) is parsed in full.
-fn plain_text(raw: &[u8], headers: &[Header]) -> Option<(String, Option<String>, Option<String>)> {
+fn plain_text<'a>(raw: &'a [u8], headers: &[Header]) -> Option<(&'a str, Option<String>, Option<String>)> {
     // The header's value when it is there once, `None` inside when absent, `None` when
     // repeated (which one counts is the parser's call).
     let one = |name: &str| {
@@ -182,14 +183,11 @@ fn plain_text(raw: &[u8], headers: &[Header]) -> Option<(String, Option<String>,
     };
     let start = memchr::memmem::find(raw, b"\r\n\r\n")? + 4;
     let body = std::str::from_utf8(&raw[start..]).ok()?;
-    let mut text = String::with_capacity(body.len() + 1);
-    text.push_str(body);
-    text.push('\n');
-    Some((text, subject.map(str::to_string), from_domain))
+    Some((body, subject.map(str::to_string), from_domain))
 }
 
 /// The facts of any message, from a MIME parse.
-fn parsed_facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts {
+fn parsed_facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts<'static> {
     let parsed = MessageParser::default().parse_headers(raw);
     let body = match message.parts() {
         Ok(parts) => body_text(message, &parts),
@@ -210,7 +208,7 @@ fn parsed_facts(message: &Message, raw: &[u8], headers: Vec<Header>) -> Facts {
     Facts {
         subject: parsed.as_ref().and_then(|m| m.subject().map(str::to_string)),
         from_domain,
-        body,
+        body: std::borrow::Cow::Owned(body),
         ..header_facts(headers)
     }
 }
@@ -263,14 +261,35 @@ fn body_text(message: &Message, parts: &[MimePart]) -> String {
 /// Whether most letters are capitals. ASCII letters only: fast, and shouting in spam is
 /// overwhelmingly ASCII.
 fn shouting(text: &str, min_letters: usize, ratio: f64) -> bool {
-    // Counted without branches, so that the loop is vectorised.
-    let (mut letters, mut upper) = (0u32, 0u32);
-    for b in text.bytes() {
-        let letter = (b | 0x20).wrapping_sub(b'a') < 26;
-        letters += u32::from(letter);
-        upper += u32::from(letter & (b & 0x20 == 0));
+    Folded::of(text).shouting(min_letters, ratio)
+}
+
+/// A text lower-cased (ASCII letters) with its letters and capitals counted, in one pass.
+struct Folded {
+    lower: Vec<u8>,
+    letters: u32,
+    upper: u32,
+}
+
+impl Folded {
+    fn of(text: &str) -> Folded {
+        let bytes = text.as_bytes();
+        let mut lower = vec![0u8; bytes.len()];
+        // Without branches, so that the loop is vectorised.
+        let (mut letters, mut upper) = (0u32, 0u32);
+        for (out, &b) in lower.iter_mut().zip(bytes) {
+            let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+            let capital = letter & (b & 0x20 == 0);
+            letters += u32::from(letter);
+            upper += u32::from(capital);
+            *out = b | (u8::from(capital) << 5);
+        }
+        Folded { lower, letters, upper }
     }
-    letters as usize >= min_letters && f64::from(upper) / f64::from(letters) > ratio
+
+    fn shouting(&self, min_letters: usize, ratio: f64) -> bool {
+        self.letters as usize >= min_letters && f64::from(self.upper) / f64::from(self.letters) > ratio
+    }
 }
 
 fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envelope) -> (f64, Vec<String>) {
@@ -296,11 +315,12 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             }
         }
     }
-    if shouting(&facts.body, 50, 0.6) {
+    let folded = Folded::of(&facts.body);
+    if folded.shouting(50, 0.6) {
         hit("BODY_SHOUTING", 1.0);
     }
-    // "http://" and "https://", in one pass.
-    let body = facts.body.as_bytes();
+    // "http://" and "https://" in any case, in one pass.
+    let body = folded.lower.as_slice();
     let urls = memchr::memmem::find_iter(body, b"http")
         .filter(|&at| body[at + 4..].starts_with(b"://") || body[at + 4..].starts_with(b"s://"))
         .count();
@@ -324,16 +344,15 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             hit("FROM_FORGED_LOCAL", 2.0);
         }
     }
-    phrase_hits(config, facts, &mut hit);
+    phrase_hits(config, facts, body, &mut hit);
     let total = hits.iter().map(|(_, s)| s).sum();
     (total, hits.into_iter().map(|(n, _)| n).collect())
 }
 
 /// The phrase rules (the defaults and the configured ones) that match `facts`. Matching is
 /// case-insensitive for ASCII letters (byte-wise, fast).
-fn phrase_hits(config: &Config, facts: &Facts, hit: &mut impl FnMut(&str, f64)) {
+fn phrase_hits(config: &Config, facts: &Facts, body: &[u8], hit: &mut impl FnMut(&str, f64)) {
     let subject = facts.subject.clone().unwrap_or_default().to_ascii_lowercase();
-    let body = facts.body.to_ascii_lowercase();
     let phrases = PHRASES
         .iter()
         .filter(|_| config.default_phrases)
@@ -347,11 +366,11 @@ fn phrase_hits(config: &Config, facts: &Facts, hit: &mut impl FnMut(&str, f64)) 
     for rule in phrases {
         let needle = rule.contains.to_ascii_lowercase();
         let finder = memchr::memmem::Finder::new(needle.as_bytes());
-        let found_in = |text: &str| finder.find(text.as_bytes()).is_some();
+        let found_in = |text: &[u8]| finder.find(text).is_some();
         let found = match rule.field.to_lowercase().as_str() {
-            "subject" => found_in(&subject),
-            "body" => found_in(&body),
-            "any" => found_in(&subject) || found_in(&body),
+            "subject" => found_in(subject.as_bytes()),
+            "body" => found_in(body),
+            "any" => found_in(subject.as_bytes()) || found_in(body),
             name => facts
                 .headers
                 .iter()
