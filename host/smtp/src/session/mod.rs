@@ -352,17 +352,14 @@ impl<P: Pipeline> Session<P> {
             }
         };
         match destination {
-            Some(destination) => {
-                self.add_recipient(
-                    RoutedRecipient {
-                        mailbox,
-                        local: true,
-                        destination: Some(destination),
-                    },
-                    params,
-                );
-                self.reply(replies::RECIPIENT_OK);
-            }
+            Some(destination) => self.add_recipient(
+                RoutedRecipient {
+                    mailbox,
+                    local: true,
+                    destination: Some(destination),
+                },
+                params,
+            ),
             None => self.refuse_command(replies::UNKNOWN_USER),
         }
         Ok(())

@@ -34,6 +34,12 @@ impl Directory for TestDirectory {
                 Target::Remote(mb("carol", "far.example")),
             ])),
             "solo" => Some(Destination::Alias(vec![local("alice")])),
+            // Aliases of 600 addresses elsewhere each.
+            name @ ("crowd" | "horde") => Some(Destination::Alias(
+                (0..600)
+                    .map(|i| Target::Remote(mb(&format!("{name}{i}"), "far.example")))
+                    .collect(),
+            )),
             _ => None,
         }
     }
@@ -591,6 +597,24 @@ fn an_alias_adds_its_targets_once_and_counts_as_one_recipient() {
         carol.reverse_path(&h.spooled[0].message.envelope),
         "<SRS0=far.example=dan@example.org>"
     );
+}
+
+#[test]
+fn aliases_never_take_a_transaction_past_a_thousand_deliveries() {
+    let mut h = mx();
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<dan@far.example>", &["250 2.1.0"]),
+        ("RCPT TO:<crowd@example.org>", &["250 2.1.5"]),
+        ("RCPT TO:<team@example.org>", &["250 2.1.5"]),
+        // 603 + 600 > 1000: the client is told to send this one later.
+        ("RCPT TO:<horde@example.org>", &["452 4.5.3"]),
+        ("RCPT TO:<bob@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+    ]);
+    h.send(b"x\r\n.\r\n");
+    // bob came with the team already.
+    assert_eq!(h.spooled[0].message.envelope.recipients.len(), 603);
 }
 
 #[test]

@@ -16,6 +16,11 @@ use super::{
     State, Target,
 };
 
+/// The most recipients one transaction delivers to once its aliases are expanded (a
+/// hundred RCPTs to an alias of a thousand targets must not make a hundred thousand
+/// deliveries).
+pub(super) const MAX_DELIVERIES: usize = 1000;
+
 /// Where a transaction is.
 #[derive(Debug)]
 pub(super) enum Phase {
@@ -152,10 +157,7 @@ impl<P: Pipeline> Session<P> {
             return self.refuse_command(replies::UTF8_REQUIRED);
         }
         match P::check_recipient(&path, self.directory.as_ref()) {
-            Ok(routed) => {
-                self.add_recipient(routed, params);
-                self.reply(replies::RECIPIENT_OK);
-            }
+            Ok(routed) => self.add_recipient(routed, params),
             Err(reply) if reply == replies::UNKNOWN_USER && self.directory.looks_up_unknown() => {
                 // A local address the directory does not know: the host asks its outside
                 // user database before the answer.
@@ -171,13 +173,25 @@ impl<P: Pipeline> Session<P> {
         }
     }
 
-    /// Adds a recipient to the open transaction: the address itself, or the targets of
-    /// the alias it is, each once.
+    /// Adds a recipient to the open transaction (the address itself, or the targets of
+    /// the alias it is, each once) and answers the RCPT: `250`, or `452 4.5.3` when its
+    /// targets would take the transaction past [`MAX_DELIVERIES`].
     pub(super) fn add_recipient(&mut self, routed: RoutedRecipient, params: RcptParams) {
+        let Some(txn) = self.txn.as_mut() else {
+            return self.reply(replies::MAIL_FIRST);
+        };
+        let adds = match &routed.destination {
+            Some(Destination::Alias(targets)) => targets.len(),
+            _ => 1,
+        };
+        if txn.recipients.len() + adds > MAX_DELIVERIES {
+            return self.reply(replies::TOO_MANY_RECIPIENTS);
+        }
+        txn.accepted_rcpts += 1;
+        self.reply(replies::RECIPIENT_OK);
         let Some(txn) = self.txn.as_mut() else {
             return;
         };
-        txn.accepted_rcpts += 1;
         let RoutedRecipient {
             mailbox,
             local,
