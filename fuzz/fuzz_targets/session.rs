@@ -9,9 +9,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use portcullis_smtp::session::{AuthOutcome, TlsInfo};
+use portcullis_smtp::session::{AuthOutcome, Target, TlsInfo};
 use portcullis_smtp::{
-    Action, Directory, Limits, Mailbox, Mx, Pipeline, Session, Settings, Submission, Verdict,
+    Action, Destination, Directory, Limits, Mailbox, Mx, Pipeline, Session, Settings, Submission, Verdict,
 };
 
 struct Everyone;
@@ -23,9 +23,35 @@ impl Directory for Everyone {
     fn is_local_domain(&self, domain: &str) -> bool {
         domain == "example.org"
     }
-    fn resolve(&self, address: &Mailbox) -> Option<Mailbox> {
+    /// alice's mailbox, and `team@`, an alias of alice and an address elsewhere.
+    fn resolve(&self, address: &Mailbox) -> Option<Destination> {
         let owner = address.without_detail();
-        (owner.local == "alice").then_some(owner)
+        match owner.local.as_str() {
+            "alice" => Some(Destination::Mailbox(owner)),
+            "team" => Some(Destination::Alias(vec![
+                Target::Local {
+                    address: Mailbox {
+                        local: "alice".into(),
+                        domain: "example.org".into(),
+                    },
+                    mailbox: Mailbox {
+                        local: "alice".into(),
+                        domain: "example.org".into(),
+                    },
+                },
+                Target::Remote(Mailbox {
+                    local: "bob".into(),
+                    domain: "far.example".into(),
+                }),
+            ])),
+            _ => None,
+        }
+    }
+    fn forwarding_sender(&self, sender: &Mailbox, alias: &Mailbox) -> Option<Mailbox> {
+        Some(Mailbox {
+            local: format!("SRS0={}", sender.local),
+            domain: alias.domain.clone(),
+        })
     }
     fn may_send_as(&self, _: &str, _: &Mailbox) -> bool {
         true

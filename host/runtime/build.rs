@@ -26,6 +26,10 @@ const OUTPUTS: &[&str] = &[
 ];
 
 fn main() {
+    // Without the engine there is nothing to embed, and nothing to build.
+    if env::var_os("CARGO_FEATURE_ENGINE").is_none() {
+        return;
+    }
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     let plugins = root.join("plugins");

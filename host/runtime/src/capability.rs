@@ -6,9 +6,7 @@
 //! (its store is dropped), and every wait ends at the plugin's deadline (the call's future
 //! is dropped).
 
-use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};
@@ -19,91 +17,12 @@ use wasmtime::component::Resource;
 
 use crate::bindings::virus::portcullis::filter::{connect, dns};
 use crate::host::State;
+pub use crate::spec::{DEFAULT_CONNECT_BYTES, DEFAULT_DNS_LOOKUPS, Endpoint, Grants};
 
-/// Lookups one call may make unless `[[plugin]] dns-lookups` says otherwise.
-pub const DEFAULT_DNS_LOOKUPS: u32 = 100;
-/// Octets one call may read and write over its connections unless `[[plugin]]
-/// connect-bytes` says otherwise.
-pub const DEFAULT_CONNECT_BYTES: u64 = 64 << 20;
 /// The largest chunk one `read` returns.
 const MAX_READ: u32 = 1 << 20;
 /// Connections one call may hold open at once.
 const MAX_CONNECTIONS: usize = 16;
-
-/// A service a plugin may be granted a connection to.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
-    /// A Unix domain socket (`unix:/run/clamav/clamd.ctl`).
-    Unix(PathBuf),
-    /// A TCP address with an IP literal (`tcp:127.0.0.1:11333`, `tcp:[::1]:3310`).
-    Tcp(SocketAddr),
-}
-
-impl Endpoint {
-    /// Parses `unix:/absolute/path` or `tcp:IP:PORT`.
-    pub fn parse(text: &str) -> Result<Endpoint, String> {
-        if let Some(path) = text.strip_prefix("unix:") {
-            if !path.starts_with('/') {
-                return Err(format!("{text:?}: a unix endpoint needs an absolute path"));
-            }
-            return Ok(Endpoint::Unix(PathBuf::from(path)));
-        }
-        if let Some(address) = text.strip_prefix("tcp:") {
-            return address.parse().map(Endpoint::Tcp).map_err(|_| {
-                format!("{text:?}: a tcp endpoint is an IP address and a port, such as tcp:127.0.0.1:11333")
-            });
-        }
-        Err(format!("{text:?}: an endpoint is unix:/path or tcp:IP:PORT"))
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
-            Endpoint::Tcp(address) => write!(f, "tcp:{address}"),
-        }
-    }
-}
-
-/// The capabilities granted to one plugin, from its `[[plugin]]` section.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Grants {
-    /// `grant-dns`.
-    pub dns: bool,
-    /// `dns-lookups`: most lookups per call.
-    pub dns_lookups: u32,
-    /// `grant-connect`: the endpoints it may open.
-    pub connect: Vec<Endpoint>,
-    /// `connect-bytes`: most octets read and written per call, over all its connections.
-    pub connect_bytes: u64,
-}
-
-impl Default for Grants {
-    fn default() -> Self {
-        Grants {
-            dns: false,
-            dns_lookups: DEFAULT_DNS_LOOKUPS,
-            connect: Vec::new(),
-            connect_bytes: DEFAULT_CONNECT_BYTES,
-        }
-    }
-}
-
-impl Grants {
-    /// What the plugin may reach, one phrase per capability, for `check-config` and the
-    /// load log; empty when nothing is granted.
-    pub fn describe(&self) -> Vec<String> {
-        let mut said = Vec::new();
-        if self.dns {
-            said.push(format!("may look up DNS ({} lookups per call)", self.dns_lookups));
-        }
-        for endpoint in &self.connect {
-            said.push(format!("may connect to {endpoint}"));
-        }
-        said
-    }
-}
 
 /// What one call has used of its grants.
 #[derive(Debug, Default)]

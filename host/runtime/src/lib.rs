@@ -18,17 +18,38 @@
 //! - [`set`]: the configured plugins per hook, each in a slot that is swapped atomically,
 //!   and the file watcher that does it.
 //! - [`builtin`]: the example plugins built with the host, embedded in the binary.
+//! - [`spec`]: what the configuration says of a plugin (all there is without the `engine`
+//!   feature, which is on by default).
 
+#[cfg(feature = "engine")]
 pub mod bindings;
+#[cfg(feature = "engine")]
 pub mod builtin;
+#[cfg(feature = "engine")]
 pub mod capability;
+#[cfg(feature = "engine")]
 mod compat;
+#[cfg(feature = "engine")]
 pub mod host;
+#[cfg(feature = "engine")]
 pub mod plugin;
+#[cfg(feature = "engine")]
 pub mod runtime;
+#[cfg(feature = "engine")]
 pub mod set;
+pub mod spec;
 
-pub use plugin::{OnError, PluginError, PluginSpec, world};
+/// Without the `engine` feature: the capabilities a plugin may be granted, as types only.
+#[cfg(not(feature = "engine"))]
+pub mod capability {
+    pub use crate::spec::{DEFAULT_CONNECT_BYTES, DEFAULT_DNS_LOOKUPS, Endpoint, Grants};
+}
+
+#[cfg(feature = "engine")]
+pub use plugin::{PluginError, world};
 pub use portcullis_smtp::Hook;
+#[cfg(feature = "engine")]
 pub use runtime::{Contract, LoadError, LoadedPlugin, Runtime, RuntimeConfig, ScanOutcome, SpamOutcome};
+#[cfg(feature = "engine")]
 pub use set::{PluginSet, Slot};
+pub use spec::{OnError, PluginSpec};

@@ -1,12 +1,12 @@
-//! What a plugin is to the host: its spec from the config, its failure policy, its errors,
-//! and the checks applied to everything it returns.
+//! What a plugin is to the host: its errors and the checks applied to everything it
+//! returns (its spec and failure policy are in [`crate::spec`], re-exported here).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use portcullis_smtp::{Enhanced, Hook, Reply, Verdict, replies};
+use portcullis_smtp::{Enhanced, Hook, Reply, Verdict};
 
 use crate::bindings::types;
+pub use crate::spec::{OnError, PluginSpec};
 
 /// The WIT world a plugin for `hook` must target.
 pub fn world(hook: Hook) -> &'static str {
@@ -54,65 +54,6 @@ pub fn check_granted(dir: &std::path::Path) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// What happens to the message when a plugin fails (trap, timeout, memory, bad result).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum OnError {
-    /// `451 4.3.0`: the client retries later. The default: nothing is lost.
-    #[default]
-    Defer,
-    /// Carry on as if the plugin had accepted.
-    Accept,
-    /// `554 5.7.0`: refuse the message.
-    Reject,
-}
-
-impl OnError {
-    /// Parses the config name.
-    pub fn parse(name: &str) -> Option<Self> {
-        match name {
-            "defer" => Some(OnError::Defer),
-            "accept" => Some(OnError::Accept),
-            "reject" => Some(OnError::Reject),
-            _ => None,
-        }
-    }
-
-    /// The verdict the policy stands for.
-    pub fn verdict(self) -> Verdict {
-        match self {
-            OnError::Defer => Verdict::Defer(replies::HOOK_DEFERRED),
-            OnError::Accept => Verdict::Accept,
-            OnError::Reject => Verdict::Reject(replies::REFUSED_BY_FILTER),
-        }
-    }
-}
-
-/// One `[[plugin]]` entry, validated.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PluginSpec {
-    /// A name for logs (default: the file's stem).
-    pub name: String,
-    /// The hook it serves.
-    pub hook: Hook,
-    /// The component file.
-    pub path: PathBuf,
-    /// Wall-clock limit of one call, instantiation included.
-    pub timeout: Duration,
-    /// Cap of each linear memory, in bytes.
-    pub memory: usize,
-    /// The failure policy.
-    pub on_error: OnError,
-    /// The `[plugin.config]` table.
-    pub config: serde_json::Map<String, serde_json::Value>,
-    /// A host directory the plugin may read, seen as `/data` inside.
-    pub grant_dir: Option<PathBuf>,
-    /// DNS and connections granted to it (contract 0.2.0).
-    pub grants: crate::capability::Grants,
-    /// An auth plugin's accepts are remembered this long (`[[plugin]] cache`); `None`:
-    /// the plugin decides every time.
-    pub cache: Option<Duration>,
 }
 
 /// Why a plugin call produced no usable answer.

@@ -319,8 +319,8 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
     if folded.shouting(50, 0.6) {
         hit("BODY_SHOUTING", 1.0);
     }
-    // "http://" and "https://" in any case, in one pass.
-    let body = folded.lower.as_slice();
+    // "http://" and "https://", in one pass (as written: "HTTP://" is not counted).
+    let body = facts.body.as_bytes();
     let urls = memchr::memmem::find_iter(body, b"http")
         .filter(|&at| body[at + 4..].starts_with(b"://") || body[at + 4..].starts_with(b"s://"))
         .count();
@@ -344,7 +344,7 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             hit("FROM_FORGED_LOCAL", 2.0);
         }
     }
-    phrase_hits(config, facts, body, &mut hit);
+    phrase_hits(config, facts, &folded.lower, &mut hit);
     let total = hits.iter().map(|(_, s)| s).sum();
     (total, hits.into_iter().map(|(n, _)| n).collect())
 }
