@@ -284,7 +284,11 @@ impl Folded {
             upper += u32::from(capital);
             *out = b | (u8::from(capital) << 5);
         }
-        Folded { lower, letters, upper }
+        Folded {
+            lower,
+            letters,
+            upper,
+        }
     }
 
     fn shouting(&self, min_letters: usize, ratio: f64) -> bool {
