@@ -147,17 +147,7 @@ fn an_alias_fans_out_here_and_to_postfix_with_srs_and_bounces_come_back() {
         postfix.addr
     ));
     setup.add_user("bob", PASSWORD);
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("check-config");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = checked(setup.config());
     assert!(
         said.contains("1 alias(es); copies forwarded elsewhere are sent with the sender rewritten by SRS"),
         "{said}"
@@ -371,11 +361,7 @@ fn check_config_refuses_loops_empty_aliases_and_forwarding_without_a_secret() {
             let config = std::fs::read_to_string(setup.config()).expect("config");
             std::fs::write(setup.config(), config + &extra).expect("config");
             std::fs::write(setup.dir.path().join("aliases.toml"), aliases).expect("aliases");
-            let out = Command::new(binary())
-                .args(["check-config", "--config"])
-                .arg(setup.config())
-                .output()
-                .expect("check-config");
+            let out = check_config(setup.config());
             let said = String::from_utf8_lossy(&out.stderr);
             assert!(
                 !out.status.success() && said.contains(says),
@@ -386,11 +372,7 @@ fn check_config_refuses_loops_empty_aliases_and_forwarding_without_a_secret() {
     // A target that is no account is warned about, not refused: accounts come and go.
     let setup =
         Setup::new("\n[aliases]\n\"a@example.org\" = [\"gone@example.org\", \"alice@example.org\"]\n");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("check-config");
+    let out = check_config(setup.config());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(

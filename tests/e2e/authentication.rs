@@ -184,11 +184,7 @@ fn submitted_mail_is_signed_with_every_key_of_its_domain_and_dkimpy_verifies_bot
 #[test]
 fn a_dkim_key_that_does_not_load_is_a_check_config_problem() {
     let setup = Setup::new("[[dkim]]\ndomain = \"example.org\"\nselector = \"s1\"\nkey = \"missing.pem\"\n");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("run check-config");
+    let out = check_config(setup.config());
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

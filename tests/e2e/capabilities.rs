@@ -79,22 +79,12 @@ fn milter_setup(hook: &str, addr: std::net::SocketAddr) -> Setup {
     })
 }
 
-fn check_config(setup: &Setup) -> String {
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("check-config");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 fn clamav_plugin_asks_a_real_clamd_on_both_pipelines() {
     let mut clamd = Clamd::start("10M");
     let socket = format!("unix:{}", clamd.socket.display());
     let setup = setup_with(|s| clamav_section(s, &format!("{socket:?}"), &socket, "max-size = 200000"));
-    let said = check_config(&setup);
+    let said = checked(setup.config());
     assert!(
         said.contains("virus: clamav (clamav.wasm, portcullis:filter@0.2.0) may connect to unix:"),
         "{said}"
@@ -260,7 +250,7 @@ mode = "lookups"
             hostile = hostile.display()
         )
     });
-    let said = check_config(&setup);
+    let said = checked(setup.config());
     assert!(
         said.contains(&format!(
             "spam: sneaky (hostile.wasm, portcullis:filter@0.2.0) may connect to tcp:{granted_at}"
@@ -387,7 +377,7 @@ mode = "facts"
             hostile = s.plugin("hostile.wasm").display()
         )
     });
-    let said = check_config(&setup);
+    let said = checked(setup.config());
     assert!(
         said.contains("spam: legacy (legacy.wasm, portcullis:filter@0.1.0)"),
         "{said}"
@@ -601,7 +591,7 @@ action = "reject"
     );
     let config = std::fs::read_to_string(setup.config()).expect("config") + &section;
     std::fs::write(setup.config(), config).expect("config");
-    let said = check_config(&setup);
+    let said = checked(setup.config());
     assert!(
         said.contains(
             "spam: dnsbl (dnsbl.wasm, portcullis:filter@0.2.0) may look up DNS (100 lookups per call)"
@@ -688,7 +678,7 @@ address = "tcp:{at}"
             at = rspamd.normal
         )
     });
-    let said = check_config(&setup);
+    let said = checked(setup.config());
     assert!(
         said.contains(&format!(
             "spam: rspamd (rspamd.wasm, portcullis:filter@0.2.0) may connect to tcp:{}",

@@ -7,11 +7,7 @@ use crate::harness::*;
 #[test]
 fn check_config_accepts_a_good_file_and_names_the_bad_key() {
     let setup = Setup::new("");
-    let ok = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("run");
+    let ok = check_config(setup.config());
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert!(String::from_utf8_lossy(&ok.stdout).contains("OK"));
 
@@ -29,11 +25,7 @@ fn check_config_accepts_a_good_file_and_names_the_bad_key() {
     for (text, needle) in cases {
         let path = setup.dir.path().join("bad.toml");
         std::fs::write(&path, text).expect("write");
-        let out = Command::new(binary())
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run");
+        let out = check_config(&path);
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{err:?} should mention {needle:?}");
@@ -71,11 +63,7 @@ fn check_config_reports_every_problem_at_once() {
          [limits]\nrecipients = 0\n[[plugin]]\nhook = \"antivirus\"\npath = \"x.wasm\"\n",
     )
     .expect("write");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for key in [
@@ -95,11 +83,7 @@ fn check_config_reports_every_problem_at_once() {
         );
     let text = text.replacen("cert = \"cert.pem\"", "cert = \"missing.pem\"", 1);
     std::fs::write(&path, text).expect("write");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .expect("run");
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -226,13 +210,7 @@ fn a_running_daemon_picks_up_user_changes_at_once_and_keeps_the_file_owner() {
 #[test]
 fn the_example_configs_are_what_they_say() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
-    let check = |file: &str| {
-        Command::new(binary())
-            .args(["check-config", "--config"])
-            .arg(examples.join(file))
-            .output()
-            .expect("check-config")
-    };
+    let check = |file: &str| check_config(examples.join(file));
     // dev.toml is the embedded default: valid on a fresh checkout, with all four plugins.
     let dev = check("dev.toml");
     let said = String::from_utf8_lossy(&dev.stdout);
@@ -266,11 +244,7 @@ fn the_example_configs_are_what_they_say() {
 #[test]
 fn check_config_warns_about_an_mx_without_checks_and_refuses_an_unknown_user() {
     let setup = Setup::new("");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("run");
+    let out = check_config(setup.config());
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for what in ["virus", "spam"] {
@@ -284,11 +258,7 @@ fn check_config_warns_about_an_mx_without_checks_and_refuses_an_unknown_user() {
     daemon.wait_log("the MX pipeline runs with NO virus check");
 
     setup.edit_config("run-as-root = true", "user = \"no-such-user-here\"");
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("run");
+    let out = check_config(setup.config());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.user: no user \"no-such-user-here\""));
 }

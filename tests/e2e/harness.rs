@@ -303,6 +303,27 @@ fn field(line: &str, name: &str) -> Option<String> {
 
 /// Runs a Python script (`python3 -c`) with `args`, asserts it succeeded, and returns what
 /// it printed: Python's smtplib and imaplib are the real clients many tests need.
+/// `portcullis check-config --config CONFIG`: its exit status and what it printed.
+pub fn check_config(config: impl AsRef<Path>) -> std::process::Output {
+    Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(config.as_ref())
+        .output()
+        .expect("run check-config")
+}
+
+/// What `check-config` printed for CONFIG, which it must accept.
+pub fn checked(config: impl AsRef<Path>) -> String {
+    let out = check_config(config);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
 pub fn python(script: &str, args: &[&str]) -> String {
     let out = Command::new("python3")
         .arg("-c")

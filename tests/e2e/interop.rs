@@ -3,7 +3,6 @@
 //! parameters, lenient envelopes, SMTPUTF8, IPv6), and a real Dovecot reading the Maildir.
 
 use std::path::Path;
-use std::process::Command;
 
 use portcullis_testkit::dovecot::{Dovecot, Mail};
 
@@ -152,13 +151,7 @@ fn mail_real_senders_send_on_mx_arrives_where_its_reader_looks() {
 fn a_named_postmaster_strict_syntax_and_bare_lf_rejected() {
     // The default config warns that nobody reads postmaster mail.
     let plain = Setup::new("");
-    let check = |setup: &Setup| {
-        Command::new(binary())
-            .args(["check-config", "--config"])
-            .arg(setup.config())
-            .output()
-            .expect("check-config")
-    };
+    let check = |setup: &Setup| check_config(setup.config());
     let out = check(&plain);
     assert!(out.status.success());
     assert!(

@@ -27,17 +27,7 @@ fn dovecot_checks_passwords_and_recipients_and_nothing_passes_while_it_is_away()
     let setup = Setup::new(&format!(
         "dovecot = \"{endpoint}\"\ndovecot-userdb = \"{userdb}\"\n"
     ));
-    let out = Command::new(binary())
-        .args(["check-config", "--config"])
-        .arg(setup.config())
-        .output()
-        .expect("check-config");
-    let said = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = checked(setup.config());
     assert!(
         said.contains(&format!("the users file's accounts, then Dovecot at {endpoint}"))
             && said.contains(&format!("looked up in Dovecot's userdb at {userdb}")),
