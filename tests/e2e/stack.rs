@@ -284,8 +284,10 @@ fn lmtp_delivers_into_dovecot_per_recipient_and_nothing_acknowledged_is_lost() {
         None,
         &["full@example.org"],
     );
+    // An alias of two of Dovecot's users, whom the users file does not hold.
     let setup = Setup::new(&format!(
-        "dovecot-userdb = \"unix:{}\"\n\n[delivery]\nlocal = \"lmtp\"\nlmtp = \"unix:{}\"\n",
+        "dovecot-userdb = \"unix:{}\"\n\n[delivery]\nlocal = \"lmtp\"\nlmtp = \"unix:{}\"\n\n\
+         [aliases]\n\"team@example.org\" = [\"dave@example.org\", \"erin@example.org\"]\n",
         dovecot.auth_userdb.display(),
         dovecot.lmtp.display()
     ));
@@ -368,6 +370,29 @@ fn lmtp_delivers_into_dovecot_per_recipient_and_nothing_acknowledged_is_lost() {
     let (inbox, _) = imap_all(&dovecot, "alice@example.org", "alice-imap");
     assert_eq!(inbox.len(), 1);
     assert!(String::from_utf8_lossy(&inbox[0]).contains("Subject: while dovecot was away"));
+
+    // The alias: one RCPT, a copy for each of its targets over LMTP.
+    let mut m = Raw::connect(daemon.addr("mx"));
+    assert!(m.cmd("EHLO far.example").starts_with("250"));
+    assert!(m.cmd("MAIL FROM:<carol@far.example>").starts_with("250"));
+    assert!(m.cmd("RCPT TO:<team@example.org>").starts_with("250"));
+    assert!(m.cmd("DATA").starts_with("354"));
+    let reply =
+        m.cmd("From: carol@far.example\r\nTo: team@example.org\r\nSubject: to the team\r\n\r\nhi\r\n.");
+    assert!(reply.starts_with("250"), "{reply}");
+    daemon.wait_log_count("delivered over LMTP", 6);
+    for (user, password) in [
+        ("dave@example.org", "dave-secret"),
+        ("erin@example.org", "erin-secret"),
+    ] {
+        let (inbox, _) = imap_all(&dovecot, user, password);
+        assert!(
+            inbox
+                .iter()
+                .any(|m| String::from_utf8_lossy(m).contains("Subject: to the team")),
+            "{user}"
+        );
+    }
     // Nothing was written into Maildirs of ours.
     assert!(!setup.data().join("mail/example.org/dave").exists());
 }

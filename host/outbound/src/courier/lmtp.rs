@@ -164,19 +164,28 @@ impl LmtpCourier {
     }
 }
 
-/// The address the LMTP server gets for recipient `index`: the address as it was given,
-/// or for a junk message the recipient's mailbox with the `+Junk` detail.
+/// The address the LMTP server gets for recipient `index`: the address as it was given
+/// (with its `+detail`, for Sieve) when it names its mailbox, else the mailbox it resolved
+/// to (`postmaster@` of `[domains] postmaster`, a role address an alias names); for a junk
+/// message the mailbox with the `+Junk` detail.
 fn lmtp_recipient(entry: &Entry, index: usize) -> String {
     let recipient = &entry.envelope.recipients[index];
+    let owner = recipient
+        .deliver_to
+        .clone()
+        .unwrap_or_else(|| recipient.mailbox.without_detail());
     match entry.folder {
-        Folder::Junk => {
-            let owner = recipient
-                .deliver_to
-                .clone()
-                .unwrap_or_else(|| recipient.mailbox.without_detail());
-            format!("{}+Junk@{}", owner.local, owner.domain)
+        Folder::Junk => format!("{}+Junk@{}", owner.local, owner.domain),
+        Folder::Inbox => {
+            let named = recipient.mailbox.without_detail();
+            if named.local.eq_ignore_ascii_case(&owner.local)
+                && named.domain.eq_ignore_ascii_case(&owner.domain)
+            {
+                recipient.mailbox.to_string()
+            } else {
+                owner.to_string()
+            }
         }
-        Folder::Inbox => recipient.mailbox.to_string(),
     }
 }
 
@@ -253,5 +262,46 @@ impl Courier for LmtpCourier {
 
     fn retry_after(&self, attempts: u32) -> Duration {
         RETRY[(attempts as usize).saturating_sub(1).min(RETRY.len() - 1)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_smtp::envelope::{Envelope, Recipient};
+
+    #[test]
+    fn the_lmtp_server_gets_the_address_that_names_the_mailbox() {
+        let mb = |text: &str| portcullis_smtp::address::parse_mailbox(text).expect("address");
+        let alice = mb("alice@example.org");
+        let mut entry = Entry {
+            id: portcullis_spool::QueueId::generate(),
+            received_at: 0,
+            envelope: Envelope {
+                mail_from: None,
+                params: Default::default(),
+                recipients: vec![
+                    Recipient::local(mb("Alice+lists@example.org"), Default::default(), alice.clone()),
+                    // A role address that resolves to another account's mailbox.
+                    Recipient::local(mb("postmaster@example.org"), Default::default(), alice.clone()),
+                ],
+            },
+            pending: vec![0, 1],
+            folder: Folder::Inbox,
+            size: 0,
+            head: String::new(),
+            omit: Vec::new(),
+            attempts: 0,
+            next_attempt: 0,
+            last_error: Default::default(),
+            delay_notified: false,
+            checksum: None,
+            success_notices: false,
+        };
+        assert_eq!(lmtp_recipient(&entry, 0), "Alice+lists@example.org");
+        assert_eq!(lmtp_recipient(&entry, 1), "alice@example.org");
+        entry.folder = Folder::Junk;
+        assert_eq!(lmtp_recipient(&entry, 0), "alice+Junk@example.org");
+        assert_eq!(lmtp_recipient(&entry, 1), "alice+Junk@example.org");
     }
 }
