@@ -105,6 +105,27 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A message just accepted: every recipient pending, no attempt made, nothing in front
+    /// of or left out of its content (the spool fills those in).
+    pub fn new(id: QueueId, received_at: u64, envelope: Envelope, folder: Folder) -> Entry {
+        Entry {
+            pending: (0..envelope.recipients.len()).collect(),
+            id,
+            received_at,
+            envelope,
+            folder,
+            size: 0,
+            head: String::new(),
+            omit: Vec::new(),
+            attempts: 0,
+            next_attempt: 0,
+            last_error: BTreeMap::new(),
+            delay_notified: false,
+            checksum: None,
+            success_notices: false,
+        }
+    }
+
     /// The pending recipients in one of our domains (delivered into a mailbox).
     pub fn pending_local(&self) -> Vec<usize> {
         self.pending_where(true)

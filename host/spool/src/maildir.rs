@@ -494,10 +494,10 @@ mod tests {
             sender: None,
             reports_expansion: false,
         };
-        let entry = Entry {
-            id: crate::QueueId::parse("0000000000000A0001").unwrap(),
-            received_at: 7,
-            envelope: Envelope {
+        let entry = Entry::new(
+            crate::QueueId::parse("0000000000000A0001").unwrap(),
+            7,
+            Envelope {
                 mail_from: Some(Mailbox {
                     local: "sender".into(),
                     domain: "far.example".into(),
@@ -510,18 +510,8 @@ mod tests {
                     recipient("alice+old", None),
                 ],
             },
-            pending: vec![0, 1, 2],
-            folder: Folder::Junk,
-            size: 0,
-            head: String::new(),
-            omit: Vec::new(),
-            attempts: 0,
-            next_attempt: 0,
-            last_error: Default::default(),
-            delay_notified: false,
-            checksum: None,
-            success_notices: false,
-        };
+            Folder::Junk,
+        );
         for index in 0..3 {
             let copy = Copy::of(&entry, index).unwrap();
             assert_eq!(

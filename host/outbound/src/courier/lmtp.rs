@@ -274,10 +274,10 @@ mod tests {
     fn the_lmtp_server_gets_the_address_that_names_the_mailbox() {
         let mb = |text: &str| portcullis_smtp::address::parse_mailbox(text).expect("address");
         let alice = mb("alice@example.org");
-        let mut entry = Entry {
-            id: portcullis_spool::QueueId::generate(),
-            received_at: 0,
-            envelope: Envelope {
+        let mut entry = Entry::new(
+            portcullis_spool::QueueId::generate(),
+            0,
+            Envelope {
                 mail_from: None,
                 params: Default::default(),
                 recipients: vec![
@@ -286,18 +286,8 @@ mod tests {
                     Recipient::local(mb("postmaster@example.org"), Default::default(), alice.clone()),
                 ],
             },
-            pending: vec![0, 1],
-            folder: Folder::Inbox,
-            size: 0,
-            head: String::new(),
-            omit: Vec::new(),
-            attempts: 0,
-            next_attempt: 0,
-            last_error: Default::default(),
-            delay_notified: false,
-            checksum: None,
-            success_notices: false,
-        };
+            Folder::Inbox,
+        );
         assert_eq!(lmtp_recipient(&entry, 0), "Alice+lists@example.org");
         assert_eq!(lmtp_recipient(&entry, 1), "alice@example.org");
         entry.folder = Folder::Junk;

@@ -6,7 +6,6 @@
 //! releases both at the end. The format is [`crate::file`]'s; when writes become durable,
 //! [`flush`]'s.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -234,20 +233,16 @@ impl Spool {
             )));
         }
         let entry = Entry {
-            pending: (0..incoming.envelope.recipients.len()).collect(),
-            id: incoming.id.clone(),
-            received_at,
-            envelope: incoming.envelope.clone(),
-            folder: incoming.folder,
             size: incoming.head.len() as u64 + content.len() - crate::entry::omitted(incoming.omit),
             head: incoming.head.to_string(),
             omit: incoming.omit.to_vec(),
-            attempts: 0,
-            next_attempt: 0,
-            last_error: BTreeMap::new(),
-            delay_notified: false,
-            checksum: None,
             success_notices: incoming.success_notices,
+            ..Entry::new(
+                incoming.id.clone(),
+                received_at,
+                incoming.envelope.clone(),
+                incoming.folder,
+            )
         };
         let meta = metadata_line(&entry)?;
         let first = header_v3(content.len(), content.checksum(), &meta);
