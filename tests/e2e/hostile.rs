@@ -1,7 +1,6 @@
 //! Hostile input sent raw over real sockets: SMTP smuggling and STARTTLS command injection.
 
 use std::io::{BufRead, BufReader, Write};
-use std::sync::Arc;
 
 use crate::harness::*;
 
@@ -92,22 +91,6 @@ fn smuggling_variants_never_make_a_second_message() {
     }
 }
 
-fn tls_client(setup: &Setup) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    let der = rustls::pki_types::CertificateDer::from_pem_slice(setup.cert_pem.as_bytes()).expect("pem");
-    roots.add(der).expect("root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-use rustls::pki_types::pem::PemObject;
-
 #[test]
 fn commands_pipelined_after_starttls_are_discarded() {
     let setup = Setup::new("");
@@ -118,9 +101,11 @@ fn commands_pipelined_after_starttls_are_discarded() {
         // The injection rides in the same packet as STARTTLS (CVE-2011-0411).
         c.send(b"STARTTLS\r\nEHLO injected.example\r\nMAIL FROM:<alice@example.org>\r\n");
         assert!(c.reply().starts_with("220 2.0.0"));
-        let connection =
-            rustls::ClientConnection::new(tls_client(&setup), "localhost".try_into().expect("name"))
-                .expect("client");
+        let connection = rustls::ClientConnection::new(
+            TlsRaw::config(&setup.cert_pem),
+            "localhost".try_into().expect("name"),
+        )
+        .expect("client");
         let tcp = c.stream.try_clone().expect("clone");
         let mut tls = rustls::StreamOwned::new(connection, tcp);
         // Inside TLS: had the injected commands run, a transaction would be open and this
