@@ -195,12 +195,13 @@ impl Hooks {
             {
                 return cache_hit(&plugin.meta.name, account);
             }
+            // A turn is taken once, by the first plugin that must be asked.
             if turn.is_none() {
-                turn = Some(self.turn(wait).await);
+                let Some(permit) = self.turn(wait).await else {
+                    return AuthOutcome::TempFail;
+                };
+                turn = Some(permit);
             }
-            let Some(Some(_)) = &turn else {
-                return AuthOutcome::TempFail;
-            };
             let started = Instant::now();
             let outcome = match runtime.authenticate(&plugin, info, &credentials).await {
                 Ok(outcome) => outcome,
