@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
@@ -81,8 +81,9 @@ pub struct Accounts {
     aliases: AliasTable,
     /// The SRS rewriting of `[aliases] srs-secret`.
     srs: Option<Srs>,
-    /// Credentials verified lately (`[auth] cache-ttl`), this generation's own.
-    cache: AuthCache,
+    /// Credentials verified lately (`[auth] cache-ttl`), this generation's own, or shared
+    /// with the generation before when the passwords are the same ([`Accounts::keep_cache_of`]).
+    cache: Arc<AuthCache>,
     /// How long the users file's accepts are remembered.
     cache_ttl: std::time::Duration,
 }
@@ -309,9 +310,20 @@ impl Accounts {
             userdb: false,
             aliases: AliasTable::default(),
             srs: None,
-            cache: AuthCache::default(),
+            cache: Arc::default(),
             cache_ttl: std::time::Duration::ZERO,
         })
+    }
+
+    /// Takes over the auth cache of `before` when every account has the password it had
+    /// there (a reload that changed aliases only, or nothing: `portcullis user` asks the
+    /// daemon and the file watcher sees the write too): what it verified still holds.
+    /// Any password added, changed or removed starts an empty cache.
+    pub fn keep_cache_of(mut self, before: &Accounts) -> Self {
+        if self.hashes == before.hashes && self.cache_ttl == before.cache_ttl {
+            self.cache = Arc::clone(&before.cache);
+        }
+        self
     }
 
     /// Remembers the users file's accepts for `ttl` (zero: not at all).
@@ -722,6 +734,36 @@ mod tests {
         );
         assert!(accounts.may_send_as("alice@example.org", &mb("ALICE")));
         assert!(!accounts.may_send_as("alice@example.org", &mb("bob")));
+    }
+
+    #[test]
+    fn a_reread_keeps_the_auth_cache_only_while_every_password_is_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.toml");
+        let domains = vec!["example.org".to_string()];
+        let users = UsersEditor::new(&path, &domains, None);
+        users.add("alice", "pw").unwrap();
+        let load = || {
+            Accounts::load(&path, &domains)
+                .unwrap()
+                .with_cache_ttl(std::time::Duration::from_secs(600))
+        };
+        let creds = Credentials {
+            mechanism: Mechanism::Plain,
+            authzid: None,
+            username: "alice".into(),
+            password: "pw".into(),
+        };
+        let first = load();
+        assert!(matches!(first.verify(&creds), AuthOutcome::Accept { .. }));
+        assert_eq!(first.cached(&creds).as_deref(), Some("alice@example.org"));
+        // Read again with nothing changed: what was verified is still remembered.
+        let same = load().keep_cache_of(&first);
+        assert_eq!(same.cached(&creds).as_deref(), Some("alice@example.org"));
+        // Another account added: a password changed the file, the cache starts empty.
+        users.add("bob", "pw").unwrap();
+        let changed = load().keep_cache_of(&same);
+        assert_eq!(changed.cached(&creds), None);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 //!   outside this process.
 //! - Only successes are remembered; a failure is checked in full every time, and the
 //!   cross-session guessing throttle is asked before the cache is.
-//! - The cache of the users file belongs to one generation of the accounts: a change of the
-//!   users file, or a reload, starts with an empty one.
+//! - The cache of the users file belongs to the accounts' passwords: a change of any
+//!   password in the users file, or a SIGHUP reload, starts with an empty one.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

@@ -102,7 +102,7 @@ impl Live {
     /// This generation with the accounts and aliases read again from the users file and
     /// the aliases file (one of them changed; nothing else did).
     pub fn reload_accounts(&self) -> Result<Live, crate::accounts::AccountsError> {
-        let accounts = Accounts::for_config(&self.config)?;
+        let accounts = Accounts::for_config(&self.config)?.keep_cache_of(&self.accounts);
         Ok(self.with_accounts(Arc::new(accounts)))
     }
 
