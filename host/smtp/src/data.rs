@@ -154,6 +154,43 @@ impl ContentReceiver {
         self.line_len = 0;
     }
 
+    /// The common case of DATA, taken in one step: from `start` (inside a line, at a byte
+    /// that is neither a line ending nor a line's leading dot), every ordinary line that
+    /// follows (ended by CRLF, next one starting with neither a dot nor a line ending,
+    /// within the line limit) and the text up to the next line ending, all pushed as one
+    /// run. Returns where the run ends; everything else is left to [`Self::ingest_dot`]'s
+    /// byte-by-byte states.
+    fn ingest_lines(&mut self, input: &[u8], start: usize) -> usize {
+        let mut end = start;
+        let mut line_len = self.line_len;
+        loop {
+            let Some(found) = memchr::memchr2(b'\r', b'\n', &input[end..]) else {
+                line_len += input.len() - end;
+                end = input.len();
+                break;
+            };
+            let at = end + found;
+            line_len += found;
+            let ordinary = input.get(at..at + 3).is_some_and(|next| {
+                next[0] == b'\r' && next[1] == b'\n' && !matches!(next[2], b'.' | b'\r' | b'\n')
+            });
+            if !ordinary || line_len > self.max_line {
+                end = at;
+                break;
+            }
+            line_len = 0;
+            end = at + 2;
+        }
+        // The run's last line is the current one: its length so far is what counts.
+        self.line_len = line_len;
+        if line_len > self.max_line {
+            self.fail(ContentError::LineTooLong);
+        }
+        self.push_raw(&input[start..end]);
+        self.line = Line::Middle;
+        end
+    }
+
     /// Feeds DATA content. Returns the bytes consumed and the progress; bytes after the
     /// terminating `CRLF.CRLF` are not consumed.
     pub fn ingest_dot(&mut self, input: &[u8]) -> (usize, Progress) {
@@ -167,13 +204,7 @@ impl ContentReceiver {
                         && b != b'\n'
                         && !(matches!(self.line, Line::Start { .. }) && b == b'.') =>
                 {
-                    let run = input[i..]
-                        .iter()
-                        .position(|c| *c == b'\r' || *c == b'\n')
-                        .unwrap_or(input.len() - i);
-                    self.push_content(&input[i..i + run]);
-                    self.line = Line::Middle;
-                    i += run;
+                    i = self.ingest_lines(input, i);
                     continue;
                 }
                 Line::Start { clean } if b == b'.' => self.line = Line::Dot { clean },
@@ -370,6 +401,68 @@ mod tests {
         }
         assert_eq!(consumed, input.len() - 4);
         assert_eq!(r.content.to_vec().unwrap(), b"Subject: x\r\n\r\n.dot\r\nline\r\n");
+    }
+
+    /// Feeds `input` in pieces cut at `cuts`; what came out (nothing once failed), how much
+    /// was consumed, how it ended and why it failed.
+    fn dot_in_pieces(
+        input: &[u8],
+        cuts: &[usize],
+        max_line: usize,
+        bare_lf: BareLf,
+    ) -> (Vec<u8>, usize, Progress, Option<ContentError>) {
+        let mut r = ContentReceiver::in_memory(1 << 20, max_line, bare_lf);
+        let (mut consumed, mut progress) = (0, Progress::NeedMore);
+        let mut from = 0;
+        for &to in cuts.iter().chain([&input.len()]) {
+            let piece = &input[from..to.max(from)];
+            from = to.max(from);
+            let mut at = 0;
+            while at < piece.len() && progress == Progress::NeedMore {
+                let (n, p) = r.ingest_dot(&piece[at..]);
+                assert!(n > 0 || p != Progress::NeedMore, "no progress");
+                at += n;
+                consumed += n;
+                progress = p;
+            }
+            if progress != Progress::NeedMore {
+                break;
+            }
+        }
+        // After a failure the content is thrown away: what was kept of it does not count.
+        let failure = r.failure();
+        let content = if failure.is_some() { Vec::new() } else { r.content.to_vec().unwrap() };
+        (content, consumed, progress, failure)
+    }
+
+    #[test]
+    fn runs_of_lines_cut_anywhere_equal_the_whole() {
+        let inputs: [&[u8]; 8] = [
+            b"Subject: x\r\n\r\nline one\r\nline two\r\n..stuffed\r\nthree\r\n.\r\nNEXT",
+            b"a\r\nb\r\n\r\n\r\nc\r\n.\r\n",
+            b"short\r\nthis line is too long\r\nok\r\n.\r\n",
+            b"ok\r\nfine\r\nthis one is much too long and ends the run\r\n.\r\n",
+            b"bare\nlf\r\nin\rthe\r\nmiddle\r\n.\r\n",
+            b"x\r\n.\n.\r\n.\r\n",
+            b"dots\r\n.x\r\n..\r\n.\r\n",
+            b"no end\r\nyet\r\nstill",
+        ];
+        for input in inputs {
+            for bare_lf in [BareLf::Normalize, BareLf::Reject] {
+                let whole = dot_in_pieces(input, &[], 12, bare_lf);
+                for cut in 0..=input.len() {
+                    assert_eq!(dot_in_pieces(input, &[cut], 12, bare_lf), whole, "{input:?} cut at {cut}");
+                }
+                let every: Vec<usize> = (1..input.len()).collect();
+                assert_eq!(dot_in_pieces(input, &every, 12, bare_lf), whole, "{input:?} byte by byte");
+            }
+        }
+        // The long line of the third input fails the transaction, whichever way it came.
+        let (_, _, progress, failure) = dot_in_pieces(inputs[2], &[], 12, BareLf::Normalize);
+        assert_eq!((progress, failure), (Progress::Complete, Some(ContentError::LineTooLong)));
+        let (content, _, _, failure) = dot_in_pieces(inputs[0], &[], 100, BareLf::Normalize);
+        assert_eq!(failure, None);
+        assert_eq!(content, b"Subject: x\r\n\r\nline one\r\nline two\r\n.stuffed\r\nthree\r\n");
     }
 
     #[test]

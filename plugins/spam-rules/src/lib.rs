@@ -275,14 +275,20 @@ impl Folded {
     fn of(text: &str) -> Folded {
         let bytes = text.as_bytes();
         let mut lower = vec![0u8; bytes.len()];
-        // Without branches, so that the loop is vectorised.
+        // Without branches and with byte-wide counts summed every 255 bytes, so that the
+        // loop is vectorised sixteen bytes at a time (with 32-bit counts it took four).
         let (mut letters, mut upper) = (0u32, 0u32);
-        for (out, &b) in lower.iter_mut().zip(bytes) {
-            let letter = (b | 0x20).wrapping_sub(b'a') < 26;
-            let capital = letter & (b & 0x20 == 0);
-            letters += u32::from(letter);
-            upper += u32::from(capital);
-            *out = b | (u8::from(capital) << 5);
+        for (out, input) in lower.chunks_mut(255).zip(bytes.chunks(255)) {
+            let (mut chunk_letters, mut chunk_upper) = (0u8, 0u8);
+            for (out, &b) in out.iter_mut().zip(input) {
+                let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+                let capital = letter & (b & 0x20 == 0);
+                chunk_letters += u8::from(letter);
+                chunk_upper += u8::from(capital);
+                *out = b | (u8::from(capital) << 5);
+            }
+            letters += u32::from(chunk_letters);
+            upper += u32::from(chunk_upper);
         }
         Folded {
             lower,
