@@ -431,7 +431,11 @@ mod tests {
         }
         // After a failure the content is thrown away: what was kept of it does not count.
         let failure = r.failure();
-        let content = if failure.is_some() { Vec::new() } else { r.content.to_vec().unwrap() };
+        let content = if failure.is_some() {
+            Vec::new()
+        } else {
+            r.content.to_vec().unwrap()
+        };
         (content, consumed, progress, failure)
     }
 
@@ -451,18 +455,32 @@ mod tests {
             for bare_lf in [BareLf::Normalize, BareLf::Reject] {
                 let whole = dot_in_pieces(input, &[], 12, bare_lf);
                 for cut in 0..=input.len() {
-                    assert_eq!(dot_in_pieces(input, &[cut], 12, bare_lf), whole, "{input:?} cut at {cut}");
+                    assert_eq!(
+                        dot_in_pieces(input, &[cut], 12, bare_lf),
+                        whole,
+                        "{input:?} cut at {cut}"
+                    );
                 }
                 let every: Vec<usize> = (1..input.len()).collect();
-                assert_eq!(dot_in_pieces(input, &every, 12, bare_lf), whole, "{input:?} byte by byte");
+                assert_eq!(
+                    dot_in_pieces(input, &every, 12, bare_lf),
+                    whole,
+                    "{input:?} byte by byte"
+                );
             }
         }
         // The long line of the third input fails the transaction, whichever way it came.
         let (_, _, progress, failure) = dot_in_pieces(inputs[2], &[], 12, BareLf::Normalize);
-        assert_eq!((progress, failure), (Progress::Complete, Some(ContentError::LineTooLong)));
+        assert_eq!(
+            (progress, failure),
+            (Progress::Complete, Some(ContentError::LineTooLong))
+        );
         let (content, _, _, failure) = dot_in_pieces(inputs[0], &[], 100, BareLf::Normalize);
         assert_eq!(failure, None);
-        assert_eq!(content, b"Subject: x\r\n\r\nline one\r\nline two\r\n.stuffed\r\nthree\r\n");
+        assert_eq!(
+            content,
+            b"Subject: x\r\n\r\nline one\r\nline two\r\n.stuffed\r\nthree\r\n"
+        );
     }
 
     #[test]

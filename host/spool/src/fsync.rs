@@ -52,12 +52,16 @@ pub fn write_new(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
 /// Creates `path` (which must not exist) with `mode` and writes `parts`, leaving
 /// durability to a later flush (group commit).
 pub fn write_new_unsynced(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
-    let mut file = OpenOptions::new()
+    write_parts(&mut create_new(path, mode)?, parts)
+}
+
+/// Creates `path` (which must not exist) with `mode`, open for writing.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)?;
-    write_parts(&mut file, parts)
+        .open(path)
 }
 
 /// Writes `parts` over the existing file `path` from its start, fsyncing it with `sync`.

@@ -158,16 +158,25 @@ impl Maildir {
     /// synced before it is linked; the caller flushes before it retires the spool file.
     /// Elsewhere the copy and `new/` are fsync'd before this returns.
     pub fn write_copy(&self, copy: &Copy, message: &[&[u8]], recovering: bool) -> io::Result<Copied> {
+        use std::os::unix::fs::MetadataExt;
         let (dir, name) = self.copy_path(copy);
-        self.create_folder(copy, &dir)?;
-        let sync = !self.covered(&dir);
         let mut parts: Vec<&[u8]> = Vec::with_capacity(message.len() + 1);
         parts.push(copy.headers.as_bytes());
         parts.extend_from_slice(message);
         let message = parts.as_slice();
         let tmp = dir.join("tmp").join(&name);
         let new = dir.join("new").join(&name);
-        let prepared = !sync && tmp.is_file();
+        // The common case, a copy prepared before the flush that was just made: the file
+        // itself says it is there and on the flushed device, with one look instead of one
+        // at each of the folder's parts.
+        let (sync, prepared) =
+            if !recovering && fs::metadata(&tmp).is_ok_and(|m| self.spool_device == Some(m.dev())) {
+                (false, true)
+            } else {
+                self.create_folder(copy, &dir)?;
+                let sync = !self.covered(&dir);
+                (sync, !sync && tmp.is_file())
+            };
         if (recovering || !prepared)
             && (new.exists() || (recovering && already_read(&dir.join("cur"), &name)?))
         {
@@ -191,7 +200,12 @@ impl Maildir {
             // page cache only.
             fs::File::open(&tmp)?.sync_data()?;
         }
-        let linked = fs::hard_link(&tmp, &new);
+        let mut linked = fs::hard_link(&tmp, &new);
+        if matches!(&linked, Err(e) if e.kind() == io::ErrorKind::NotFound) {
+            // The folder lost its `new/` since the copy was prepared: made again.
+            self.create_folder(copy, &dir)?;
+            linked = fs::hard_link(&tmp, &new);
+        }
         fs::remove_file(&tmp)?;
         match linked {
             Ok(()) => {}
@@ -270,17 +284,40 @@ impl Maildir {
     /// Returns `false`, writing nothing, for a folder the spool's flush does not cover
     /// (delivery then writes and fsyncs that copy itself).
     pub(crate) fn prepare(&self, copy: &Copy, parts: &[&[u8]]) -> io::Result<bool> {
-        let (dir, name) = self.copy_path(copy);
-        self.create_folder(copy, &dir)?;
-        if !self.covered(&dir) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(device) = self.spool_device else {
             return Ok(false);
+        };
+        let (dir, name) = self.copy_path(copy);
+        if copy.folder == Folder::Junk {
+            // A Junk folder is made a Maildir++ folder and subscribed when it is new.
+            self.create_folder(copy, &dir)?;
         }
         let tmp = dir.join("tmp").join(&name);
-        let _ = fs::remove_file(&tmp);
+        // Created straight away: the folder is looked at only when it is not there (a new
+        // mailbox), and a file of this name only when one is left (an earlier try).
+        let mut file = match fsync::create_new(&tmp, fsync::SHARED_FILE) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.create_folder(copy, &dir)?;
+                fsync::create_new(&tmp, fsync::SHARED_FILE)?
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&tmp)?;
+                fsync::create_new(&tmp, fsync::SHARED_FILE)?
+            }
+            created => created?,
+        };
+        if file.metadata()?.dev() != device {
+            // Another file system: the spool's flush does not cover it, delivery writes
+            // and fsyncs this copy itself.
+            drop(file);
+            fs::remove_file(&tmp)?;
+            return Ok(false);
+        }
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(copy.headers.as_bytes());
         all.extend_from_slice(parts);
-        fsync::write_new_unsynced(&tmp, &all, fsync::SHARED_FILE)?;
+        fsync::write_parts(&mut file, &all)?;
         Ok(true)
     }
 
@@ -474,6 +511,36 @@ mod tests {
             .unwrap();
         assert_eq!(synced, Copied::Now);
         assert!(inbox.join("new/7.Q5_0.mx").is_file());
+
+        // A file of the same name left in `tmp/` by an earlier try is replaced; a `new/`
+        // removed between the flush and the publication is made again.
+        fs::write(inbox.join("tmp/7.Q6_0.mx"), b"half a mess").unwrap();
+        assert!(
+            maildir
+                .prepare(&copy(&alice, Folder::Inbox, "Q6_0"), &[message])
+                .unwrap()
+        );
+        fs::remove_dir_all(inbox.join("new")).unwrap();
+        let relinked = maildir
+            .write_copy(&copy(&alice, Folder::Inbox, "Q6_0"), &[message], false)
+            .unwrap();
+        assert_eq!(relinked, Copied::Now);
+        assert_eq!(fs::read(inbox.join("new/7.Q6_0.mx")).unwrap(), message);
+        assert_eq!(count("tmp"), 0);
+
+        // A mailbox that does not exist yet is made by the first copy prepared for it.
+        let bob = Mailbox {
+            local: "bob".into(),
+            domain: "example.org".into(),
+        };
+        assert!(
+            maildir
+                .prepare(&copy(&bob, Folder::Inbox, "Q7_0"), &[message])
+                .unwrap()
+        );
+        for sub in ["tmp", "new", "cur"] {
+            assert!(dir.path().join("example.org/bob").join(sub).is_dir(), "{sub}");
+        }
     }
 
     #[test]
