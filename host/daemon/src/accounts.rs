@@ -677,23 +677,34 @@ mod tests {
     use super::*;
     use portcullis_smtp::command::Mechanism;
 
-    #[test]
-    fn add_then_verify() {
+    /// AUTH PLAIN credentials.
+    fn creds(user: &str, pw: &str) -> Credentials {
+        Credentials {
+            mechanism: Mechanism::Plain,
+            authzid: None,
+            username: user.into(),
+            password: pw.into(),
+        }
+    }
+
+    /// A users file (not yet written) in a fresh directory, for accounts in `domains`, and
+    /// its editor.
+    fn users_file(domains: &[&str]) -> (tempfile::TempDir, PathBuf, Vec<String>, UsersEditor) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.toml");
-        let domains = vec!["example.org".to_string()];
+        let domains: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
         let users = UsersEditor::new(&path, &domains, None);
+        (dir, path, domains, users)
+    }
+
+    #[test]
+    fn add_then_verify() {
+        let (_dir, path, domains, users) = users_file(&["example.org"]);
         assert_eq!(users.add("Alice", "pw1").unwrap(), "alice@example.org");
         assert!(users.add("bob@elsewhere.example", "pw").is_err());
         assert!(users.add("a%b", "pw").is_err());
         assert!(users.add("carol", "").is_err());
         let accounts = Accounts::load(&path, &domains).unwrap();
-        let creds = |user: &str, pw: &str| Credentials {
-            mechanism: Mechanism::Plain,
-            authzid: None,
-            username: user.into(),
-            password: pw.into(),
-        };
         assert_eq!(
             accounts.verify(&creds("alice@EXAMPLE.org", "pw1")),
             AuthOutcome::Accept {
@@ -738,40 +749,29 @@ mod tests {
 
     #[test]
     fn a_reread_keeps_the_auth_cache_only_while_every_password_is_the_same() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.toml");
-        let domains = vec!["example.org".to_string()];
-        let users = UsersEditor::new(&path, &domains, None);
+        let (_dir, path, domains, users) = users_file(&["example.org"]);
         users.add("alice", "pw").unwrap();
         let load = || {
             Accounts::load(&path, &domains)
                 .unwrap()
                 .with_cache_ttl(std::time::Duration::from_secs(600))
         };
-        let creds = Credentials {
-            mechanism: Mechanism::Plain,
-            authzid: None,
-            username: "alice".into(),
-            password: "pw".into(),
-        };
+        let alice = creds("alice", "pw");
         let first = load();
-        assert!(matches!(first.verify(&creds), AuthOutcome::Accept { .. }));
-        assert_eq!(first.cached(&creds).as_deref(), Some("alice@example.org"));
+        assert!(matches!(first.verify(&alice), AuthOutcome::Accept { .. }));
+        assert_eq!(first.cached(&alice).as_deref(), Some("alice@example.org"));
         // Read again with nothing changed: what was verified is still remembered.
         let same = load().keep_cache_of(&first);
-        assert_eq!(same.cached(&creds).as_deref(), Some("alice@example.org"));
+        assert_eq!(same.cached(&alice).as_deref(), Some("alice@example.org"));
         // Another account added: a password changed the file, the cache starts empty.
         users.add("bob", "pw").unwrap();
         let changed = load().keep_cache_of(&same);
-        assert_eq!(changed.cached(&creds), None);
+        assert_eq!(changed.cached(&alice), None);
     }
 
     #[test]
     fn aliases_expand_recursively_with_accounts_catch_alls_and_srs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.toml");
-        let domains = vec!["example.org".to_string(), "example.com".to_string()];
-        let users = UsersEditor::new(&path, &domains, None);
+        let (_dir, path, domains, users) = users_file(&["example.org", "example.com"]);
         users.add("alice", "pw").unwrap();
         users.add("bob", "pw").unwrap();
         let table = crate::config::aliases::AliasTable::parse_file(
@@ -844,10 +844,7 @@ mod tests {
     #[test]
     fn list_passwd_remove_keep_the_file_mode() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("users.toml");
-        let domains = vec!["example.org".to_string()];
-        let users = UsersEditor::new(&path, &domains, None);
+        let (_dir, path, domains, users) = users_file(&["example.org"]);
         users.add("alice", "pw1").unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o600, "a new users file is private");
@@ -857,12 +854,6 @@ mod tests {
         assert_eq!(users.list().unwrap(), ["alice@example.org", "bob@example.org"]);
         users.passwd("bob", "pw3").unwrap();
         assert!(users.passwd("carol", "pw").is_err());
-        let creds = |user: &str, pw: &str| Credentials {
-            mechanism: Mechanism::Plain,
-            authzid: None,
-            username: user.into(),
-            password: pw.into(),
-        };
         let accounts = Accounts::load(&path, &domains).unwrap();
         assert_eq!(accounts.verify(&creds("bob", "pw2")), AuthOutcome::Reject);
         assert!(matches!(
