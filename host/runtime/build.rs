@@ -40,6 +40,7 @@ fn main() {
         ".cargo",
         "Cargo.toml",
         "Cargo.lock",
+        "kit",
         "auth-table",
         "rate-limit",
         "virus-signatures",

@@ -135,6 +135,39 @@ async fn virus_signatures_finds_eicar_in_a_base64_attachment_and_configured_sign
     assert_eq!(clean, ScanOutcome::Clean(Vec::new()));
 }
 
+/// The raw message is searched for all signatures at once, sixteen bytes a step in Wasm: a
+/// signature is found at every offset within a step and at the very end, byte for byte
+/// (another case is not a match); an encoding named in any case still makes it decode.
+#[tokio::test]
+async fn virus_signatures_finds_a_signature_wherever_it_starts() {
+    let rt = runtime(None);
+    let config = serde_json::json!({ "signatures": [{ "name": "Test-Text", "text": "evil macro" }] });
+    let plugin = rt
+        .load(spec("virus_signatures.wasm", Hook::Virus, config))
+        .expect("load");
+    let mx = session(PipelineKind::Mx);
+    for offset in 0..17 {
+        let pad = "x".repeat(offset);
+        for (body, expected) in [
+            (format!("{pad}{EICAR}"), Some("Eicar-Test-Signature")),
+            (format!("{pad}evil macro\n"), Some("Test-Text")),
+            (format!("{pad}EVIL MACRO\n"), None),
+            (format!("{pad}evil macr\n"), None),
+        ] {
+            let text = format!("Subject: x\nContent-Type: text/plain; charset=utf-8\n\n{body}");
+            let outcome = rt.virus(&plugin, &mx, &message(&text)).await.expect("scan");
+            let expected = match expected {
+                Some(name) => ScanOutcome::Infected(name.into()),
+                None => ScanOutcome::Clean(Vec::new()),
+            };
+            assert_eq!(outcome, expected, "{body:?}");
+        }
+    }
+    let qp = "Subject: x\nCONTENT-TRANSFER-ENCODING: Quoted-Printable\n\nrun the evil=\n macro now\n";
+    let found = rt.virus(&plugin, &mx, &message(qp)).await.expect("scan");
+    assert_eq!(found, ScanOutcome::Infected("Test-Text".into()));
+}
+
 /// `inner` wrapped in `levels` message/rfc822 parts.
 /// Spill files in a temporary directory, content at offset 63 as in the spool.
 #[derive(Debug)]
@@ -297,6 +330,60 @@ async fn spam_rules_counts_capitals_and_links() {
         let status = tests(&body).await;
         assert_eq!(status.contains("BODY_SHOUTING"), hit, "{status}");
         assert_eq!(status.contains("MANY_URLS"), hit, "{status}");
+    }
+}
+
+/// All phrases are searched for in one pass over the body, sixteen bytes a step in Wasm:
+/// each is found in any case, at every offset within a step and at the very end, and a near
+/// miss is not a hit.
+#[tokio::test]
+async fn spam_rules_finds_a_phrase_wherever_it_starts_in_any_case() {
+    let rt = runtime(None);
+    let config = serde_json::json!({ "rules": [
+        { "name": "CUSTOM_DROPSHIP", "in": "body", "contains": "Drop-Ship", "score": 0.1 }
+    ] });
+    let plugin = rt
+        .load(spec("spam_rules.wasm", Hook::Spam, config))
+        .expect("load");
+    let mx = session(PipelineKind::Mx);
+    let phrases = [
+        ("PHRASE_VIAGRA", "ViAgRa"),
+        ("PHRASE_YOU_HAVE_WON", "you HAVE won"),
+        ("PHRASE_LOTTERY", "LOTTERY"),
+        ("PHRASE_ACT_NOW", "Act now"),
+        ("PHRASE_100_FREE", "100% Free"),
+        ("PHRASE_WIRE_TRANSFER", "wire transfer"),
+        ("PHRASE_CLICK_HERE", "Click Here"),
+        ("PHRASE_RISK_FREE", "RISK-free"),
+        ("CUSTOM_DROPSHIP", "drop-SHIP"),
+    ];
+    for (rule, phrase) in phrases {
+        for offset in 0..17 {
+            let near_miss = &phrase[..phrase.len() - 1];
+            for (body, hit) in [(phrase, true), (near_miss, false)] {
+                let text = format!(
+                    "From: Bob <bob@far.example>\nSubject: Notes\nDate: Sat, 28 Nov 2026 10:00:00 +0000\n\
+                     Message-ID: <3@far.example>\n\n{}{body}",
+                    "x".repeat(offset)
+                );
+                let outcome = rt.spam(&plugin, &mx, &message(&text)).await.expect("classify");
+                let (Verdict::Tag(headers) | Verdict::Junk(headers)) = &outcome.verdict else {
+                    panic!("tagged: {outcome:?}");
+                };
+                let status = headers
+                    .iter()
+                    .find(|h| h.name == "X-Spam-Status")
+                    .expect("status")
+                    .value
+                    .clone();
+                let named = phrases.iter().filter(|(name, _)| status.contains(name)).count();
+                assert_eq!(
+                    (status.contains(rule), named),
+                    (hit, usize::from(hit)),
+                    "{text:?}: {status}"
+                );
+            }
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! What the shipped plugins share. It has no bindings of its own (each plugin generates
 //! those for its world), so it holds plain functions: the host's limits on the header
-//! changes of a verdict, the fields no plugin may add or remove, and reading a message
-//! whole through a plugin's `message.read`.
+//! changes of a verdict, the fields no plugin may add or remove, reading a message whole
+//! through a plugin's `message.read`; and [`needles`], many needles searched for in one pass.
+
+pub mod needles;
 
 /// The host keeps at most this many headers to add, and as many to remove, per verdict.
 pub const MAX_HEADERS: usize = 20;

@@ -25,7 +25,10 @@
 //! score = 2.5
 //! ```
 
+use std::ops::ControlFlow;
+
 use mail_parser::MessageParser;
+use plugin_kit::needles::Needles;
 use serde::Deserialize;
 
 wit_bindgen::generate!({ path: "../../wit", world: "spam-plugin" });
@@ -261,44 +264,75 @@ fn body_text(message: &Message, parts: &[MimePart]) -> String {
 /// Whether most letters are capitals. ASCII letters only: fast, and shouting in spam is
 /// overwhelmingly ASCII.
 fn shouting(text: &str, min_letters: usize, ratio: f64) -> bool {
-    Folded::of(text).shouting(min_letters, ratio)
+    Letters::of(text).shouting(min_letters, ratio)
 }
 
-/// A text lower-cased (ASCII letters) with its letters and capitals counted, in one pass.
-struct Folded {
-    lower: Vec<u8>,
+/// The ASCII letters of a text and how many of them are capitals, counted in one pass.
+struct Letters {
     letters: u32,
     upper: u32,
 }
 
-impl Folded {
-    fn of(text: &str) -> Folded {
-        let bytes = text.as_bytes();
-        let mut lower = vec![0u8; bytes.len()];
+impl Letters {
+    fn of(text: &str) -> Letters {
         // Without branches and with byte-wide counts summed every 255 bytes, so that the
         // loop is vectorised sixteen bytes at a time (with 32-bit counts it took four).
         let (mut letters, mut upper) = (0u32, 0u32);
-        for (out, input) in lower.chunks_mut(255).zip(bytes.chunks(255)) {
+        for chunk in text.as_bytes().chunks(255) {
             let (mut chunk_letters, mut chunk_upper) = (0u8, 0u8);
-            for (out, &b) in out.iter_mut().zip(input) {
+            for &b in chunk {
                 let letter = (b | 0x20).wrapping_sub(b'a') < 26;
-                let capital = letter & (b & 0x20 == 0);
                 chunk_letters += u8::from(letter);
-                chunk_upper += u8::from(capital);
-                *out = b | (u8::from(capital) << 5);
+                chunk_upper += u8::from(letter & (b & 0x20 == 0));
             }
             letters += u32::from(chunk_letters);
             upper += u32::from(chunk_upper);
         }
-        Folded {
-            lower,
-            letters,
-            upper,
-        }
+        Letters { letters, upper }
     }
 
     fn shouting(&self, min_letters: usize, ratio: f64) -> bool {
         self.letters as usize >= min_letters && f64::from(self.upper) / f64::from(self.letters) > ratio
+    }
+}
+
+/// What one pass over the body finds: its URLs, and which phrase rules occur in it.
+struct BodyScan {
+    urls: usize,
+    /// By rule, in the order of [`phrase_rules`]; `false` for rules that do not look in the
+    /// body.
+    phrases: Vec<bool>,
+}
+
+impl BodyScan {
+    fn of(body: &str, rules: &[Rule]) -> BodyScan {
+        let body = body.as_bytes();
+        let in_body: Vec<usize> = (0..rules.len())
+            .filter(|&i| matches!(rules[i].field.to_lowercase().as_str(), "body" | "any"))
+            .collect();
+        // Needle 0 is "http", as written ("HTTP://" is not counted); the others are the
+        // phrases, regardless of ASCII case.
+        let needles = Needles::new(
+            std::iter::once((&b"http"[..], false))
+                .chain(in_body.iter().map(|&i| (rules[i].contains.as_bytes(), true))),
+        );
+        let mut scan = BodyScan {
+            urls: 0,
+            phrases: vec![false; rules.len()],
+        };
+        needles.find(body, |found| {
+            match found.needle {
+                0 => {
+                    let rest = &body[found.at + 4..];
+                    if rest.starts_with(b"://") || rest.starts_with(b"s://") {
+                        scan.urls += 1;
+                    }
+                }
+                n => scan.phrases[in_body[n - 1]] = true,
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        scan
     }
 }
 
@@ -325,16 +359,12 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             }
         }
     }
-    let folded = Folded::of(&facts.body);
-    if folded.shouting(50, 0.6) {
+    if Letters::of(&facts.body).shouting(50, 0.6) {
         hit("BODY_SHOUTING", 1.0);
     }
-    // "http://" and "https://", in one pass (as written: "HTTP://" is not counted).
-    let body = facts.body.as_bytes();
-    let urls = memchr::memmem::find_iter(body, b"http")
-        .filter(|&at| body[at + 4..].starts_with(b"://") || body[at + 4..].starts_with(b"s://"))
-        .count();
-    if urls > 10 {
+    let rules = phrase_rules(config);
+    let body = BodyScan::of(&facts.body, &rules);
+    if body.urls > 10 {
         hit("MANY_URLS", 1.5);
     }
     // Mail from outside that claims to come from the recipient's own domain.
@@ -354,16 +384,15 @@ fn score(config: &Config, facts: &Facts, session: &SessionInfo, envelope: &Envel
             hit("FROM_FORGED_LOCAL", 2.0);
         }
     }
-    phrase_hits(config, facts, &folded.lower, &mut hit);
+    phrase_hits(&rules, facts, &body.phrases, &mut hit);
     let total = hits.iter().map(|(_, s)| s).sum();
     (total, hits.into_iter().map(|(n, _)| n).collect())
 }
 
-/// The phrase rules (the defaults and the configured ones) that match `facts`. Matching is
-/// case-insensitive for ASCII letters (byte-wise, fast).
-fn phrase_hits(config: &Config, facts: &Facts, body: &[u8], hit: &mut impl FnMut(&str, f64)) {
-    let subject = facts.subject.clone().unwrap_or_default().to_ascii_lowercase();
-    let phrases = PHRASES
+/// The phrase rules: the built-in ones (unless `default-phrases = false`), then the
+/// configured ones.
+fn phrase_rules(config: &Config) -> Vec<Rule> {
+    PHRASES
         .iter()
         .filter(|_| config.default_phrases)
         .map(|(name, phrase, score)| Rule {
@@ -372,15 +401,21 @@ fn phrase_hits(config: &Config, facts: &Facts, body: &[u8], hit: &mut impl FnMut
             contains: phrase.to_string(),
             score: *score,
         })
-        .chain(config.rules.iter().cloned());
-    for rule in phrases {
+        .chain(config.rules.iter().cloned())
+        .collect()
+}
+
+/// The phrase rules that match `facts`, given which of them the body holds. Matching is
+/// case-insensitive for ASCII letters (byte-wise, fast).
+fn phrase_hits(rules: &[Rule], facts: &Facts, in_body: &[bool], hit: &mut impl FnMut(&str, f64)) {
+    let subject = facts.subject.clone().unwrap_or_default().to_ascii_lowercase();
+    for (rule, &in_body) in rules.iter().zip(in_body) {
         let needle = rule.contains.to_ascii_lowercase();
-        let finder = memchr::memmem::Finder::new(needle.as_bytes());
-        let found_in = |text: &[u8]| finder.find(text).is_some();
+        let in_subject = || subject.contains(&needle);
         let found = match rule.field.to_lowercase().as_str() {
-            "subject" => found_in(subject.as_bytes()),
-            "body" => found_in(body),
-            "any" => found_in(subject.as_bytes()) || found_in(body),
+            "subject" => in_subject(),
+            "body" => in_body,
+            "any" => in_body || in_subject(),
             name => facts
                 .headers
                 .iter()

@@ -19,15 +19,17 @@
 //! answer, so it is refused); one larger than `max-size` (default 25 MiB) is an error, and
 //! the plugin's `on-error` policy applies.
 //!
-//! The raw message is searched first; the decoded parts are asked for only when they could
-//! show bytes the raw message hides (see [`needs_decoding`]), so plain-text mail, most of
-//! it, costs one pass over its bytes and no parse at all.
+//! The raw message is searched first, for every signature and for the words that say
+//! decoding may be needed, in one pass (`plugin_kit::needles`); the decoded parts are asked
+//! for only when they could show bytes the raw message hides (see [`walk::scan_raw`]), so
+//! plain-text mail, most of it, costs one pass over its bytes and no parse at all.
 
+use plugin_kit::needles::Needles;
 use serde::Deserialize;
 
 mod walk;
 
-use walk::needs_decoding;
+use walk::Raw;
 
 wit_bindgen::generate!({ path: "../../wit", world: "virus-plugin" });
 
@@ -62,7 +64,7 @@ const MAX_SIZE: u64 = 25 << 20;
 
 struct Signature {
     name: String,
-    finder: memchr::memmem::Finder<'static>,
+    bytes: Vec<u8>,
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
@@ -79,14 +81,10 @@ fn settings() -> Result<(Vec<Signature>, u64), String> {
     let config: Config =
         serde_json::from_str(&portcullis::filter::config::json()).map_err(|e| e.to_string())?;
     let max_size = config.max_size.unwrap_or(MAX_SIZE);
-    let signature = |name: String, bytes: Vec<u8>| Signature {
-        name,
-        finder: memchr::memmem::Finder::new(&bytes).into_owned(),
-    };
-    let mut out = vec![signature(
-        "Eicar-Test-Signature".into(),
-        EICAR.concat().into_bytes(),
-    )];
+    let mut out = vec![Signature {
+        name: "Eicar-Test-Signature".into(),
+        bytes: EICAR.concat().into_bytes(),
+    }];
     for s in config.signatures {
         let bytes = match (s.hex, s.text) {
             (Some(hex), None) => decode_hex(&hex).ok_or_else(|| format!("signature {}: bad hex", s.name))?,
@@ -96,7 +94,7 @@ fn settings() -> Result<(Vec<Signature>, u64), String> {
         if bytes.is_empty() {
             return Err(format!("signature {}: empty", s.name));
         }
-        out.push(signature(s.name, bytes));
+        out.push(Signature { name: s.name, bytes });
     }
     Ok((out, max_size))
 }
@@ -124,13 +122,16 @@ fn scan(message: &Message) -> ScanResult {
         ));
     }
     let raw = plugin_kit::read_all(message.size(), |at, max| message.read(at, max));
-    let hit = |bytes: &[u8]| signatures.iter().find(|s| s.finder.find(bytes).is_some());
-    if let Some(found) = hit(&raw) {
-        return ScanResult::Infected(found.name.clone());
+    let bytes: Vec<&[u8]> = signatures.iter().map(|s| s.bytes.as_slice()).collect();
+    match walk::scan_raw(&raw, &bytes) {
+        Raw::Signature(index) => return ScanResult::Infected(signatures[index].name.clone()),
+        Raw::Clean {
+            needs_decoding: false,
+        } => return ScanResult::Clean,
+        Raw::Clean { needs_decoding: true } => {}
     }
-    if !needs_decoding(&raw) {
-        return ScanResult::Clean;
-    }
+    let needles = Needles::new(bytes.iter().map(|b| (*b, false)));
+    let hit = |content: &[u8]| needles.first(content).map(|m| &signatures[m.needle]);
     // What cannot be scanned is refused (a retry gets the same answer), never clean.
     let parts = match message.parts() {
         Ok(parts) => parts,
