@@ -10,6 +10,8 @@
 //! a base64 attachment) instead of plain text. Each message is a new one, as in the daemon:
 //! what the host derives from a message (its MIME structure) is shared by the plugins of
 //! that message only. A FILE with a `/` is a path (an earlier build, to compare).
+//! `--message PATH` sends that file's content instead (say, a copy the daemon delivered,
+//! to measure the plugins on the very message they saw there; `--kib` is then ignored).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -39,6 +41,7 @@ fn main() {
     let mut spam_plugin = "spam_rules.wasm".to_string();
     let mut virus_plugin = "virus_signatures.wasm".to_string();
     let mut mime = false;
+    let mut message_file = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().expect("a value after each option");
@@ -51,6 +54,7 @@ fn main() {
             "--spam" => spam_plugin = value,
             "--virus" => virus_plugin = value,
             "--mime" => mime = value == "yes",
+            "--message" => message_file = Some(value),
             "--hooks" => {
                 run_virus = value.split(',').any(|h| h == "virus");
                 run_spam = value.split(',').any(|h| h == "spam");
@@ -73,7 +77,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
-    let content = if mime {
+    let content = if let Some(path) = &message_file {
+        String::from_utf8_lossy(&std::fs::read(path).expect("--message file"))
+            .replace("\r\n", "\n")
+            .replace('\n', "\r\n")
+    } else if mime {
         portcullis_bench::mime_message(kib * 1024, 1)
     } else {
         portcullis_bench::sample_message(kib * 1024, 1)

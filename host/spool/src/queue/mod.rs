@@ -1,7 +1,7 @@
 //! The spool: one file per accepted message, durable before the 250.
 //!
-//! A message's file is written to `tmp/` (over a reused file from `free/` when there is
-//! one), or was written there as its content arrived; it is renamed into `queue/` and made
+//! A message's file is written over a reused file in `free/` when there is one, else to
+//! `tmp/`, or was written there as its content arrived; it is renamed into `queue/` and made
 //! durable before the 250. Delivery records its progress in a state file beside it and
 //! releases both at the end. The format is [`crate::file`]'s; when writes become durable,
 //! [`flush`]'s.
@@ -251,13 +251,16 @@ impl Spool {
         match (content.in_memory(), content.spilled()) {
             (Some(bytes), _) => {
                 let tmp = self.tmp.join(entry.id.as_str());
-                if let Err(e) = self.write_file(&tmp, &[&first, bytes, &meta], sync) {
-                    if e.kind() != io::ErrorKind::AlreadyExists {
-                        let _ = fs::remove_file(&tmp);
+                let written = match self.write_file(&tmp, &[&first, bytes, &meta], sync) {
+                    Ok(written) => written,
+                    Err(e) => {
+                        if e.kind() != io::ErrorKind::AlreadyExists {
+                            let _ = fs::remove_file(&tmp);
+                        }
+                        return Err(io_err(&tmp)(e));
                     }
-                    return Err(io_err(&tmp)(e));
-                }
-                fs::rename(&tmp, &dest).map_err(io_err(&dest))?;
+                };
+                fs::rename(&written, &dest).map_err(io_err(&dest))?;
             }
             (None, Some(spill)) => {
                 use std::os::unix::fs::FileExt;
@@ -348,24 +351,32 @@ impl Spool {
         Ok(entry)
     }
 
-    /// Writes a new spool file at `path` (in `tmp/`), over a free one when there is one,
-    /// and fsyncs it with `sync`.
-    fn write_file(&self, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+    /// Writes a new spool file, fsync'd with `sync`, over a free one where it is when there
+    /// is one (a crash leaves it in `free/`, as free as it was), else at `fresh` (in
+    /// `tmp/`); returns the path written, for the caller to rename into `queue/`. Written
+    /// in place, a reused file costs one rename instead of two (through `tmp/`).
+    fn write_file(&self, fresh: &Path, parts: &[&[u8]], sync: bool) -> io::Result<PathBuf> {
         let reused = self
             .free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        if let Some(old) = reused
-            && fs::rename(&old, path).is_ok()
-        {
-            return fsync::write_over(path, parts, sync);
+        if let Some(old) = reused {
+            return match fsync::write_over(&old, parts, sync) {
+                Ok(()) => Ok(old),
+                Err(e) => {
+                    // Not put back: whatever it holds now, a restart frees it again.
+                    tracing::warn!(path = %old.display(), error = %e, "cannot write over a free spool file");
+                    Err(e)
+                }
+            };
         }
         if sync {
-            fsync::write_new(path, parts, fsync::PRIVATE_FILE)
+            fsync::write_new(fresh, parts, fsync::PRIVATE_FILE)?;
         } else {
-            fsync::write_new_unsynced(path, parts, fsync::PRIVATE_FILE)
+            fsync::write_new_unsynced(fresh, parts, fsync::PRIVATE_FILE)?;
         }
+        Ok(fresh.to_path_buf())
     }
 
     /// Takes the file of a message out of `queue/`: into `free/` for reuse, or deleted

@@ -102,13 +102,22 @@ fn a_write_is_durable_after_a_flush_and_flushes_cover_the_same_file_system() {
     spool.retire(&entry.id).unwrap();
     assert!(spool.list().unwrap().is_empty());
 
-    // The retired file is reused for the next message.
-    assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 1);
+    // The retired file is reused for the next message: written where it is, and renamed
+    // into queue/ (nothing passes through tmp/).
+    use std::os::unix::fs::MetadataExt;
+    let free: Vec<_> = fs::read_dir(dir.path().join("free"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    assert_eq!(free.len(), 1);
+    let inode = fs::metadata(&free[0]).unwrap().ino();
     let long = vec![b'y'; 5000];
     let first = spool
         .store(QueueId::generate(), envelope(), Folder::Inbox, "", &long)
         .unwrap();
     assert_eq!(fs::read_dir(dir.path().join("free")).unwrap().count(), 0);
+    assert_eq!(fs::metadata(spool.path(&first.id)).unwrap().ino(), inode);
+    assert_eq!(spool.load(&first.id).unwrap().1, long);
     spool.remove(&first.id).unwrap();
     let short = spool
         .store(QueueId::generate(), envelope(), Folder::Inbox, "h", b"z")
@@ -121,7 +130,6 @@ fn a_write_is_durable_after_a_flush_and_flushes_cover_the_same_file_system() {
     assert_eq!(spool.free.lock().unwrap().len(), 1);
     assert!(spool.list().unwrap().is_empty());
 
-    use std::os::unix::fs::MetadataExt;
     assert_eq!(
         spool.flush_device(),
         Some(fs::metadata(dir.path()).unwrap().dev())
