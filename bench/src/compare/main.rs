@@ -6,7 +6,7 @@
 //! ```text
 //! cargo build --release -p portcullis -p portcullis-bench
 //! ./target/release/compare [--seconds S] [--sessions 1,10,100] [--sizes 1024,10240,102400]
-//!                          [--idle N] [--portcullis PATH]
+//!                          [--rounds N] [--idle N] [--portcullis PATH]
 //!                          [--tables all|mx,group,submission,idle,authentication,services,lmtp]
 //! ```
 //!
@@ -15,7 +15,10 @@
 //! clamav-milter, rspamd and Dovecot (`scripts/test.sh` installs them).
 //!
 //! `--sessions none` skips the MX and group-commit tables (`--sizes none` the MX table),
-//! `--idle 0` the idle-connection count.
+//! `--idle 0` the idle-connection count. `--rounds N` (default 1) measures each MX scenario
+//! N times, the servers taking turns (Postfix, no plugins, plugins, smtp-sink, then again),
+//! and reports each figure's median and each ratio's median over the rounds, with the
+//! on/off ratio of every round: on a shared machine one round can fall on a noisy moment.
 //!
 //! For each scenario (sessions × message size) it runs, in turn, Postfix (MX to a Maildir,
 //! its normal queue fsync), Portcullis with no plugins and Portcullis with all four example
@@ -50,6 +53,7 @@ struct Args {
     idle: usize,
     binary: PathBuf,
     tables: Vec<String>,
+    rounds: usize,
 }
 
 impl Args {
@@ -76,6 +80,7 @@ fn args() -> Args {
         idle: 5000,
         binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/portcullis"),
         tables: vec!["all".into()],
+        rounds: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +90,7 @@ fn args() -> Args {
             "--sessions" => a.sessions = list(&value),
             "--sizes" => a.sizes = list(&value),
             "--idle" => a.idle = value.parse().expect("--idle N"),
+            "--rounds" => a.rounds = value.parse::<usize>().expect("--rounds N").max(1),
             "--portcullis" => a.binary = PathBuf::from(value),
             "--tables" => a.tables = value.split(',').map(|t| t.trim().to_string()).collect(),
             other => panic!("unknown option {other}"),
@@ -150,22 +156,41 @@ fn mx_path(a: &Args, kept: &mut Kept, fsyncs: f64) {
     let mut single = None;
     for &size in &a.sizes {
         for &sessions in &a.sessions {
-            let postfix = {
-                let mut p = Postfix::start();
-                measure(&mut p, kept, sessions, size, a.seconds)
+            let mut rounds = Vec::new();
+            for _ in 0..a.rounds {
+                let postfix = {
+                    let mut p = Postfix::start();
+                    measure(&mut p, kept, sessions, size, a.seconds)
+                };
+                let off = {
+                    let mut d = start(&a.binary, false, "");
+                    measure(&mut d, kept, sessions, size, a.seconds)
+                };
+                let on = {
+                    let mut d = start(&a.binary, true, "");
+                    measure(&mut d, kept, sessions, size, a.seconds)
+                };
+                let sink = sink_rate(sessions, size, a.seconds);
+                rounds.push((postfix, off, on, sink));
+            }
+            let of = |pick: fn(&(Measured, Measured, Measured, f64)) -> &Measured| {
+                Measured::median(&rounds.iter().map(|r| pick(r).clone()).collect::<Vec<_>>())
             };
-            let off = {
-                let mut d = start(&a.binary, false, "");
-                measure(&mut d, kept, sessions, size, a.seconds)
-            };
-            let on = {
-                let mut d = start(&a.binary, true, "");
-                measure(&mut d, kept, sessions, size, a.seconds)
-            };
-            let sink = sink_rate(sessions, size, a.seconds);
+            let (postfix, off, on) = (of(|r| &r.0), of(|r| &r.1), of(|r| &r.2));
+            let sink = median(rounds.iter().map(|r| r.3).collect());
+            let ratio =
+                |f: fn(&(Measured, Measured, Measured, f64)) -> f64| median(rounds.iter().map(f).collect());
+            let on_off: Vec<String> = rounds
+                .iter()
+                .map(|r| format!("{:.0}%", 100.0 * r.2.per_second / r.1.per_second))
+                .collect();
             if sessions == 1 && single.is_none() {
                 single = Some(off.per_second);
             }
+            let vs_postfix = (
+                ratio(|r| r.1.per_second / r.0.per_second),
+                ratio(|r| r.2.per_second / r.0.per_second),
+            );
             for (name, m) in [
                 ("Postfix", &postfix),
                 ("Portcullis, no plugins", &off),
@@ -173,8 +198,10 @@ fn mx_path(a: &Args, kept: &mut Kept, fsyncs: f64) {
             ] {
                 let ratio = if std::ptr::eq(m, &postfix) {
                     String::new()
+                } else if std::ptr::eq(m, &off) {
+                    format!("{:.2}×", vs_postfix.0)
                 } else {
-                    format!("{:.2}×", m.per_second / postfix.per_second)
+                    format!("{:.2}×", vs_postfix.1)
                 };
                 println!(
                     "| {sessions} | {} KiB | {name} | {:.0} | {ratio} | {:.2} | {} | {} | {} |",
@@ -189,18 +216,23 @@ fn mx_path(a: &Args, kept: &mut Kept, fsyncs: f64) {
             println!(
                 "| {sessions} | {} KiB | smtp-sink (stores nothing) | {sink:.0} | {:.2}× | | | | |",
                 size / 1024,
-                sink / postfix.per_second
+                ratio(|r| r.3 / r.0.per_second)
             );
+            let rounds_note = if rounds.len() > 1 {
+                format!(" (rounds: {})", on_off.join(", "))
+            } else {
+                String::new()
+            };
             println!(
-                "| {sessions} | {} KiB | plugins on / off | {:.0}% | | | | | |",
+                "| {sessions} | {} KiB | plugins on / off | {:.0}%{rounds_note} | | | | | |",
                 size / 1024,
-                100.0 * on.per_second / off.per_second
+                100.0 * ratio(|r| r.2.per_second / r.1.per_second)
             );
             println!(
                 "| {sessions} | {} KiB | of smtp-sink: no plugins, 4 plugins | {:.2}×, {:.2}× | | | | | |",
                 size / 1024,
-                off.per_second / sink,
-                on.per_second / sink
+                ratio(|r| r.1.per_second / r.3),
+                ratio(|r| r.2.per_second / r.3)
             );
         }
     }

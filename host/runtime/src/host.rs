@@ -104,13 +104,13 @@ pub struct State {
     /// What this call used of its grants.
     pub(crate) usage: Usage,
     /// The host's resolver, for a plugin granted DNS.
-    pub(crate) resolver: Option<Resolver>,
+    pub(crate) resolver: Option<Arc<Resolver>>,
 }
 
 impl State {
     /// A fresh state: WASI with nothing granted (no files, sockets, environment or
     /// arguments; clocks that read zero), unless `wasi` was built otherwise by the caller.
-    pub fn new(meta: Arc<PluginMeta>, wasi: WasiCtx, memory: usize, resolver: Option<Resolver>) -> Self {
+    pub fn new(meta: Arc<PluginMeta>, wasi: WasiCtx, memory: usize, resolver: Option<Arc<Resolver>>) -> Self {
         State {
             wasi,
             table: ResourceTable::new(),

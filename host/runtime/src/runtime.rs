@@ -448,7 +448,9 @@ impl Runtime {
                 PluginError::Unavailable(format!("granted directory {}: {e:#}", dir.display()))
             })?;
         }
-        let resolver = self.resolver.load_full().map(|r| (*r).clone());
+        // Shared, not copied: a resolver's clone is its config and cache handles, made for
+        // every call whether the plugin may look anything up or not.
+        let resolver = self.resolver.load_full();
         let state = State::new(
             Arc::clone(&plugin.meta),
             wasi.build(),
