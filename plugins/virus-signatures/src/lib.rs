@@ -11,7 +11,8 @@
 //! text = "run this macro now"     # bytes, as UTF-8 text
 //! ```
 //!
-//! The EICAR test string (Eicar-Test-Signature) is always searched for.
+//! The EICAR test string (Eicar-Test-Signature) is always searched for. A message holding
+//! several signatures is named after the one that starts first in it.
 //!
 //! What cannot be scanned is never called clean: a message nested deeper than 8
 //! `message/rfc822` levels, or whose MIME structure cannot be parsed, is reported infected
