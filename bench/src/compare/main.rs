@@ -174,7 +174,7 @@ fn mx_path(a: &Args, kept: &mut Kept, fsyncs: f64) {
                 rounds.push((postfix, off, on, sink));
             }
             let of = |pick: fn(&(Measured, Measured, Measured, f64)) -> &Measured| {
-                Measured::median(&rounds.iter().map(|r| pick(r).clone()).collect::<Vec<_>>())
+                Measured::median(&rounds.iter().map(pick).collect::<Vec<_>>())
             };
             let (postfix, off, on) = (of(|r| &r.0), of(|r| &r.1), of(|r| &r.2));
             let sink = median(rounds.iter().map(|r| r.3).collect());

@@ -258,7 +258,7 @@ pub(crate) fn latencies(addr: SocketAddr, sessions: usize, messages: usize, size
 }
 
 /// One server under one scenario.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct Measured {
     pub(crate) per_second: f64,
     pub(crate) cpu_per_1000: f64,
@@ -268,25 +268,21 @@ pub(crate) struct Measured {
 }
 
 impl Measured {
-    /// Each figure's median over `rounds` (the upper one of an even count).
-    pub(crate) fn median(rounds: &[Measured]) -> Measured {
-        fn mid<T: PartialOrd + Copy + Default>(mut values: Vec<T>) -> T {
-            values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-            values.get(values.len() / 2).copied().unwrap_or_default()
-        }
+    /// Each figure's median over `rounds`.
+    pub(crate) fn median(rounds: &[&Measured]) -> Measured {
         Measured {
-            per_second: mid(rounds.iter().map(|m| m.per_second).collect()),
-            cpu_per_1000: mid(rounds.iter().map(|m| m.cpu_per_1000).collect()),
-            p50: mid(rounds.iter().map(|m| m.p50).collect()),
-            p99: mid(rounds.iter().map(|m| m.p99).collect()),
-            peak: mid(rounds.iter().map(|m| m.peak).collect()),
+            per_second: median(rounds.iter().map(|m| m.per_second).collect()),
+            cpu_per_1000: median(rounds.iter().map(|m| m.cpu_per_1000).collect()),
+            p50: median(rounds.iter().map(|m| m.p50).collect()),
+            p99: median(rounds.iter().map(|m| m.p99).collect()),
+            peak: median(rounds.iter().map(|m| m.peak).collect()),
         }
     }
 }
 
 /// The median of `values` (the upper one of an even count).
-pub(crate) fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
+pub(crate) fn median<T: PartialOrd + Copy + Default>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 

@@ -40,11 +40,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Creates `path` (which must not exist) with `mode`, writes `parts` and fsyncs the file.
 pub fn write_new(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)?;
+    let mut file = create_new(path, mode)?;
     write_parts(&mut file, parts)?;
     file.sync_all()
 }

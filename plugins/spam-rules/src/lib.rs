@@ -48,6 +48,27 @@ struct Rule {
     score: f64,
 }
 
+/// Where a rule looks, from its `in`.
+enum Place<'a> {
+    Subject,
+    Body,
+    /// The subject and the body (the built-in phrases).
+    Any,
+    /// The header of this name.
+    Header(&'a str),
+}
+
+impl Rule {
+    fn place(&self) -> Place<'_> {
+        match self.field.to_ascii_lowercase().as_str() {
+            "subject" => Place::Subject,
+            "body" => Place::Body,
+            "any" => Place::Any,
+            _ => Place::Header(&self.field),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct Config {
@@ -308,7 +329,7 @@ impl BodyScan {
     fn of(body: &str, rules: &[Rule]) -> BodyScan {
         let body = body.as_bytes();
         let in_body: Vec<usize> = (0..rules.len())
-            .filter(|&i| matches!(rules[i].field.to_lowercase().as_str(), "body" | "any"))
+            .filter(|&i| matches!(rules[i].place(), Place::Body | Place::Any))
             .collect();
         // Needle 0 is "http", as written ("HTTP://" is not counted); the others are the
         // phrases, regardless of ASCII case.
@@ -412,11 +433,11 @@ fn phrase_hits(rules: &[Rule], facts: &Facts, in_body: &[bool], hit: &mut impl F
     for (rule, &in_body) in rules.iter().zip(in_body) {
         let needle = rule.contains.to_ascii_lowercase();
         let in_subject = || subject.contains(&needle);
-        let found = match rule.field.to_lowercase().as_str() {
-            "subject" => in_subject(),
-            "body" => in_body,
-            "any" => in_body || in_subject(),
-            name => facts
+        let found = match rule.place() {
+            Place::Subject => in_subject(),
+            Place::Body => in_body,
+            Place::Any => in_body || in_subject(),
+            Place::Header(name) => facts
                 .headers
                 .iter()
                 .any(|(n, v)| n.eq_ignore_ascii_case(name) && v.to_ascii_lowercase().contains(&needle)),

@@ -8,7 +8,8 @@ use plugin_kit::needles::Needles;
 
 /// The words whose presence may mean decoding is needed, searched for regardless of ASCII
 /// case: the two transfer encodings, and `charset` (whose value then decides).
-const WORDS: [&[u8]; 3] = [b"base64", b"quoted-printable", b"charset"];
+const WORDS: [&[u8]; 3] = [b"base64", b"quoted-printable", CHARSET];
+const CHARSET: &[u8] = b"charset";
 
 /// What the raw message shows.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,7 +36,8 @@ pub fn scan_raw(raw: &[u8], signatures: &[&[u8]]) -> Raw {
         let Some(word) = m.needle.checked_sub(signatures.len()) else {
             return ControlFlow::Break(m.needle);
         };
-        needs_decoding = needs_decoding || word != 2 || foreign_charset(raw, m.at + WORDS[2].len());
+        needs_decoding =
+            needs_decoding || WORDS[word] != CHARSET || foreign_charset(raw, m.at + CHARSET.len());
         ControlFlow::Continue(())
     });
     match found {

@@ -250,16 +250,8 @@ impl Spool {
         let dest = self.path(&entry.id);
         match (content.in_memory(), content.spilled()) {
             (Some(bytes), _) => {
-                let tmp = self.tmp.join(entry.id.as_str());
-                let written = match self.write_file(&tmp, &[&first, bytes, &meta], sync) {
-                    Ok(written) => written,
-                    Err(e) => {
-                        if e.kind() != io::ErrorKind::AlreadyExists {
-                            let _ = fs::remove_file(&tmp);
-                        }
-                        return Err(io_err(&tmp)(e));
-                    }
-                };
+                let written =
+                    self.write_file(&self.tmp.join(entry.id.as_str()), &[&first, bytes, &meta], sync)?;
                 fs::rename(&written, &dest).map_err(io_err(&dest))?;
             }
             (None, Some(spill)) => {
@@ -355,26 +347,28 @@ impl Spool {
     /// is one (a crash leaves it in `free/`, as free as it was), else at `fresh` (in
     /// `tmp/`); returns the path written, for the caller to rename into `queue/`. Written
     /// in place, a reused file costs one rename instead of two (through `tmp/`).
-    fn write_file(&self, fresh: &Path, parts: &[&[u8]], sync: bool) -> io::Result<PathBuf> {
+    fn write_file(&self, fresh: &Path, parts: &[&[u8]], sync: bool) -> Result<PathBuf, SpoolError> {
         let reused = self
             .free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
         if let Some(old) = reused {
-            return match fsync::write_over(&old, parts, sync) {
-                Ok(()) => Ok(old),
-                Err(e) => {
-                    // Not put back: whatever it holds now, a restart frees it again.
-                    tracing::warn!(path = %old.display(), error = %e, "cannot write over a free spool file");
-                    Err(e)
-                }
-            };
+            // On failure it is not put back: whatever it holds now, a restart frees it again.
+            fsync::write_over(&old, parts, sync).map_err(io_err(&old))?;
+            return Ok(old);
         }
-        if sync {
-            fsync::write_new(fresh, parts, fsync::PRIVATE_FILE)?;
+        let written = if sync {
+            fsync::write_new(fresh, parts, fsync::PRIVATE_FILE)
         } else {
-            fsync::write_new_unsynced(fresh, parts, fsync::PRIVATE_FILE)?;
+            fsync::write_new_unsynced(fresh, parts, fsync::PRIVATE_FILE)
+        };
+        if let Err(e) = written {
+            // A file of this name that was there already is not ours to remove.
+            if e.kind() != io::ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(fresh);
+            }
+            return Err(io_err(fresh)(e));
         }
         Ok(fresh.to_path_buf())
     }
