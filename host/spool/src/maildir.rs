@@ -13,8 +13,11 @@
 //!
 //! With group commit the copies skip their own fsyncs: [`Maildir::prepare`] writes each
 //! copy into `tmp/` before the spool's flush, so the one flush that makes the spool file
-//! durable makes the copies durable too; [`Maildir::write_copy`] then moves them into `new/`,
-//! and the caller flushes once more before it retires the spool file. A prepared copy is
+//! durable makes the copies durable too; [`Maildir::publish_prepared`] (or
+//! [`Maildir::write_copy`], for delivery) then moves them into `new/`, and the caller
+//! flushes once more before it retires the spool file. A copy whose write failed (a full
+//! disk, a quota) is removed at once, so that no later try takes its part for a prepared
+//! copy. A prepared copy is
 //! only ever removed from `tmp/` by its move into `new/`, so at recovery a copy still in
 //! `tmp/` is published (after a check against the spool's content), and a missing one is
 //! looked for in `new/` and `cur/` before it is written again.
@@ -194,7 +197,11 @@ impl Maildir {
             // (anyone's) could carry the link into `new/` before the data — an empty
             // message after a crash, which recovery would take as delivered.
             let _ = fs::remove_file(&tmp);
-            fsync::write_new(&tmp, message, fsync::SHARED_FILE)?;
+            if let Err(e) = fsync::write_new(&tmp, message, fsync::SHARED_FILE) {
+                // Not left for a later try to take as a prepared copy.
+                let _ = fs::remove_file(&tmp);
+                return Err(e);
+            }
         } else if recovering {
             // After a restart without a machine crash, a prepared copy may still be in the
             // page cache only.
@@ -229,22 +236,15 @@ impl Maildir {
     ) -> Vec<(usize, io::Result<()>)> {
         let mut results = Vec::with_capacity(indices.len());
         for &index in indices {
-            let (Some(recipient), Some(copy)) =
-                (entry.envelope.recipients.get(index), Copy::of(entry, index))
-            else {
+            let Some(copy) = Copy::of(entry, index) else {
                 results.push((index, Err(io::Error::other("not a local recipient"))));
                 continue;
             };
             // Sharing the spool's flush, the copy was prepared before the 250 (or is
             // written now) and a flush before the spool file goes makes it durable.
-            let result = self.write_copy(&copy, message, recovering).map(|copied| match copied {
-                Copied::Now => {
-                    tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
-                }
-                Copied::Before => {
-                    tracing::info!(queue_id = %entry.id, to = %recipient.mailbox, "already in the maildir (delivered before a restart)")
-                }
-            });
+            let result = self
+                .write_copy(&copy, message, recovering)
+                .map(|copied| saved(entry, index, &copy, copied));
             results.push((index, result));
         }
         results
@@ -317,14 +317,72 @@ impl Maildir {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(copy.headers.as_bytes());
         all.extend_from_slice(parts);
-        fsync::write_parts(&mut file, &all)?;
+        if let Err(e) = fsync::write_parts(&mut file, &all) {
+            // A copy cut short (a full disk, a quota) must not stay where a later
+            // delivery would take it for a prepared one.
+            drop(file);
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         Ok(true)
+    }
+
+    /// Publishes `entry`'s copies for its local recipients `indices` that
+    /// [`Maildir::prepare`] wrote (all of them) before a flush that has completed since:
+    /// each moves from `tmp/` into `new/` in one step (`renameat2` with
+    /// `RENAME_NOREPLACE`, which refuses a name taken, as a link would), instead of a link
+    /// and an unlink. A copy that cannot be moved so (no `renameat2` on this file system,
+    /// a `new/` gone meanwhile) goes the way of [`Maildir::deliver_copies`].
+    pub(crate) fn publish_prepared(
+        &self,
+        entry: &Entry,
+        indices: &[usize],
+        message: &[&[u8]],
+    ) -> Vec<(usize, io::Result<()>)> {
+        let mut results = Vec::with_capacity(indices.len());
+        for &index in indices {
+            let result = match Copy::of(entry, index) {
+                Some(copy) => {
+                    let (dir, name) = self.copy_path(&copy);
+                    let tmp = dir.join("tmp").join(&name);
+                    let moved = rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &tmp,
+                        rustix::fs::CWD,
+                        dir.join("new").join(&name),
+                        rustix::fs::RenameFlags::NOREPLACE,
+                    );
+                    match moved {
+                        Ok(()) => Ok(Copied::Now),
+                        Err(rustix::io::Errno::EXIST) => fs::remove_file(&tmp).map(|()| Copied::Before),
+                        Err(_) => self.write_copy(&copy, message, false),
+                    }
+                    .map(|copied| saved(entry, index, &copy, copied))
+                }
+                None => Err(io::Error::other("not a local recipient")),
+            };
+            results.push((index, result));
+        }
+        results
     }
 
     /// Removes a copy [`Maildir::prepare`] wrote, when the message was not accepted after all.
     pub(crate) fn discard_prepared(&self, copy: &Copy) {
         let (dir, name) = self.copy_path(copy);
         let _ = fs::remove_file(dir.join("tmp").join(name));
+    }
+}
+
+/// Logs what writing `copy` (recipient `index` of `entry`) did.
+fn saved(entry: &Entry, index: usize, copy: &Copy, copied: Copied) {
+    let to = &entry.envelope.recipients[index].mailbox;
+    match copied {
+        Copied::Now => {
+            tracing::info!(queue_id = %entry.id, %to, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
+        }
+        Copied::Before => {
+            tracing::info!(queue_id = %entry.id, %to, "already in the maildir (delivered before a restart)")
+        }
     }
 }
 
@@ -540,6 +598,146 @@ mod tests {
         );
         for sub in ["tmp", "new", "cur"] {
             assert!(dir.path().join("example.org/bob").join(sub).is_dir(), "{sub}");
+        }
+    }
+
+    /// An entry of two local recipients, alice and bob.
+    fn two_recipients() -> Entry {
+        use portcullis_smtp::envelope::{Envelope, MailParams, Recipient};
+        let recipient = |local: &str| Recipient {
+            mailbox: Mailbox {
+                local: local.into(),
+                domain: "example.org".into(),
+            },
+            params: Default::default(),
+            local: true,
+            deliver_to: None,
+            alias: None,
+            sender: None,
+            reports_expansion: false,
+        };
+        Entry::new(
+            crate::QueueId::parse("0000000000000B0001").unwrap(),
+            7,
+            Envelope {
+                mail_from: None,
+                params: MailParams::default(),
+                recipients: vec![recipient("alice"), recipient("bob")],
+            },
+            Folder::Inbox,
+        )
+    }
+
+    #[test]
+    fn prepared_copies_move_into_new_in_one_step() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let device = fs::metadata(dir.path()).unwrap().dev();
+        let maildir = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(Some(device));
+        let entry = two_recipients();
+        let folder = |owner: &str, sub: &str| dir.path().join("example.org").join(owner).join(sub);
+        for index in 0..2 {
+            assert!(
+                maildir
+                    .prepare(&Copy::of(&entry, index).unwrap(), &[b"hello\r\n"])
+                    .unwrap()
+            );
+        }
+        let results = maildir.publish_prepared(&entry, &[0, 1], &[b"hello\r\n"]);
+        assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+        for owner in ["alice", "bob"] {
+            assert_eq!(files(&folder(owner, "tmp")).len(), 0);
+            let new = files(&folder(owner, "new"));
+            assert_eq!(new.len(), 1);
+            let text = fs::read_to_string(&new[0]).unwrap();
+            assert!(
+                text.starts_with("Return-Path: <>\r\n") && text.ends_with("\r\nhello\r\n"),
+                "{text:?}"
+            );
+        }
+
+        // A name taken is never replaced: the copy in `new/` stays, the prepared one goes.
+        let alice = Copy::of(&entry, 0).unwrap();
+        assert!(maildir.prepare(&alice, &[b"other\r\n"]).unwrap());
+        let results = maildir.publish_prepared(&entry, &[0], &[b"other\r\n"]);
+        assert!(results[0].1.is_ok());
+        assert_eq!(files(&folder("alice", "tmp")).len(), 0);
+        let new = files(&folder("alice", "new"));
+        assert_eq!(new.len(), 1);
+        assert!(fs::read_to_string(&new[0]).unwrap().ends_with("hello\r\n"));
+
+        // A `new/` gone since the copy was prepared is made again.
+        let entry_again = Entry {
+            id: crate::QueueId::parse("0000000000000B0002").unwrap(),
+            ..entry.clone()
+        };
+        let bob_again = Copy::of(&entry_again, 1).unwrap();
+        assert!(maildir.prepare(&bob_again, &[b"third\r\n"]).unwrap());
+        fs::remove_dir_all(folder("bob", "new")).unwrap();
+        let results = maildir.publish_prepared(&entry_again, &[1], &[b"third\r\n"]);
+        assert!(results[0].1.is_ok(), "{results:?}");
+        let new = files(&folder("bob", "new"));
+        assert_eq!(new.len(), 1);
+        assert!(fs::read_to_string(&new[0]).unwrap().ends_with("third\r\n"));
+    }
+
+    /// Set in the child process of [`a_copy_cut_short_is_never_taken_for_a_prepared_one`].
+    const CUT_SHORT: &str = "PORTCULLIS_TEST_FILE_SIZE_LIMIT";
+
+    #[test]
+    fn a_copy_cut_short_is_never_taken_for_a_prepared_one() {
+        if std::env::var_os(CUT_SHORT).is_none() {
+            // The kernel's file size limit stands in for a full disk or a quota: a write
+            // beyond it stops short. Run in a child process (the limit is the process's),
+            // SIGXFSZ ignored by the shell that starts it (an ignored signal stays ignored
+            // across exec), so that the write returns EFBIG instead of killing the test.
+            let status = std::process::Command::new("sh")
+                .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "maildir::tests::a_copy_cut_short_is_never_taken_for_a_prepared_one",
+                ])
+                .env(CUT_SHORT, "1")
+                .status()
+                .unwrap();
+            assert!(status.success());
+            return;
+        }
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let device = fs::metadata(dir.path()).unwrap().dev();
+        let maildir = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(Some(device));
+        let elsewhere = Maildir::new(dir.path().to_path_buf(), "mx").sharing_spool_flush(Some(device + 1));
+        let entry = two_recipients();
+        let (alice, bob) = (Copy::of(&entry, 0).unwrap(), Copy::of(&entry, 1).unwrap());
+        let folder = |owner: &str, sub: &str| dir.path().join("example.org").join(owner).join(sub);
+        let big = vec![b'x'; 64 * 1024];
+        let limits = getrlimit(Resource::Fsize);
+        setrlimit(
+            Resource::Fsize,
+            Rlimit {
+                current: Some(16 * 1024),
+                maximum: limits.maximum,
+            },
+        )
+        .unwrap();
+        // Prepared before the flush, and written (synced) by delivery: both fail, and
+        // neither leaves its part of a copy in `tmp/`.
+        assert!(maildir.prepare(&alice, &[&big]).is_err());
+        assert!(elsewhere.write_copy(&bob, &[&big], false).is_err());
+        setrlimit(Resource::Fsize, limits).unwrap();
+        assert_eq!(files(&folder("alice", "tmp")).len(), 0);
+        assert_eq!(files(&folder("bob", "tmp")).len(), 0);
+        // Delivery's next try writes each copy whole.
+        for (copy, owner) in [(&alice, "alice"), (&bob, "bob")] {
+            assert_eq!(maildir.write_copy(copy, &[&big], false).unwrap(), Copied::Now);
+            let new = files(&folder(owner, "new"));
+            assert_eq!(
+                fs::metadata(&new[0]).unwrap().len(),
+                (copy.headers.len() + big.len()) as u64
+            );
         }
     }
 

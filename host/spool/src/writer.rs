@@ -8,11 +8,11 @@
 //! 2. **durable** ([`Spool::flush`]): one flush for everything written together (group
 //!    commit); a message whose flush failed is taken back ([`Spool::withdraw`]);
 //! 3. **answered**: each session hears its fate (the 250 only now);
-//! 4. **published** ([`Writer`]'s `publish`): the prepared copies are linked into `new/`;
+//! 4. **published** ([`Writer`]'s `publish`): the prepared copies are moved into `new/`;
 //!    whatever cannot be settled here (a remote recipient, a failed copy, a success report
 //!    to queue) is handed to delivery;
 //! 5. **released** ([`Spool::retire_after_flush`]): the spool file leaves `queue/` after a
-//!    later flush (anyone's, or the sweeper's) has made the links durable.
+//!    later flush (anyone's, or the sweeper's) has made the moves durable.
 //!
 //! While the thread waits on a flush, the next messages queue up and share the following
 //! one: compared with a blocking-pool task per message, this spares thread wake-ups and
@@ -198,9 +198,13 @@ impl Shared {
         let mut answers = Vec::with_capacity(written.len());
         for (request, entry) in written {
             let _span = request.span.enter();
+            let mut prepared = false;
             let result = match (entry, &flushed) {
-                (Ok(entry), Ok(())) => Ok(entry),
-                (Ok(entry), Err(e)) => {
+                (Ok((entry, all_prepared)), Ok(())) => {
+                    prepared = all_prepared;
+                    Ok(entry)
+                }
+                (Ok((entry, _)), Err(e)) => {
                     // Told 451, the client sends it again: this copy must not be delivered.
                     if let Err(withdraw) = self.spool.withdraw(&self.maildir, &entry) {
                         tracing::warn!(queue_id = %entry.id, error = %withdraw, "cannot take back a message whose flush failed; it may be delivered twice");
@@ -218,7 +222,7 @@ impl Shared {
                         size = entry.size,
                         "queued"
                     );
-                    durable.push((request.span.clone(), entry.clone(), request.accepted));
+                    durable.push((request.span.clone(), entry.clone(), request.accepted, prepared));
                 }
                 Err(e) => tracing::error!(error = %e, "spool write failed; answering 451"),
             }
@@ -232,9 +236,9 @@ impl Shared {
         } else {
             answers
         };
-        for (span, entry, accepted) in durable {
+        for (span, entry, accepted, prepared) in durable {
             let _span = span.enter();
-            if !self.publish(&entry, &accepted) {
+            if !self.publish(&entry, &accepted, prepared) {
                 (self.handoff.deliver)(entry.id);
             }
         }
@@ -249,7 +253,8 @@ impl Shared {
     /// owed. The copies prepared before the 250 are linked into `new/`, and the spool file
     /// is released after the next flush anyone runs. Returns whether the message is
     /// settled; when not, delivery finds the published copies delivered already.
-    fn publish(&self, entry: &Entry, accepted: &Accepted) -> bool {
+    /// `prepared`: [`Spool::write_with_copies`] prepared every copy.
+    fn publish(&self, entry: &Entry, accepted: &Accepted, prepared: bool) -> bool {
         // A large content was not copied before the flush: delivery copies it.
         let Some(body) = accepted.message.body.in_memory() else {
             return false;
@@ -262,9 +267,12 @@ impl Shared {
             // The report is queued before the recipients leave the spool: delivery's job.
             return false;
         }
-        let results = self
-            .maildir
-            .deliver_copies(entry, &entry.pending, &content, false);
+        let results = if prepared {
+            self.maildir.publish_prepared(entry, &entry.pending, &content)
+        } else {
+            self.maildir
+                .deliver_copies(entry, &entry.pending, &content, false)
+        };
         if let Some((index, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
             let recipient = &entry.envelope.recipients[*index].mailbox;
             tracing::warn!(queue_id = %entry.id, %recipient, error = %e, "delivery failed; the delivery scheduler will retry");

@@ -34,7 +34,8 @@ impl Spool {
     /// [`Spool::flush_retiring`] when none comes). Only for deliveries written on the
     /// spool's file system without a sync of their own; with per-message sync it waits for
     /// [`Spool::flush_soon`] and retires at once. If a crash comes first, recovery finds
-    /// every copy delivered already.
+    /// every copy delivered already. Only for a message published as it was written (the
+    /// spool writer's), which never had a state file.
     pub(crate) fn retire_after_flush(&self, id: QueueId) -> Result<(), SpoolError> {
         if self.sync != SyncMode::Group {
             self.flush_soon()?;
@@ -74,7 +75,9 @@ impl Spool {
             ready.into_iter().map(|(_, id)| id).collect()
         };
         for id in ready {
-            if let Err(e) = self.release(&id) {
+            // Published by the spool writer as it was written, never changed by delivery:
+            // there is no state file to remove (those come from `Spool::modify`).
+            if let Err(e) = self.release_content(&id) {
                 tracing::warn!(queue_id = %id, error = %e, "cannot release a delivered message's spool file; recovery will");
             }
         }

@@ -306,20 +306,22 @@ impl Spool {
     /// in memory, each copy is prepared in its folder's `tmp/` ([`Maildir::prepare`])
     /// once the spool file is written, so that the flush covers them all. A copy that
     /// cannot be prepared (a broken folder, a full quota) does not refuse the message: the
-    /// prepared ones are removed, and delivery retries from the spool.
+    /// prepared ones are removed, and delivery retries from the spool. Returns the entry and
+    /// whether every copy was prepared ([`Maildir::publish_prepared`] then publishes them).
     pub(crate) fn write_with_copies(
         &self,
         maildir: &Maildir,
         incoming: Incoming<'_>,
-    ) -> Result<Entry, SpoolError> {
+    ) -> Result<(Entry, bool), SpoolError> {
         let Some(body) = incoming.content.in_memory() else {
             // A large content: delivery copies it from the spool file.
-            return self.write(&incoming);
+            return Ok((self.write(&incoming)?, false));
         };
         if !maildir.shares_spool_flush() || !incoming.envelope.recipients.iter().all(|r| r.local) {
-            return self.write(&incoming);
+            return Ok((self.write(&incoming)?, false));
         }
         let entry = self.write(&incoming)?;
+        let mut all_prepared = true;
         let mut prepared: Vec<crate::maildir::Copy> = Vec::new();
         for index in 0..entry.envelope.recipients.len() {
             let Some(copy) = crate::maildir::Copy::of(&entry, index) else {
@@ -329,8 +331,9 @@ impl Spool {
             match maildir.prepare(&copy, &message) {
                 Ok(true) => prepared.push(copy),
                 // A folder on another file system: delivery writes and fsyncs it.
-                Ok(false) => {}
+                Ok(false) => all_prepared = false,
                 Err(e) => {
+                    all_prepared = false;
                     let folder = maildir.folder_path(&copy.owner, copy.folder);
                     tracing::warn!(queue_id = %incoming.id, folder = %folder.display(), error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
                     for copy in &prepared {
@@ -340,7 +343,7 @@ impl Spool {
                 }
             }
         }
-        Ok(entry)
+        Ok((entry, all_prepared))
     }
 
     /// Writes a new spool file, fsync'd with `sync`, over a free one where it is when there
@@ -376,6 +379,15 @@ impl Spool {
     /// Takes the file of a message out of `queue/`: into `free/` for reuse, or deleted
     /// when enough are kept. Not durable by itself.
     fn release(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let path = self.release_content(id)?;
+        // After the content: a state file left alone by a crash is removed at the next
+        // start, while a content left without its state would be delivered again.
+        remove_if_present(&state_path(&path))
+    }
+
+    /// The first half of [`Spool::release`], alone for a message known to have no state
+    /// file: its content leaves `queue/`. Returns the path it had there.
+    fn release_content(&self, id: &QueueId) -> Result<PathBuf, SpoolError> {
         let path = self.path(id);
         let mut free = self
             .free
@@ -389,9 +401,7 @@ impl Spool {
             drop(free);
             fs::remove_file(&path).map_err(io_err(&path))?;
         }
-        // After the content: a state file left alone by a crash is removed at the next
-        // start, while a content left without its state would be delivered again.
-        remove_if_present(&state_path(&path))
+        Ok(path)
     }
 
     /// Writes `entry` as the message's state file, durably; the content is not touched.

@@ -257,8 +257,9 @@ fn a_withdrawn_message_leaves_neither_its_file_nor_its_prepared_copies() {
         omit: &[],
         content: &content,
     };
-    let entry = spool.write_with_copies(&maildir, incoming).unwrap();
+    let (entry, prepared) = spool.write_with_copies(&maildir, incoming).unwrap();
     let tmp = dir.path().join("mail/example.org/alice/tmp");
+    assert!(prepared);
     assert_eq!(fs::read_dir(&tmp).unwrap().count(), 1, "a copy was prepared");
     assert_eq!(spool.list().unwrap(), vec![entry.id.clone()]);
     spool.withdraw(&maildir, &entry).unwrap();
@@ -406,7 +407,11 @@ fn a_large_content_is_written_once_into_the_file_that_is_queued() {
         content: &content,
     };
     let maildir = Maildir::new(dir.path().join("mail"), "mx");
-    let entry = spool.write_with_copies(&maildir, incoming).unwrap();
+    let (entry, prepared) = spool.write_with_copies(&maildir, incoming).unwrap();
+    assert!(
+        !prepared,
+        "no copies are prepared for a maildir outside the spool's flushes"
+    );
     spool.flush().unwrap();
     drop(content);
     assert_eq!(
