@@ -20,6 +20,10 @@ use portcullis_bench::{message_of, session};
 use portcullis_runtime::{Hook, PluginSpec, Runtime, RuntimeConfig};
 use portcullis_smtp::session::PipelineKind;
 
+const USAGE: &str = "\
+usage: hookload [--workers W] [--tasks T] [--calls N] [--kib K] [--hooks virus,spam]
+                [--virus FILE] [--spam FILE] [--mime yes] [--message PATH]";
+
 fn spec(file: &str, hook: Hook) -> Arc<PluginSpec> {
     portcullis_bench::spec(file, hook, serde_json::Map::new())
 }
@@ -44,8 +48,11 @@ fn main() {
     let mut message_file = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let value = it.next().expect("a value after each option");
-        let number = || -> usize { value.parse().expect("a number") };
+        if !flag.starts_with("--") || flag == "--help" {
+            portcullis_bench::unknown_option(&flag, USAGE);
+        }
+        let value = it.next().unwrap_or_default();
+        let number = || -> usize { value.parse().expect("a number after each of these options") };
         match flag.as_str() {
             "--workers" => workers = number(),
             "--tasks" => tasks = number(),
@@ -59,7 +66,7 @@ fn main() {
                 run_virus = value.split(',').any(|h| h == "virus");
                 run_spam = value.split(',').any(|h| h == "spam");
             }
-            other => panic!("unknown option {other}"),
+            other => portcullis_bench::unknown_option(other, USAGE),
         }
     }
     let runtime = Arc::new(

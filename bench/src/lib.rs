@@ -6,7 +6,7 @@
 //!   plugin.
 //! - `src/throughput.rs` (binary): the release daemon's messages per second on the MX and
 //!   submission paths, with the four example plugins on and off, side by side in one run.
-//! - `src/compare.rs` (binary): Portcullis side by side with Postfix (installed from
+//! - `src/compare/` (binary): Portcullis side by side with Postfix (installed from
 //!   Debian's packages when missing), loaded by `smtp-source`; latency, CPU, memory, the
 //!   disk's fsync rate, group commit versus per-message fsync, submission, idle memory.
 //! - `src/hookload.rs` (binary): hook calls under concurrency, without sockets or disk.
@@ -135,4 +135,15 @@ pub fn spec(file: &str, hook: Hook, config: serde_json::Map<String, serde_json::
         grants: Default::default(),
         cache: None,
     })
+}
+
+/// For the harnesses' option loops: a flag no harness knows. `--help` (or `-h`) prints
+/// `usage` and exits with 0; anything else is reported with it, exit code 2.
+pub fn unknown_option(flag: &str, usage: &str) -> ! {
+    if flag == "--help" || flag == "-h" {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+    eprintln!("unknown option {flag}\n\n{usage}");
+    std::process::exit(2);
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use portcullis_bench::sample_message;
 use portcullis_bench::server::{Client, Daemon, Path_, connect, cpu_seconds, start};
 
+const USAGE: &str = "usage: throughput [--messages N] [--sessions C] [--size BYTES] [--portcullis PATH]";
+
 struct Args {
     messages: usize,
     sessions: usize,
@@ -29,13 +31,16 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if !flag.starts_with("--") || flag == "--help" {
+            portcullis_bench::unknown_option(&flag, USAGE);
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--messages" => a.messages = value.parse().expect("--messages N"),
             "--sessions" => a.sessions = value.parse().expect("--sessions C"),
             "--size" => a.size = value.parse().expect("--size BYTES"),
             "--portcullis" => a.binary = PathBuf::from(value),
-            other => panic!("unknown option {other}"),
+            other => portcullis_bench::unknown_option(other, USAGE),
         }
     }
     a

@@ -46,6 +46,12 @@ use portcullis_bench::server::{start, start_with};
 use measure::*;
 use postfix::*;
 
+const USAGE: &str = "\
+usage: compare [--seconds S] [--sessions 1,10,100] [--sizes 1024,10240,102400]
+               [--rounds N] [--idle N] [--portcullis PATH]
+               [--tables all|mx,group,submission,idle,authentication,services,lmtp]
+(as root; bench/src/compare/main.rs says what each table measures)";
+
 struct Args {
     seconds: f64,
     sessions: Vec<usize>,
@@ -84,6 +90,9 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if !flag.starts_with("--") || flag == "--help" {
+            portcullis_bench::unknown_option(&flag, USAGE);
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--seconds" => a.seconds = value.parse().expect("--seconds S"),
@@ -93,7 +102,7 @@ fn args() -> Args {
             "--rounds" => a.rounds = value.parse::<usize>().expect("--rounds N").max(1),
             "--portcullis" => a.binary = PathBuf::from(value),
             "--tables" => a.tables = value.split(',').map(|t| t.trim().to_string()).collect(),
-            other => panic!("unknown option {other}"),
+            other => portcullis_bench::unknown_option(other, USAGE),
         }
     }
     a
