@@ -13,9 +13,12 @@ installed=$(rustup component list --toolchain "$toolchain" --installed 2>/dev/nu
 for component in rustfmt clippy; do
   grep -q "^$component" <<<"$installed" || rustup component add --toolchain "$toolchain" "$component"
 done
-# The example plugins are WebAssembly components: the build needs the wasm32-wasip2 target.
-rustup target list --toolchain "$toolchain" --installed | grep -q '^wasm32-wasip2$' \
-  || rustup target add --toolchain "$toolchain" wasm32-wasip2
+# The example plugins are WebAssembly components: the build needs the wasm32-wasip2 target,
+# and wasm32-unknown-unknown for those that use nothing of WASI (host/runtime/build.rs).
+for target in wasm32-wasip2 wasm32-unknown-unknown; do
+  rustup target list --toolchain "$toolchain" --installed | grep -q "^$target\$" \
+    || rustup target add --toolchain "$toolchain" "$target"
+done
 
 # Plugins in other languages are built by their own scripts, with pinned toolchains
 # installed under target/toolchains (a missing one is installed, never skipped).

@@ -1,6 +1,14 @@
-//! Builds the plugins under `plugins/` as WebAssembly components (wasm32-wasip2), so that
-//! `cargo build`, `cargo run` and `cargo test` need nothing else. The wasmtime project builds
-//! its own test programs the same way.
+//! Builds the plugins under `plugins/` as WebAssembly components, so that `cargo build`,
+//! `cargo run` and `cargo test` need nothing else. The wasmtime project builds its own test
+//! programs the same way.
+//!
+//! Most are built for wasm32-wasip2, which makes components by itself. The content filters
+//! of every MX message ([`BARE`]) use nothing of WASI: they are built for
+//! wasm32-unknown-unknown, with the kit's arena as their allocator, and made components
+//! here (`wit-component`), so that an instance links only the host's own interfaces instead
+//! of the WASI ones Rust's standard library pulls in on wasip2 (docs/benchmarks.md, round
+//! five). Every component lands in `target/plugins/components/`, where operators take
+//! them from, and in this build's `OUT_DIR`, where the host and the tests do.
 //!
 //! The plugins are their own cargo workspace with their own target directory
 //! (`target/plugins`), so this nested cargo never waits on the outer build's lock.
@@ -10,12 +18,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const TARGET: &str = "wasm32-wasip2";
-/// The components the host embeds or the tests load, by crate file name.
+/// The target of the plugins that use nothing of WASI.
+const BARE_TARGET: &str = "wasm32-unknown-unknown";
+/// The plugins built for [`BARE_TARGET`], by package name.
+const BARE: &[&str] = &["virus-signatures", "spam-rules"];
+/// The components built for [`TARGET`] the host embeds or the tests load, by crate file
+/// name.
 const OUTPUTS: &[&str] = &[
     "auth_table",
     "rate_limit",
-    "virus_signatures",
-    "spam_rules",
     "clamav",
     "dnsbl",
     "rspamd",
@@ -25,11 +36,13 @@ const OUTPUTS: &[&str] = &[
     "legacy",
 ];
 
+#[cfg(not(feature = "engine"))]
 fn main() {
     // Without the engine there is nothing to embed, and nothing to build.
-    if env::var_os("CARGO_FEATURE_ENGINE").is_none() {
-        return;
-    }
+}
+
+#[cfg(feature = "engine")]
+fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.join("../..").canonicalize().expect("workspace root");
     let plugins = root.join("plugins");
@@ -56,23 +69,53 @@ fn main() {
     println!("cargo:rerun-if-changed={}", root.join("wit").display());
     println!("cargo:rustc-env=PORTCULLIS_BUILT_PLUGINS={}", out.display());
 
-    ensure_target(&plugins);
+    ensure_target(&plugins, TARGET);
+    ensure_target(&plugins, BARE_TARGET);
     let target_dir = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("plugins");
+    let components = target_dir.join("components");
+    std::fs::create_dir_all(&components).expect("create target/plugins/components");
     let release = target_dir.join(TARGET).join("release");
 
-    cargo_build(&plugins, &target_dir, &[]);
+    let mut all = vec!["--workspace"];
+    for package in BARE {
+        all.extend(["--exclude", package]);
+    }
+    cargo_build(&plugins, &target_dir, TARGET, &all);
     for name in OUTPUTS {
-        copy(
-            &release.join(format!("{name}.wasm")),
-            &out.join(format!("{name}.wasm")),
-        );
+        let file = format!("{name}.wasm");
+        copy(&release.join(&file), &components.join(&file));
+        copy(&release.join(&file), &out.join(&file));
+    }
+    let bare: Vec<&str> = BARE.iter().flat_map(|package| ["-p", package]).collect();
+    cargo_build(&plugins, &target_dir, BARE_TARGET, &bare);
+    for package in BARE {
+        let file = format!("{}.wasm", package.replace('-', "_"));
+        let module = target_dir.join(BARE_TARGET).join("release").join(&file);
+        let component = componentize(&module);
+        write(&components.join(&file), &component);
+        write(&out.join(&file), &component);
     }
     // The second version of the probe plugin, for the hot-swap tests.
-    cargo_build(&plugins, &target_dir, &["-p", "probe", "--features", "version-b"]);
+    cargo_build(&plugins, &target_dir, TARGET, &["-p", "probe", "--features", "version-b"]);
     copy(&release.join("probe.wasm"), &out.join("probe_b.wasm"));
+}
+
+/// The component of a core module built with wit-bindgen (which left the component's
+/// type in a custom section), checked.
+#[cfg(feature = "engine")]
+fn componentize(module: &Path) -> Vec<u8> {
+    let bytes = std::fs::read(module).unwrap_or_else(|e| panic!("read {}: {e}", module.display()));
+    wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .unwrap_or_else(|e| panic!("make a component of {}: {e:#}", module.display()))
+}
+
+fn write(to: &Path, bytes: &[u8]) {
+    std::fs::write(to, bytes).unwrap_or_else(|e| panic!("write {}: {e}", to.display()));
 }
 
 /// The toolchain's own program `name`: under rustup, its proxy run in `plugins/` with
@@ -112,14 +155,14 @@ fn cargo(plugins: &Path) -> Command {
     command
 }
 
-fn cargo_build(plugins: &Path, target_dir: &Path, extra: &[&str]) {
+fn cargo_build(plugins: &Path, target_dir: &Path, target: &str, extra: &[&str]) {
     let status = cargo(plugins)
         .args([
             "build",
             "--release",
             "--locked",
             "--target",
-            TARGET,
+            target,
             "--target-dir",
         ])
         .arg(target_dir)
@@ -133,25 +176,25 @@ fn cargo_build(plugins: &Path, target_dir: &Path, extra: &[&str]) {
     );
 }
 
-/// Installs the wasm32-wasip2 standard library if rustup has not: rustup will not do it by
+/// Installs the standard library of `target` if rustup has not: rustup will not do it by
 /// itself on machines with RUSTUP_AUTO_INSTALL=0.
-fn ensure_target(plugins: &Path) {
+fn ensure_target(plugins: &Path, target: &str) {
     let libdir = tool("rustc", "RUSTC", plugins)
-        .args(["--print", "target-libdir", "--target", TARGET])
+        .args(["--print", "target-libdir", "--target", target])
         .output()
         .ok()
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
     if libdir.is_some_and(|d| d.is_dir()) {
         return;
     }
-    println!("cargo:warning=installing the {TARGET} target with rustup (needed to build the plugins)");
+    println!("cargo:warning=installing the {target} target with rustup (needed to build the plugins)");
     let mut command = Command::new("rustup");
     command.current_dir(plugins).env_remove("RUSTUP_TOOLCHAIN");
-    command.args(["target", "add", TARGET]);
+    command.args(["target", "add", target]);
     let ok = command.status().is_ok_and(|s| s.success());
     assert!(
         ok,
-        "the {TARGET} target is missing and `rustup target add {TARGET}` failed"
+        "the {target} target is missing and `rustup target add {target}` failed"
     );
 }
 

@@ -213,6 +213,48 @@ async fn a_plugin_reads_a_large_message_from_its_file_as_from_memory() {
     assert_eq!(found, ScanOutcome::Infected("Eicar-Test-Signature".into()));
 }
 
+/// The content filters are built for wasm32-unknown-unknown with an arena that never
+/// reuses what is freed out of order (plugins/kit/src/arena.rs): on the largest message the
+/// server accepts by default (25 MiB), decoded and parsed, both must still answer within
+/// the memory a plugin gets by default (128 MiB).
+#[tokio::test]
+async fn the_content_filters_take_the_largest_default_message_within_the_default_memory() {
+    use base64::Engine;
+    let rt = runtime(None);
+    let load = |file: &str, hook: Hook| {
+        let mut spec = (*spec(file, hook, serde_json::json!({}))).clone();
+        spec.memory = 128 << 20;
+        spec.timeout = Duration::from_secs(20);
+        rt.load(Arc::new(spec)).expect("load")
+    };
+    let (virus, spam) = (load("virus_signatures.wasm", Hook::Virus), load("spam_rules.wasm", Hook::Spam));
+    // 16 MiB of binary attachment (EICAR at its very end), and 3 MiB of quoted-printable
+    // text saying "click here" now and then: over 24 MiB once encoded.
+    let mut binary: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    binary.extend_from_slice(EICAR.as_bytes());
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&binary);
+    let lines: Vec<&str> = encoded
+        .as_bytes()
+        .chunks(76)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    let text = "Dear customer, please click here to see the offer =E2=82=AC.=\nSee you.\n".repeat(40_000);
+    let body = format!(
+        "From: a@far.example\nTo: alice@example.org\nSubject: big\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\n\n--b1\nContent-Type: text/plain; charset=utf-8\n\
+         Content-Transfer-Encoding: quoted-printable\n\n{text}\n--b1\nContent-Type: application/octet-stream\n\
+         Content-Transfer-Encoding: base64\n\n{}\n--b1--\n",
+        lines.join("\n")
+    );
+    assert!(body.len() > 24 << 20 && body.len() < 25 << 20, "{}", body.len());
+    let big = message(&body);
+    let mx = session(PipelineKind::Mx);
+    let found = rt.virus(&virus, &mx, &big).await.expect("scan");
+    assert_eq!(found, ScanOutcome::Infected("Eicar-Test-Signature".into()));
+    let scored = rt.spam(&spam, &mx, &big).await.expect("classify");
+    assert!(scored.score > 0.0, "{scored:?}");
+}
+
 fn nested(inner: &str, levels: usize) -> String {
     (0..levels).fold(inner.to_string(), |message, level| {
         format!(

@@ -3,7 +3,14 @@
 //! changes of a verdict, the fields no plugin may add or remove, reading a message whole
 //! through a plugin's `message.read`; and [`needles`], many needles searched for in one pass.
 
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+pub mod arena;
 pub mod needles;
+
+/// Every plugin built with the kit for `wasm32-unknown-unknown` allocates from the arena.
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
+#[global_allocator]
+static ARENA: arena::Arena = arena::Arena::new();
 
 /// The host keeps at most this many headers to add, and as many to remove, per verdict.
 pub const MAX_HEADERS: usize = 20;
