@@ -99,7 +99,12 @@ fn main() {
         write(&out.join(&file), &component);
     }
     // The second version of the probe plugin, for the hot-swap tests.
-    cargo_build(&plugins, &target_dir, TARGET, &["-p", "probe", "--features", "version-b"]);
+    cargo_build(
+        &plugins,
+        &target_dir,
+        TARGET,
+        &["-p", "probe", "--features", "version-b"],
+    );
     copy(&release.join("probe.wasm"), &out.join("probe_b.wasm"));
 }
 

@@ -227,10 +227,15 @@ async fn the_content_filters_take_the_largest_default_message_within_the_default
         spec.timeout = Duration::from_secs(20);
         rt.load(Arc::new(spec)).expect("load")
     };
-    let (virus, spam) = (load("virus_signatures.wasm", Hook::Virus), load("spam_rules.wasm", Hook::Spam));
+    let (virus, spam) = (
+        load("virus_signatures.wasm", Hook::Virus),
+        load("spam_rules.wasm", Hook::Spam),
+    );
     // 16 MiB of binary attachment (EICAR at its very end), and 3 MiB of quoted-printable
     // text saying "click here" now and then: over 24 MiB once encoded.
-    let mut binary: Vec<u8> = (0..16u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut binary: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     binary.extend_from_slice(EICAR.as_bytes());
     let encoded = base64::engine::general_purpose::STANDARD.encode(&binary);
     let lines: Vec<&str> = encoded
