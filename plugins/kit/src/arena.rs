@@ -49,9 +49,14 @@ impl Arena {
         if core::arch::wasm32::memory_grow(0, pages) == usize::MAX {
             return false;
         }
-        self.end.set(core::arch::wasm32::memory_size(0) * PAGE);
+        self.end.set(memory_end());
         true
     }
+}
+
+/// The end of the linear memory (4 GiB, the most a 32-bit memory has, is `usize::MAX`).
+fn memory_end() -> usize {
+    core::arch::wasm32::memory_size(0).saturating_mul(PAGE)
 }
 
 impl Default for Arena {
@@ -66,12 +71,15 @@ unsafe impl GlobalAlloc for Arena {
         if next == 0 {
             // Only the symbol's address is taken, never its value.
             next = core::ptr::addr_of!(__heap_base) as usize;
-            self.end.set(core::arch::wasm32::memory_size(0) * PAGE);
+            self.end.set(memory_end());
         }
-        let start = next.next_multiple_of(layout.align());
-        match start.checked_add(layout.size()) {
-            Some(after) if self.reach(after) => {
-                self.next.set(after);
+        // Where the block starts and ends; `None` past the end of a 32-bit address space.
+        let block = next
+            .checked_next_multiple_of(layout.align())
+            .and_then(|start| Some((start, start.checked_add(layout.size())?)));
+        match block {
+            Some((start, end)) if self.reach(end) => {
+                self.next.set(end);
                 start as *mut u8
             }
             _ => core::ptr::null_mut(),
@@ -89,8 +97,8 @@ unsafe impl GlobalAlloc for Arena {
         if start + layout.size() == self.next.get() {
             // The last block grows or shrinks where it is.
             return match start.checked_add(new_size) {
-                Some(after) if self.reach(after) => {
-                    self.next.set(after);
+                Some(end) if self.reach(end) => {
+                    self.next.set(end);
                     ptr
                 }
                 _ => core::ptr::null_mut(),
