@@ -604,17 +604,12 @@ mod tests {
     /// An entry of two local recipients, alice and bob.
     fn two_recipients() -> Entry {
         use portcullis_smtp::envelope::{Envelope, MailParams, Recipient};
-        let recipient = |local: &str| Recipient {
-            mailbox: Mailbox {
+        let recipient = |local: &str| {
+            let mailbox = Mailbox {
                 local: local.into(),
                 domain: "example.org".into(),
-            },
-            params: Default::default(),
-            local: true,
-            deliver_to: None,
-            alias: None,
-            sender: None,
-            reports_expansion: false,
+            };
+            Recipient::local(mailbox.clone(), Default::default(), mailbox)
         };
         Entry::new(
             crate::QueueId::parse("0000000000000B0001").unwrap(),
