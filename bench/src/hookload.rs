@@ -46,12 +46,7 @@ fn main() {
     let mut virus_plugin = "virus_signatures.wasm".to_string();
     let mut mime = false;
     let mut message_file = None;
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if !flag.starts_with("--") || flag == "--help" {
-            portcullis_bench::unknown_option(&flag, USAGE);
-        }
-        let value = it.next().unwrap_or_default();
+    for (flag, value) in portcullis_bench::options(USAGE) {
         let number = || -> usize { value.parse().expect("a number after each of these options") };
         match flag.as_str() {
             "--workers" => workers = number(),

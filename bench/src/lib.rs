@@ -137,8 +137,22 @@ pub fn spec(file: &str, hook: Hook, config: serde_json::Map<String, serde_json::
     })
 }
 
-/// For the harnesses' option loops: a flag no harness knows. `--help` (or `-h`) prints
-/// `usage` and exits with 0; anything else is reported with it, exit code 2.
+/// The harnesses' command line as `--flag value` pairs. `--help`, `-h` or anything else
+/// that is not a `--flag` ends the program there ([`unknown_option`]).
+pub fn options(usage: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if !flag.starts_with("--") || flag == "--help" {
+            unknown_option(&flag, usage);
+        }
+        pairs.push((flag, it.next().unwrap_or_default()));
+    }
+    pairs
+}
+
+/// A flag no harness knows. `--help` (or `-h`) prints `usage` and exits with 0; anything
+/// else is reported with it, exit code 2.
 pub fn unknown_option(flag: &str, usage: &str) -> ! {
     if flag == "--help" || flag == "-h" {
         println!("{usage}");

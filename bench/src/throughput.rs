@@ -29,12 +29,7 @@ fn args() -> Args {
         size: 10 * 1024,
         binary: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/portcullis"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if !flag.starts_with("--") || flag == "--help" {
-            portcullis_bench::unknown_option(&flag, USAGE);
-        }
-        let value = it.next().unwrap_or_default();
+    for (flag, value) in portcullis_bench::options(USAGE) {
         match flag.as_str() {
             "--messages" => a.messages = value.parse().expect("--messages N"),
             "--sessions" => a.sessions = value.parse().expect("--sessions C"),

@@ -88,12 +88,7 @@ fn args() -> Args {
         tables: vec!["all".into()],
         rounds: 1,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        if !flag.starts_with("--") || flag == "--help" {
-            portcullis_bench::unknown_option(&flag, USAGE);
-        }
-        let value = it.next().unwrap_or_default();
+    for (flag, value) in portcullis_bench::options(USAGE) {
         match flag.as_str() {
             "--seconds" => a.seconds = value.parse().expect("--seconds S"),
             "--sessions" => a.sessions = list(&value),

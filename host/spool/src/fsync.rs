@@ -39,16 +39,21 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Creates `path` (which must not exist) with `mode`, writes `parts` and fsyncs the file.
+/// A file it could not finish is removed ([`finish_new`]).
 pub fn write_new(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
-    let mut file = create_new(path, mode)?;
-    write_parts(&mut file, parts)?;
-    file.sync_all()
+    finish_new(create_new(path, mode)?, path, parts, true)
 }
 
-/// Creates `path` (which must not exist) with `mode` and writes `parts`, leaving
-/// durability to a later flush (group commit).
-pub fn write_new_unsynced(path: &Path, parts: &[&[u8]], mode: u32) -> io::Result<()> {
-    write_parts(&mut create_new(path, mode)?, parts)
+/// Writes `parts` into `file`, which [`create_new`] just made at `path`, and fsyncs it
+/// with `sync`. When that fails (a full disk, a quota) the file is removed: a part of a
+/// message must never stay where a later look could take it for the whole.
+pub fn finish_new(mut file: File, path: &Path, parts: &[&[u8]], sync: bool) -> io::Result<()> {
+    let written = write_parts(&mut file, parts).and_then(|()| if sync { file.sync_all() } else { Ok(()) });
+    if written.is_err() {
+        drop(file);
+        let _ = fs::remove_file(path);
+    }
+    written
 }
 
 /// Creates `path` (which must not exist) with `mode`, open for writing.

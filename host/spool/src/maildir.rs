@@ -197,11 +197,7 @@ impl Maildir {
             // (anyone's) could carry the link into `new/` before the data — an empty
             // message after a crash, which recovery would take as delivered.
             let _ = fs::remove_file(&tmp);
-            if let Err(e) = fsync::write_new(&tmp, message, fsync::SHARED_FILE) {
-                // Not left for a later try to take as a prepared copy.
-                let _ = fs::remove_file(&tmp);
-                return Err(e);
-            }
+            fsync::write_new(&tmp, message, fsync::SHARED_FILE)?;
         } else if recovering {
             // After a restart without a machine crash, a prepared copy may still be in the
             // page cache only.
@@ -234,20 +230,9 @@ impl Maildir {
         message: &[&[u8]],
         recovering: bool,
     ) -> Vec<(usize, io::Result<()>)> {
-        let mut results = Vec::with_capacity(indices.len());
-        for &index in indices {
-            let Some(copy) = Copy::of(entry, index) else {
-                results.push((index, Err(io::Error::other("not a local recipient"))));
-                continue;
-            };
-            // Sharing the spool's flush, the copy was prepared before the 250 (or is
-            // written now) and a flush before the spool file goes makes it durable.
-            let result = self
-                .write_copy(&copy, message, recovering)
-                .map(|copied| saved(entry, index, &copy, copied));
-            results.push((index, result));
-        }
-        results
+        // Sharing the spool's flush, the copy was prepared before the 250 (or is written
+        // now) and a flush before the spool file goes makes it durable.
+        each_copy(entry, indices, |copy| self.write_copy(copy, message, recovering))
     }
 
     /// The folder and the file name of one copy.
@@ -296,7 +281,7 @@ impl Maildir {
         let tmp = dir.join("tmp").join(&name);
         // Created straight away: the folder is looked at only when it is not there (a new
         // mailbox), and a file of this name only when one is left (an earlier try).
-        let mut file = match fsync::create_new(&tmp, fsync::SHARED_FILE) {
+        let file = match fsync::create_new(&tmp, fsync::SHARED_FILE) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.create_folder(copy, &dir)?;
                 fsync::create_new(&tmp, fsync::SHARED_FILE)?
@@ -317,13 +302,9 @@ impl Maildir {
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(copy.headers.as_bytes());
         all.extend_from_slice(parts);
-        if let Err(e) = fsync::write_parts(&mut file, &all) {
-            // A copy cut short (a full disk, a quota) must not stay where a later
-            // delivery would take it for a prepared one.
-            drop(file);
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
+        // A copy cut short (a full disk, a quota) is removed: a later delivery would take
+        // it for a prepared one.
+        fsync::finish_new(file, &tmp, &all, false)?;
         Ok(true)
     }
 
@@ -339,31 +320,22 @@ impl Maildir {
         indices: &[usize],
         message: &[&[u8]],
     ) -> Vec<(usize, io::Result<()>)> {
-        let mut results = Vec::with_capacity(indices.len());
-        for &index in indices {
-            let result = match Copy::of(entry, index) {
-                Some(copy) => {
-                    let (dir, name) = self.copy_path(&copy);
-                    let tmp = dir.join("tmp").join(&name);
-                    let moved = rustix::fs::renameat_with(
-                        rustix::fs::CWD,
-                        &tmp,
-                        rustix::fs::CWD,
-                        dir.join("new").join(&name),
-                        rustix::fs::RenameFlags::NOREPLACE,
-                    );
-                    match moved {
-                        Ok(()) => Ok(Copied::Now),
-                        Err(rustix::io::Errno::EXIST) => fs::remove_file(&tmp).map(|()| Copied::Before),
-                        Err(_) => self.write_copy(&copy, message, false),
-                    }
-                    .map(|copied| saved(entry, index, &copy, copied))
-                }
-                None => Err(io::Error::other("not a local recipient")),
-            };
-            results.push((index, result));
-        }
-        results
+        each_copy(entry, indices, |copy| {
+            let (dir, name) = self.copy_path(copy);
+            let tmp = dir.join("tmp").join(&name);
+            let moved = rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                dir.join("new").join(&name),
+                rustix::fs::RenameFlags::NOREPLACE,
+            );
+            match moved {
+                Ok(()) => Ok(Copied::Now),
+                Err(rustix::io::Errno::EXIST) => fs::remove_file(&tmp).map(|()| Copied::Before),
+                Err(_) => self.write_copy(copy, message, false),
+            }
+        })
     }
 
     /// Removes a copy [`Maildir::prepare`] wrote, when the message was not accepted after all.
@@ -373,17 +345,34 @@ impl Maildir {
     }
 }
 
-/// Logs what writing `copy` (recipient `index` of `entry`) did.
-fn saved(entry: &Entry, index: usize, copy: &Copy, copied: Copied) {
-    let to = &entry.envelope.recipients[index].mailbox;
-    match copied {
-        Copied::Now => {
-            tracing::info!(queue_id = %entry.id, %to, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
+/// Writes the copy of each of `entry`'s recipients `indices` with `write`, logging what it
+/// did: the result of each, in order. A remote recipient is an error.
+fn each_copy(
+    entry: &Entry,
+    indices: &[usize],
+    mut write: impl FnMut(&Copy) -> io::Result<Copied>,
+) -> Vec<(usize, io::Result<()>)> {
+    let saved = |index: usize, copy: &Copy, copied: Copied| {
+        let to = &entry.envelope.recipients[index].mailbox;
+        match copied {
+            Copied::Now => {
+                tracing::info!(queue_id = %entry.id, %to, mailbox = %copy.owner, folder = ?entry.folder, "saved to maildir")
+            }
+            Copied::Before => {
+                tracing::info!(queue_id = %entry.id, %to, "already in the maildir (delivered before a restart)")
+            }
         }
-        Copied::Before => {
-            tracing::info!(queue_id = %entry.id, %to, "already in the maildir (delivered before a restart)")
-        }
-    }
+    };
+    indices
+        .iter()
+        .map(|&index| {
+            let result = match Copy::of(entry, index) {
+                Some(copy) => write(&copy).map(|copied| saved(index, &copy, copied)),
+                None => Err(io::Error::other("not a local recipient")),
+            };
+            (index, result)
+        })
+        .collect()
 }
 
 /// Adds `folder` to the `subscriptions` file of the Maildir at `inbox` (one name a line,

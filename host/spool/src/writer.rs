@@ -198,12 +198,8 @@ impl Shared {
         let mut answers = Vec::with_capacity(written.len());
         for (request, entry) in written {
             let _span = request.span.enter();
-            let mut prepared = false;
             let result = match (entry, &flushed) {
-                (Ok((entry, all_prepared)), Ok(())) => {
-                    prepared = all_prepared;
-                    Ok(entry)
-                }
+                (Ok(written), Ok(())) => Ok(written),
                 (Ok((entry, _)), Err(e)) => {
                     // Told 451, the client sends it again: this copy must not be delivered.
                     if let Err(withdraw) = self.spool.withdraw(&self.maildir, &entry) {
@@ -214,7 +210,7 @@ impl Shared {
                 (Err(e), _) => Err(e.to_string()),
             };
             match &result {
-                Ok(entry) => {
+                Ok((entry, prepared)) => {
                     tracing::info!(
                         queue_id = %entry.id,
                         from = %entry.envelope.reverse_path(),
@@ -222,11 +218,11 @@ impl Shared {
                         size = entry.size,
                         "queued"
                     );
-                    durable.push((request.span.clone(), entry.clone(), request.accepted, prepared));
+                    durable.push((request.span.clone(), entry.clone(), request.accepted, *prepared));
                 }
                 Err(e) => tracing::error!(error = %e, "spool write failed; answering 451"),
             }
-            answers.push((request.answer, result));
+            answers.push((request.answer, result.map(|(entry, _)| entry)));
         }
         // Answered (the thread answers first: the 250s go out before the copies are
         // published), then published.
@@ -250,7 +246,7 @@ impl Shared {
 
     /// Publishes a durable message right here when that needs no flush of its own: its
     /// Maildir copies share the spool's flushes, every recipient is local and no report is
-    /// owed. The copies prepared before the 250 are linked into `new/`, and the spool file
+    /// owed. The copies prepared before the 250 are moved into `new/`, and the spool file
     /// is released after the next flush anyone runs. Returns whether the message is
     /// settled; when not, delivery finds the published copies delivered already.
     /// `prepared`: [`Spool::write_with_copies`] prepared every copy.

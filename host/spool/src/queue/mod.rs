@@ -361,18 +361,11 @@ impl Spool {
             fsync::write_over(&old, parts, sync).map_err(io_err(&old))?;
             return Ok(old);
         }
-        let written = if sync {
-            fsync::write_new(fresh, parts, fsync::PRIVATE_FILE)
-        } else {
-            fsync::write_new_unsynced(fresh, parts, fsync::PRIVATE_FILE)
-        };
-        if let Err(e) = written {
-            // A file of this name that was there already is not ours to remove.
-            if e.kind() != io::ErrorKind::AlreadyExists {
-                let _ = fs::remove_file(fresh);
-            }
-            return Err(io_err(fresh)(e));
-        }
+        // A file cut short is removed by `finish_new`; one of this name that was there
+        // already is not ours to remove.
+        fsync::create_new(fresh, fsync::PRIVATE_FILE)
+            .and_then(|file| fsync::finish_new(file, fresh, parts, sync))
+            .map_err(io_err(fresh))?;
         Ok(fresh.to_path_buf())
     }
 
