@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A fresh build takes several GiB of disk and the end-to-end tests write a few more
+# (100 unfinished 20 MiB messages at once, in abuse.rs): say so at once when the disk is
+# short, rather than fail as dozens of tests out of space.
+free_gib() { df -P -k "$1" | awk 'NR == 2 { print int($4 / 1048576) }'; }
+for dir in . "${TMPDIR:-/tmp}"; do
+  if [ "$(free_gib "$dir")" -lt 8 ]; then
+    echo "test.sh: only $(free_gib "$dir") GiB free on the disk of $dir; a fresh build and the tests need about 8" >&2
+  fi
+done
+
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 # rustup installs nothing by itself on these machines (RUSTUP_AUTO_INSTALL=0): do it here.
 if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then

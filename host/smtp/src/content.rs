@@ -378,7 +378,7 @@ mod tests {
     /// Spill files in a temporary directory, with a header of `start` octets.
     #[derive(Debug)]
     struct Dir {
-        path: PathBuf,
+        path: tempfile::TempDir,
         start: u64,
         opened: AtomicU32,
     }
@@ -386,7 +386,7 @@ mod tests {
     impl SpillSource for Dir {
         fn open(&self) -> io::Result<SpillFile> {
             let n = self.opened.fetch_add(1, Ordering::Relaxed);
-            let path = self.path.join(format!("spill-{n}"));
+            let path = self.path.path().join(format!("spill-{n}"));
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -396,12 +396,9 @@ mod tests {
         }
     }
 
-    fn dir(name: &str) -> Arc<Dir> {
-        let path = std::env::temp_dir().join(format!("portcullis-content-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
+    fn dir() -> Arc<Dir> {
         Arc::new(Dir {
-            path,
+            path: tempfile::tempdir().unwrap(),
             start: 7,
             opened: AtomicU32::new(0),
         })
@@ -411,7 +408,7 @@ mod tests {
     fn small_content_stays_in_memory() {
         let storage = Storage {
             budget: None,
-            spill: Some(dir("small")),
+            spill: Some(dir()),
         };
         let mut c = storage.content(100).unwrap();
         c.push(b"Subject: x\r\n\r\nbody\r\n");
@@ -422,7 +419,7 @@ mod tests {
 
     #[test]
     fn large_content_goes_to_a_file_and_reads_back() {
-        let source = dir("large");
+        let source = dir();
         let storage = Storage {
             budget: None,
             spill: Some(source.clone()),
@@ -452,7 +449,7 @@ mod tests {
     fn a_kept_file_survives_its_content() {
         let storage = Storage {
             budget: None,
-            spill: Some(dir("kept")),
+            spill: Some(dir()),
         };
         let mut c = storage.content(1).unwrap();
         c.push(b"abc");
@@ -468,7 +465,7 @@ mod tests {
     fn the_budget_caps_contents_together_and_is_given_back() {
         let storage = Storage {
             budget: Some(Budget::new(250)),
-            spill: Some(dir("budget")),
+            spill: Some(dir()),
         };
         let a = storage.content(100).unwrap();
         let mut b = storage.content(100).unwrap();

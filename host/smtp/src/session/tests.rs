@@ -1373,9 +1373,8 @@ fn data_and_bdat_wait_when_the_memory_for_contents_is_spent() {
 
 #[test]
 fn content_over_its_memory_goes_to_the_hosts_file_by_data_and_by_bdat() {
-    let dir = std::env::temp_dir().join(format!("portcullis-session-spill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().to_path_buf();
     let storage = crate::content::Storage {
         budget: Some(crate::content::Budget::new(1000)),
         spill: Some(Arc::new(TempSpill(dir.clone()))),
