@@ -71,6 +71,7 @@ fn run<P: Pipeline>(data: &[u8]) {
         storage: portcullis_smtp::content::Storage {
             budget: Some(portcullis_smtp::content::Budget::new(4096)),
             spill: None,
+            room: None,
         },
     });
     let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);

@@ -164,3 +164,141 @@ fn a_spool_write_that_fails_is_answered_451_and_the_writer_goes_on() {
             .contains("body of accepted")
     );
 }
+
+#[test]
+fn mail_waits_with_452_while_the_spool_disk_is_short_of_its_reserve() {
+    // No disk has a thousand tebibytes free: every MAIL FROM waits.
+    let setup = Setup::new("[limits]\nspool-min-free = \"1000TiB\"\n[metrics]\naddress = \"127.0.0.1:0\"\n");
+    let mut daemon = setup.start();
+    daemon.wait_log("the spool's disk is short of space");
+    let metrics = daemon.metrics_address();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    // The server's shortage, not the client's error: more tries than the error limit (20)
+    // and the session stays open.
+    for _ in 0..25 {
+        let reply = c.cmd("MAIL FROM:<friend@far.example>");
+        assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    }
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("503"));
+    let body = scrape(metrics);
+    assert_eq!(value(&body, "portcullis_spool_short_total"), 25.0);
+    assert!(value(&body, "portcullis_spool_free_bytes") > 0.0);
+    // The operator lowers the reserve: sessions from then on take mail (freed space
+    // counts at once, in every session: the full-disk test below).
+    setup.edit_config("spool-min-free = \"1000TiB\"", "spool-min-free = \"0\"");
+    daemon.signal("HUP");
+    daemon.wait_log("configuration reloaded");
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    send_mx(&mut c, "after the reload");
+    let files = wait_for_mail(&setup.maildir("alice"), 1);
+    assert_eq!(files.len(), 1);
+}
+
+/// A tmpfs of `size` mounted on `dir` for as long as it lives.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mkdir");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs on {dir:?}");
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Octets free (what an unprivileged writer may use).
+    fn free(&self) -> u64 {
+        let stat = rustix::fs::statvfs(&self.0).expect("statvfs");
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_disk_that_fills_up_refuses_new_mail_and_loses_none_it_took() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: the full-disk test mounts a tmpfs and was not run");
+        return;
+    }
+    // The data directory (spool and mailboxes) on a 12 MiB file system; messages of at
+    // most 1 MiB, so 1.5 MiB is kept free (the default reserve).
+    let setup = Setup::new("[limits]\nmessage-size = \"1MiB\"\n");
+    let disk = Tmpfs::mount(&setup.data(), "12m");
+    let mut daemon = setup.start();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    // 600 KiB messages, one after the other, until the disk is short.
+    let body = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopq\r\n"
+        .repeat(600 * 1024 / 81);
+    let mut accepted = Vec::new();
+    loop {
+        let reply = c.cmd("MAIL FROM:<friend@far.example>");
+        if reply.starts_with("452 4.3.1") {
+            break;
+        }
+        assert!(reply.starts_with("250"), "{reply}");
+        assert!(accepted.len() < 20, "12 MiB cannot take 20 such messages");
+        let subject = format!("filler {}", accepted.len());
+        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        let reply = c.cmd(&format!("Subject: {subject}\r\n\r\n{body}."));
+        assert!(reply.starts_with("250 2.0.0"), "{reply}");
+        accepted.push(subject);
+        // Delivered before the next, so that what is free is what the mailbox left.
+        wait_spool_empty(&setup.data());
+    }
+    assert!(
+        accepted.len() >= 5,
+        "only {} messages before the disk was short",
+        accepted.len()
+    );
+    assert!(
+        disk.free() < 3 * 1024 * 1024 / 2,
+        "{} octets free at the refusal",
+        disk.free()
+    );
+    daemon.wait_log("the spool's disk is short of space");
+    // Everything acknowledged arrived, once and whole.
+    let files = new_files(&setup.maildir("alice"));
+    assert_eq!(files.len(), accepted.len());
+    for subject in &accepted {
+        let copies: Vec<String> = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).expect("read"))
+            .filter(|text| text.contains(&format!("Subject: {subject}\r\n")))
+            .collect();
+        assert_eq!(copies.len(), 1, "{subject}");
+        assert!(copies[0].ends_with(&body), "{subject} arrived whole");
+    }
+    // The reader takes mail away until the reserve is free again, but less than the
+    // reserve and a 1 MiB message: a message declared that large still waits, one that
+    // declares nothing is taken.
+    let mut files = files.into_iter();
+    while disk.free() < 3 * 1024 * 1024 / 2 {
+        std::fs::remove_file(files.next().expect("a message to remove")).expect("remove");
+    }
+    assert!(disk.free() < 5 * 1024 * 1024 / 2, "{} octets free", disk.free());
+    let reply = c.cmd("MAIL FROM:<friend@far.example> SIZE=1048576");
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    send_mx(&mut c, "room again");
+    wait_spool_empty(&setup.data());
+    assert!(new_files(&setup.maildir("alice")).iter().any(|f| {
+        std::fs::read_to_string(f)
+            .expect("read")
+            .contains("body of room again")
+    }));
+    drop(daemon);
+}

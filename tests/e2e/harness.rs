@@ -253,6 +253,16 @@ impl Daemon {
         }
     }
 
+    /// The address of the metrics endpoint (`[metrics] address`), from the log.
+    pub fn metrics_address(&mut self) -> SocketAddr {
+        let line = self.wait_log("metrics endpoint serving");
+        line.split("address=")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line}"))
+    }
+
     pub fn kill9(&mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
@@ -594,4 +604,25 @@ pub fn queue(setup: &Setup, args: &[&str]) -> String {
         .expect("run queue");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Prometheus text of the metrics endpoint at `addr`.
+pub fn scrape(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("response");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    body
+}
+
+/// The value of `series` (its name and labels, as printed) in a scraped `body`.
+pub fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{body}"))
 }

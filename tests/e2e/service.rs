@@ -174,25 +174,6 @@ fn json_logs_are_one_object_per_line_with_the_session_span() {
     let _ = child.wait();
 }
 
-fn scrape(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let mut body = String::new();
-    s.read_to_string(&mut body).expect("response");
-    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    body
-}
-
-fn value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in:\n{body}"))
-}
-
 #[test]
 fn the_metrics_endpoint_counts_what_happened() {
     let setup = Setup::new("\n[metrics]\naddress = \"127.0.0.1:0\"\n");
@@ -204,13 +185,7 @@ fn the_metrics_endpoint_counts_what_happened() {
     let config = std::fs::read_to_string(setup.config()).expect("config") + &extra;
     std::fs::write(setup.config(), config).expect("config");
     let mut daemon = setup.start();
-    let line = daemon.wait_log("metrics endpoint serving");
-    let address = line
-        .split("address=")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .expect("address");
-    let metrics_addr: std::net::SocketAddr = address.parse().expect("addr");
+    let metrics_addr = daemon.metrics_address();
 
     let mut m = Raw::connect(daemon.addr("mx"));
     assert!(m.cmd("EHLO c").starts_with("250"));

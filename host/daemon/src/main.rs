@@ -55,6 +55,7 @@ mod plugins;
 mod privileges;
 mod queue_cmd;
 mod rate;
+mod room;
 mod sd_notify;
 mod server;
 mod spool_writer;

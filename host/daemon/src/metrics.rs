@@ -12,7 +12,9 @@
 //! `portcullis_connections_refused_total` by listener and reason (listener, address),
 //! `portcullis_sessions_timed_out_total` by listener and what was slow,
 //! `portcullis_authentication_total` by method (spf, dkim, arc, dmarc, iprev) and result,
-//! `portcullis_plugin_capability_total` by plugin and use (granted DNS and connections).
+//! `portcullis_plugin_capability_total` by plugin and use (granted DNS and connections),
+//! `portcullis_spool_free_bytes` and `portcullis_spool_short_total` (`[limits]
+//! spool-min-free`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +43,15 @@ pub fn session_opened(listener: &'static str) -> impl Drop {
 pub fn connection_refused(listener: &'static str, reason: &'static str) {
     metrics::counter!("portcullis_connections_refused_total", "listener" => listener, "reason" => reason)
         .increment(1);
+}
+
+/// The spool's disk measured at a MAIL FROM: `free` octets, and whether that was short
+/// of what the transaction needed (it was answered `452 4.3.1`).
+pub fn spool_room(free: u64, short: bool) {
+    metrics::gauge!("portcullis_spool_free_bytes").set(free as f64);
+    if short {
+        metrics::counter!("portcullis_spool_short_total").increment(1);
+    }
 }
 
 /// An AUTH answered without a check, because its client address failed too often.

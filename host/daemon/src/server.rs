@@ -177,6 +177,19 @@ fn open_storage(config: &Config) -> Result<Storage, StartError> {
     })
 }
 
+/// Logs the spool disk's free space at start, as a warning when mail would wait already.
+fn report_room(room: &crate::room::SpoolRoom, keep: u64) {
+    let (free, keep) = match room.free() {
+        Ok(free) => (bytesize::ByteSize(free), bytesize::ByteSize(keep)),
+        Err(e) => return tracing::warn!(error = %e, "cannot measure the spool's free space"),
+    };
+    if free < keep {
+        tracing::warn!(%free, %keep, "the spool's disk is short of space: new mail is answered 452 4.3.1 until more is free ([limits] spool-min-free)");
+    } else {
+        tracing::info!(%free, %keep, "spool disk");
+    }
+}
+
 /// Loads the plugins and starts delivery, the outbound queue and the spool writer; hands
 /// what the spool holds to delivery; watches plugin files and the users file.
 fn start_workers(
@@ -196,10 +209,18 @@ fn start_workers(
         .runtime()
         .set_resolver(Some(live.resolver.hickory().clone()));
     // Contents over [limits] memory-per-message go to the spool as they arrive, within
-    // one memory budget for every session (the cap is set from the config by with_storage).
+    // one memory budget for every session (the cap is set from the config by with_storage);
+    // MAIL FROM waits while the spool's disk is short of [limits] spool-min-free.
+    let spool_dir = config.server.data_dir.join("spool");
+    let room = crate::room::SpoolRoom::open(&spool_dir).map_err(|source| StartError::DataDir {
+        path: spool_dir.display().to_string(),
+        source,
+    })?;
+    report_room(&room, config.limits.spool_min_free());
     let live = live.with_storage(&portcullis_smtp::content::Storage {
         budget: Some(portcullis_smtp::content::Budget::new(0)),
         spill: Some(Arc::clone(&spool) as Arc<dyn portcullis_smtp::content::SpillSource>),
+        room: Some(Arc::new(room)),
     });
     let config = &live.config;
     let mut delivery_settings = config.delivery.clone();

@@ -190,6 +190,7 @@ async fn a_plugin_reads_a_large_message_from_its_file_as_from_memory() {
     let storage = portcullis_smtp::content::Storage {
         budget: None,
         spill: Some(Arc::new(TempSpill(tempfile::tempdir().unwrap()))),
+        room: None,
     };
     // EICAR after 3 MiB of text: far past the 64 KiB kept in memory.
     let padding = "All work and no play makes a long report.\n".repeat(75_000);

@@ -29,6 +29,13 @@ pub trait SpillSource: Send + Sync + fmt::Debug {
     fn open(&self) -> io::Result<SpillFile>;
 }
 
+/// The room on the disk that keeps accepted messages: the host measures it, the session
+/// asks before it takes a transaction (MAIL FROM, `[limits] spool-min-free`).
+pub trait Room: Send + Sync + fmt::Debug {
+    /// Whether at least `octets` are free now.
+    fn has(&self, octets: u64) -> bool;
+}
+
 /// A file holding one message's content, from [`SpillFile::start`] on. Removed when
 /// dropped, unless the host took it over ([`SpillFile::keep`]).
 pub struct SpillFile {
@@ -159,9 +166,16 @@ pub struct Storage {
     pub budget: Option<Arc<Budget>>,
     /// Where content over `[limits] memory-per-message` goes; `None`: it stays in memory.
     pub spill: Option<Arc<dyn SpillSource>>,
+    /// The disk's room for accepted messages; `None`: not measured, always room.
+    pub room: Option<Arc<dyn Room>>,
 }
 
 impl Storage {
+    /// Whether the disk has at least `octets` free now (always, when not measured).
+    pub fn has_room(&self, octets: u64) -> bool {
+        self.room.as_ref().is_none_or(|room| room.has(octets))
+    }
+
     /// An empty content for a message of at most `memory` octets in memory, or `None`
     /// when the budget of all sessions is spent.
     pub fn content(&self, memory: usize) -> Option<Content> {
@@ -409,6 +423,7 @@ mod tests {
         let storage = Storage {
             budget: None,
             spill: Some(dir()),
+            room: None,
         };
         let mut c = storage.content(100).unwrap();
         c.push(b"Subject: x\r\n\r\nbody\r\n");
@@ -423,6 +438,7 @@ mod tests {
         let storage = Storage {
             budget: None,
             spill: Some(source.clone()),
+            room: None,
         };
         let mut c = storage.content(1000).unwrap();
         let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n";
@@ -450,6 +466,7 @@ mod tests {
         let storage = Storage {
             budget: None,
             spill: Some(dir()),
+            room: None,
         };
         let mut c = storage.content(1).unwrap();
         c.push(b"abc");
@@ -466,6 +483,7 @@ mod tests {
         let storage = Storage {
             budget: Some(Budget::new(250)),
             spill: Some(dir()),
+            room: None,
         };
         let a = storage.content(100).unwrap();
         let mut b = storage.content(100).unwrap();
@@ -492,6 +510,7 @@ mod tests {
         let storage = Storage {
             budget: None,
             spill: Some(Arc::new(Broken)),
+            room: None,
         };
         let mut c = storage.content(2).unwrap();
         c.push(b"abcdef");

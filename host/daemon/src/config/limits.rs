@@ -76,6 +76,12 @@ pub struct LimitsSection {
     /// until some is given back. Default: `"256MiB"`.
     #[serde(default = "default_buffered_content")]
     pub buffered_content: Size,
+    /// Free space the file system of the spool keeps for the messages already taken:
+    /// while less than this (and a message's declared `SIZE`) is free, MAIL FROM is
+    /// answered `452 4.3.1` and the client retries later. Default: one and a half times
+    /// `message-size` (Postfix's rule for `queue_minfree`); `"0"` switches it off.
+    #[serde(default)]
+    pub spool_min_free: Option<Size>,
     /// Failed AUTHs from one client address within a window; beyond it, AUTH from there
     /// is answered `454 4.7.0` without checking the password until the window passes.
     /// Default: `{ max = 10, window = "10m" }`.
@@ -223,6 +229,7 @@ impl Default for LimitsSection {
             min_data_rate: default_min_data_rate(),
             memory_per_message: default_memory_per_message(),
             buffered_content: default_buffered_content(),
+            spool_min_free: None,
             auth_failures_per_ip: default_auth_failures_per_ip(),
             auth_failures_per_account: default_auth_failures_per_account(),
         }
@@ -230,6 +237,14 @@ impl Default for LimitsSection {
 }
 
 impl LimitsSection {
+    /// `spool-min-free` in octets, its default worked out.
+    pub fn spool_min_free(&self) -> u64 {
+        match self.spool_min_free {
+            Some(size) => size.as_u64(),
+            None => self.message_size.as_u64().saturating_mul(3) / 2,
+        }
+    }
+
     /// Records what does not make a working server.
     pub fn check(&self, problems: &mut Problems<'_>) {
         if self.recipients == 0 {

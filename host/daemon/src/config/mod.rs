@@ -636,6 +636,7 @@ impl Config {
             auth_failures: l.auth_failures,
             auth_failure_delay: l.auth_failure_delay.0,
             memory_per_message: l.memory_per_message.as_u64() as usize,
+            spool_min_free: l.spool_min_free(),
         }
     }
 }

@@ -1340,12 +1340,57 @@ fn with_storage(storage: crate::content::Storage, memory: usize) -> Arc<Settings
     })
 }
 
+/// A disk with `free` octets free.
+#[derive(Debug)]
+struct Disk {
+    free: std::sync::atomic::AtomicU64,
+}
+
+impl crate::content::Room for Disk {
+    fn has(&self, octets: u64) -> bool {
+        octets <= self.free.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn mail_waits_while_the_disk_is_short_of_its_reserve_and_a_declared_size_must_fit() {
+    let disk = Arc::new(Disk { free: 11_000.into() });
+    let storage = crate::content::Storage {
+        room: Some(disk.clone()),
+        ..Default::default()
+    };
+    let mut settings = with_storage(storage, 1 << 20);
+    Arc::get_mut(&mut settings).unwrap().limits.spool_min_free = 10_000;
+    let mut h = Host::<Mx>::new(settings, None);
+    h.script(&[
+        ("EHLO c", &["250"]),
+        ("MAIL FROM:<a@b.example> SIZE=1001", &["452 4.3.1"]),
+        ("RCPT TO:<alice@example.org>", &["503 5.5.1"]),
+        ("MAIL FROM:<a@b.example> SIZE=1000", &["250 2.1.0"]),
+        ("RSET", &["250 2.0.0"]),
+    ]);
+    disk.free.store(9_999, std::sync::atomic::Ordering::Relaxed);
+    // The server's own shortage: never counted toward the error limit, however often.
+    for _ in 0..Limits::default().errors + 5 {
+        h.script(&[("MAIL FROM:<a@b.example>", &["452 4.3.1"])]);
+    }
+    disk.free.store(10_000, std::sync::atomic::Ordering::Relaxed);
+    h.script(&[
+        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+        ("DATA", &["354"]),
+        ("hi\r\n.", &["hook virus", "hook spam", "spool", "250 2.0.0"]),
+    ]);
+    assert_eq!(h.spooled.len(), 1);
+}
+
 #[test]
 fn data_and_bdat_wait_when_the_memory_for_contents_is_spent() {
     let budget = crate::content::Budget::new(100);
     let storage = crate::content::Storage {
         budget: Some(Arc::clone(&budget)),
         spill: None,
+        room: None,
     };
     let mut h = Host::<Mx>::new(with_storage(storage, 100), None);
     let held = budget.reserve(100).unwrap();
@@ -1378,6 +1423,7 @@ fn content_over_its_memory_goes_to_the_hosts_file_by_data_and_by_bdat() {
     let storage = crate::content::Storage {
         budget: Some(crate::content::Budget::new(1000)),
         spill: Some(Arc::new(TempSpill(dir.clone()))),
+        room: None,
     };
     let mut h = Host::<Mx>::new(with_storage(storage, 64), None);
     let body: String = (0..40)

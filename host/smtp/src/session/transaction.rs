@@ -127,6 +127,11 @@ impl<P: Pipeline> Session<P> {
         if let Some(reply) = refusal {
             return self.refuse_command(reply);
         }
+        let room = (self.settings.limits.spool_min_free).saturating_add(params.size.unwrap_or(0));
+        if !self.settings.storage.has_room(room) {
+            // The server's disk, not the client's fault: no error counted (RFC 1870 6.1).
+            return self.reply(replies::INSUFFICIENT_STORAGE);
+        }
         self.txn = Some(Transaction {
             mail_from: path.mailbox,
             params,

@@ -101,6 +101,10 @@ pub struct Limits {
     /// Content kept in memory per message; beyond, it goes to a spill file when the
     /// host gives a source ([`Settings::storage`]).
     pub memory_per_message: usize,
+    /// Free space the disk of accepted messages keeps: MAIL FROM is answered `452 4.3.1`
+    /// while less than this and the declared `SIZE` is free ([`Settings::storage`]
+    /// measures it).
+    pub spool_min_free: u64,
 }
 
 impl Default for Limits {
@@ -115,6 +119,7 @@ impl Default for Limits {
             auth_failures: 3,
             auth_failure_delay: Duration::from_secs(1),
             memory_per_message: 1024 * 1024,
+            spool_min_free: 3 * 25 * 1024 * 1024 / 2,
         }
     }
 }

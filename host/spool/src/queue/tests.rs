@@ -382,6 +382,7 @@ fn a_large_content_is_written_once_into_the_file_that_is_queued() {
     let storage = portcullis_smtp::content::Storage {
         budget: None,
         spill: Some(spool.clone()),
+        room: None,
     };
     let mut content = storage.content(1024).unwrap();
     let mut sent = Vec::new();

@@ -1,0 +1,102 @@
+//! The free space of the spool's file system, for `[limits] spool-min-free`: a session
+//! asks before it takes a transaction (MAIL FROM gets `452 4.3.1` when the disk is short),
+//! and the shortage is logged, at most once a minute, so the operator hears of it from the
+//! log rather than from senders.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytesize::ByteSize;
+
+/// How often a shortage is logged while it lasts, in seconds.
+const WARN_EVERY: u64 = 60;
+
+/// The spool directory's file system, measured at each question.
+#[derive(Debug)]
+pub struct SpoolRoom {
+    /// The spool directory, open: measured without a path lookup (`fstatvfs`).
+    dir: File,
+    /// When a shortage was last logged, in seconds since the epoch (0: never).
+    warned: AtomicU64,
+}
+
+impl SpoolRoom {
+    /// Measures the file system holding `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<SpoolRoom> {
+        Ok(SpoolRoom {
+            dir: File::open(dir)?,
+            warned: AtomicU64::new(0),
+        })
+    }
+
+    /// The octets the daemon may still write there (blocks kept for root not counted).
+    pub fn free(&self) -> std::io::Result<u64> {
+        let stat = rustix::fs::fstatvfs(&self.dir)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Whether a shortage may be logged now (one caller a minute gets `true`).
+    fn time_to_warn(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = self.warned.load(Ordering::Relaxed);
+        now >= last.saturating_add(WARN_EVERY)
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl portcullis_smtp::content::Room for SpoolRoom {
+    fn has(&self, octets: u64) -> bool {
+        let free = self.free();
+        if let Ok(free) = free {
+            crate::metrics::spool_room(free, free < octets);
+        }
+        match free {
+            Ok(free) if free >= octets => true,
+            Ok(free) => {
+                if self.time_to_warn() {
+                    tracing::warn!(
+                        free = %ByteSize(free),
+                        needed = %ByteSize(octets),
+                        "the spool's disk is short of space: new mail is answered 452 4.3.1 until more is free ([limits] spool-min-free)"
+                    );
+                }
+                false
+            }
+            Err(e) => {
+                // Mail is not refused for want of a measurement.
+                if self.time_to_warn() {
+                    tracing::warn!(error = %e, "cannot measure the spool's free space; taking mail as if there were room");
+                }
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_smtp::content::Room;
+
+    #[test]
+    fn the_spool_disk_has_what_statvfs_says_and_no_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let room = SpoolRoom::open(dir.path()).unwrap();
+        let free = room.free().unwrap();
+        assert!(free > 0, "a disk the tests write to has some room");
+        assert!(room.has(0));
+        assert!(room.has(free / 2));
+        assert!(!room.has(u64::MAX), "nobody has 16 EiB free");
+        assert!(
+            !room.time_to_warn(),
+            "the refusal above logged; the next one waits"
+        );
+    }
+}
