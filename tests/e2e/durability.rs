@@ -302,3 +302,47 @@ fn a_disk_that_fills_up_refuses_new_mail_and_loses_none_it_took() {
     }));
     drop(daemon);
 }
+
+#[test]
+fn a_message_that_runs_out_of_disk_is_refused_and_leaves_nothing_behind() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: the full-disk test mounts a tmpfs and was not run");
+        return;
+    }
+    // No reserve: a 6 MiB message meets a full 4 MiB disk while it arrives (past 64 KiB
+    // it is written to its spool file as it comes).
+    let setup = Setup::new(
+        "[limits]\nmessage-size = \"8MiB\"\nmemory-per-message = \"64KiB\"\nspool-min-free = \"0\"\n",
+    );
+    let _disk = Tmpfs::mount(&setup.data(), "4m");
+    let mut daemon = setup.start();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let line = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopq\r\n";
+    let reply = c.cmd(&format!(
+        "Subject: too big for the disk\r\n\r\n{}.",
+        line.repeat(6 * 1024 * 1024 / 81)
+    ));
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+    let line = daemon.wait_log("a message's content could not be written to the spool");
+    assert!(line.contains("No space left on device"), "{line}");
+    // Its spool file is gone, nothing was delivered, and the disk is free again.
+    let in_tmp = std::fs::read_dir(setup.data().join("spool/tmp"))
+        .expect("spool/tmp")
+        .count();
+    assert_eq!(in_tmp, 0, "a spill file left in spool/tmp");
+    assert!(new_files(&setup.maildir("alice")).is_empty());
+    // The same session takes the next message.
+    send_mx(&mut c, "small");
+    wait_spool_empty(&setup.data());
+    let files = wait_for_mail(&setup.maildir("alice"), 1);
+    assert_eq!(files.len(), 1);
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .expect("read")
+            .contains("body of small")
+    );
+}

@@ -27,6 +27,11 @@ pub trait SpillSource: Send + Sync + fmt::Debug {
     /// A new file for one message's content, positioned nowhere: content is written at
     /// [`SpillFile::start`] and after.
     fn open(&self) -> io::Result<SpillFile>;
+
+    /// Opening or writing such a file failed (the disk is full, the spool gone): the
+    /// content is lost and its message will be answered `452 4.3.1`. For the host's log;
+    /// nothing by default.
+    fn failed(&self, _error: &io::Error) {}
 }
 
 /// The room on the disk that keeps accepted messages: the host measures it, the session
@@ -239,9 +244,17 @@ impl Content {
             None => self.memory.len() > self.limit && self.source.is_some(),
         };
         if over && let Err(e) = self.write_out() {
-            self.error = Some(e);
-            self.memory = Vec::new();
+            self.fail(e);
         }
+    }
+
+    /// Records the first failed write: nothing more is kept.
+    fn fail(&mut self, error: io::Error) {
+        if let Some(source) = &self.source {
+            source.failed(&error);
+        }
+        self.error = Some(error);
+        self.memory = Vec::new();
     }
 
     /// Writes what memory holds to the spill file, opening it first when needed.
@@ -278,7 +291,7 @@ impl Content {
             && self.error.is_none()
             && let Err(e) = self.write_out()
         {
-            self.error = Some(e);
+            self.fail(e);
         }
         match &self.error {
             Some(e) => Err(io::Error::new(e.kind(), e.to_string())),

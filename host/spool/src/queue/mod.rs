@@ -508,6 +508,10 @@ impl portcullis_smtp::content::SpillSource for Spool {
     fn open(&self) -> io::Result<SpillFile> {
         self.spill_file()
     }
+
+    fn failed(&self, error: &io::Error) {
+        tracing::warn!(%error, "a message's content could not be written to the spool; it is answered 452 4.3.1");
+    }
 }
 
 /// Removes the file at `path`; not there is fine.
