@@ -346,3 +346,72 @@ fn a_message_that_runs_out_of_disk_is_refused_and_leaves_nothing_behind() {
             .contains("body of small")
     );
 }
+
+#[test]
+fn mail_taken_while_the_mailboxes_are_full_arrives_once_when_space_is_freed() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: the full-disk test mounts a tmpfs and was not run");
+        return;
+    }
+    // No reserve, and all but 1 MiB of the disk taken by a file the operator removes
+    // later: the spool files and the mailbox copies of 300 KiB messages run out of room.
+    let setup = Setup::new("[limits]\nspool-min-free = \"0\"\n");
+    let disk = Tmpfs::mount(&setup.data(), "8m");
+    let ballast = setup.data().join("ballast");
+    std::fs::write(&ballast, vec![0u8; (disk.free() - 1024 * 1024) as usize]).expect("ballast");
+    let daemon = setup.start();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    let body = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopq\r\n"
+        .repeat(300 * 1024 / 81);
+    let (mut accepted, mut refused) = (Vec::new(), Vec::new());
+    for i in 0..8 {
+        let subject = format!("crowded {i}");
+        assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        let reply = c.cmd(&format!("Subject: {subject}\r\n\r\n{body}."));
+        if reply.starts_with("250 2.0.0") {
+            accepted.push(subject);
+        } else {
+            assert!(reply.starts_with("45"), "{reply}");
+            refused.push(subject);
+        }
+    }
+    // 2.4 MiB sent to 1 MiB of room: some was turned away or waits in the spool.
+    assert!(!accepted.is_empty(), "nothing taken");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let waiting = queued_messages(&setup.data());
+    assert!(
+        !refused.is_empty() || waiting > 0,
+        "every message fitted: {accepted:?}"
+    );
+    // The operator makes room: what was taken arrives, once and whole; what was refused
+    // (the sender tries it again) never does.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    queue(&setup, &["flush"]);
+    wait_spool_empty(&setup.data());
+    let copies: Vec<String> = new_files(&setup.maildir("alice"))
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read"))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        accepted.len(),
+        "accepted {accepted:?}, refused {refused:?}"
+    );
+    for subject in &accepted {
+        let found: Vec<&String> = copies
+            .iter()
+            .filter(|text| text.contains(&format!("Subject: {subject}\r\n")))
+            .collect();
+        assert_eq!(found.len(), 1, "{subject}");
+        assert!(found[0].ends_with(&body), "{subject} arrived whole");
+    }
+    eprintln!(
+        "accepted {}, refused {}, waited in the spool {waiting}",
+        accepted.len(),
+        refused.len()
+    );
+    drop(daemon);
+}
