@@ -10,6 +10,19 @@ fn send_mx(c: &mut Raw, subject: &str) {
     assert!(reply.starts_with("250 2.0.0 Ok: queued as "), "{reply}");
 }
 
+/// Sends `subject` on `c` and sees it delivered, alone in alice's mailbox.
+fn send_and_see_it_alone(c: &mut Raw, setup: &Setup, subject: &str) {
+    send_mx(c, subject);
+    wait_spool_empty(&setup.data());
+    let files = wait_for_mail(&setup.maildir("alice"), 1);
+    assert_eq!(files.len(), 1);
+    assert!(
+        std::fs::read_to_string(&files[0])
+            .expect("read")
+            .contains(&format!("body of {subject}"))
+    );
+}
+
 #[test]
 fn accepted_but_undelivered_message_survives_kill9_and_arrives_once() {
     let setup = Setup::new("");
@@ -154,15 +167,7 @@ fn a_spool_write_that_fails_is_answered_451_and_the_writer_goes_on() {
         0
     );
     // The same session, the same writer: the next message is accepted and delivered.
-    send_mx(&mut c, "accepted");
-    wait_spool_empty(&setup.data());
-    let files = wait_for_mail(&setup.maildir("alice"), 1);
-    assert_eq!(files.len(), 1);
-    assert!(
-        std::fs::read_to_string(&files[0])
-            .expect("read")
-            .contains("body of accepted")
-    );
+    send_and_see_it_alone(&mut c, &setup, "accepted");
 }
 
 #[test]
@@ -191,9 +196,7 @@ fn mail_waits_with_452_while_the_spool_disk_is_short_of_its_reserve() {
     daemon.wait_log("configuration reloaded");
     let mut c = Raw::connect(daemon.addr("mx"));
     assert!(c.cmd("EHLO c").starts_with("250"));
-    send_mx(&mut c, "after the reload");
-    let files = wait_for_mail(&setup.maildir("alice"), 1);
-    assert_eq!(files.len(), 1);
+    send_and_see_it_alone(&mut c, &setup, "after the reload");
 }
 
 /// A tmpfs of `size` mounted on `dir` for as long as it lives.
@@ -227,10 +230,41 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Whether this test run may mount a tmpfs (root); says so when not.
+fn can_mount() -> bool {
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("not root: the full-disk tests mount a tmpfs and were not run");
+    }
+    root
+}
+
+/// About `octets` of 80-letter lines.
+fn filler(octets: usize) -> String {
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopq\r\n".repeat(octets / 81)
+}
+
+/// Asserts that `maildir` holds exactly one copy of each message in `subjects` (sent as
+/// `Subject: S`, then `body`), whole, and nothing else.
+fn each_arrived_once_and_whole(maildir: &std::path::Path, subjects: &[String], body: &str) {
+    let copies: Vec<String> = new_files(maildir)
+        .iter()
+        .map(|f| std::fs::read_to_string(f).expect("read"))
+        .collect();
+    assert_eq!(copies.len(), subjects.len(), "{subjects:?}");
+    for subject in subjects {
+        let found: Vec<&String> = copies
+            .iter()
+            .filter(|text| text.contains(&format!("Subject: {subject}\r\n")))
+            .collect();
+        assert_eq!(found.len(), 1, "{subject}");
+        assert!(found[0].ends_with(body), "{subject} arrived whole");
+    }
+}
+
 #[test]
 fn a_disk_that_fills_up_refuses_new_mail_and_loses_none_it_took() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("not root: the full-disk test mounts a tmpfs and was not run");
+    if !can_mount() {
         return;
     }
     // The data directory (spool and mailboxes) on a 12 MiB file system; messages of at
@@ -241,8 +275,7 @@ fn a_disk_that_fills_up_refuses_new_mail_and_loses_none_it_took() {
     let mut c = Raw::connect(daemon.addr("mx"));
     assert!(c.cmd("EHLO c").starts_with("250"));
     // 600 KiB messages, one after the other, until the disk is short.
-    let body = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopq\r\n"
-        .repeat(600 * 1024 / 81);
+    let body = filler(600 * 1024);
     let mut accepted = Vec::new();
     loop {
         let reply = c.cmd("MAIL FROM:<friend@far.example>");
@@ -272,17 +305,8 @@ fn a_disk_that_fills_up_refuses_new_mail_and_loses_none_it_took() {
     );
     daemon.wait_log("the spool's disk is short of space");
     // Everything acknowledged arrived, once and whole.
+    each_arrived_once_and_whole(&setup.maildir("alice"), &accepted, &body);
     let files = new_files(&setup.maildir("alice"));
-    assert_eq!(files.len(), accepted.len());
-    for subject in &accepted {
-        let copies: Vec<String> = files
-            .iter()
-            .map(|f| std::fs::read_to_string(f).expect("read"))
-            .filter(|text| text.contains(&format!("Subject: {subject}\r\n")))
-            .collect();
-        assert_eq!(copies.len(), 1, "{subject}");
-        assert!(copies[0].ends_with(&body), "{subject} arrived whole");
-    }
     // The reader takes mail away until the reserve is free again, but less than the
     // reserve and a 1 MiB message: a message declared that large still waits, one that
     // declares nothing is taken.
@@ -305,8 +329,7 @@ fn a_disk_that_fills_up_refuses_new_mail_and_loses_none_it_took() {
 
 #[test]
 fn a_message_that_runs_out_of_disk_is_refused_and_leaves_nothing_behind() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("not root: the full-disk test mounts a tmpfs and was not run");
+    if !can_mount() {
         return;
     }
     // No reserve: a 6 MiB message meets a full 4 MiB disk while it arrives (past 64 KiB
@@ -321,10 +344,9 @@ fn a_message_that_runs_out_of_disk_is_refused_and_leaves_nothing_behind() {
     assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
     assert!(c.cmd("DATA").starts_with("354"));
-    let line = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopq\r\n";
     let reply = c.cmd(&format!(
         "Subject: too big for the disk\r\n\r\n{}.",
-        line.repeat(6 * 1024 * 1024 / 81)
+        filler(6 * 1024 * 1024)
     ));
     assert!(reply.starts_with("452 4.3.1"), "{reply}");
     let line = daemon.wait_log("a message's content could not be written to the spool");
@@ -336,21 +358,12 @@ fn a_message_that_runs_out_of_disk_is_refused_and_leaves_nothing_behind() {
     assert_eq!(in_tmp, 0, "a spill file left in spool/tmp");
     assert!(new_files(&setup.maildir("alice")).is_empty());
     // The same session takes the next message.
-    send_mx(&mut c, "small");
-    wait_spool_empty(&setup.data());
-    let files = wait_for_mail(&setup.maildir("alice"), 1);
-    assert_eq!(files.len(), 1);
-    assert!(
-        std::fs::read_to_string(&files[0])
-            .expect("read")
-            .contains("body of small")
-    );
+    send_and_see_it_alone(&mut c, &setup, "small");
 }
 
 #[test]
 fn mail_taken_while_the_mailboxes_are_full_arrives_once_when_space_is_freed() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("not root: the full-disk test mounts a tmpfs and was not run");
+    if !can_mount() {
         return;
     }
     // No reserve, and all but 1 MiB of the disk taken by a file the operator removes
@@ -362,8 +375,7 @@ fn mail_taken_while_the_mailboxes_are_full_arrives_once_when_space_is_freed() {
     let daemon = setup.start();
     let mut c = Raw::connect(daemon.addr("mx"));
     assert!(c.cmd("EHLO c").starts_with("250"));
-    let body = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdefghijklmnopq\r\n"
-        .repeat(300 * 1024 / 81);
+    let body = filler(300 * 1024);
     let (mut accepted, mut refused) = (Vec::new(), Vec::new());
     for i in 0..8 {
         let subject = format!("crowded {i}");
@@ -391,23 +403,7 @@ fn mail_taken_while_the_mailboxes_are_full_arrives_once_when_space_is_freed() {
     std::fs::remove_file(&ballast).expect("remove ballast");
     queue(&setup, &["flush"]);
     wait_spool_empty(&setup.data());
-    let copies: Vec<String> = new_files(&setup.maildir("alice"))
-        .iter()
-        .map(|f| std::fs::read_to_string(f).expect("read"))
-        .collect();
-    assert_eq!(
-        copies.len(),
-        accepted.len(),
-        "accepted {accepted:?}, refused {refused:?}"
-    );
-    for subject in &accepted {
-        let found: Vec<&String> = copies
-            .iter()
-            .filter(|text| text.contains(&format!("Subject: {subject}\r\n")))
-            .collect();
-        assert_eq!(found.len(), 1, "{subject}");
-        assert!(found[0].ends_with(&body), "{subject} arrived whole");
-    }
+    each_arrived_once_and_whole(&setup.maildir("alice"), &accepted, &body);
     eprintln!(
         "accepted {}, refused {}, waited in the spool {waiting}",
         accepted.len(),

@@ -1340,6 +1340,14 @@ fn with_storage(storage: crate::content::Storage, memory: usize) -> Arc<Settings
     })
 }
 
+/// A message for alice, from MAIL FROM to its 250.
+const ONE_MESSAGE: &[(&str, &[&str])] = &[
+    ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
+    ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
+    ("DATA", &["354"]),
+    ("hi\r\n.", &["hook virus", "hook spam", "spool", "250 2.0.0"]),
+];
+
 /// A disk with `free` octets free.
 #[derive(Debug)]
 struct Disk {
@@ -1375,12 +1383,7 @@ fn mail_waits_while_the_disk_is_short_of_its_reserve_and_a_declared_size_must_fi
         h.script(&[("MAIL FROM:<a@b.example>", &["452 4.3.1"])]);
     }
     disk.free.store(10_000, std::sync::atomic::Ordering::Relaxed);
-    h.script(&[
-        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
-        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
-        ("DATA", &["354"]),
-        ("hi\r\n.", &["hook virus", "hook spam", "spool", "250 2.0.0"]),
-    ]);
+    h.script(ONE_MESSAGE);
     assert_eq!(h.spooled.len(), 1);
 }
 
@@ -1405,12 +1408,7 @@ fn data_and_bdat_wait_when_the_memory_for_contents_is_spent() {
     assert_eq!(h.send(b"BDAT 6 LAST\r\nQUIT\r\n"), ["452 4.3.1"]);
     h.script(&[("RCPT TO:<alice@example.org>", &["503 5.5.1"])]);
     drop(held);
-    h.script(&[
-        ("MAIL FROM:<a@b.example>", &["250 2.1.0"]),
-        ("RCPT TO:<alice@example.org>", &["250 2.1.5"]),
-        ("DATA", &["354"]),
-        ("hi\r\n.", &["hook virus", "hook spam", "spool", "250 2.0.0"]),
-    ]);
+    h.script(ONE_MESSAGE);
     assert_eq!(h.spooled.len(), 1);
     drop(h);
     assert_eq!(budget.used(), 0, "every reservation given back");
