@@ -326,6 +326,42 @@ fn queue_list_shows_the_deferral_and_flush_retries_at_once() {
         "{listing}"
     );
     assert_eq!(sink.count(), 0);
+    // queue show: what the listing says of it, then the message as it will be sent.
+    let id = listing.split_whitespace().next().expect("an id");
+    let shown = queue(&setup, &["show", id]);
+    let (entry, message_shown) = shown.split_once("\n\n").expect("a blank line after the entry");
+    assert!(entry.starts_with(id), "{shown}");
+    assert!(
+        entry.contains("bob@far.example: 452 4.2.2 mailbox full"),
+        "{shown}"
+    );
+    assert!(message_shown.starts_with("Received: from "), "{shown}");
+    assert!(
+        message_shown.ends_with(&format!("{}\r\n", message("flush"))),
+        "{shown}"
+    );
+    let headers = queue(&setup, &["show", "--headers", id]);
+    assert!(
+        headers.ends_with("Message-ID: <flush@example.org>\r\n"),
+        "{headers}"
+    );
+    // An id that is not queued is an error that says so.
+    let other = format!(
+        "{}{}",
+        &id[..id.len() - 1],
+        if id.ends_with('0') { '1' } else { '0' }
+    );
+    let out = std::process::Command::new(binary())
+        .args(["queue", "show", &other, "--config"])
+        .arg(setup.config())
+        .output()
+        .expect("run queue show");
+    assert!(!out.status.success());
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        error.contains(&format!("no message {other} in the queue")),
+        "{error}"
+    );
 
     let flushed = queue(&setup, &["flush"]);
     assert!(

@@ -22,7 +22,7 @@
 //! - [`plugin_new`]: `portcullis plugin new`, a working starter in any supported language.
 //! - [`privileges`]: bind as root, then run as the configured user.
 //! - [`metrics`]: the Prometheus endpoint.
-//! - [`queue_cmd`]: `portcullis queue list | flush | remove`.
+//! - [`queue_cmd`]: `portcullis queue list | show | flush | remove`.
 //! - [`control`]: the control socket through which `queue flush` reaches the daemon.
 //! - [`sd_notify`]: READY / RELOADING / STOPPING for systemd's `Type=notify`.
 //!
@@ -143,6 +143,15 @@ enum QueueCommand {
     /// List queued messages: id, age, size, sender, recipients still pending, attempts and
     /// the last error of each.
     List,
+    /// Print one queued message: what `list` says of it, then the message as it will be
+    /// delivered (the trace and hook headers in front).
+    Show {
+        /// The queue id, as `queue list` shows it.
+        id: String,
+        /// The header section only.
+        #[arg(long)]
+        headers: bool,
+    },
     /// Ask the running daemon to try every queued message now, ignoring the schedule.
     Flush,
     /// Remove a message from the queue for good.
@@ -548,11 +557,12 @@ fn dkim_keygen(
     Ok(())
 }
 
-/// `portcullis queue list | flush | remove`.
+/// `portcullis queue list | show | flush | remove`.
 fn queue(command: QueueCommand, config: Option<PathBuf>) -> Result<(), String> {
     let c = load(config.as_ref()).map_err(|e| e.to_string())?;
     match command {
         QueueCommand::List => queue_cmd::list(&c),
+        QueueCommand::Show { id, headers } => queue_cmd::show(&c, &id, headers),
         QueueCommand::Flush => {
             control::flush(&c.server.data_dir).map(|n| println!("{n} queued message(s) will be tried now"))
         }
