@@ -41,8 +41,8 @@ pub fn list(config: &Config) -> Result<(), String> {
     let ids = spool.list().map_err(|e| e.to_string())?;
     let now = now();
     for id in &ids {
-        match spool.load(id) {
-            Ok((entry, _)) => describe(&entry, now),
+        match spool.entry(id) {
+            Ok(entry) => describe(&entry, now),
             // Delivered between the listing and the read: not queued any more.
             Err(SpoolError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => println!("{id}  unreadable: {e}"),

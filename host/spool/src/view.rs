@@ -30,6 +30,12 @@ impl SpoolView {
         queue::list_queue(&self.queue)
     }
 
+    /// A queued message's metadata only (its content neither read nor checked): what a
+    /// listing needs, at the cost of a few hundred octets per message.
+    pub fn entry(&self, id: &QueueId) -> Result<Entry, SpoolError> {
+        crate::file::read_queued(&self.queue, id, false).map(|(entry, _)| entry)
+    }
+
     /// A queued message, checked whole.
     pub fn load(&self, id: &QueueId) -> Result<(Entry, Vec<u8>), SpoolError> {
         crate::file::read_queued(&self.queue, id, true)

@@ -354,6 +354,7 @@ fn a_change_of_metadata_leaves_the_content_alone_and_goes_with_it() {
     );
     let view = crate::SpoolView::open(dir.path()).unwrap();
     assert_eq!(view.load(&entry.id).unwrap().0, changed);
+    assert_eq!(view.entry(&entry.id).unwrap(), changed, "the listing's read");
 
     // A damaged state file makes the message corrupt, not silently older.
     let good = fs::read(state_path(&path)).unwrap();
