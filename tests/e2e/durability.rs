@@ -174,6 +174,14 @@ fn a_spool_write_that_fails_is_answered_451_and_the_writer_goes_on() {
 fn mail_waits_with_452_while_the_spool_disk_is_short_of_its_reserve() {
     // No disk has a thousand tebibytes free: every MAIL FROM waits.
     let setup = Setup::new("[limits]\nspool-min-free = \"1000TiB\"\n[metrics]\naddress = \"127.0.0.1:0\"\n");
+    // check-config says so, before the data directory exists.
+    let out = check_config(setup.config());
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("less than limits.spool-min-free (1000.0 TiB): serve would answer MAIL FROM 452 4.3.1"),
+        "{err}"
+    );
     let mut daemon = setup.start();
     daemon.wait_log("the spool's disk is short of space");
     let metrics = daemon.metrics_address();

@@ -444,7 +444,8 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         Ok((a, plugins)) => {
             let open_files = abuse::raise_open_files();
             let descriptors = abuse::descriptor_warning(&c.limits, c.listeners.len(), open_files);
-            for warning in c.warnings().into_iter().chain(descriptors) {
+            let disk = room::disk_warning(&c.server.data_dir, c.limits.spool_min_free());
+            for warning in c.warnings().into_iter().chain(descriptors).chain(disk) {
                 eprintln!("{}: warning: {warning}", c.origin);
             }
             println!(

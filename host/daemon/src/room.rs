@@ -80,6 +80,24 @@ impl portcullis_smtp::content::Room for SpoolRoom {
     }
 }
 
+/// What `check-config` says when the disk the spool is (or will be) on has less free now
+/// than `keep` (`[limits] spool-min-free`): measured at `<data-dir>/spool`, or the nearest
+/// of its parents that exists.
+pub fn disk_warning(data_dir: &Path, keep: u64) -> Option<String> {
+    let spool = data_dir.join("spool");
+    let measured = spool.ancestors().find(|p| p.exists())?;
+    let stat = rustix::fs::statvfs(measured).ok()?;
+    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    (free < keep).then(|| {
+        format!(
+            "the disk of {} has {} free, less than limits.spool-min-free ({}): serve would answer MAIL FROM 452 4.3.1 until more is free",
+            measured.display(),
+            ByteSize(free),
+            ByteSize(keep)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
