@@ -420,3 +420,56 @@ fn mail_taken_while_the_mailboxes_are_full_arrives_once_when_space_is_freed() {
     );
     drop(daemon);
 }
+
+#[test]
+fn a_bounce_that_finds_the_disk_full_is_sent_once_there_is_room() {
+    let sink = crate::sink::Sink::start(crate::sink::Script {
+        rcpt: |addr| (addr == "bob@far.example").then(|| "550 5.1.1 no such user here".to_string()),
+        ..Default::default()
+    });
+    let setup = Setup::new(&format!(
+        "[limits]\nspool-min-free = \"0\"\n[delivery.routes]\n\"far.example\" = \"{}\"\n",
+        sink.addr
+    ));
+    let Some(disk) = Tmpfs::mount(&setup.data(), "4m") else {
+        return;
+    };
+    // Room for the 100 KiB message, not for the report that returns it whole beside it.
+    let ballast = setup.data().join("ballast");
+    std::fs::write(&ballast, vec![0u8; (disk.free() - 150 * 1024) as usize]).expect("ballast");
+    let mut daemon = setup.start();
+    let mut c = TlsRaw::connect(daemon.addr("submission"), &setup.cert_pem);
+    let message = format!(
+        "From: alice@example.org\r\nTo: bob@far.example\r\nSubject: unreported\r\n\r\n{}",
+        filler(100 * 1024)
+    );
+    let reply = c.submit(
+        "alice@example.org",
+        "<alice@example.org>",
+        &["<bob@far.example>"],
+        &message,
+    );
+    assert!(reply.starts_with("250"), "{reply}");
+    daemon.wait_log("cannot queue the delivery report");
+    // The failure is kept with the message, which waits: no bounce is lost.
+    let listing = queue(&setup, &["list"]);
+    assert!(
+        listing.contains("bob@far.example: 550 5.1.1 no such user here"),
+        "{listing}"
+    );
+    assert!(new_files(&setup.maildir("alice")).is_empty());
+    // Room again: the next attempt fails again and reports it, once.
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    queue(&setup, &["flush"]);
+    let reports = wait_for_mail(&setup.maildir("alice"), 1);
+    wait_spool_empty(&setup.data());
+    assert_eq!(new_files(&setup.maildir("alice")).len(), 1);
+    let text = std::fs::read_to_string(&reports[0]).expect("read");
+    for needle in [
+        "Final-Recipient: rfc822; bob@far.example",
+        "Diagnostic-Code: smtp; 550 5.1.1 no such user here",
+        "Subject: unreported",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in the DSN:\n{text}");
+    }
+}

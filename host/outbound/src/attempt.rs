@@ -94,7 +94,7 @@ impl Attempt {
                 }
             };
             let owed = settle(&mut entry, outcomes);
-            self.pay(&entry, &message, owed).await;
+            self.pay(&mut entry, &message, owed).await;
             if !batches.is_empty() {
                 // Recorded after each batch, so that the window in which a crash repeats a
                 // delivery is one batch's answer to our write, not the whole attempt.
@@ -177,9 +177,10 @@ impl Attempt {
                     .unwrap_or_else(|| Reply::new(451, Some(Enhanced(4, 4, 1)), "not delivered yet")),
             })
             .collect();
-        self.report(entry, message, ReportAction::Delay, late, Some(expires_at))
+        // One that cannot be queued now is tried again at the next attempt.
+        entry.delay_notified = self
+            .report(entry, message, ReportAction::Delay, late, Some(expires_at))
             .await;
-        entry.delay_notified = true;
     }
 
     /// Reads from the spool off the async threads. A failure comes back as the schedule to
@@ -243,18 +244,37 @@ impl Attempt {
             tracing::warn!(queue_id = %entry.id, to = %entry.envelope.recipients[r.index].mailbox, "delivery time expired; returning to the sender");
             metrics::counter!("portcullis_outbound_recipients_total", "result" => "expired").increment(1);
         }
-        self.report(entry, message, ReportAction::Fail, reports, None)
-            .await;
+        if !self
+            .report(entry, message, ReportAction::Fail, reports, None)
+            .await
+        {
+            // Expired again at the next attempt, and reported then.
+            return;
+        }
         entry.pending.retain(|i| !remote.contains(i));
         for i in remote {
             entry.last_error.remove(i);
         }
     }
 
-    /// Queues the reports `owed`.
-    async fn pay(&self, entry: &Entry, message: &Arc<Vec<u8>>, owed: Owed) {
-        self.report(entry, message, ReportAction::Fail, owed.failed, None)
-            .await;
+    /// Queues the reports `owed`. Failed recipients whose report cannot be queued (a full
+    /// disk) are pending again, with their failure as the last error: tried again later,
+    /// they fail again and are reported then, so that no bounce is lost.
+    async fn pay(&self, entry: &mut Entry, message: &Arc<Vec<u8>>, owed: Owed) {
+        let unreported: Vec<(usize, Reply)> =
+            owed.failed.iter().map(|r| (r.index, r.reply.clone())).collect();
+        if !self
+            .report(entry, message, ReportAction::Fail, owed.failed, None)
+            .await
+        {
+            for (index, reply) in unreported {
+                if !entry.pending.contains(&index) {
+                    entry.pending.push(index);
+                }
+                entry.last_error.insert(index, reply);
+            }
+            entry.pending.sort_unstable();
+        }
         self.report(entry, message, ReportAction::Relay, owed.relayed, None)
             .await;
         self.report(entry, message, ReportAction::Deliver, owed.delivered, None)
@@ -264,7 +284,7 @@ impl Attempt {
     }
 
     /// Queues a DSN of `action` for `recipients` to the sender, if anyone is to hear it,
-    /// and hands it to delivery.
+    /// and hands it to delivery. `false` when it could not be queued (a full disk).
     async fn report(
         &self,
         entry: &Entry,
@@ -272,9 +292,9 @@ impl Attempt {
         action: ReportAction,
         recipients: Vec<RecipientReport>,
         retry_until: Option<u64>,
-    ) {
+    ) -> bool {
         if recipients.is_empty() {
-            return;
+            return true;
         }
         let (spool, settings, entry, message) = (
             Arc::clone(&self.shared.spool),
@@ -297,15 +317,20 @@ impl Attempt {
         })
         .await;
         match queued {
-            Ok((_, Ok(None))) => {}
+            Ok((_, Ok(None))) => true,
             Ok((id, Ok(Some(dsn)))) => {
                 tracing::info!(queue_id = %id, dsn_id = %dsn.id, ?action, "delivery report queued for the sender");
                 self.shared.enqueue(dsn.id);
+                true
             }
             Ok((id, Err(e))) => {
-                tracing::error!(queue_id = %id, error = %e, "cannot queue the delivery report")
+                tracing::error!(queue_id = %id, error = %e, ?action, "cannot queue the delivery report");
+                false
             }
-            Err(e) => tracing::error!(error = %e, "delivery report task failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "delivery report task failed");
+                false
+            }
         }
     }
 
