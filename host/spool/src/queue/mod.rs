@@ -55,6 +55,12 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 /// Files of delivered messages kept in `free/` for reuse.
 const MAX_FREE: usize = 256;
 
+/// The largest file kept in `free/`: a reused file is written over, not cut, so each one
+/// kept holds its size of disk until it is reused by a larger message. Larger files (large
+/// messages, which are rare and cost their own write anyway) are deleted, so `free/`
+/// never holds more than 32 MiB.
+const MAX_FREE_SIZE: u64 = 128 * 1024;
+
 /// The durable queue under `<data-dir>/spool`.
 #[derive(Debug)]
 pub struct Spool {
@@ -167,8 +173,10 @@ impl Spool {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for item in fs::read_dir(&spool.free_dir).map_err(io_err(&spool.free_dir))? {
-                let path = item.map_err(io_err(&spool.free_dir))?.path();
-                if free.len() < MAX_FREE {
+                let item = item.map_err(io_err(&spool.free_dir))?;
+                let path = item.path();
+                let size = item.metadata().map_err(io_err(&path))?.len();
+                if free.len() < MAX_FREE && size <= MAX_FREE_SIZE {
                     // A reused file keeps its mode: one from an older version may have been
                     // created readable by others.
                     use std::os::unix::fs::PermissionsExt;
@@ -370,7 +378,7 @@ impl Spool {
     }
 
     /// Takes the file of a message out of `queue/`: into `free/` for reuse, or deleted
-    /// when enough are kept. Not durable by itself.
+    /// when enough are kept or it is too large to keep. Not durable by itself.
     fn release(&self, id: &QueueId) -> Result<(), SpoolError> {
         let path = self.release_content(id)?;
         // After the content: a state file left alone by a crash is removed at the next
@@ -382,11 +390,12 @@ impl Spool {
     /// file: its content leaves `queue/`. Returns the path it had there.
     fn release_content(&self, id: &QueueId) -> Result<PathBuf, SpoolError> {
         let path = self.path(id);
+        let size = fs::metadata(&path).map_err(io_err(&path))?.len();
         let mut free = self
             .free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if free.len() < MAX_FREE {
+        if free.len() < MAX_FREE && size <= MAX_FREE_SIZE {
             let dest = self.free_dir.join(id.as_str());
             fs::rename(&path, &dest).map_err(io_err(&path))?;
             free.push(dest);

@@ -175,7 +175,7 @@ fn a_file_retired_after_a_flush_stays_until_one_has_run() {
 }
 
 #[test]
-fn a_reused_file_keeps_an_old_tail_that_is_ignored_and_version_1_files_still_load() {
+fn a_reused_file_keeps_an_old_tail_that_is_ignored_a_large_one_is_not_kept_and_version_1_files_still_load() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let long = spool
@@ -188,6 +188,27 @@ fn a_reused_file_keeps_an_old_tail_that_is_ignored_and_version_1_files_still_loa
     let path = dir.path().join("queue").join(short.id.as_str());
     assert!(fs::metadata(&path).unwrap().len() > 5000, "written over, not cut");
     assert_eq!(spool.load(&short.id).unwrap().1, b"hz");
+    // A large message's file is not kept: it would hold its size of disk for good.
+    let free = |dir: &std::path::Path| fs::read_dir(dir.join("free")).unwrap().count();
+    let large = spool
+        .store(
+            QueueId::generate(),
+            envelope(),
+            Folder::Inbox,
+            "",
+            &vec![b'l'; 200 * 1024],
+        )
+        .unwrap();
+    spool.remove(&short.id).unwrap();
+    assert_eq!(free(dir.path()), 1);
+    spool.remove(&large.id).unwrap();
+    assert_eq!(free(dir.path()), 1, "the large file is deleted");
+    // Nor is one left in free/ by an older version, at the next start.
+    fs::write(dir.path().join("free/left-large"), vec![0u8; 200 * 1024]).unwrap();
+    drop(spool);
+    let spool = Spool::open(dir.path()).unwrap();
+    assert_eq!(free(dir.path()), 1);
+    assert!(!dir.path().join("free/left-large").exists());
 
     // A file of version 2: the metadata, then the message with its header lines.
     let v2 = Entry {
