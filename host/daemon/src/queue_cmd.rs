@@ -100,12 +100,11 @@ pub fn show(config: &Config, id: &str, headers_only: bool) -> Result<(), String>
     describe(&entry, now());
     println!();
     let message = delivered(entry.head.as_bytes(), &content, &entry.omit).concat();
-    let shown = match headers_only {
-        true => message
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(&message[..], |end| &message[..end + 2]),
-        false => &message[..],
+    let shown = if headers_only {
+        let end = message.windows(4).position(|w| w == b"\r\n\r\n");
+        end.map_or(&message[..], |end| &message[..end + 2])
+    } else {
+        &message[..]
     };
     let mut out = std::io::stdout().lock();
     out.write_all(shown)

@@ -33,8 +33,7 @@ impl SpoolRoom {
 
     /// The octets the daemon may still write there (blocks kept for root not counted).
     pub fn free(&self) -> std::io::Result<u64> {
-        let stat = rustix::fs::fstatvfs(&self.dir)?;
-        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+        Ok(available(&rustix::fs::fstatvfs(&self.dir)?))
     }
 
     /// Whether a shortage may be logged now (one caller a minute gets `true`).
@@ -53,31 +52,32 @@ impl SpoolRoom {
 
 impl portcullis_smtp::content::Room for SpoolRoom {
     fn has(&self, octets: u64) -> bool {
-        let free = self.free();
-        if let Ok(free) = free {
-            crate::metrics::spool_room(free, free < octets);
-        }
-        match free {
-            Ok(free) if free >= octets => true,
-            Ok(free) => {
-                if self.time_to_warn() {
-                    tracing::warn!(
-                        free = %ByteSize(free),
-                        needed = %ByteSize(octets),
-                        "the spool's disk is short of space: new mail is answered 452 4.3.1 until more is free ([limits] spool-min-free)"
-                    );
-                }
-                false
-            }
+        let free = match self.free() {
+            Ok(free) => free,
             Err(e) => {
                 // Mail is not refused for want of a measurement.
                 if self.time_to_warn() {
                     tracing::warn!(error = %e, "cannot measure the spool's free space; taking mail as if there were room");
                 }
-                true
+                return true;
             }
+        };
+        let short = free < octets;
+        crate::metrics::spool_room(free, short);
+        if short && self.time_to_warn() {
+            tracing::warn!(
+                free = %ByteSize(free),
+                needed = %ByteSize(octets),
+                "the spool's disk is short of space: new mail is answered 452 4.3.1 until more is free ([limits] spool-min-free)"
+            );
         }
+        !short
     }
+}
+
+/// The octets an unprivileged writer may still use on a file system.
+fn available(stat: &rustix::fs::StatVfs) -> u64 {
+    stat.f_bavail.saturating_mul(stat.f_frsize)
 }
 
 /// What `check-config` says when the disk the spool is (or will be) on has less free now
@@ -86,8 +86,7 @@ impl portcullis_smtp::content::Room for SpoolRoom {
 pub fn disk_warning(data_dir: &Path, keep: u64) -> Option<String> {
     let spool = data_dir.join("spool");
     let measured = spool.ancestors().find(|p| p.exists())?;
-    let stat = rustix::fs::statvfs(measured).ok()?;
-    let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+    let free = available(&rustix::fs::statvfs(measured).ok()?);
     (free < keep).then(|| {
         format!(
             "the disk of {} has {} free, less than limits.spool-min-free ({}): serve would answer MAIL FROM 452 4.3.1 until more is free",
