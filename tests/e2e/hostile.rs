@@ -1,4 +1,5 @@
-//! Hostile input sent raw over real sockets: SMTP smuggling and STARTTLS command injection.
+//! Hostile input sent raw over real sockets: SMTP smuggling and STARTTLS command injection,
+//! and a message that would drive the terminal of the operator who looks at it.
 
 use std::io::{BufRead, BufReader, Write};
 
@@ -133,4 +134,72 @@ fn commands_pipelined_after_starttls_are_discarded() {
     }
     let mut d = daemon;
     d.wait_log("discarded cleartext pipelined after STARTTLS");
+}
+
+#[test]
+fn a_queued_message_shown_on_a_terminal_cannot_drive_it() {
+    let setup = Setup::new("");
+    // alice's Maildir blocked by a file: the message waits in the queue.
+    std::fs::create_dir_all(setup.data().join("mail").join(DOMAIN)).expect("mkdir");
+    std::fs::write(setup.maildir("alice"), b"in the way").expect("block");
+    let mut daemon = setup.start();
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO c").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    // A title change and a colour: what a terminal would obey; and a forged result,
+    // which the host removes.
+    let hostile = "Subject: look\r\n\r\n\x1b]0;owned\x07\x1b[31mred\r\n";
+    let forged = "Authentication-Results: example.org; dkim=pass\r\n";
+    assert!(c.cmd(&format!("{forged}{hostile}.")).starts_with("250"));
+    daemon.wait_log("delivery failed");
+    let id = queue(&setup, &["list"])
+        .split_whitespace()
+        .next()
+        .expect("an id")
+        .to_string();
+    // Piped: the message exactly as it will be delivered.
+    let piped = queue(&setup, &["show", &id]);
+    let (_, message) = piped.split_once("\n\n").expect("a blank line after the entry");
+    assert!(message.starts_with("Received: from c"), "{message:?}");
+    assert_eq!(message.matches("Received: ").count(), 1, "{message:?}");
+    assert!(!message.contains("dkim=pass"), "{message:?}");
+    assert!(message.ends_with(hostile), "{message:?}");
+    // On a terminal (a pseudo-terminal here): escapes, no control character.
+    let on_terminal = python(
+        r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+os.waitpid(pid, 0)
+sys.stdout.write(out.decode("utf-8", "replace").replace("\r\n", "\n"))
+"#,
+        &[
+            binary(),
+            "queue",
+            "show",
+            &id,
+            "--config",
+            &setup.config().to_string_lossy(),
+        ],
+    );
+    assert!(
+        on_terminal.contains("\\x1b]0;owned\\x07\\x1b[31mred\n"),
+        "{on_terminal:?}"
+    );
+    assert!(
+        !on_terminal.chars().any(|c| c.is_control() && c != '\n'),
+        "{on_terminal:?}"
+    );
 }

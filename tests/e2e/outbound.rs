@@ -336,6 +336,7 @@ fn queue_list_shows_the_deferral_and_flush_retries_at_once() {
         "{shown}"
     );
     assert!(message_shown.starts_with("Received: from "), "{shown}");
+    assert_eq!(message_shown.matches("Received: ").count(), 1, "{shown}");
     assert!(
         message_shown.ends_with(&format!("{}\r\n", message("flush"))),
         "{shown}"

@@ -6,10 +6,10 @@
 //! when one runs (it owns the spool's lock); only with none running does it act on the
 //! files itself, holding the lock meanwhile, so a daemon starting then waits for it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use portcullis_spool::entry::delivered;
+use portcullis_smtp::escape::Escaped;
 use portcullis_spool::{Entry, QueueId, Spool, SpoolError, SpoolView};
 
 use crate::config::Config;
@@ -78,14 +78,17 @@ fn describe(entry: &Entry, now: u64) {
     }
     for (index, error) in &entry.last_error {
         if let Some(r) = entry.envelope.recipients.get(*index) {
-            println!("    {}: {}", r.mailbox, error.to_string().trim_end());
+            // A remote server wrote that text: no control character reaches the terminal.
+            let text = error.to_string();
+            println!("    {}: {}", r.mailbox, Escaped(text.trim_end()));
         }
     }
 }
 
 /// Prints one queued message as `queue list` describes it, a blank line, then the message
 /// as it will be delivered (the trace and hook headers in front, removed fields left
-/// out); with `headers_only`, its header section alone.
+/// out); with `headers_only`, its header section alone. Piped, the message is written
+/// exactly; on a terminal, with its control characters escaped.
 pub fn show(config: &Config, id: &str, headers_only: bool) -> Result<(), String> {
     let id = QueueId::parse(id).ok_or_else(|| format!("{id:?} is not a queue id"))?;
     let missing = || format!("no message {id} in the queue");
@@ -99,7 +102,8 @@ pub fn show(config: &Config, id: &str, headers_only: bool) -> Result<(), String>
     };
     describe(&entry, now());
     println!();
-    let message = delivered(entry.head.as_bytes(), &content, &entry.omit).concat();
+    // Read as delivery reads it: the head in front, the fields the host removed left out.
+    let message = content;
     let shown = if headers_only {
         let end = message.windows(4).position(|w| w == b"\r\n\r\n");
         end.map_or(&message[..], |end| &message[..end + 2])
@@ -107,7 +111,17 @@ pub fn show(config: &Config, id: &str, headers_only: bool) -> Result<(), String>
         &message[..]
     };
     let mut out = std::io::stdout().lock();
-    out.write_all(shown)
+    let written = if out.is_terminal() {
+        // A stranger wrote the message: on a terminal its control characters are shown
+        // as escapes (lines end as the terminal expects); piped, it is written exactly.
+        shown.split(|&b| b == b'\n').try_for_each(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            writeln!(out, "{}", Escaped(&String::from_utf8_lossy(line)))
+        })
+    } else {
+        out.write_all(shown)
+    };
+    written
         .and_then(|()| out.flush())
         .map_err(|e| format!("cannot write the message: {e}"))
 }
