@@ -349,11 +349,7 @@ fn a_message_that_runs_out_of_disk_is_refused_and_leaves_nothing_behind() {
         return;
     };
     let mut daemon = setup.start();
-    let mut c = Raw::connect(daemon.addr("mx"));
-    assert!(c.cmd("EHLO c").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    let mut c = open_data(&daemon);
     let reply = c.cmd(&format!(
         "Subject: too big for the disk\r\n\r\n{}.",
         filler(6 * 1024 * 1024)

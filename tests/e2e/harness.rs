@@ -432,6 +432,16 @@ pub fn wait_spool_empty(data: &Path) {
     }
 }
 
+/// An MX session from a stranger, its DATA just answered 354: a message for alice.
+pub fn open_data(daemon: &Daemon) -> Raw {
+    let mut c = Raw::connect(daemon.addr("mx"));
+    assert!(c.cmd("EHLO attacker.example").starts_with("250"));
+    assert!(c.cmd("MAIL FROM:<attacker@far.example>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c
+}
+
 /// A raw SMTP client over plain TCP, for what no well-behaved client library would send.
 pub struct Raw {
     pub stream: TcpStream,

@@ -13,15 +13,6 @@ const SMUGGLED_ENDS_LF: &[&[u8]] = &[b"\n.\n", b"\n.\r\n", b"\r\n.\n"];
 const SMUGGLED: &[u8] =
     b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n";
 
-fn open_data(daemon: &Daemon) -> Raw {
-    let mut c = Raw::connect(daemon.addr("mx"));
-    assert!(c.cmd("EHLO attacker.example").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<attacker@far.example>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
-    c
-}
-
 #[test]
 fn smuggling_variants_never_make_a_second_message() {
     let setup = Setup::new("");
@@ -143,11 +134,7 @@ fn a_queued_message_shown_on_a_terminal_cannot_drive_it() {
     std::fs::create_dir_all(setup.data().join("mail").join(DOMAIN)).expect("mkdir");
     std::fs::write(setup.maildir("alice"), b"in the way").expect("block");
     let mut daemon = setup.start();
-    let mut c = Raw::connect(daemon.addr("mx"));
-    assert!(c.cmd("EHLO c").starts_with("250"));
-    assert!(c.cmd("MAIL FROM:<friend@far.example>").starts_with("250"));
-    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
-    assert!(c.cmd("DATA").starts_with("354"));
+    let mut c = open_data(&daemon);
     // A title change and a colour: what a terminal would obey; and a forged result,
     // which the host removes.
     let hostile = "Subject: look\r\n\r\n\x1b]0;owned\x07\x1b[31mred\r\n";
@@ -162,7 +149,7 @@ fn a_queued_message_shown_on_a_terminal_cannot_drive_it() {
     // Piped: the message exactly as it will be delivered.
     let piped = queue(&setup, &["show", &id]);
     let (_, message) = piped.split_once("\n\n").expect("a blank line after the entry");
-    assert!(message.starts_with("Received: from c"), "{message:?}");
+    assert!(message.starts_with("Received: from attacker.example"), "{message:?}");
     assert_eq!(message.matches("Received: ").count(), 1, "{message:?}");
     assert!(!message.contains("dkim=pass"), "{message:?}");
     assert!(message.ends_with(hostile), "{message:?}");
