@@ -149,7 +149,10 @@ fn a_queued_message_shown_on_a_terminal_cannot_drive_it() {
     // Piped: the message exactly as it will be delivered.
     let piped = queue(&setup, &["show", &id]);
     let (_, message) = piped.split_once("\n\n").expect("a blank line after the entry");
-    assert!(message.starts_with("Received: from attacker.example"), "{message:?}");
+    assert!(
+        message.starts_with("Received: from attacker.example"),
+        "{message:?}"
+    );
     assert_eq!(message.matches("Received: ").count(), 1, "{message:?}");
     assert!(!message.contains("dkim=pass"), "{message:?}");
     assert!(message.ends_with(hostile), "{message:?}");
