@@ -447,7 +447,9 @@ fn a_bounce_that_finds_the_disk_full_is_sent_once_there_is_room() {
     );
     assert!(reply.starts_with("250"), "{reply}");
     daemon.wait_log("cannot queue the delivery report");
-    // The failure is kept with the message, which waits: no bounce is lost.
+    // The failure is kept with the message, which waits: no bounce is lost. (Logged once
+    // it is recorded.)
+    daemon.wait_log("message stays queued for another attempt");
     let listing = queue(&setup, &["list"]);
     assert!(
         listing.contains("bob@far.example: 550 5.1.1 no such user here"),
