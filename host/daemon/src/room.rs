@@ -13,6 +13,9 @@ use bytesize::ByteSize;
 /// How often a shortage is logged while it lasts, in seconds.
 const WARN_EVERY: u64 = 60;
 
+/// What the log says of a shortage, at start and while it lasts.
+const SHORT: &str = "the spool's disk is short of space: new mail is answered 452 4.3.1 until more is free ([limits] spool-min-free)";
+
 /// The spool directory's file system, measured at each question.
 #[derive(Debug)]
 pub struct SpoolRoom {
@@ -34,6 +37,21 @@ impl SpoolRoom {
     /// The octets the daemon may still write there (blocks kept for root not counted).
     pub fn free(&self) -> std::io::Result<u64> {
         Ok(available(&rustix::fs::fstatvfs(&self.dir)?))
+    }
+
+    /// Logs the free space at start against `keep` (`[limits] spool-min-free`): a warning
+    /// when mail would wait already.
+    pub fn report(&self, keep: u64) {
+        let free = match self.free() {
+            Ok(free) => ByteSize(free),
+            Err(e) => return tracing::warn!(error = %e, "cannot measure the spool's free space"),
+        };
+        let keep = ByteSize(keep);
+        if free < keep {
+            tracing::warn!(%free, %keep, "{SHORT}");
+        } else {
+            tracing::info!(%free, %keep, "spool disk");
+        }
     }
 
     /// Whether a shortage may be logged now (one caller a minute gets `true`).
@@ -68,7 +86,7 @@ impl portcullis_smtp::content::Room for SpoolRoom {
             tracing::warn!(
                 free = %ByteSize(free),
                 needed = %ByteSize(octets),
-                "the spool's disk is short of space: new mail is answered 452 4.3.1 until more is free ([limits] spool-min-free)"
+                "{SHORT}"
             );
         }
         !short

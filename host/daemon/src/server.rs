@@ -177,19 +177,6 @@ fn open_storage(config: &Config) -> Result<Storage, StartError> {
     })
 }
 
-/// Logs the spool disk's free space at start, as a warning when mail would wait already.
-fn report_room(room: &crate::room::SpoolRoom, keep: u64) {
-    let (free, keep) = match room.free() {
-        Ok(free) => (bytesize::ByteSize(free), bytesize::ByteSize(keep)),
-        Err(e) => return tracing::warn!(error = %e, "cannot measure the spool's free space"),
-    };
-    if free < keep {
-        tracing::warn!(%free, %keep, "the spool's disk is short of space: new mail is answered 452 4.3.1 until more is free ([limits] spool-min-free)");
-    } else {
-        tracing::info!(%free, %keep, "spool disk");
-    }
-}
-
 /// Loads the plugins and starts delivery, the outbound queue and the spool writer; hands
 /// what the spool holds to delivery; watches plugin files and the users file.
 fn start_workers(
@@ -216,7 +203,7 @@ fn start_workers(
         path: spool_dir.display().to_string(),
         source,
     })?;
-    report_room(&room, config.limits.spool_min_free());
+    room.report(config.limits.spool_min_free());
     let live = live.with_storage(&portcullis_smtp::content::Storage {
         budget: Some(portcullis_smtp::content::Budget::new(0)),
         spill: Some(Arc::clone(&spool) as Arc<dyn portcullis_smtp::content::SpillSource>),

@@ -329,28 +329,27 @@ impl Spool {
             return Ok((self.write(&incoming)?, false));
         }
         let entry = self.write(&incoming)?;
-        let mut all_prepared = true;
+        let message = crate::entry::delivered(incoming.head.as_bytes(), body, incoming.omit);
         let mut prepared: Vec<crate::maildir::Copy> = Vec::new();
         for index in 0..entry.envelope.recipients.len() {
             let Some(copy) = crate::maildir::Copy::of(&entry, index) else {
                 continue;
             };
-            let message = crate::entry::delivered(incoming.head.as_bytes(), body, incoming.omit);
             match maildir.prepare(&copy, &message) {
                 Ok(true) => prepared.push(copy),
                 // A folder on another file system: delivery writes and fsyncs it.
-                Ok(false) => all_prepared = false,
+                Ok(false) => {}
                 Err(e) => {
-                    all_prepared = false;
                     let folder = maildir.folder_path(&copy.owner, copy.folder);
                     tracing::warn!(queue_id = %incoming.id, folder = %folder.display(), error = %e, "cannot prepare a maildir copy; the message is spooled and delivery will retry");
                     for copy in &prepared {
                         maildir.discard_prepared(copy);
                     }
-                    break;
+                    return Ok((entry, false));
                 }
             }
         }
+        let all_prepared = prepared.len() == entry.envelope.recipients.len();
         Ok((entry, all_prepared))
     }
 
@@ -390,12 +389,14 @@ impl Spool {
     /// file: its content leaves `queue/`. Returns the path it had there.
     fn release_content(&self, id: &QueueId) -> Result<PathBuf, SpoolError> {
         let path = self.path(id);
-        let size = fs::metadata(&path).map_err(io_err(&path))?.len();
         let mut free = self
             .free
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if free.len() < MAX_FREE && size <= MAX_FREE_SIZE {
+        // Measured only when there is room to keep it (a file that cannot be measured is
+        // removed, which then says why).
+        let small = || fs::metadata(&path).is_ok_and(|m| m.len() <= MAX_FREE_SIZE);
+        if free.len() < MAX_FREE && small() {
             let dest = self.free_dir.join(id.as_str());
             fs::rename(&path, &dest).map_err(io_err(&path))?;
             free.push(dest);
